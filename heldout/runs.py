@@ -1,0 +1,279 @@
+"""The experiment directory on disk (SPEC §3): saving, finding and loading runs.
+
+Layout: ``<experiment_dir>/<subset>/<run_id>/aux_arrays.npz`` (+ ``run.json`` and
+optional ``checkpoints/ckpt-<epoch>``), the layout of the released Feldman-Zhang runs.
+All I/O goes through ``tf.io.gfile``, so ``gs://`` and other TensorFlow file systems
+work like local paths.
+
+Completeness: a run is complete exactly when its ``aux_arrays.npz`` exists. Every file
+is written under a temporary name and renamed into place, and ``aux_arrays.npz`` is
+written last; a single-object rename is atomic on local disks and on GCS (the object
+appears whole or not at all), so an interrupted writer never leaves a run that a
+reader would take as complete. A directory without ``aux_arrays.npz`` is a leftover
+and is cleared before the run is trained again.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import dataclasses
+import io
+import json
+import uuid
+from collections.abc import Iterable, Sequence
+
+import numpy as np
+import tensorflow as tf
+
+AUX_FILENAME = "aux_arrays.npz"
+RUN_INFO_FILENAME = "run.json"
+CHECKPOINT_DIRNAME = "checkpoints"
+SPLITS = ("train", "removed", "test")
+SUBSET_INDICES = "subsample_idx"
+# Keys of the released files; every reader needs these and only these.
+RELEASED_KEYS = (SUBSET_INDICES,) + tuple(
+    f"{kind}_{split}" for split in SPLITS for kind in ("correctness", "index"))
+# Our optional per-split keys: float32 margins, float16 logits.
+MARGIN_PREFIX = "margin_"
+LOGITS_PREFIX = "logits_"
+
+
+class RunFileError(ValueError):
+    """A run's files exist but are not a valid run (truncated, wrong keys or lengths)."""
+
+
+def run_dir(experiment_dir: str, subset: str, run_id: int) -> str:
+    """Directory of run `run_id` of design `subset`."""
+    return tf.io.gfile.join(experiment_dir, subset, str(run_id))
+
+
+def run_complete(directory: str) -> bool:
+    """Whether the run in `directory` finished writing (its aux arrays exist)."""
+    return tf.io.gfile.exists(tf.io.gfile.join(directory, AUX_FILENAME))
+
+
+def aux_arrays(subset_indices: np.ndarray, correctness_train: np.ndarray,
+               correctness_test: np.ndarray, margin_train: np.ndarray | None = None,
+               margin_test: np.ndarray | None = None, logits_train: np.ndarray | None = None,
+               logits_test: np.ndarray | None = None) -> dict[str, np.ndarray]:
+    """The aux arrays of one run from its predictions on the *whole* train and test splits.
+
+    Args:
+        subset_indices: sorted indices of the training examples the run trained on.
+        correctness_train, margin_train, logits_train: predictions on every training
+            example, ``[num_train(, num_classes)]``, in index order.
+        correctness_test, margin_test, logits_test: the same on the test split.
+
+    Returns:
+        Arrays under the released keys (training examples split into the ones the run
+        saw, ``*_train``, and the held-out ones, ``*_removed``), plus ``margin_*`` and
+        ``logits_*`` where given.
+    """
+    num_train = len(correctness_train)
+    in_subset = np.zeros(num_train, dtype=bool)
+    in_subset[subset_indices] = True
+    rows = {"train": np.flatnonzero(in_subset), "removed": np.flatnonzero(~in_subset),
+            "test": np.arange(len(correctness_test))}
+    sources = {"train": (correctness_train, margin_train, logits_train),
+               "removed": (correctness_train, margin_train, logits_train),
+               "test": (correctness_test, margin_test, logits_test)}
+    arrays = {SUBSET_INDICES: np.asarray(subset_indices, dtype=np.int64)}
+    for split in SPLITS:
+        correctness, margin, logits = sources[split]
+        arrays[f"correctness_{split}"] = np.asarray(correctness[rows[split]], dtype=bool)
+        arrays[f"index_{split}"] = rows[split].astype(np.int64)
+        if margin is not None:
+            arrays[MARGIN_PREFIX + split] = np.asarray(margin[rows[split]], dtype=np.float32)
+        if logits is not None:
+            arrays[LOGITS_PREFIX + split] = np.asarray(logits[rows[split]], dtype=np.float16)
+    return arrays
+
+
+def save_run(directory: str, arrays: dict[str, np.ndarray], info: dict,
+             checkpoint: tf.train.Checkpoint | None = None, epoch: int = 0) -> None:
+    """Writes one run: checkpoint and ``run.json`` first, ``aux_arrays.npz`` last.
+
+    Whatever an earlier, interrupted attempt left in `directory` is removed first.
+    """
+    if tf.io.gfile.exists(directory):
+        tf.io.gfile.rmtree(directory)
+    tf.io.gfile.makedirs(directory)
+    if checkpoint is not None:
+        manager = tf.train.CheckpointManager(
+            checkpoint, tf.io.gfile.join(directory, CHECKPOINT_DIRNAME), max_to_keep=None,
+            checkpoint_name="ckpt")
+        manager.save(checkpoint_number=epoch)
+    write_atomically(tf.io.gfile.join(directory, RUN_INFO_FILENAME),
+                      json.dumps(info, indent=2, sort_keys=True).encode())
+    buffer = io.BytesIO()
+    np.savez(buffer, **arrays)
+    write_atomically(tf.io.gfile.join(directory, AUX_FILENAME), buffer.getvalue())
+
+
+def load_run(directory: str) -> dict[str, np.ndarray]:
+    """The aux arrays of a complete run, checked for the released keys and consistent lengths.
+
+    Raises:
+        RunFileError: the file is unreadable, lacks a released key, or its arrays
+            disagree in length.
+    """
+    path = tf.io.gfile.join(directory, AUX_FILENAME)
+    try:
+        with tf.io.gfile.GFile(path, "rb") as f:
+            with np.load(io.BytesIO(f.read()), allow_pickle=False) as npz:
+                arrays = {key: npz[key] for key in npz.files}
+    except tf.errors.NotFoundError:
+        raise RunFileError(f"{path}: file not found") from None
+    except Exception as e:  # zipfile/np.load raise many types for a damaged file.
+        raise RunFileError(f"{path}: not a readable .npz file ({type(e).__name__}: {e})") from e
+    missing = [key for key in RELEASED_KEYS if key not in arrays]
+    if missing:
+        raise RunFileError(f"{path}: missing key(s) {', '.join(missing)}")
+    for split in SPLITS:
+        expected = len(arrays[f"index_{split}"])
+        for prefix in ("correctness_", MARGIN_PREFIX, LOGITS_PREFIX):
+            key = prefix + split
+            if key in arrays and len(arrays[key]) != expected:
+                raise RunFileError(f"{path}: {key} has {len(arrays[key])} entries but "
+                                   f"index_{split} has {expected}")
+    return arrays
+
+
+def read_run_info(directory: str) -> dict:
+    """The ``run.json`` of a run, or an empty dict for released runs that have none."""
+    path = tf.io.gfile.join(directory, RUN_INFO_FILENAME)
+    if not tf.io.gfile.exists(path):
+        return {}
+    with tf.io.gfile.GFile(path, "r") as f:
+        return json.load(f)
+
+
+def list_subsets(experiment_dir: str) -> list[str]:
+    """Names of the subset folders of an experiment that hold at least one run folder."""
+    if not tf.io.gfile.isdir(experiment_dir):
+        return []
+    names = []
+    for entry in sorted(tf.io.gfile.listdir(experiment_dir)):
+        entry = entry.rstrip("/")
+        folder = tf.io.gfile.join(experiment_dir, entry)
+        if tf.io.gfile.isdir(folder) and any(
+                e.rstrip("/").isdigit() for e in tf.io.gfile.listdir(folder)):
+            names.append(entry)
+    return names
+
+
+def list_runs(experiment_dir: str, subset: str) -> tuple[list[int], list[int]]:
+    """Run ids of a subset folder: (complete, incomplete), each sorted."""
+    folder = tf.io.gfile.join(experiment_dir, subset)
+    if not tf.io.gfile.isdir(folder):
+        return [], []
+    ids = sorted(int(e.rstrip("/")) for e in tf.io.gfile.listdir(folder)
+                 if e.rstrip("/").isdigit())
+    complete = set(_complete_run_ids(folder, ids))
+    return [i for i in ids if i in complete], [i for i in ids if i not in complete]
+
+
+def _complete_run_ids(folder: str, ids: Sequence[int]) -> list[int]:
+    """Ids among `ids` whose aux arrays exist, from one glob rather than one call per run."""
+    found = tf.io.gfile.glob(tf.io.gfile.join(folder, "*", AUX_FILENAME))
+    present = {path.rstrip("/").split("/")[-2] for path in found}
+    return [i for i in ids if str(i) in present]
+
+
+@dataclasses.dataclass(frozen=True)
+class Experiment:
+    """All complete runs of one subset design, as matrices over examples in index order.
+
+    Attributes:
+        run_ids: ``[num_runs]`` ids of the runs, in the order of the matrix rows.
+        membership: bool ``[num_runs, num_train]``: run r trained on example i.
+        correctness_train: bool ``[num_runs, num_train]``, train and removed merged.
+        correctness_test: bool ``[num_runs, num_test]``.
+        margin_train, margin_test: float32 like the above, or None when the runs lack
+            margins (released files).
+        skipped: ids of run folders that were not complete and were not used.
+    """
+
+    run_ids: np.ndarray
+    membership: np.ndarray
+    correctness_train: np.ndarray
+    correctness_test: np.ndarray
+    margin_train: np.ndarray | None
+    margin_test: np.ndarray | None
+    skipped: tuple[int, ...] = ()
+
+    @property
+    def num_runs(self) -> int:
+        return len(self.run_ids)
+
+
+def load_experiment(experiment_dir: str, subset: str, num_threads: int = 16,
+                    progress: bool = True) -> Experiment:
+    """Reads every complete run of `subset` into an `Experiment`, in parallel threads.
+
+    Raises:
+        ValueError: there are no complete runs, or the runs disagree about the
+            number of examples.
+        RunFileError: a run's aux arrays are damaged (named by path).
+    """
+    complete, incomplete = list_runs(experiment_dir, subset)
+    if not complete:
+        where = tf.io.gfile.join(experiment_dir, subset)
+        raise ValueError(f"--experiment_dir={experiment_dir}: no complete runs in {where} "
+                         f"(expected <run_id>/{AUX_FILENAME} folders)")
+    directories = [run_dir(experiment_dir, subset, i) for i in complete]
+    with concurrent.futures.ThreadPoolExecutor(num_threads) as pool:
+        loaded = pool.map(load_run, directories)
+        arrays = list(_progress(loaded, len(directories), f"reading {subset}", progress))
+    num_train = len(arrays[0]["index_train"]) + len(arrays[0]["index_removed"])
+    num_test = len(arrays[0]["index_test"])
+    has_margins = all(f"{MARGIN_PREFIX}{s}" in a for a in arrays for s in SPLITS)
+    membership = np.zeros((len(arrays), num_train), dtype=bool)
+    correctness_train = np.zeros((len(arrays), num_train), dtype=bool)
+    correctness_test = np.zeros((len(arrays), num_test), dtype=bool)
+    margin_train = np.zeros((len(arrays), num_train), np.float32) if has_margins else None
+    margin_test = np.zeros((len(arrays), num_test), np.float32) if has_margins else None
+    for r, (directory, run) in enumerate(zip(directories, arrays, strict=True)):
+        sizes = (len(run["index_train"]) + len(run["index_removed"]), len(run["index_test"]))
+        if sizes != (num_train, num_test):
+            raise ValueError(f"{directory}: {sizes[0]} training and {sizes[1]} test examples, "
+                             f"but {directories[0]} has {num_train} and {num_test}")
+        _check_indices(directory, run, num_train, num_test)
+        membership[r, run["index_train"]] = True
+        for split in ("train", "removed"):
+            correctness_train[r, run[f"index_{split}"]] = run[f"correctness_{split}"]
+            if has_margins:
+                margin_train[r, run[f"index_{split}"]] = run[MARGIN_PREFIX + split]
+        correctness_test[r, run["index_test"]] = run["correctness_test"]
+        if has_margins:
+            margin_test[r, run["index_test"]] = run[MARGIN_PREFIX + "test"]
+    return Experiment(run_ids=np.asarray(complete), membership=membership,
+                      correctness_train=correctness_train, correctness_test=correctness_test,
+                      margin_train=margin_train, margin_test=margin_test,
+                      skipped=tuple(incomplete))
+
+
+def _check_indices(directory: str, run: dict[str, np.ndarray], num_train: int,
+                   num_test: int) -> None:
+    """Raises RunFileError unless train+removed cover 0..num_train-1 and test 0..num_test-1."""
+    train = np.concatenate([run["index_train"], run["index_removed"]])
+    if not (np.array_equal(np.sort(train), np.arange(num_train))
+            and np.array_equal(np.sort(run["index_test"]), np.arange(num_test))):
+        path = tf.io.gfile.join(directory, AUX_FILENAME)
+        raise RunFileError(f"{path}: indices do not cover each example exactly once")
+
+
+def _progress(items: Iterable, total: int, description: str, enabled: bool) -> Iterable:
+    if not enabled:
+        return items
+    from tqdm import tqdm
+
+    return tqdm(items, total=total, desc=description, unit="run", mininterval=1.0)
+
+
+def write_atomically(path: str, content: bytes) -> None:
+    """Writes `content` to a temporary name beside `path`, then renames it to `path`."""
+    temporary = f"{path}.tmp-{uuid.uuid4().hex}"
+    with tf.io.gfile.GFile(temporary, "wb") as f:
+        f.write(content)
+    tf.io.gfile.rename(temporary, path, overwrite=True)

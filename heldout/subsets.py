@@ -1,0 +1,87 @@
+"""Which training examples each run trains on, derived from seeds alone.
+
+A run's subset is a pure function of (experiment seed, subset name, run id, number of
+training examples), so the same run id trains on the same subset on any machine, and
+cluster shards need not coordinate. The derivation uses NumPy's ``SeedSequence`` and
+the raw output of ``PCG64``, both of which NumPy keeps stable across releases (unlike
+the sampling methods of ``Generator``).
+"""
+
+from __future__ import annotations
+
+import zlib
+from typing import NamedTuple
+
+import numpy as np
+
+
+def parse_subset_ratio(subset: str) -> float:
+    """The training-set fraction of a random-subset design named like ``"0.7"``.
+
+    Raises:
+        ValueError: `subset` is not a number strictly between 0 and 1.
+    """
+    try:
+        ratio = float(subset)
+    except ValueError:
+        raise ValueError(f"--subset_ratio={subset!r}: expected a number in (0, 1)") from None
+    if not 0.0 < ratio < 1.0:
+        raise ValueError(f"--subset_ratio={subset}: expected a number in (0, 1)")
+    return ratio
+
+
+def subset_name(ratio: float) -> str:
+    """The folder name of a subset ratio, as in the released runs (``0.7``)."""
+    return f"{parse_subset_ratio(str(ratio)):g}"
+
+
+def run_seeds(experiment_seed: int, subset: str, run_id: int) -> RunSeeds:
+    """Independent seeds of everything random in one run."""
+    root = np.random.SeedSequence([experiment_seed, zlib.crc32(subset.encode()), run_id])
+    return RunSeeds(*root.spawn(3))
+
+
+class RunSeeds(NamedTuple):
+    """The seeds of one run, one per random choice it makes."""
+
+    subset: np.random.SeedSequence  # which training examples it trains on
+    init: np.random.SeedSequence  # initial weights
+    order: np.random.SeedSequence  # batch order
+
+
+def subset_indices(num_train: int, subset: str, experiment_seed: int, run_id: int) -> np.ndarray:
+    """Sorted indices of the training examples run `run_id` of design `subset` trains on.
+
+    For a ratio design ``"0.7"`` this is ``round(0.7 * num_train)`` examples chosen
+    uniformly at random without replacement, independently for each run.
+    """
+    ratio = parse_subset_ratio(subset)
+    size = int(round(ratio * num_train))
+    keys = np.random.PCG64(run_seeds(experiment_seed, subset, run_id).subset).random_raw(num_train)
+    return np.sort(np.argsort(keys, kind="stable")[:size]).astype(np.int64)
+
+
+def parse_run_ids(text: str) -> list[int]:
+    """Run ids from ``"0-99"``, ``"3,5,8"`` or a mix (``"0-9,20"``), in increasing order.
+
+    Raises:
+        ValueError: the text is not a comma list of ids and inclusive ranges.
+    """
+    ids: set[int] = set()
+    try:
+        for part in text.split(","):
+            first, sep, last = part.strip().partition("-")
+            if sep:
+                start, stop = int(first), int(last)
+                if stop < start:
+                    raise ValueError
+                ids.update(range(start, stop + 1))
+            else:
+                ids.add(int(first))
+    except ValueError:
+        raise ValueError(
+            f"--run_ids={text!r}: expected non-negative ids and ranges like '0-99' or '3,5,8'"
+        ) from None
+    if not ids or min(ids) < 0:
+        raise ValueError(f"--run_ids={text!r}: expected non-negative ids")
+    return sorted(ids)

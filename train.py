@@ -1,0 +1,80 @@
+"""Trains the runs of a heldout experiment: many models, each on a random subset.
+
+With no flags it runs the embedded default: 1000 runs of a small MLP on the digits
+data set at subset ratio 0.7, into ./experiments/digits. Runs already complete are
+skipped, so an interrupted command can simply be run again.
+
+Usage:
+  python train.py
+  python train.py --dataset=npz:my_data.npz --subset_ratio=0.5 --run_ids=0-99
+"""
+
+import os
+import sys
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+from absl import app, flags  # noqa: E402
+
+_DATASET = flags.DEFINE_string(
+    "dataset", "digits", "Data: 'digits', 'npz:<path>' or 'tfds:<name>[:<version>]'.")
+_DATA_DIR = flags.DEFINE_string("data_dir", None, "TFDS data directory.")
+_EXPERIMENT_DIR = flags.DEFINE_string(
+    "experiment_dir", "./experiments/digits", "Experiment directory (local or gs://).")
+_MODEL = flags.DEFINE_string("model", "mlp", "Model: 'mlp' or 'cnn'.")
+_SUBSET_RATIO = flags.DEFINE_float(
+    "subset_ratio", 0.7, "Fraction of the training set each run trains on, in (0, 1).")
+_NUM_RUNS = flags.DEFINE_integer("num_runs", 1000, "Train run ids 0..num_runs-1.")
+_RUN_IDS = flags.DEFINE_string(
+    "run_ids", None, "Run ids to train instead of --num_runs, e.g. '0-99' or '3,5,8'.")
+_SEED = flags.DEFINE_integer("seed", 0, "Experiment seed; with a run id it fixes the run.")
+_EPOCHS = flags.DEFINE_integer("epochs", 20, "Passes over each run's subset.")
+_BATCH_SIZE = flags.DEFINE_integer("batch_size", 64, "Examples per model per step.")
+_LEARNING_RATE = flags.DEFINE_float("learning_rate", 0.1, "Peak learning rate.")
+_MOMENTUM = flags.DEFINE_float("momentum", 0.9, "SGD momentum.")
+_WEIGHT_DECAY = flags.DEFINE_float("weight_decay", 5e-4, "L2 weight decay on weights.")
+_LR_SCHEDULE = flags.DEFINE_enum(
+    "lr_schedule", "cosine", ["cosine", "linear", "constant"], "Decay after warm-up.")
+_WARMUP_EPOCHS = flags.DEFINE_float("warmup_epochs", 1.0, "Linear warm-up, in epochs.")
+_MODELS_AT_ONCE = flags.DEFINE_integer(
+    "models_at_once", 250, "Models trained together in one TensorFlow program.")
+_XLA = flags.DEFINE_bool("xla", True, "Compile the training program with XLA.")
+_SAVE_CHECKPOINTS = flags.DEFINE_bool(
+    "save_checkpoints", False, "Write each run's final model to checkpoints/ckpt-<epoch>.")
+_SAVE_LOGITS = flags.DEFINE_bool(
+    "save_logits", False, "Also store float16 logits_<split> in aux_arrays.npz.")
+_PROGRESS = flags.DEFINE_bool("progress", True, "Show a progress bar.")
+
+
+def main(argv):
+    if len(argv) > 1:
+        raise app.UsageError(f"Unexpected arguments: {' '.join(argv[1:])}")
+    import heldout
+
+    try:
+        run_ids = (heldout.parse_run_ids(_RUN_IDS.value) if _RUN_IDS.value
+                   else list(range(_NUM_RUNS.value)))
+        if not run_ids:
+            raise ValueError(f"--num_runs={_NUM_RUNS.value}: expected a positive number")
+        config = heldout.TrainConfig(
+            model=_MODEL.value, epochs=_EPOCHS.value, batch_size=_BATCH_SIZE.value,
+            learning_rate=_LEARNING_RATE.value, momentum=_MOMENTUM.value,
+            weight_decay=_WEIGHT_DECAY.value, lr_schedule=_LR_SCHEDULE.value,
+            warmup_epochs=_WARMUP_EPOCHS.value, models_at_once=_MODELS_AT_ONCE.value,
+            xla=_XLA.value)
+        summary = heldout.train_experiment(
+            _EXPERIMENT_DIR.value, _DATASET.value, config, _SUBSET_RATIO.value, run_ids,
+            seed=_SEED.value, data_dir=_DATA_DIR.value,
+            save_checkpoints=_SAVE_CHECKPOINTS.value, save_logits=_SAVE_LOGITS.value,
+            progress=_PROGRESS.value)
+    except ValueError as e:
+        sys.exit(f"train.py: error: {e}")
+    print(f"{summary.experiment_dir}/{summary.subset}: trained {len(summary.trained)} runs, "
+          f"{len(summary.already_complete)} were already complete; "
+          + (f"mean test accuracy {summary.mean_test_accuracy:.4f}; "
+             if summary.trained else "")
+          + f"{summary.seconds:.1f} s")
+
+
+if __name__ == "__main__":
+    app.run(main)
