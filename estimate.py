@@ -32,6 +32,8 @@ _DENSE_INFLUENCE = flags.DEFINE_bool(
     "dense_influence", True, "Save the whole [num_train, num_test] influence matrix.")
 _MIN_RUNS = flags.DEFINE_integer(
     "min_runs", 1, "Fewest in- and out-runs an example needs to get a score (else NaN).")
+_PLOT_DIR = flags.DEFINE_string(
+    "plot_dir", None, "Write PNG figures here (histogram, top memorized, influence pairs).")
 _PROGRESS = flags.DEFINE_bool("progress", True, "Show a progress bar.")
 
 
@@ -53,11 +55,15 @@ def main(argv):
         dataset = _DATASET.value or heldout.read_experiment_info(
             _EXPERIMENT_DIR.value).get("dataset")
         data = heldout.load_dataset(dataset, _DATA_DIR.value) if dataset else None
+        figures = heldout.plot_estimates(estimates, _PLOT_DIR.value, data) \
+            if _PLOT_DIR.value else []
     except ValueError as e:
         sys.exit(f"estimate.py: error: {e}")
     print(heldout.format_report(estimates, None if data is None else data.y_train,
                                 None if data is None else data.y_test, top=_TOP.value))
     print(f"\nSaved estimates to {output}")
+    for figure in figures:
+        print(f"Saved figure {figure}")
 
 
 if __name__ == "__main__":

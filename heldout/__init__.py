@@ -4,7 +4,13 @@ Train many models on random subsets of a training set, record what each got righ
 and estimate memorization and influence from those records (Feldman & Zhang 2020).
 """
 
-from heldout.analysis import Estimates, estimate_experiment, format_report, save_estimates
+from heldout.analysis import (
+    Estimates,
+    estimate_experiment,
+    format_report,
+    plot_estimates,
+    save_estimates,
+)
 from heldout.data import Dataset, load_dataset
 from heldout.estimators import (
     SelfInfluence,
@@ -25,7 +31,7 @@ __all__ = [
     "Dataset", "EnsembleTrainer", "Estimates", "Experiment", "RunFileError",
     "SelfInfluence", "TrainConfig", "TrainSummary", "estimate_experiment",
     "format_report", "influence", "influence_blocks", "load_dataset",
-    "load_experiment", "load_run", "memorization", "parse_run_ids",
+    "load_experiment", "load_run", "memorization", "parse_run_ids", "plot_estimates",
     "read_experiment_info", "save_estimates", "save_run", "self_influence",
     "subset_indices", "top_influence_pairs", "train_experiment",
 ]

@@ -20,8 +20,9 @@ import time
 import numpy as np
 import tensorflow as tf
 
-from heldout import estimators
+from heldout import estimators, plots
 from heldout import runs as runs_lib
+from heldout.data import Dataset
 
 
 @dataclasses.dataclass(frozen=True)
@@ -108,6 +109,35 @@ def save_estimates(estimates: Estimates, path: str) -> None:
     if parent:
         tf.io.gfile.makedirs(parent)
     runs_lib.write_atomically(path, buffer.getvalue())
+
+
+def plot_estimates(estimates: Estimates, plot_dir: str, data: Dataset | None = None,
+                   pairs_per_test: int = 4) -> list[str]:
+    """Writes the PNG figures of `estimates` into `plot_dir`; returns their paths.
+
+    The histogram needs only the scores; the image grids need the data set's images.
+    """
+    paths = [plots.plot_memorization_histogram(
+        estimates.memorization.score, f"{plot_dir}/memorization_histogram.png",
+        title=f"Memorization, {estimates.subset} subsets, {len(estimates.run_ids)} runs")]
+    if data is None or not plots.is_image_data(data.x_train):
+        return paths
+    paths.append(plots.plot_top_memorized(
+        data.x_train, data.y_train, estimates.memorization.score,
+        f"{plot_dir}/top_memorized.png"))
+    pair_train, pair_test, pair_score = estimates.pairs
+    if estimates.influence is not None:
+        # Each top test example with its own most influential training examples.
+        tests = list(dict.fromkeys(int(t) for t in pair_test))[:6]
+        column = np.nan_to_num(estimates.influence[:, tests], nan=-np.inf)
+        best = np.argsort(-column, axis=0, kind="stable")[:pairs_per_test]
+        pair_train = best.T.ravel()
+        pair_test = np.repeat(tests, best.shape[0])
+        pair_score = column[best, np.arange(len(tests))].T.ravel()
+    paths.append(plots.plot_influence_pairs(
+        data.x_train, data.y_train, data.x_test, data.y_test, pair_train, pair_test,
+        pair_score, f"{plot_dir}/influence_pairs.png", per_test=pairs_per_test))
+    return paths
 
 
 def format_report(estimates: Estimates, labels_train: np.ndarray | None = None,

@@ -1,0 +1,122 @@
+"""PNG figures of estimates: what researchers look at rather than read.
+
+* a histogram of memorization scores;
+* a grid of the most memorized training images with label and score;
+* for the highest-influence test examples, each test image beside its most
+  influential training images with their scores (as in Feldman & Zhang's figure).
+
+Images are ``[H, W, C]`` floats in [0, 1] (``C`` 1 or 3); inputs that are not images
+get the histogram only.
+"""
+
+from __future__ import annotations
+
+import io
+
+import numpy as np
+
+
+def _pyplot():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def is_image_data(x: np.ndarray) -> bool:
+    """Whether `x` is ``[n, H, W, C]`` with one or three channels."""
+    return x.ndim == 4 and x.shape[-1] in (1, 3)
+
+
+def _show(ax, image: np.ndarray, title: str) -> None:
+    image = np.clip(image, 0.0, 1.0)
+    if image.shape[-1] == 1:
+        ax.imshow(image[..., 0], cmap="gray_r", vmin=0.0, vmax=1.0)
+    else:
+        ax.imshow(image)
+    ax.set_title(title, fontsize=8)
+    ax.set_xticks([])
+    ax.set_yticks([])
+
+
+def plot_memorization_histogram(scores: np.ndarray, path: str, title: str = "") -> str:
+    """Histogram of finite memorization scores, log-scaled counts; returns `path`."""
+    plt = _pyplot()
+    scores = scores[np.isfinite(scores)]
+    fig, ax = plt.subplots(figsize=(6, 4))
+    ax.hist(scores, bins=np.linspace(min(-0.2, scores.min(initial=0)), 1.0, 41),
+            color="tab:blue", edgecolor="white")
+    ax.set_yscale("log")
+    ax.set_xlabel("memorization score  P[correct | in] - P[correct | out]")
+    ax.set_ylabel("training examples")
+    ax.set_title(title or f"Memorization of {len(scores)} training examples")
+    ax.axvline(0.25, color="tab:red", linestyle="--", linewidth=1, label="0.25")
+    ax.legend()
+    return _save(fig, path)
+
+
+def plot_top_memorized(images: np.ndarray, labels: np.ndarray, scores: np.ndarray,
+                       path: str, count: int = 40, columns: int = 10) -> str:
+    """Grid of the `count` highest-scoring training images, each titled index/label/score."""
+    plt = _pyplot()
+    order = np.argsort(-np.nan_to_num(scores, nan=-np.inf), kind="stable")[:count]
+    rows = max(1, -(-len(order) // columns))
+    fig, axes = plt.subplots(rows, columns, figsize=(columns * 1.25, rows * 1.65),
+                             squeeze=False)
+    for ax in axes.ravel():
+        ax.axis("off")
+    for ax, i in zip(axes.ravel(), order, strict=False):
+        ax.axis("on")
+        _show(ax, images[i], f"#{i} y={labels[i]}\nmem={scores[i]:.2f}")
+    fig.suptitle("Most memorized training examples", fontsize=10)
+    return _save(fig, path)
+
+
+def plot_influence_pairs(x_train: np.ndarray, y_train: np.ndarray, x_test: np.ndarray,
+                         y_test: np.ndarray, pair_train: np.ndarray, pair_test: np.ndarray,
+                         pair_score: np.ndarray, path: str, num_test: int = 6,
+                         per_test: int = 4) -> str:
+    """Test examples beside their most influential training images.
+
+    Pairs are given best first; test examples appear in the order of their best pair,
+    each with its first `per_test` pairs.
+    """
+    plt = _pyplot()
+    test_order = list(dict.fromkeys(int(t) for t in pair_test))[:num_test]
+    fig, axes = plt.subplots(max(len(test_order), 1), per_test + 1,
+                             figsize=((per_test + 1) * 1.4, max(len(test_order), 1) * 1.55),
+                             squeeze=False)
+    for ax in axes.ravel():
+        ax.axis("off")
+    for row, test in zip(axes, test_order, strict=False):
+        row[0].axis("on")
+        _show(row[0], x_test[test], f"test #{test} y={y_test[test]}")
+        for spine in row[0].spines.values():
+            spine.set_color("tab:red")
+            spine.set_linewidth(2)
+        mine = np.flatnonzero(pair_test == test)[:per_test]
+        for ax, p in zip(row[1:], mine, strict=False):
+            ax.axis("on")
+            train = pair_train[p]
+            _show(ax, x_train[train], f"#{train} y={y_train[train]}\ninfl={pair_score[p]:.2f}")
+    fig.suptitle("Test examples (red) and their most influential training examples",
+                 fontsize=10)
+    return _save(fig, path)
+
+
+def _save(fig, path: str) -> str:
+    """Writes `fig` as a PNG through tf.io.gfile (so gs:// works) and closes it."""
+    import tensorflow as tf
+
+    fig.tight_layout()
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=120)
+    _pyplot().close(fig)
+    directory = path.rsplit("/", 1)[0] if "/" in path else ""
+    if directory:
+        tf.io.gfile.makedirs(directory)
+    with tf.io.gfile.GFile(path, "wb") as f:
+        f.write(buffer.getvalue())
+    return path
