@@ -72,7 +72,7 @@ def train_experiment(experiment_dir: str, dataset: str, config: training.TrainCo
     settings = {"dataset": dataset, "seed": seed, "train_config": {
         key: value for key, value in dataclasses.asdict(config).items()
         if key not in _SPEED_ONLY_SETTINGS}}
-    _check_or_write_experiment_info(experiment_dir, settings)
+    _check_experiment_info(experiment_dir, settings)
     complete = set(runs_lib.list_runs(experiment_dir, subset)[0])
     todo = [r for r in run_ids if r not in complete]
     already = tuple(r for r in run_ids if r in complete)
@@ -81,6 +81,7 @@ def train_experiment(experiment_dir: str, dataset: str, config: training.TrainCo
                             time.time() - start)
 
     data = data_lib.load_dataset(dataset, data_dir=data_dir)
+    _write_experiment_info(experiment_dir, settings)
     group_size = min(config.models_at_once, len(todo))
     trainer = training.EnsembleTrainer(
         data, dataclasses.replace(config, models_at_once=group_size))
@@ -132,16 +133,20 @@ def read_experiment_info(experiment_dir: str) -> dict:
         return json.load(f)
 
 
-def _check_or_write_experiment_info(experiment_dir: str, settings: dict) -> None:
-    """Refuses to mix runs of different settings in one directory; records them once."""
+def _check_experiment_info(experiment_dir: str, settings: dict) -> None:
+    """Refuses to mix runs of different settings in one directory."""
     existing = read_experiment_info(experiment_dir)
-    if existing:
-        for key in _SHARED_SETTINGS:
-            if existing.get(key) != settings[key]:
-                raise ValueError(
-                    f"--experiment_dir={experiment_dir} holds runs made with another {key} "
-                    f"({json.dumps(existing.get(key), sort_keys=True)}); use a new directory "
-                    "or the same settings")
+    for key in _SHARED_SETTINGS:
+        if existing and existing.get(key) != settings[key]:
+            raise ValueError(
+                f"--experiment_dir={experiment_dir} holds runs made with another {key} "
+                f"({json.dumps(existing.get(key), sort_keys=True)}); use a new directory "
+                "or the same settings")
+
+
+def _write_experiment_info(experiment_dir: str, settings: dict) -> None:
+    """Records the settings of an experiment directory, once."""
+    if read_experiment_info(experiment_dir):
         return
     tf.io.gfile.makedirs(experiment_dir)
     runs_lib.write_atomically(tf.io.gfile.join(experiment_dir, EXPERIMENT_INFO_FILENAME),
