@@ -84,7 +84,8 @@ def influence(membership: np.ndarray, values: np.ndarray, block_size: int = 4096
         run, or no run, trained on.
     """
     membership = _check_membership(membership)
-    result = np.empty((membership.shape[1], np.shape(values)[1]), np.float32)
+    values = _check_values(membership, values)
+    result = np.empty((membership.shape[1], values.shape[1]), np.float32)
     for rows, block in influence_blocks(membership, values, block_size):
         result[rows] = block
     return result
@@ -98,10 +99,7 @@ def influence_blocks(membership: np.ndarray, values: np.ndarray, block_size: int
     ``[num_runs, num_eval]``; the full matrix is never held unless the caller keeps it.
     """
     membership = _check_membership(membership)
-    values = np.asarray(values, dtype=np.float32)
-    if values.ndim != 2 or values.shape[0] != membership.shape[0]:
-        raise ValueError(f"values has shape {values.shape}, expected "
-                         f"[{membership.shape[0]}, num_eval]")
+    values = _check_values(membership, values)
     num_runs, num_train = membership.shape
     column_sums = values.sum(axis=0, dtype=np.float64)
     for start in range(0, num_train, block_size):
@@ -113,7 +111,10 @@ def influence_blocks(membership: np.ndarray, values: np.ndarray, block_size: int
         with np.errstate(invalid="ignore", divide="ignore"):
             mean_in = sum_in / num_in
             mean_out = (column_sums[None, :] - sum_in) / num_out
-        yield rows, (mean_in - mean_out).astype(np.float32)
+        # Rounding leaves the "out" sum slightly off zero when no run held the example
+        # out; such rows have no estimate.
+        defined = (num_in > 0) & (num_out > 0)
+        yield rows, np.where(defined, mean_in - mean_out, np.nan).astype(np.float32)
 
 
 def top_influence_pairs(membership: np.ndarray, values: np.ndarray, num_pairs: int,
@@ -147,6 +148,14 @@ def _masked_mean_var(values: np.ndarray, mask: np.ndarray, counts: np.ndarray
         squares = np.where(mask, (values - mean) ** 2, 0.0).sum(axis=0)
         var = squares / (counts - 1)
     return mean, var
+
+
+def _check_values(membership: np.ndarray, values: np.ndarray) -> np.ndarray:
+    values = np.asarray(values, dtype=np.float32)
+    if values.ndim != 2 or values.shape[0] != membership.shape[0]:
+        raise ValueError(f"values has shape {values.shape}, expected "
+                         f"[{membership.shape[0]}, num_eval]")
+    return values
 
 
 def _check_membership(membership: np.ndarray) -> np.ndarray:

@@ -48,8 +48,13 @@ def run_dir(experiment_dir: str, subset: str, run_id: int) -> str:
 
 
 def run_complete(directory: str) -> bool:
-    """Whether the run in `directory` finished writing (its aux arrays exist)."""
-    return tf.io.gfile.exists(tf.io.gfile.join(directory, AUX_FILENAME))
+    """Whether the run in `directory` finished writing (its aux arrays exist).
+
+    Looks the name up in a listing rather than asking `exists`, which some TensorFlow
+    file systems (``ram://``) answer by prefix, taking a leftover temporary file for it.
+    """
+    return (tf.io.gfile.isdir(directory)
+            and AUX_FILENAME in (e.rstrip("/") for e in tf.io.gfile.listdir(directory)))
 
 
 def aux_arrays(subset_indices: np.ndarray, correctness_train: np.ndarray,
@@ -173,8 +178,16 @@ def list_runs(experiment_dir: str, subset: str) -> tuple[list[int], list[int]]:
     return [i for i in ids if i in complete], [i for i in ids if i not in complete]
 
 
-def _complete_run_ids(folder: str, ids: Sequence[int]) -> list[int]:
-    """Ids among `ids` whose aux arrays exist, from one glob rather than one call per run."""
+def _complete_run_ids(folder: str, ids: Sequence[int], num_threads: int = 16) -> list[int]:
+    """Ids among `ids` whose aux arrays exist.
+
+    One glob answers for all runs (thousands of runs on gs:// would otherwise cost a
+    request each); a folder whose path has glob characters is checked run by run.
+    """
+    if any(c in folder for c in "*?[]"):
+        with concurrent.futures.ThreadPoolExecutor(num_threads) as pool:
+            complete = pool.map(lambda i: run_complete(tf.io.gfile.join(folder, str(i))), ids)
+            return [i for i, done in zip(ids, complete, strict=True) if done]
     found = tf.io.gfile.glob(tf.io.gfile.join(folder, "*", AUX_FILENAME))
     present = {path.rstrip("/").split("/")[-2] for path in found}
     return [i for i in ids if str(i) in present]

@@ -2,13 +2,14 @@
 
 import io
 import os
+import pathlib
 import subprocess
 import sys
 
 import numpy as np
 import pytest
 
-from conftest import REPO_ROOT
+REPO_ROOT = pathlib.Path(__file__).resolve().parents[1]
 
 TINY = ["--num_runs=6", "--models_at_once=4", "--epochs=3", "--progress=false"]
 

@@ -180,8 +180,6 @@ def test_values_of_wrong_shape_raise_value_error():
         list(estimators.influence_blocks(membership, np.zeros((NUM_RUNS + 1, NUM_EVAL))))
 
 
-@pytest.mark.xfail(reason="influence() reads np.shape(values)[1] before validating, so 1-D "
-                          "values raise IndexError instead of ValueError", strict=True)
 def test_influence_with_1d_values_raises_value_error():
     with pytest.raises(ValueError, match="values"):
         estimators.influence(_random_membership(9), np.zeros(NUM_RUNS))
@@ -254,10 +252,6 @@ def test_influence_row_nan_for_never_included_example_on_margins():
                                equal_nan=True)
 
 
-@pytest.mark.xfail(reason="bug: for an example in every run, mean_out is "
-                          "(float64 column sum - float32 sum_in) / 0; with float margins the "
-                          "numerator is a rounding residue, not 0, so the row is +-inf, not NaN",
-                   strict=True)
 def test_influence_row_nan_for_always_included_example_on_margins():
     membership = _random_membership(18)
     membership[:, 2] = True
@@ -314,10 +308,6 @@ def test_top_influence_pairs_all_pairs():
     _check_top_pairs(membership, values, 9 * 5 + 10, block_size=4)
 
 
-@pytest.mark.xfail(reason="bug: the always-included example's +inf influence row (see "
-                          "test_influence_row_nan_for_always_included_example_on_margins) is "
-                          "turned into float32 max by nan_to_num and ranked first",
-                   strict=True)
 def test_top_influence_pairs_skip_always_included_example_on_margins():
     membership = _random_membership(18)
     membership[:, 2] = True

@@ -23,8 +23,10 @@ def base(request, tmp_path):
         return
     directory = f"ram://heldout-tests/{uuid.uuid4().hex}/experiment"
     yield directory
-    if tf.io.gfile.exists(directory):
+    try:  # Best effort: the RAM file system's rmtree fails on some trees (TF quirk).
         tf.io.gfile.rmtree(directory)
+    except tf.errors.OpError:
+        pass
 
 
 def _truth(run_id, num_train=NUM_TRAIN, num_test=NUM_TEST):
@@ -52,6 +54,11 @@ def _arrays(truth, margins=True, logits=False):
 
 
 def _write_bytes(path, content):
+    """Writes a whole file, creating its folder; removes it first, because TensorFlow's
+    ram:// file system appends to an existing file opened with "wb"."""
+    tf.io.gfile.makedirs(path.rsplit("/", 1)[0])
+    if tf.io.gfile.exists(path):
+        tf.io.gfile.remove(path)
     with tf.io.gfile.GFile(path, "wb") as f:
         f.write(content)
 
@@ -163,7 +170,10 @@ def test_save_run_clears_leftover_directory(base):
     directory = runs.run_dir(base, "0.7", 0)
     tf.io.gfile.makedirs(tf.io.gfile.join(directory, "checkpoints"))
     _write_bytes(tf.io.gfile.join(directory, "junk.txt"), b"junk")
-    _write_bytes(tf.io.gfile.join(directory, "aux_arrays.npz.tmp-0123"), b"half a file")
+    if not base.startswith("ram://"):
+        # Not on ram://: TensorFlow's RAM file system answers exists() by prefix, so
+        # there "aux_arrays.npz" would seem to exist beside "aux_arrays.npz.tmp-0123".
+        _write_bytes(tf.io.gfile.join(directory, "aux_arrays.npz.tmp-0123"), b"half a file")
     _write_bytes(tf.io.gfile.join(directory, "checkpoints", "ckpt-9.index"), b"stale")
     assert not runs.run_complete(directory)
     assert runs.list_runs(base, "0.7") == ([], [0])
@@ -299,9 +309,6 @@ def test_runs_of_different_sizes_raise_value_error(tmp_path):
         runs.load_experiment(base, "0.7", progress=False)
 
 
-@pytest.mark.xfail(reason="bug: list_runs finds complete runs with tf.io.gfile.glob on the "
-                          "unescaped experiment path, so a path with glob characters such as "
-                          "'[1]' reports every complete run as incomplete", strict=True)
 def test_experiment_dir_with_glob_characters(tmp_path):
     base = str(tmp_path / "exp[1]")
     truth = _truth(0)
