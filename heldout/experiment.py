@@ -93,7 +93,6 @@ def train_experiment(experiment_dir: str, dataset: str, config: training.TrainCo
             group_start = time.time()
             seeds = [subsets_lib.run_seeds(seed, subset, r) for r in group]
             subsets = [subsets_lib.subset_indices(data.num_train, subset, seed, r) for r in group]
-            steps_per_epoch = trainer.steps_per_epoch(subsets)
             results = trainer.train(
                 subsets, [s.init for s in seeds], [s.order for s in seeds],
                 save_logits=save_logits, export_models=save_checkpoints,
@@ -109,7 +108,7 @@ def train_experiment(experiment_dir: str, dataset: str, config: training.TrainCo
                     checkpoint = tf.train.Checkpoint(
                         model=result.model,
                         epoch=tf.Variable(config.epochs, dtype=tf.int64),
-                        global_step=tf.Variable(config.epochs * steps_per_epoch, dtype=tf.int64))
+                        global_step=tf.Variable(result.steps, dtype=tf.int64))
                 arrays = runs_lib.aux_arrays(
                     subset_indices, result.train.correctness, result.test.correctness,
                     result.train.margin, result.test.margin, result.train.logits,

@@ -79,6 +79,7 @@ class TrainedRun:
 
     train: Predictions
     test: Predictions
+    steps: int  # optimizer steps taken
     model: tf.Module | None = None  # the single model, if exported for checkpoints
 
 
@@ -106,7 +107,7 @@ class EnsembleTrainer:
 
     def train(self, subsets: Sequence[np.ndarray], init_seeds: Sequence[np.random.SeedSequence],
               order_seeds: Sequence[np.random.SeedSequence], save_logits: bool = False,
-              export_models: bool = False,
+              export_models: bool = False, steps_per_epoch: Sequence[int] | None = None,
               on_epoch: Callable[[int], None] | None = None) -> list[TrainedRun]:
         """Trains one group of up to K runs and predicts on both splits.
 
@@ -116,6 +117,9 @@ class EnsembleTrainer:
             order_seeds: per run, the seed of its batch order.
             save_logits: also return every model's logits.
             export_models: also return each run as a single Sonnet model (for checkpoints).
+            steps_per_epoch: per run, optimizer steps per epoch; by default enough to
+                visit its subset once (`steps_per_epoch(len(subset))`). Designs that
+                compare subsets of different sizes at equal steps set it.
             on_epoch: called with the number of optimizer steps after every epoch.
 
         Returns:
@@ -133,29 +137,30 @@ class EnsembleTrainer:
         self._reset([np.random.default_rng(s) for s in init_seeds])
 
         config = self.config
-        steps_per_epoch = self.steps_per_epoch(subsets)
-        total_steps = steps_per_epoch * config.epochs
-        warmup_steps = int(round(config.warmup_epochs * steps_per_epoch))
+        steps = np.array([self.steps_per_epoch(len(s)) for s in subsets], np.int32)
+        if steps_per_epoch is not None:
+            steps[:num_runs] = steps_per_epoch
+            steps[num_runs:] = steps[num_runs - 1]
+        warmup_steps = np.round(config.warmup_epochs * steps).astype(np.int32)
         for epoch in range(config.epochs):
-            batches = _epoch_batches(subsets, order_rngs, steps_per_epoch, config.batch_size)
-            self._train_steps(tf.constant(batches),
-                              tf.constant(epoch * steps_per_epoch, tf.int32),
-                              tf.constant(total_steps, tf.int32),
-                              tf.constant(warmup_steps, tf.int32))
+            batches = _epoch_batches(subsets, order_rngs, int(steps.max()), config.batch_size)
+            self._train_steps(tf.constant(batches), tf.constant(epoch, tf.int32),
+                              tf.constant(steps), tf.constant(warmup_steps))
             if on_epoch is not None:
-                on_epoch(steps_per_epoch)
+                on_epoch(int(steps.max()))
 
         train = self.predict(self.dataset.x_train, self.dataset.y_train, save_logits)
         test = self.predict(self.dataset.x_test, self.dataset.y_test, save_logits)
         return [TrainedRun(
             train=Predictions(*(None if a is None else a[k] for a in train)),
             test=Predictions(*(None if a is None else a[k] for a in test)),
+            steps=int(steps[k]) * config.epochs,
             model=self.model.export(k, self.dataset.input_shape) if export_models else None,
         ) for k in range(num_runs)]
 
-    def steps_per_epoch(self, subsets: Sequence[np.ndarray]) -> int:
-        """Optimizer steps per epoch of a group: enough for its largest subset."""
-        return math.ceil(max(len(s) for s in subsets) / self.config.batch_size)
+    def steps_per_epoch(self, subset_size: int) -> int:
+        """Optimizer steps per epoch of a run that trains on `subset_size` examples."""
+        return math.ceil(subset_size / self.config.batch_size)
 
     def predict(self, x: np.ndarray, y: np.ndarray, save_logits: bool = False
                 ) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
@@ -187,10 +192,16 @@ class EnsembleTrainer:
     def _logits_eager(self, images: tf.Tensor) -> tf.Tensor:
         return self.model(images[None], is_training=False)
 
-    def _train_steps_eager(self, batches: tf.Tensor, first_step: tf.Tensor,
-                           total_steps: tf.Tensor, warmup_steps: tf.Tensor) -> None:
-        """Optimizer steps over ``batches[steps, K, batch_size]`` of training indices."""
+    def _train_steps_eager(self, batches: tf.Tensor, epoch: tf.Tensor,
+                           steps_per_epoch: tf.Tensor, warmup_steps: tf.Tensor) -> None:
+        """One epoch over ``batches[steps, K, batch_size]`` of training indices.
+
+        Model k takes only its own ``steps_per_epoch[k]`` steps; in the remaining steps
+        of the group its weights and momentum stay as they are, so its training is
+        what it would be alone.
+        """
         config = self.config
+        total_steps = steps_per_epoch * config.epochs
         for i in tf.range(tf.shape(batches)[0]):
             indices = batches[i]
             images = tf.gather(self._x_train, indices)
@@ -200,19 +211,26 @@ class EnsembleTrainer:
                 losses = tf.nn.sparse_softmax_cross_entropy_with_logits(labels, logits)
                 loss = tf.reduce_sum(tf.reduce_mean(losses, axis=1))
             grads = tape.gradient(loss, self._variables)
-            lr = learning_rate_at(first_step + i, total_steps, warmup_steps,
-                                config.learning_rate, config.lr_schedule)
+            active = tf.cast(i < steps_per_epoch, tf.float32)  # [K]
+            lr = active * learning_rate_at(epoch * steps_per_epoch + i, total_steps,
+                                           warmup_steps, config.learning_rate,
+                                           config.lr_schedule)
             for variable, velocity, grad, decay in zip(
                     self._variables, self._velocity, grads, self._decays, strict=True):
                 if decay:
                     grad += config.weight_decay * variable
-                velocity.assign(config.momentum * velocity + grad)
-                variable.assign_sub(lr * velocity)
+                per_model = [-1] + [1] * (len(variable.shape) - 1)
+                keep = tf.reshape(active, per_model) > 0
+                velocity.assign(tf.where(keep, config.momentum * velocity + grad, velocity))
+                variable.assign_sub(tf.reshape(lr, per_model) * velocity)
 
 
 def learning_rate_at(step: tf.Tensor, total_steps: tf.Tensor, warmup_steps: tf.Tensor,
                      peak: float, schedule: str) -> tf.Tensor:
-    """Learning rate of optimizer step `step` (0-based) of `total_steps`."""
+    """Learning rate of optimizer step `step` (0-based) of `total_steps`.
+
+    Works elementwise, so one call gives every model of a group its own rate.
+    """
     step = tf.cast(step, tf.float32)
     total = tf.cast(total_steps, tf.float32)
     warmup = tf.cast(warmup_steps, tf.float32)

@@ -245,11 +245,6 @@ def test_each_model_trains_only_on_its_own_subset(digits):
 
 
 @pytest.mark.slow
-@pytest.mark.xfail(strict=True, reason=(
-    "BUG: steps per epoch (and total/warm-up steps) come from the largest subset of the "
-    "group, so a run with a smaller subset takes more optimizer steps when grouped with a "
-    "larger one than when trained alone; contradicts the module docstring's 'a run's "
-    "result does not depend on which runs share its group'"))
 def test_run_with_smaller_subset_does_not_depend_on_group(digits):
     small = np.arange(64, dtype=np.int64)
     big = subsets_lib.subset_indices(digits.num_train, SUBSET, SEED, 1)
@@ -260,6 +255,21 @@ def test_run_with_smaller_subset_does_not_depend_on_group(digits):
         digits, dataclasses.replace(config, models_at_once=1)).train([small], init[:1],
                                                                      order[:1])
     np.testing.assert_allclose(grouped[0].test.margin, alone[0].test.margin, atol=1e-4)
+    assert (grouped[0].steps, grouped[1].steps, alone[0].steps) == (1, 15, 1)
+
+
+@pytest.mark.slow
+def test_steps_per_epoch_override_gives_equal_steps(digits):
+    small = np.arange(64, dtype=np.int64)
+    big = subsets_lib.subset_indices(digits.num_train, SUBSET, SEED, 1)
+    _, init, order = _runs(digits, [0, 1])
+    config = dataclasses.replace(CONFIG, epochs=2, models_at_once=2, warmup_epochs=0.0)
+    trainer = training.EnsembleTrainer(digits, config)
+    equal = trainer.train([small, big], init, order, steps_per_epoch=[15, 15])
+    assert [run.steps for run in equal] == [30, 30]
+    default = trainer.train([small, big], init, order)
+    # 15 steps over 64 examples fit them much better than 1 step does.
+    assert equal[0].train.margin[small].mean() > default[0].train.margin[small].mean() + 1.0
 
 
 def test_group_size_limits(digits):
