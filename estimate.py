@@ -1,12 +1,15 @@
-"""Estimates memorization and influence from the runs of a heldout experiment.
+"""Estimates memorization, self-influence, influence and C-scores from an experiment.
 
-Reads every complete run of one subset folder, computes per-example memorization
-and train-to-test influence (SPEC §4), saves them to an .npz, and prints the most
-memorized examples and the highest-influence pairs.
+Reads the complete runs of an experiment directory (local or gs://), computes the
+chosen estimators (SPEC §4) with standard errors, confidence intervals and p-values,
+saves them to an .npz (keys: heldout/analysis.py), optionally as CSV tables and PNG
+figures, and prints the most notable examples and one summary line per estimator.
 
 Usage:
   python estimate.py
-  python estimate.py --experiment_dir=gs://bucket/cifar10 --subset=0.7 --top=20
+  python estimate.py --experiment_dir=gs://bucket/cifar10 --subset=0.7 \
+      --estimator=influence --influence_output=topk --top_k=20 --eval_shard=0/8
+  python estimate.py --estimator=cscore --subset=0.1,0.3,0.5,0.7,0.9
 """
 
 import os
@@ -18,22 +21,46 @@ from absl import app, flags  # noqa: E402
 
 _EXPERIMENT_DIR = flags.DEFINE_string(
     "experiment_dir", "./experiments/digits", "Experiment directory (local or gs://).")
-_SUBSET = flags.DEFINE_string(
-    "subset", None, "Subset folder to use (e.g. '0.7'); default: the only one present.")
+_ESTIMATOR = flags.DEFINE_list(
+    "estimator", ["memorization", "influence"],
+    "Estimators: memorization, self_influence, influence, cscore, or all.")
+_SUBSET = flags.DEFINE_list(
+    "subset", None, "Subset folder to estimate from (e.g. 0.7); default: the only one. "
+    "For cscore, the ratio folders to average over (default: all).")
+_METRIC = flags.DEFINE_enum(
+    "metric", "correctness", ["correctness", "margin"],
+    "Per-run metric of self_influence and influence (memorization is correctness).")
+_MIN_RUNS = flags.DEFINE_integer(
+    "min_runs", 5, "Fewest in- and out-runs an estimate needs (else NaN).")
+_TEST = flags.DEFINE_enum("test", "welch", ["welch", "z"],
+                          "Test of 'different from zero': Welch's t or large-sample z.")
+_CONFIDENCE = flags.DEFINE_float("confidence", 0.95, "Level of confidence intervals.")
+_ALPHA = flags.DEFINE_float("alpha", 0.05, "Significance level of the 'significant' flags.")
+_FDR = flags.DEFINE_bool(
+    "fdr", False, "Control the false discovery rate across examples (Benjamini-Hochberg).")
+_INFLUENCE_OUTPUT = flags.DEFINE_enum(
+    "influence_output", "dense", ["dense", "topk"],
+    "Save the whole influence matrix (dense) or only top-k per test example.")
+_TOP_K = flags.DEFINE_integer("top_k", 10, "Most influential training examples kept per "
+                              "test example.")
+_THRESHOLD = flags.DEFINE_float("threshold", None, "Also save every pair with influence "
+                                "above this.")
+_EVAL_INDICES = flags.DEFINE_string(
+    "eval_indices", None, "Test examples to estimate influence on: '0-99,120' or a file "
+    "of indices (whitespace or comma separated).")
+_EVAL_SHARD = flags.DEFINE_string(
+    "eval_shard", None, "i/n: estimate the i-th of n equal parts of the test examples.")
 _OUTPUT = flags.DEFINE_string(
     "output", None, "Where to save the estimates (.npz); default: "
     "<experiment_dir>/estimates-<subset>.npz.")
+_CSV_DIR = flags.DEFINE_string("csv_dir", None, "Also write per-example CSV tables here.")
+_PLOT_DIR = flags.DEFINE_string(
+    "plot_dir", None, "Write PNG figures here (histograms, top memorized, influence pairs).")
 _DATASET = flags.DEFINE_string(
-    "dataset", None, "Data set, only to print labels; default: the one the experiment "
+    "dataset", None, "Data set, for labels and images; default: the one the experiment "
     "was trained on (none for released runs).")
 _DATA_DIR = flags.DEFINE_string("data_dir", None, "TFDS data directory.")
 _TOP = flags.DEFINE_integer("top", 10, "Rows of each printed table.")
-_DENSE_INFLUENCE = flags.DEFINE_bool(
-    "dense_influence", True, "Save the whole [num_train, num_test] influence matrix.")
-_MIN_RUNS = flags.DEFINE_integer(
-    "min_runs", 1, "Fewest in- and out-runs an example needs to get a score (else NaN).")
-_PLOT_DIR = flags.DEFINE_string(
-    "plot_dir", None, "Write PNG figures here (histogram, top memorized, influence pairs).")
 _PROGRESS = flags.DEFINE_bool("progress", True, "Show a progress bar.")
 
 
@@ -43,27 +70,41 @@ def main(argv):
     import heldout
 
     try:
-        if _TOP.value < 1:
-            raise ValueError(f"--top={_TOP.value}: expected a positive number")
-        estimates = heldout.estimate_experiment(
-            _EXPERIMENT_DIR.value, _SUBSET.value, num_pairs=max(_TOP.value, 100),
-            dense_influence=_DENSE_INFLUENCE.value, min_runs=_MIN_RUNS.value,
-            progress=_PROGRESS.value)
+        chosen = tuple(_ESTIMATOR.value)
+        config = heldout.EstimateConfig(
+            estimators=heldout.ESTIMATORS if chosen == ("all",) else chosen,
+            subsets=tuple(_SUBSET.value) if _SUBSET.value else None,
+            metric=_METRIC.value, min_runs=_MIN_RUNS.value, test=_TEST.value,
+            confidence=_CONFIDENCE.value, alpha=_ALPHA.value, fdr=_FDR.value,
+            influence_output=_INFLUENCE_OUTPUT.value, top_k=_TOP_K.value,
+            threshold=_THRESHOLD.value,
+            eval_indices=heldout.read_indices(_EVAL_INDICES.value, "--eval_indices")
+            if _EVAL_INDICES.value else None,
+            eval_shard=heldout.parse_shard(_EVAL_SHARD.value, "--eval_shard")
+            if _EVAL_SHARD.value else None,
+            num_pairs=max(_TOP.value, 100))
+        estimates = heldout.estimate_experiment(_EXPERIMENT_DIR.value, config,
+                                                progress=_PROGRESS.value)
         output = _OUTPUT.value or os.path.join(
-            _EXPERIMENT_DIR.value, f"estimates-{estimates.subset}.npz")
+            _EXPERIMENT_DIR.value, f"estimates-{estimates.subset or 'cscore'}.npz")
         heldout.save_estimates(estimates, output)
         dataset = _DATASET.value or heldout.read_experiment_info(
             _EXPERIMENT_DIR.value).get("dataset")
         data = heldout.load_dataset(dataset, _DATA_DIR.value) if dataset else None
-        figures = heldout.plot_estimates(estimates, _PLOT_DIR.value, data) \
-            if _PLOT_DIR.value else []
+        labels_train = None if data is None else data.y_train
+        labels_test = None if data is None else data.y_test
+        written = [output]
+        if _CSV_DIR.value:
+            written += heldout.write_tables(estimates, _CSV_DIR.value, labels_train,
+                                            labels_test)
+        if _PLOT_DIR.value:
+            written += heldout.plot_estimates(estimates, _PLOT_DIR.value, data)
     except ValueError as e:
         sys.exit(f"estimate.py: error: {e}")
-    print(heldout.format_report(estimates, None if data is None else data.y_train,
-                                None if data is None else data.y_test, top=_TOP.value))
-    print(f"\nSaved estimates to {output}")
-    for figure in figures:
-        print(f"Saved figure {figure}")
+    print(heldout.format_report(estimates, labels_train, labels_test, top=_TOP.value))
+    print()
+    for path in written:
+        print(f"Saved {path}")
 
 
 if __name__ == "__main__":

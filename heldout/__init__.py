@@ -5,29 +5,40 @@ and estimate memorization and influence from those records (Feldman & Zhang 2020
 """
 
 from heldout.analysis import (
+    ESTIMATORS,
+    EstimateConfig,
     Estimates,
     estimate_experiment,
     format_report,
     plot_estimates,
     save_estimates,
+    write_tables,
 )
 from heldout.data import Dataset, load_dataset
 from heldout.estimators import (
+    CScore,
+    InfluencePairs,
     SelfInfluence,
+    TopInfluences,
+    cscore,
     influence,
     influence_blocks,
     memorization,
+    pair_statistics,
     self_influence,
     top_influence_pairs,
+    top_influences,
 )
 from heldout.experiment import TrainSummary, read_experiment_info, train_experiment
 from heldout.runs import Experiment, RunFileError, load_experiment, load_run, save_run
-from heldout.subsets import parse_run_ids, subset_indices
+from heldout.subsets import parse_run_ids, parse_shard, read_indices, subset_indices
 from heldout.training import EnsembleTrainer, TrainConfig
 
 __version__ = "0.1.0"
 
 __all__ = [
+    "ESTIMATORS", "CScore", "EstimateConfig", "InfluencePairs", "TopInfluences", "cscore",
+    "pair_statistics", "parse_shard", "read_indices", "top_influences", "write_tables",
     "Dataset", "EnsembleTrainer", "Estimates", "Experiment", "RunFileError",
     "SelfInfluence", "TrainConfig", "TrainSummary", "estimate_experiment",
     "format_report", "influence", "influence_blocks", "load_dataset",

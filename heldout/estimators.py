@@ -7,23 +7,33 @@ Notation: ``membership[r, i]`` is True when run r trained on training example i,
   With correctness and random subsets this is Feldman & Zhang's memorization score.
 * Influence of training example i on evaluation example j:
   ``mean(values[r, j] | membership[r, i]) - mean(values[r, j] | not membership[r, i])``,
-  computed as two matrix products per block of training examples so memory stays
-  bounded whatever the number of examples.
+  computed from one float32 matrix product per block of training x evaluation examples,
+  so memory stays bounded whatever the number of examples.
+* C-score of an example (Jiang et al. 2021): its expected accuracy under models that
+  did not train on it, per subset ratio, averaged over the ratios.
+
+Every estimate carries its in/out run counts, a standard error, a confidence interval
+and a p-value for "different from zero" (`heldout.stats`). Examples with fewer than
+``min_runs`` in-runs or out-runs get NaN rather than a number made from a few runs.
 """
 
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 
 import numpy as np
+
+from heldout import stats
+
+DEFAULT_MIN_RUNS = 5
 
 
 @dataclasses.dataclass(frozen=True)
 class SelfInfluence:
     """Per training example: the estimate and what it was estimated from.
 
-    Every field is ``[num_train]``. ``score`` and ``stderr`` are NaN where fewer than
+    Every field is ``[num_train]``. ``score`` and the statistics are NaN where fewer than
     ``min_runs`` runs trained on, or held out, the example.
     """
 
@@ -32,17 +42,23 @@ class SelfInfluence:
     mean_out: np.ndarray  # mean metric over runs that held it out
     num_in: np.ndarray  # runs that trained on the example
     num_out: np.ndarray  # runs that held it out
-    stderr: np.ndarray  # standard error of score (unequal variances, as Welch)
+    stderr: np.ndarray  # standard error of score (unequal variances)
+    p_value: np.ndarray  # two-sided test of score != 0 (Welch's t or z)
+    ci_low: np.ndarray  # confidence interval of score
+    ci_high: np.ndarray
 
 
-def self_influence(membership: np.ndarray, values: np.ndarray, min_runs: int = 1
-                   ) -> SelfInfluence:
+def self_influence(membership: np.ndarray, values: np.ndarray,
+                   min_runs: int = DEFAULT_MIN_RUNS, test: str = "welch",
+                   level: float = 0.95) -> SelfInfluence:
     """Self-influence of each training example on its own metric.
 
     Args:
         membership: bool ``[num_runs, num_train]``.
         values: ``[num_runs, num_train]`` metric of every run on every training example.
         min_runs: fewest in-runs and out-runs an example needs to get a score.
+        test: ``"welch"`` (Welch's t-test) or ``"z"`` (large-sample normal test).
+        level: confidence level of the interval.
 
     Returns:
         A `SelfInfluence` with ``[num_train]`` fields.
@@ -56,47 +72,46 @@ def self_influence(membership: np.ndarray, values: np.ndarray, min_runs: int = 1
     num_out = membership.shape[0] - num_in
     mean_in, var_in = _masked_mean_var(values, membership, num_in)
     mean_out, var_out = _masked_mean_var(values, ~membership, num_out)
-    enough = (num_in >= max(min_runs, 1)) & (num_out >= max(min_runs, 1))
-    with np.errstate(invalid="ignore", divide="ignore"):
-        stderr = np.sqrt(var_in / num_in + var_out / num_out)
-    score = np.where(enough, mean_in - mean_out, np.nan)
-    return SelfInfluence(score=score, mean_in=mean_in, mean_out=mean_out, num_in=num_in,
-                         num_out=num_out, stderr=np.where(enough, stderr, np.nan))
+    return _with_significance(mean_in, var_in, num_in, mean_out, var_out, num_out,
+                              min_runs, test, level)
 
 
-def memorization(membership: np.ndarray, correctness: np.ndarray, min_runs: int = 1
-                 ) -> SelfInfluence:
+def memorization(membership: np.ndarray, correctness: np.ndarray,
+                 min_runs: int = DEFAULT_MIN_RUNS, test: str = "welch",
+                 level: float = 0.95) -> SelfInfluence:
     """Feldman-Zhang memorization: self-influence on correctness."""
-    return self_influence(membership, np.asarray(correctness, dtype=np.float64), min_runs)
+    return self_influence(membership, np.asarray(correctness, dtype=np.float64), min_runs,
+                          test, level)
 
 
-def influence(membership: np.ndarray, values: np.ndarray, block_size: int = 4096
-              ) -> np.ndarray:
-    """Influence of every training example on every evaluation example.
+def influence(membership: np.ndarray, values: np.ndarray, block_size: int = 4096,
+              min_runs: int = 1) -> np.ndarray:
+    """Influence of every training example on every evaluation example, as one matrix.
 
     Args:
         membership: bool ``[num_runs, num_train]``.
         values: ``[num_runs, num_eval]`` metric of every run on every evaluation example.
         block_size: training examples per block of the matrix products.
+        min_runs: fewest in- and out-runs a training example needs (else a NaN row).
 
     Returns:
-        float32 ``[num_train, num_eval]``; NaN rows for training examples that every
-        run, or no run, trained on.
+        float32 ``[num_train, num_eval]``.
     """
     membership = _check_membership(membership)
     values = _check_values(membership, values)
     result = np.empty((membership.shape[1], values.shape[1]), np.float32)
-    for rows, block in influence_blocks(membership, values, block_size):
+    for rows, block in influence_blocks(membership, values, block_size, min_runs):
         result[rows] = block
     return result
 
 
-def influence_blocks(membership: np.ndarray, values: np.ndarray, block_size: int = 4096
-                     ) -> Iterator[tuple[slice, np.ndarray]]:
+def influence_blocks(membership: np.ndarray, values: np.ndarray, block_size: int = 4096,
+                     min_runs: int = 1) -> Iterator[tuple[slice, np.ndarray]]:
     """Yields ``(rows, influence[rows])`` for consecutive blocks of training examples.
 
-    Each block costs two float32 matrix products of ``[num_runs, block]`` by
-    ``[num_runs, num_eval]``; the full matrix is never held unless the caller keeps it.
+    Each block costs one float32 matrix product of ``[num_runs, block]`` by
+    ``[num_runs, num_eval]``: the out-sum is the column sum minus the in-sum. The full
+    matrix is never held unless the caller keeps it.
     """
     membership = _check_membership(membership)
     values = _check_values(membership, values)
@@ -111,26 +126,159 @@ def influence_blocks(membership: np.ndarray, values: np.ndarray, block_size: int
         with np.errstate(invalid="ignore", divide="ignore"):
             mean_in = sum_in / num_in
             mean_out = (column_sums[None, :] - sum_in) / num_out
-        # Rounding leaves the "out" sum slightly off zero when no run held the example
-        # out; such rows have no estimate.
-        defined = (num_in > 0) & (num_out > 0)
+        # Rounding leaves the out-sum slightly off zero when no run held the example
+        # out; such rows, and rows from too few runs, have no estimate.
+        defined = (num_in >= max(min_runs, 1)) & (num_out >= max(min_runs, 1))
         yield rows, np.where(defined, mean_in - mean_out, np.nan).astype(np.float32)
 
 
+@dataclasses.dataclass(frozen=True)
+class InfluencePairs:
+    """Influence of chosen (train, eval) pairs with its statistics; every field ``[num_pairs]``.
+
+    ``eval`` indexes the columns of the values the pairs were computed from.
+    """
+
+    train: np.ndarray
+    eval: np.ndarray
+    score: np.ndarray
+    num_in: np.ndarray
+    num_out: np.ndarray
+    stderr: np.ndarray
+    p_value: np.ndarray
+    ci_low: np.ndarray
+    ci_high: np.ndarray
+
+    def __len__(self) -> int:
+        return len(self.train)
+
+    def take(self, order: np.ndarray) -> InfluencePairs:
+        """The pairs at positions `order`."""
+        return InfluencePairs(**{f.name: getattr(self, f.name)[order]
+                                 for f in dataclasses.fields(self)})
+
+
+def pair_statistics(membership: np.ndarray, values: np.ndarray, train: np.ndarray,
+                    eval_columns: np.ndarray, min_runs: int = DEFAULT_MIN_RUNS,
+                    test: str = "welch", level: float = 0.95,
+                    chunk_size: int = 8192) -> InfluencePairs:
+    """Influence, counts, standard error, p-value and interval of each (train, eval) pair.
+
+    Exact per pair (not from the blocked products), so it is cheap for the few pairs
+    a caller keeps (top-k, above a threshold) and exact for any metric.
+    """
+    membership = _check_membership(membership)
+    values = _check_values(membership, values)
+    train = np.asarray(train, dtype=np.int64)
+    eval_columns = np.asarray(eval_columns, dtype=np.int64)
+    parts = {name: np.empty(len(train)) for name in
+             ("mean_in", "var_in", "num_in", "mean_out", "var_out", "num_out")}
+    for start in range(0, len(train), chunk_size):
+        chunk = slice(start, start + chunk_size)
+        inside = membership[:, train[chunk]]  # [runs, chunk]
+        pair_values = values[:, eval_columns[chunk]].astype(np.float64)
+        num_in = inside.sum(axis=0)
+        num_out = inside.shape[0] - num_in
+        parts["num_in"][chunk], parts["num_out"][chunk] = num_in, num_out
+        parts["mean_in"][chunk], parts["var_in"][chunk] = _masked_mean_var(
+            pair_values, inside, num_in)
+        parts["mean_out"][chunk], parts["var_out"][chunk] = _masked_mean_var(
+            pair_values, ~inside, num_out)
+    estimate = _with_significance(**parts, min_runs=min_runs, test=test, level=level)
+    return InfluencePairs(
+        train=train, eval=eval_columns, score=estimate.score,
+        num_in=estimate.num_in.astype(np.int64), num_out=estimate.num_out.astype(np.int64),
+        stderr=estimate.stderr, p_value=estimate.p_value, ci_low=estimate.ci_low,
+        ci_high=estimate.ci_high)
+
+
+@dataclasses.dataclass(frozen=True)
+class TopInfluences:
+    """The most influential training examples of each evaluation example.
+
+    Attributes:
+        train: int64 ``[num_eval, k]`` training indices, highest influence first (-1 where
+            an evaluation example has fewer than k defined scores).
+        score: float32 ``[num_eval, k]`` their influence (NaN where ``train`` is -1).
+        above_threshold: every pair with influence above the threshold (None when no
+            threshold was given), as (train, eval column, score) arrays, eval-major.
+        dense: float32 ``[num_train, num_eval]`` influence matrix, if it was kept.
+    """
+
+    train: np.ndarray
+    score: np.ndarray
+    above_threshold: tuple[np.ndarray, np.ndarray, np.ndarray] | None
+    dense: np.ndarray | None = None
+
+
+def top_influences(membership: np.ndarray, values: np.ndarray, k: int,
+                   threshold: float | None = None, block_size: int = 4096,
+                   min_runs: int = DEFAULT_MIN_RUNS, keep_dense: bool = False
+                   ) -> TopInfluences:
+    """Top-k training examples per evaluation example, plus all pairs above `threshold`.
+
+    Streams over blocks of training examples keeping a running top-k per column, so
+    memory is ``O(block_size * num_eval)`` whatever ``num_train`` is (plus the whole
+    matrix when `keep_dense`).
+    """
+    if k < 1:
+        raise ValueError(f"--top_k={k}: expected a positive number")
+    membership = _check_membership(membership)
+    values = _check_values(membership, values)
+    num_eval = values.shape[1]
+    dense = np.empty((membership.shape[1], num_eval), np.float32) if keep_dense else None
+    best_score = np.full((0, num_eval), -np.inf, np.float32)
+    best_train = np.zeros((0, num_eval), np.int64)
+    above_train, above_eval, above_score = [], [], []
+    for rows, block in influence_blocks(membership, values, block_size, min_runs):
+        if dense is not None:
+            dense[rows] = block
+        if threshold is not None:
+            hit_train, hit_eval = np.nonzero(block > threshold)
+            above_train.append(hit_train + rows.start)
+            above_eval.append(hit_eval)
+            above_score.append(block[hit_train, hit_eval])
+        candidates = np.concatenate([best_score, np.nan_to_num(block, nan=-np.inf)])
+        owners = np.concatenate(
+            [best_train, np.broadcast_to(np.arange(rows.start, rows.stop)[:, None],
+                                         block.shape)])
+        keep = min(k, len(candidates))
+        top = np.argpartition(-candidates, keep - 1, axis=0)[:keep]
+        best_score = np.take_along_axis(candidates, top, axis=0)
+        best_train = np.take_along_axis(owners, top, axis=0)
+    order = np.argsort(-best_score, axis=0, kind="stable")
+    best_score = np.take_along_axis(best_score, order, axis=0).T
+    best_train = np.take_along_axis(best_train, order, axis=0).T
+    undefined = ~np.isfinite(best_score)
+    best_score = np.where(undefined, np.nan, best_score).astype(np.float32)
+    best_train = np.where(undefined, -1, best_train)
+    above = None
+    if threshold is not None:
+        train_idx = np.concatenate(above_train) if above_train else np.zeros(0, np.int64)
+        eval_idx = np.concatenate(above_eval) if above_eval else np.zeros(0, np.int64)
+        scores = np.concatenate(above_score) if above_score else np.zeros(0, np.float32)
+        order = np.lexsort((train_idx, eval_idx))
+        above = (train_idx[order].astype(np.int64), eval_idx[order].astype(np.int64),
+                 scores[order])
+    return TopInfluences(train=best_train, score=best_score, above_threshold=above,
+                         dense=dense)
+
+
 def top_influence_pairs(membership: np.ndarray, values: np.ndarray, num_pairs: int,
-                        block_size: int = 4096) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """The `num_pairs` (train, eval) pairs of highest influence, highest first.
+                        block_size: int = 4096, min_runs: int = 1
+                        ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The `num_pairs` (train, eval) pairs of highest influence overall, highest first.
 
     Returns:
         ``(train_indices, eval_indices, scores)``, each ``[num_pairs]``.
     """
     best_scores = np.empty(0, np.float32)
     best_train = best_eval = np.empty(0, np.int64)
-    for rows, block in influence_blocks(membership, values, block_size):
-        block = np.nan_to_num(block, nan=-np.inf)
-        flat = block.ravel()
+    for rows, block in influence_blocks(membership, values, block_size, min_runs):
+        flat = np.nan_to_num(block, nan=-np.inf).ravel()
         keep = min(num_pairs, flat.size)
         top = np.argpartition(-flat, keep - 1)[:keep]
+        top = top[np.isfinite(flat[top])]
         train, evals = np.unravel_index(top, block.shape)
         best_scores = np.concatenate([best_scores, flat[top]])
         best_train = np.concatenate([best_train, train + rows.start])
@@ -138,6 +286,85 @@ def top_influence_pairs(membership: np.ndarray, values: np.ndarray, num_pairs: i
         order = np.argsort(-best_scores, kind="stable")[:num_pairs]
         best_scores, best_train, best_eval = best_scores[order], best_train[order], best_eval[order]
     return best_train, best_eval, best_scores
+
+
+@dataclasses.dataclass(frozen=True)
+class CScore:
+    """Consistency scores over the subset ratios of an experiment.
+
+    Attributes:
+        ratios: ``[num_ratios]`` subset ratios, increasing.
+        train: ``[num_train]`` held-out accuracy averaged over the ratios where the
+            example has at least ``min_runs`` out-runs (NaN if none).
+        train_by_ratio: ``[num_ratios, num_train]`` held-out accuracy per ratio.
+        num_out_by_ratio: ``[num_ratios, num_train]`` runs that held each example out.
+        test: ``[num_test]`` accuracy over all runs, averaged over the ratios.
+        test_by_ratio: ``[num_ratios, num_test]``.
+    """
+
+    ratios: np.ndarray
+    train: np.ndarray
+    train_by_ratio: np.ndarray
+    num_out_by_ratio: np.ndarray
+    test: np.ndarray
+    test_by_ratio: np.ndarray
+
+
+def cscore(ratios: Sequence[float], memberships: Sequence[np.ndarray],
+           correctness_train: Sequence[np.ndarray], correctness_test: Sequence[np.ndarray],
+           min_runs: int = DEFAULT_MIN_RUNS) -> CScore:
+    """C-scores (Jiang et al. 2021) from the runs of each subset ratio.
+
+    Args:
+        ratios: the subset ratio of each group of runs.
+        memberships: per ratio, bool ``[runs, num_train]``.
+        correctness_train: per ratio, ``[runs, num_train]`` correctness on every
+            training example.
+        correctness_test: per ratio, ``[runs, num_test]``.
+        min_runs: fewest held-out runs an example needs at a ratio to count there.
+    """
+    if not (len(ratios) == len(memberships) == len(correctness_train)
+            == len(correctness_test)) or not ratios:
+        raise ValueError("cscore needs one membership and correctness array per ratio")
+    order = np.argsort(ratios, kind="stable")
+    train_by_ratio, num_out_by_ratio, test_by_ratio = [], [], []
+    for r in order:
+        membership = _check_membership(memberships[r])
+        correct = np.asarray(correctness_train[r], dtype=np.float64)
+        num_out = (~membership).sum(axis=0)
+        with np.errstate(invalid="ignore", divide="ignore"):
+            held_out = np.where(~membership, correct, 0.0).sum(axis=0) / num_out
+        train_by_ratio.append(np.where(num_out >= max(min_runs, 1), held_out, np.nan))
+        num_out_by_ratio.append(num_out)
+        test_by_ratio.append(np.asarray(correctness_test[r], dtype=np.float64).mean(axis=0))
+    train_by_ratio = np.stack(train_by_ratio)
+    test_by_ratio = np.stack(test_by_ratio)
+    counted = np.isfinite(train_by_ratio).sum(axis=0)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        train = np.nansum(train_by_ratio, axis=0) / counted
+    return CScore(ratios=np.asarray(ratios, dtype=np.float64)[order],
+                  train=np.where(counted > 0, train, np.nan), train_by_ratio=train_by_ratio,
+                  num_out_by_ratio=np.stack(num_out_by_ratio), test=test_by_ratio.mean(axis=0),
+                  test_by_ratio=test_by_ratio)
+
+
+def _with_significance(mean_in, var_in, num_in, mean_out, var_out, num_out, min_runs: int,
+                       test: str, level: float) -> SelfInfluence:
+    """Packs means and variances into a `SelfInfluence`, NaN below `min_runs`."""
+    significance = stats.difference_test(mean_in, var_in, num_in, mean_out, var_out,
+                                         num_out, test=test, level=level)
+    enough = (num_in >= max(min_runs, 1)) & (num_out >= max(min_runs, 1))
+
+    def defined(x):
+        return np.where(enough, x, np.nan)
+
+    with np.errstate(invalid="ignore"):
+        stderr = np.sqrt(var_in / num_in + var_out / num_out)
+    return SelfInfluence(
+        score=defined(mean_in - mean_out), mean_in=mean_in, mean_out=mean_out,
+        num_in=num_in, num_out=num_out, stderr=defined(stderr),
+        p_value=defined(significance.p_value), ci_low=defined(significance.ci_low),
+        ci_high=defined(significance.ci_high))
 
 
 def _masked_mean_var(values: np.ndarray, mask: np.ndarray, counts: np.ndarray

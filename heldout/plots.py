@@ -57,6 +57,20 @@ def plot_memorization_histogram(scores: np.ndarray, path: str, title: str = "") 
     return _save(fig, path)
 
 
+def plot_cscore_histogram(scores: np.ndarray, ratios: np.ndarray, path: str) -> str:
+    """Histogram of training-example C-scores; returns `path`."""
+    plt = _pyplot()
+    scores = scores[np.isfinite(scores)]
+    fig, ax = plt.subplots(figsize=(6, 4))
+    ax.hist(scores, bins=np.linspace(0.0, 1.0, 41), color="tab:green", edgecolor="white")
+    ax.set_yscale("log")
+    ax.set_xlabel("C-score  (held-out accuracy, averaged over subset ratios)")
+    ax.set_ylabel("training examples")
+    ax.set_title(f"C-scores of {len(scores)} training examples, ratios "
+                 f"{', '.join(f'{r:g}' for r in ratios)}", fontsize=9)
+    return _save(fig, path)
+
+
 def plot_top_memorized(images: np.ndarray, labels: np.ndarray, scores: np.ndarray,
                        path: str, count: int = 40, columns: int = 10) -> str:
     """Grid of the `count` highest-scoring training images, each titled index/label/score."""

@@ -35,6 +35,7 @@ RELEASED_KEYS = (SUBSET_INDICES,) + tuple(
     f"{kind}_{split}" for split in SPLITS for kind in ("correctness", "index"))
 # Our optional per-split keys: float32 margins, float16 logits.
 MARGIN_PREFIX = "margin_"
+METRICS = ("correctness", "margin")
 LOGITS_PREFIX = "logits_"
 
 
@@ -219,10 +220,28 @@ class Experiment:
     def num_runs(self) -> int:
         return len(self.run_ids)
 
+    def metric(self, name: str, split: str) -> np.ndarray:
+        """Per-run metric ``[num_runs, num_examples]`` of a split (``train`` or ``test``).
+
+        Raises:
+            ValueError: `name` is not a metric, or the runs did not record it.
+        """
+        if name not in METRICS:
+            raise ValueError(f"--metric={name!r}: expected one of {', '.join(METRICS)}")
+        values = getattr(self, f"{name}_{split}")
+        if values is None:
+            raise ValueError(
+                f"--metric={name}: these runs have no {name}_* arrays (released runs "
+                "record only correctness); use --metric=correctness")
+        return values if name != "correctness" else values.astype(np.float32)
+
 
 def load_experiment(experiment_dir: str, subset: str, num_threads: int = 16,
                     progress: bool = True) -> Experiment:
-    """Reads every complete run of `subset` into an `Experiment`, in parallel threads.
+    """Reads every complete run of `subset` into an `Experiment`.
+
+    Runs are read by parallel threads (through tf.io.gfile, so gs:// too) and folded
+    into the matrices as they arrive, so memory holds the matrices plus a few runs.
 
     Raises:
         ValueError: there are no complete runs, or the runs disagree about the
@@ -235,35 +254,45 @@ def load_experiment(experiment_dir: str, subset: str, num_threads: int = 16,
         raise ValueError(f"--experiment_dir={experiment_dir}: no complete runs in {where} "
                          f"(expected <run_id>/{AUX_FILENAME} folders)")
     directories = [run_dir(experiment_dir, subset, i) for i in complete]
+    matrices: dict[str, np.ndarray] = {}
+    has_margins = True
     with concurrent.futures.ThreadPoolExecutor(num_threads) as pool:
         loaded = pool.map(load_run, directories)
-        arrays = list(_progress(loaded, len(directories), f"reading {subset}", progress))
-    num_train = len(arrays[0]["index_train"]) + len(arrays[0]["index_removed"])
-    num_test = len(arrays[0]["index_test"])
-    has_margins = all(f"{MARGIN_PREFIX}{s}" in a for a in arrays for s in SPLITS)
-    membership = np.zeros((len(arrays), num_train), dtype=bool)
-    correctness_train = np.zeros((len(arrays), num_train), dtype=bool)
-    correctness_test = np.zeros((len(arrays), num_test), dtype=bool)
-    margin_train = np.zeros((len(arrays), num_train), np.float32) if has_margins else None
-    margin_test = np.zeros((len(arrays), num_test), np.float32) if has_margins else None
-    for r, (directory, run) in enumerate(zip(directories, arrays, strict=True)):
-        sizes = (len(run["index_train"]) + len(run["index_removed"]), len(run["index_test"]))
-        if sizes != (num_train, num_test):
-            raise ValueError(f"{directory}: {sizes[0]} training and {sizes[1]} test examples, "
-                             f"but {directories[0]} has {num_train} and {num_test}")
-        _check_indices(directory, run, num_train, num_test)
-        membership[r, run["index_train"]] = True
-        for split in ("train", "removed"):
-            correctness_train[r, run[f"index_{split}"]] = run[f"correctness_{split}"]
-            if has_margins:
-                margin_train[r, run[f"index_{split}"]] = run[MARGIN_PREFIX + split]
-        correctness_test[r, run["index_test"]] = run["correctness_test"]
-        if has_margins:
-            margin_test[r, run["index_test"]] = run[MARGIN_PREFIX + "test"]
-    return Experiment(run_ids=np.asarray(complete), membership=membership,
-                      correctness_train=correctness_train, correctness_test=correctness_test,
-                      margin_train=margin_train, margin_test=margin_test,
+        for r, run in enumerate(_progress(loaded, len(directories), f"reading {subset}",
+                                          progress)):
+            sizes = (len(run["index_train"]) + len(run["index_removed"]),
+                     len(run["index_test"]))
+            if not matrices:
+                matrices = _empty_matrices(len(directories), *sizes)
+            num_train = matrices["membership"].shape[1]
+            num_test = matrices["correctness_test"].shape[1]
+            if sizes != (num_train, num_test):
+                raise ValueError(f"{directories[r]}: {sizes[0]} training and {sizes[1]} test "
+                                 f"examples, but {directories[0]} has {num_train} and "
+                                 f"{num_test}")
+            _check_indices(directories[r], run, num_train, num_test)
+            has_margins &= all(MARGIN_PREFIX + split in run for split in SPLITS)
+            matrices["membership"][r, run["index_train"]] = True
+            for split in SPLITS:
+                kind = "test" if split == "test" else "train"
+                rows = run[f"index_{split}"]
+                matrices[f"correctness_{kind}"][r, rows] = run[f"correctness_{split}"]
+                if has_margins:
+                    matrices[f"margin_{kind}"][r, rows] = run[MARGIN_PREFIX + split]
+    return Experiment(run_ids=np.asarray(complete), membership=matrices["membership"],
+                      correctness_train=matrices["correctness_train"],
+                      correctness_test=matrices["correctness_test"],
+                      margin_train=matrices["margin_train"] if has_margins else None,
+                      margin_test=matrices["margin_test"] if has_margins else None,
                       skipped=tuple(incomplete))
+
+
+def _empty_matrices(num_runs: int, num_train: int, num_test: int) -> dict[str, np.ndarray]:
+    return {"membership": np.zeros((num_runs, num_train), dtype=bool),
+            "correctness_train": np.zeros((num_runs, num_train), dtype=bool),
+            "correctness_test": np.zeros((num_runs, num_test), dtype=bool),
+            "margin_train": np.zeros((num_runs, num_train), np.float32),
+            "margin_test": np.zeros((num_runs, num_test), np.float32)}
 
 
 def _check_indices(directory: str, run: dict[str, np.ndarray], num_train: int,

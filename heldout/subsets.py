@@ -61,11 +61,12 @@ def subset_indices(num_train: int, subset: str, experiment_seed: int, run_id: in
     return np.sort(np.argsort(keys, kind="stable")[:size]).astype(np.int64)
 
 
-def parse_run_ids(text: str) -> list[int]:
-    """Run ids from ``"0-99"``, ``"3,5,8"`` or a mix (``"0-9,20"``), in increasing order.
+def parse_run_ids(text: str, flag: str = "--run_ids") -> list[int]:
+    """Ids from ``"0-99"``, ``"3,5,8"`` or a mix (``"0-9,20"``), in increasing order.
 
     Raises:
-        ValueError: the text is not a comma list of ids and inclusive ranges.
+        ValueError: the text is not a comma list of ids and inclusive ranges (the
+            message names `flag`).
     """
     ids: set[int] = set()
     try:
@@ -80,8 +81,41 @@ def parse_run_ids(text: str) -> list[int]:
                 ids.add(int(first))
     except ValueError:
         raise ValueError(
-            f"--run_ids={text!r}: expected non-negative ids and ranges like '0-99' or '3,5,8'"
+            f"{flag}={text!r}: expected non-negative ids and ranges like '0-99' or '3,5,8'"
         ) from None
     if not ids or min(ids) < 0:
-        raise ValueError(f"--run_ids={text!r}: expected non-negative ids")
+        raise ValueError(f"{flag}={text!r}: expected non-negative ids")
     return sorted(ids)
+
+
+def read_indices(spec: str, flag: str) -> list[int]:
+    """Indices from a range list (``"0-99,120"``) or from a file of indices.
+
+    A file (local or gs://) holds integers separated by whitespace or commas; lines
+    starting with ``#`` are comments.
+    """
+    import tensorflow as tf
+
+    if not tf.io.gfile.exists(spec):
+        return parse_run_ids(spec, flag)
+    with tf.io.gfile.GFile(spec, "r") as f:
+        lines = [line.split("#", 1)[0] for line in f.read().splitlines()]
+    tokens = " ".join(lines).replace(",", " ").split()
+    try:
+        indices = [int(t) for t in tokens]
+    except ValueError:
+        raise ValueError(f"{flag}={spec}: expected a file of integer indices") from None
+    if not indices or min(indices) < 0:
+        raise ValueError(f"{flag}={spec}: expected non-negative indices")
+    return indices
+
+
+def parse_shard(text: str, flag: str) -> tuple[int, int]:
+    """``"i/n"`` as (i, n) with 0 <= i < n."""
+    try:
+        index, count = (int(part) for part in text.split("/"))
+    except ValueError:
+        raise ValueError(f"{flag}={text!r}: expected i/n, e.g. 0/8") from None
+    if not 0 <= index < count:
+        raise ValueError(f"{flag}={text}: expected i/n with 0 <= i < n")
+    return index, count

@@ -103,16 +103,16 @@ def test_estimate_matches_brute_force_and_draws_figures(experiment, tmp_path):
     output = tmp_path / "estimates.npz"
     plot_dir = tmp_path / "plots"
     result = run_cli("estimate.py", f"--experiment_dir={experiment}", f"--output={output}",
-                     f"--plot_dir={plot_dir}", "--progress=false", "--top=5")
+                     f"--plot_dir={plot_dir}", "--progress=false", "--top=5", "--min_runs=1")
     assert result.returncode == 0, result.stderr
     assert "6 runs used" in result.stdout
     assert "Top 5 memorized training examples" in result.stdout
     estimates = load_aux(output)
     memorization, influence = brute_force_memorization(experiment, 1352)
     np.testing.assert_allclose(estimates["mem_score"], memorization, atol=1e-6)
-    np.testing.assert_allclose(estimates["influence"], influence, atol=1e-6)
+    np.testing.assert_allclose(estimates["infl_matrix"], influence, atol=1e-6)
     best = np.nanmax(influence)
-    assert estimates["pair_score"][0] == pytest.approx(best, abs=1e-6)
+    assert estimates["infl_pair_score"][0] == pytest.approx(best, abs=1e-6)
     for name in ("memorization_histogram.png", "top_memorized.png", "influence_pairs.png"):
         content = (plot_dir / name).read_bytes()
         assert content.startswith(b"\x89PNG") and len(content) > 5000
