@@ -105,7 +105,7 @@ def test_estimate_matches_brute_force_and_draws_figures(experiment, tmp_path):
     result = run_cli("estimate.py", f"--experiment_dir={experiment}", f"--output={output}",
                      f"--plot_dir={plot_dir}", "--progress=false", "--top=5", "--min_runs=1")
     assert result.returncode == 0, result.stderr
-    assert "6 runs used" in result.stdout
+    assert "memorization: 6 runs of 0.7" in result.stdout
     assert "Top 5 memorized training examples" in result.stdout
     estimates = load_aux(output)
     memorization, influence = brute_force_memorization(experiment, 1352)
