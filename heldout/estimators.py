@@ -64,24 +64,20 @@ def self_influence(membership: np.ndarray, values: np.ndarray,
         A `SelfInfluence` with ``[num_train]`` fields.
     """
     membership = _check_membership(membership)
-    values = np.asarray(values, dtype=np.float64)
+    values = np.asarray(values)
     if values.shape != membership.shape:
         raise ValueError(f"values has shape {values.shape}, expected membership's "
                          f"{membership.shape}")
-    num_in = membership.sum(axis=0)
-    num_out = membership.shape[0] - num_in
-    mean_in, var_in = _masked_mean_var(values, membership, num_in)
-    mean_out, var_out = _masked_mean_var(values, ~membership, num_out)
-    return _with_significance(mean_in, var_in, num_in, mean_out, var_out, num_out,
-                              min_runs, test, level)
+    moments = _in_out_moments(membership, values)
+    return _with_significance(**moments, min_runs=min_runs, test=test, level=level)
 
 
 def memorization(membership: np.ndarray, correctness: np.ndarray,
                  min_runs: int = DEFAULT_MIN_RUNS, test: str = "welch",
                  level: float = 0.95) -> SelfInfluence:
     """Feldman-Zhang memorization: self-influence on correctness."""
-    return self_influence(membership, np.asarray(correctness, dtype=np.float64), min_runs,
-                          test, level)
+    return self_influence(membership, np.asarray(correctness, dtype=bool), min_runs, test,
+                          level)
 
 
 def influence(membership: np.ndarray, values: np.ndarray, block_size: int = 4096,
@@ -116,20 +112,27 @@ def influence_blocks(membership: np.ndarray, values: np.ndarray, block_size: int
     membership = _check_membership(membership)
     values = _check_values(membership, values)
     num_runs, num_train = membership.shape
-    column_sums = values.sum(axis=0, dtype=np.float64)
+    column_sums = values.sum(axis=0, dtype=np.float64).astype(np.float32)[None, :]
     for start in range(0, num_train, block_size):
         rows = slice(start, min(start + block_size, num_train))
         mask = membership[:, rows]
         sum_in = mask.T.astype(np.float32) @ values  # [block, num_eval]
-        num_in = mask.sum(axis=0).astype(np.float64)[:, None]
+        num_in = mask.sum(axis=0)[:, None]
         num_out = num_runs - num_in
+        # (column_sums - sum_in) * inv_out - sum_in * inv_in, without [block, eval] copies;
+        # 0 * inf where a row has no in- or out-runs is NaN, which is the right answer.
         with np.errstate(invalid="ignore", divide="ignore"):
-            mean_in = sum_in / num_in
-            mean_out = (column_sums[None, :] - sum_in) / num_out
+            inv_in = (1.0 / num_in).astype(np.float32)
+            inv_out = (1.0 / num_out).astype(np.float32)
+            influence = np.subtract(column_sums, sum_in)
+            influence *= -inv_out
+            sum_in *= inv_in
+            influence += sum_in
         # Rounding leaves the out-sum slightly off zero when no run held the example
         # out; such rows, and rows from too few runs, have no estimate.
-        defined = (num_in >= max(min_runs, 1)) & (num_out >= max(min_runs, 1))
-        yield rows, np.where(defined, mean_in - mean_out, np.nan).astype(np.float32)
+        undefined = (num_in < max(min_runs, 1)) | (num_out < max(min_runs, 1))
+        influence[undefined[:, 0]] = np.nan
+        yield rows, influence
 
 
 @dataclasses.dataclass(frozen=True)
@@ -175,15 +178,9 @@ def pair_statistics(membership: np.ndarray, values: np.ndarray, train: np.ndarra
              ("mean_in", "var_in", "num_in", "mean_out", "var_out", "num_out")}
     for start in range(0, len(train), chunk_size):
         chunk = slice(start, start + chunk_size)
-        inside = membership[:, train[chunk]]  # [runs, chunk]
-        pair_values = values[:, eval_columns[chunk]].astype(np.float64)
-        num_in = inside.sum(axis=0)
-        num_out = inside.shape[0] - num_in
-        parts["num_in"][chunk], parts["num_out"][chunk] = num_in, num_out
-        parts["mean_in"][chunk], parts["var_in"][chunk] = _masked_mean_var(
-            pair_values, inside, num_in)
-        parts["mean_out"][chunk], parts["var_out"][chunk] = _masked_mean_var(
-            pair_values, ~inside, num_out)
+        moments = _in_out_moments(membership[:, train[chunk]], values[:, eval_columns[chunk]])
+        for name, value in moments.items():
+            parts[name][chunk] = value
     estimate = _with_significance(**parts, min_runs=min_runs, test=test, level=level)
     return InfluencePairs(
         train=train, eval=eval_columns, score=estimate.score,
@@ -330,10 +327,16 @@ def cscore(ratios: Sequence[float], memberships: Sequence[np.ndarray],
     train_by_ratio, num_out_by_ratio, test_by_ratio = [], [], []
     for r in order:
         membership = _check_membership(memberships[r])
-        correct = np.asarray(correctness_train[r], dtype=np.float64)
+        correct = np.asarray(correctness_train[r], dtype=bool)
+        if correct.shape != membership.shape:
+            raise ValueError(f"correctness_train has shape {correct.shape}, expected "
+                             f"membership's {membership.shape}")
         num_out = (~membership).sum(axis=0)
+        correct_out = np.concatenate([
+            (correct[:, c] & ~membership[:, c]).sum(axis=0)
+            for c in _column_blocks(membership.shape[1])])
         with np.errstate(invalid="ignore", divide="ignore"):
-            held_out = np.where(~membership, correct, 0.0).sum(axis=0) / num_out
+            held_out = correct_out / num_out
         train_by_ratio.append(np.where(num_out >= max(min_runs, 1), held_out, np.nan))
         num_out_by_ratio.append(num_out)
         test_by_ratio.append(np.asarray(correctness_test[r], dtype=np.float64).mean(axis=0))
@@ -365,6 +368,33 @@ def _with_significance(mean_in, var_in, num_in, mean_out, var_out, num_out, min_
         num_in=num_in, num_out=num_out, stderr=defined(stderr),
         p_value=defined(significance.p_value), ci_low=defined(significance.ci_low),
         ci_high=defined(significance.ci_high))
+
+
+def _in_out_moments(membership: np.ndarray, values: np.ndarray, block: int = 2048
+                    ) -> dict[str, np.ndarray]:
+    """Per column: mean, unbiased variance and count of `values` over in- and out-runs.
+
+    Works through blocks of columns in float64, so memory stays ``O(runs * block)``
+    whatever the number of columns.
+    """
+    parts: dict[str, list[np.ndarray]] = {
+        name: [] for name in ("mean_in", "var_in", "num_in", "mean_out", "var_out", "num_out")}
+    for columns in _column_blocks(membership.shape[1], block):
+        inside = membership[:, columns]
+        column_values = values[:, columns].astype(np.float64)
+        for side, mask in (("in", inside), ("out", ~inside)):
+            count = mask.sum(axis=0)
+            mean, var = _masked_mean_var(column_values, mask, count)
+            parts[f"mean_{side}"].append(mean)
+            parts[f"var_{side}"].append(var)
+            parts[f"num_{side}"].append(count)
+    return {name: np.concatenate(chunks) if chunks else np.zeros(0)
+            for name, chunks in parts.items()}
+
+
+def _column_blocks(num_columns: int, block: int = 2048) -> list[slice]:
+    return [slice(start, min(start + block, num_columns))
+            for start in range(0, num_columns, block)]
 
 
 def _masked_mean_var(values: np.ndarray, mask: np.ndarray, counts: np.ndarray
