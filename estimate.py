@@ -28,8 +28,10 @@ _SUBSET = flags.DEFINE_list(
     "subset", None, "Subset folder to estimate from (e.g. 0.7); default: the only one. "
     "For cscore, the ratio folders to average over (default: all).")
 _METRIC = flags.DEFINE_enum(
-    "metric", "correctness", ["correctness", "margin"],
-    "Per-run metric of self_influence and influence (memorization is correctness).")
+    "metric", "correctness", ["correctness", "margin", "logodds"],
+    "Per-run metric of self_influence and influence (memorization is correctness): "
+    "margin = correct logit minus largest other, logodds = correct logit minus "
+    "logsumexp of the others.")
 _MIN_RUNS = flags.DEFINE_integer(
     "min_runs", 5, "Fewest in- and out-runs an estimate needs (else NaN).")
 _TEST = flags.DEFINE_enum("test", "welch", ["welch", "z"],

@@ -82,9 +82,9 @@ def train_experiment(experiment_dir: str, dataset: str, config: training.TrainCo
 
     data = data_lib.load_dataset(dataset, data_dir=data_dir)
     _write_experiment_info(experiment_dir, settings)
-    group_size = min(config.models_at_once, len(todo))
-    trainer = training.EnsembleTrainer(
-        data, dataclasses.replace(config, models_at_once=group_size))
+    trainer = training.make_trainer(
+        data, dataclasses.replace(config, models_at_once=min(config.models_at_once, len(todo))))
+    group_size = trainer.num_models
     accuracies = []
     bar = _progress_bar(len(todo), progress)
     with concurrent.futures.ThreadPoolExecutor(8) as writers:
@@ -111,8 +111,9 @@ def train_experiment(experiment_dir: str, dataset: str, config: training.TrainCo
                         global_step=tf.Variable(result.steps, dtype=tf.int64))
                 arrays = runs_lib.aux_arrays(
                     subset_indices, result.train.correctness, result.test.correctness,
-                    result.train.margin, result.test.margin, result.train.logits,
-                    result.test.logits)
+                    margin_train=result.train.margin, margin_test=result.test.margin,
+                    logodds_train=result.train.logodds, logodds_test=result.test.logodds,
+                    logits_train=result.train.logits, logits_test=result.test.logits)
                 pending.append(writers.submit(
                     runs_lib.save_run, runs_lib.run_dir(experiment_dir, subset, run_id),
                     arrays, info, checkpoint, config.epochs))

@@ -218,6 +218,20 @@ ENSEMBLE_MODELS: dict[str, Callable[[int, int], snt.Module]] = {
 }
 
 
+def _small_inception(num_classes: int) -> snt.Module:
+    from heldout.small_inception import SmallInception
+
+    return SmallInception(num_classes)
+
+
+# Large models trained one per program: name -> constructor given num_classes. Their
+# object graphs are those of the published Feldman-Zhang checkpoints.
+SINGLE_MODELS: dict[str, Callable[[int], snt.Module]] = {
+    "small_inception": _small_inception,
+    "resnet50": lambda num_classes: snt.nets.ResNet50(num_classes=num_classes),
+}
+
+
 def make_ensemble(model: str, num_classes: int, num_models: int) -> snt.Module:
     """The ensemble form of the model registered as `model`.
 
@@ -226,8 +240,20 @@ def make_ensemble(model: str, num_classes: int, num_models: int) -> snt.Module:
     """
     if model not in ENSEMBLE_MODELS:
         raise ValueError(f"--model={model!r} is not a known model: expected one of "
-                         f"{', '.join(sorted(ENSEMBLE_MODELS))}")
+                         f"{', '.join(sorted(ENSEMBLE_MODELS | SINGLE_MODELS))}")
     return ENSEMBLE_MODELS[model](num_classes, num_models)
+
+
+def make_single(model: str, num_classes: int) -> snt.Module:
+    """A large model registered in `SINGLE_MODELS`, called as ``model(images, is_training)``.
+
+    Raises:
+        ValueError: `model` is not a registered large model.
+    """
+    if model not in SINGLE_MODELS:
+        raise ValueError(f"--model={model!r} is not a model trained one at a time: expected "
+                         f"one of {', '.join(sorted(SINGLE_MODELS))}")
+    return SINGLE_MODELS[model](num_classes)
 
 
 def initial_values(variable: tf.Variable, rngs: Sequence[np.random.Generator]) -> np.ndarray:

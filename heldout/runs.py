@@ -33,9 +33,12 @@ SUBSET_INDICES = "subsample_idx"
 # Keys of the released files; every reader needs these and only these.
 RELEASED_KEYS = (SUBSET_INDICES,) + tuple(
     f"{kind}_{split}" for split in SPLITS for kind in ("correctness", "index"))
-# Our optional per-split keys: float32 margins, float16 logits.
+# Our optional per-split keys: float32 max-margins and log-odds margins, float16 logits.
 MARGIN_PREFIX = "margin_"
-METRICS = ("correctness", "margin")
+LOGODDS_PREFIX = "logodds_"
+METRICS = ("correctness", "margin", "logodds")
+# Float metrics an experiment may hold, by the prefix of their aux keys.
+_FLOAT_METRICS = {"margin": MARGIN_PREFIX, "logodds": LOGODDS_PREFIX}
 LOGITS_PREFIX = "logits_"
 
 
@@ -61,37 +64,40 @@ def run_complete(directory: str) -> bool:
 def aux_arrays(subset_indices: np.ndarray, correctness_train: np.ndarray,
                correctness_test: np.ndarray, margin_train: np.ndarray | None = None,
                margin_test: np.ndarray | None = None, logits_train: np.ndarray | None = None,
-               logits_test: np.ndarray | None = None) -> dict[str, np.ndarray]:
+               logits_test: np.ndarray | None = None, logodds_train: np.ndarray | None = None,
+               logodds_test: np.ndarray | None = None) -> dict[str, np.ndarray]:
     """The aux arrays of one run from its predictions on the *whole* train and test splits.
 
     Args:
         subset_indices: sorted indices of the training examples the run trained on.
-        correctness_train, margin_train, logits_train: predictions on every training
-            example, ``[num_train(, num_classes)]``, in index order.
-        correctness_test, margin_test, logits_test: the same on the test split.
+        correctness_train, margin_train, logodds_train, logits_train: predictions on
+            every training example, ``[num_train(, num_classes)]``, in index order.
+        correctness_test, margin_test, logodds_test, logits_test: the same on the test
+            split.
 
     Returns:
         Arrays under the released keys (training examples split into the ones the run
-        saw, ``*_train``, and the held-out ones, ``*_removed``), plus ``margin_*`` and
-        ``logits_*`` where given.
+        saw, ``*_train``, and the held-out ones, ``*_removed``), plus ``margin_*``,
+        ``logodds_*`` and ``logits_*`` where given.
     """
     num_train = len(correctness_train)
     in_subset = np.zeros(num_train, dtype=bool)
     in_subset[subset_indices] = True
     rows = {"train": np.flatnonzero(in_subset), "removed": np.flatnonzero(~in_subset),
             "test": np.arange(len(correctness_test))}
-    sources = {"train": (correctness_train, margin_train, logits_train),
-               "removed": (correctness_train, margin_train, logits_train),
-               "test": (correctness_test, margin_test, logits_test)}
+    per_split = {  # prefix -> (dtype, array over the training split, over the test split)
+        "correctness_": (bool, correctness_train, correctness_test),
+        MARGIN_PREFIX: (np.float32, margin_train, margin_test),
+        LOGODDS_PREFIX: (np.float32, logodds_train, logodds_test),
+        LOGITS_PREFIX: (np.float16, logits_train, logits_test),
+    }
     arrays = {SUBSET_INDICES: np.asarray(subset_indices, dtype=np.int64)}
     for split in SPLITS:
-        correctness, margin, logits = sources[split]
-        arrays[f"correctness_{split}"] = np.asarray(correctness[rows[split]], dtype=bool)
         arrays[f"index_{split}"] = rows[split].astype(np.int64)
-        if margin is not None:
-            arrays[MARGIN_PREFIX + split] = np.asarray(margin[rows[split]], dtype=np.float32)
-        if logits is not None:
-            arrays[LOGITS_PREFIX + split] = np.asarray(logits[rows[split]], dtype=np.float16)
+        for prefix, (dtype, train, test) in per_split.items():
+            source = test if split == "test" else train
+            if source is not None:
+                arrays[prefix + split] = np.asarray(source[rows[split]], dtype=dtype)
     return arrays
 
 
@@ -137,7 +143,7 @@ def load_run(directory: str) -> dict[str, np.ndarray]:
         raise RunFileError(f"{path}: missing key(s) {', '.join(missing)}")
     for split in SPLITS:
         expected = len(arrays[f"index_{split}"])
-        for prefix in ("correctness_", MARGIN_PREFIX, LOGITS_PREFIX):
+        for prefix in ("correctness_", MARGIN_PREFIX, LOGODDS_PREFIX, LOGITS_PREFIX):
             key = prefix + split
             if key in arrays and len(arrays[key]) != expected:
                 raise RunFileError(f"{path}: {key} has {len(arrays[key])} entries but "
@@ -205,6 +211,7 @@ class Experiment:
         correctness_test: bool ``[num_runs, num_test]``.
         margin_train, margin_test: float32 like the above, or None when the runs lack
             margins (released files).
+        logodds_train, logodds_test: float32 log-odds margins, or None likewise.
         skipped: ids of run folders that were not complete and were not used.
     """
 
@@ -214,6 +221,8 @@ class Experiment:
     correctness_test: np.ndarray
     margin_train: np.ndarray | None
     margin_test: np.ndarray | None
+    logodds_train: np.ndarray | None = None
+    logodds_test: np.ndarray | None = None
     skipped: tuple[int, ...] = ()
 
     @property
@@ -255,7 +264,7 @@ def load_experiment(experiment_dir: str, subset: str, num_threads: int = 16,
                          f"(expected <run_id>/{AUX_FILENAME} folders)")
     directories = [run_dir(experiment_dir, subset, i) for i in complete]
     matrices: dict[str, np.ndarray] = {}
-    has_margins = True
+    present = dict.fromkeys(_FLOAT_METRICS, True)  # metric -> recorded by every run so far
     with concurrent.futures.ThreadPoolExecutor(num_threads) as pool:
         loaded = pool.map(load_run, directories)
         for r, run in enumerate(_progress(loaded, len(directories), f"reading {subset}",
@@ -271,19 +280,21 @@ def load_experiment(experiment_dir: str, subset: str, num_threads: int = 16,
                                  f"examples, but {directories[0]} has {num_train} and "
                                  f"{num_test}")
             _check_indices(directories[r], run, num_train, num_test)
-            has_margins &= all(MARGIN_PREFIX + split in run for split in SPLITS)
             matrices["membership"][r, run["index_train"]] = True
+            for metric, prefix in _FLOAT_METRICS.items():
+                present[metric] &= all(prefix + split in run for split in SPLITS)
             for split in SPLITS:
                 kind = "test" if split == "test" else "train"
                 rows = run[f"index_{split}"]
                 matrices[f"correctness_{kind}"][r, rows] = run[f"correctness_{split}"]
-                if has_margins:
-                    matrices[f"margin_{kind}"][r, rows] = run[MARGIN_PREFIX + split]
+                for metric, prefix in _FLOAT_METRICS.items():
+                    if present[metric]:
+                        matrices[f"{metric}_{kind}"][r, rows] = run[prefix + split]
+    floats = {f"{metric}_{kind}": matrices[f"{metric}_{kind}"] if present[metric] else None
+              for metric in _FLOAT_METRICS for kind in ("train", "test")}
     return Experiment(run_ids=np.asarray(complete), membership=matrices["membership"],
                       correctness_train=matrices["correctness_train"],
-                      correctness_test=matrices["correctness_test"],
-                      margin_train=matrices["margin_train"] if has_margins else None,
-                      margin_test=matrices["margin_test"] if has_margins else None,
+                      correctness_test=matrices["correctness_test"], **floats,
                       skipped=tuple(incomplete))
 
 
@@ -291,8 +302,10 @@ def _empty_matrices(num_runs: int, num_train: int, num_test: int) -> dict[str, n
     return {"membership": np.zeros((num_runs, num_train), dtype=bool),
             "correctness_train": np.zeros((num_runs, num_train), dtype=bool),
             "correctness_test": np.zeros((num_runs, num_test), dtype=bool),
-            "margin_train": np.zeros((num_runs, num_train), np.float32),
-            "margin_test": np.zeros((num_runs, num_test), np.float32)}
+            **{f"{metric}_train": np.zeros((num_runs, num_train), np.float32)
+               for metric in _FLOAT_METRICS},
+            **{f"{metric}_test": np.zeros((num_runs, num_test), np.float32)
+               for metric in _FLOAT_METRICS}}
 
 
 def _check_indices(directory: str, run: dict[str, np.ndarray], num_train: int,

@@ -1,8 +1,9 @@
-"""Training K models at once, each on its own subset with its own batches.
+"""Training runs: K small models at once, or one large model at a time.
 
-One `EnsembleTrainer` holds one compiled TensorFlow program for a fixed number of
-models K. It is reused for every group of K runs: variables and optimizer state are
-re-assigned, not re-created, so the program is traced and compiled once per process.
+Small models (`models.ENSEMBLE_MODELS`): one `EnsembleTrainer` holds one compiled
+TensorFlow program for a fixed number of models K. It is reused for every group of K
+runs: variables and optimizer state are re-assigned, not re-created, so the program is
+traced and compiled once per process.
 Each model sees only its own training subset, in its own shuffled order, and starts
 from weights drawn from its own run seed, so a run's result does not depend on which
 runs share its group.
@@ -11,6 +12,15 @@ Optimizer: SGD with (heavy-ball) momentum and L2 weight decay on weights (not bi
 learning rate warmed up linearly and then decayed by the chosen schedule, all per
 optimizer step. The loss is each model's mean cross-entropy, summed over models, so
 every model gets exactly the gradient it would get if trained alone.
+
+Large models with batch normalization (`models.SINGLE_MODELS`: SmallInception,
+ResNet-50): one `SingleModelTrainer` trains one run at a time with one compiled
+program, re-initializing the same variables for every run; batches are gathered and
+augmented on the device.
+
+Both return, per run, predictions on the whole train and test splits: correctness,
+the max-margin (correct logit minus the largest other logit) and the log-odds margin
+(correct logit minus the logsumexp of the other logits).
 """
 
 from __future__ import annotations
@@ -22,6 +32,7 @@ from collections.abc import Callable, Sequence
 import numpy as np
 import tensorflow as tf
 
+from heldout import augment as augment_lib
 from heldout import models as models_lib
 from heldout.data import Dataset
 
@@ -32,15 +43,18 @@ LR_SCHEDULES = ("cosine", "linear", "constant")
 class TrainConfig:
     """How every run of an experiment is trained."""
 
-    model: str = "mlp"  # a name in models.ENSEMBLE_MODELS
+    model: str = "mlp"  # a name in models.ENSEMBLE_MODELS or models.SINGLE_MODELS
     epochs: int = 20  # passes over each run's own subset
     batch_size: int = 64  # examples per model per optimizer step
     learning_rate: float = 0.1  # peak learning rate, per optimizer step
     momentum: float = 0.9
+    nesterov: bool = False  # Nesterov momentum instead of heavy-ball
     weight_decay: float = 5e-4  # L2 coefficient on weights, added to the gradient
     lr_schedule: str = "cosine"  # decay after warm-up: one of LR_SCHEDULES
     warmup_epochs: float = 1.0  # linear warm-up from 0 to learning_rate
-    models_at_once: int = 250  # K: models trained together in one program
+    label_smoothing: float = 0.0  # weight of the uniform distribution in the targets
+    augment: str = "none"  # batch augmentation: one of augment.AUGMENTATIONS
+    models_at_once: int = 250  # K: small models trained together in one program
     xla: bool = True  # compile the training program with XLA
 
     def __post_init__(self):
@@ -60,8 +74,19 @@ class TrainConfig:
         if self.lr_schedule not in LR_SCHEDULES:
             raise ValueError(f"--lr_schedule={self.lr_schedule!r}: expected one of "
                              f"{', '.join(LR_SCHEDULES)}")
-        if self.model not in models_lib.ENSEMBLE_MODELS:
+        if not 0.0 <= self.label_smoothing < 1.0:
+            raise ValueError(f"--label_smoothing={self.label_smoothing}: expected a number "
+                             "in [0, 1)")
+        if self.augment not in augment_lib.AUGMENTATIONS:
+            raise ValueError(f"--augment={self.augment}: expected one of "
+                             f"{', '.join(augment_lib.AUGMENTATIONS)}")
+        if self.model not in models_lib.ENSEMBLE_MODELS | models_lib.SINGLE_MODELS:
             models_lib.make_ensemble(self.model, 1, 1)  # raises the ValueError
+
+    @property
+    def one_model_at_a_time(self) -> bool:
+        """Whether the model trains one run per program (`SingleModelTrainer`)."""
+        return self.model in models_lib.SINGLE_MODELS
 
 
 @dataclasses.dataclass(frozen=True)
@@ -70,6 +95,7 @@ class Predictions:
 
     correctness: np.ndarray  # bool [num_examples]
     margin: np.ndarray  # float32 [num_examples]: correct logit minus largest other
+    logodds: np.ndarray  # float32 [num_examples]: correct logit minus logsumexp of others
     logits: np.ndarray | None = None  # float32 [num_examples, num_classes], if asked
 
 
@@ -152,9 +178,7 @@ class EnsembleTrainer:
         train = self.predict(self.dataset.x_train, self.dataset.y_train, save_logits)
         test = self.predict(self.dataset.x_test, self.dataset.y_test, save_logits)
         return [TrainedRun(
-            train=Predictions(*(None if a is None else a[k] for a in train)),
-            test=Predictions(*(None if a is None else a[k] for a in test)),
-            steps=int(steps[k]) * config.epochs,
+            train=train[k], test=test[k], steps=int(steps[k]) * config.epochs,
             model=self.model.export(k, self.dataset.input_shape) if export_models else None,
         ) for k in range(num_runs)]
 
@@ -163,26 +187,9 @@ class EnsembleTrainer:
         return math.ceil(subset_size / self.config.batch_size)
 
     def predict(self, x: np.ndarray, y: np.ndarray, save_logits: bool = False
-                ) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
-        """Correctness ``[K, n]``, margins ``[K, n]`` and optionally logits ``[K, n, classes]``."""
-        correctness, margins, all_logits = [], [], []
-        size = self.eval_batch_size
-        for start in range(0, len(y), size):
-            chunk = x[start:start + size]
-            padded = np.zeros((size, *chunk.shape[1:]), np.float32)
-            padded[:len(chunk)] = chunk
-            logits = self._logits(tf.constant(padded)).numpy()[:, :len(chunk)]
-            labels = y[start:start + size]
-            correct_logit = np.take_along_axis(logits, labels[None, :, None], axis=2)[..., 0]
-            others = logits.copy()
-            np.put_along_axis(others, labels[None, :, None], -np.inf, axis=2)
-            margins.append(correct_logit - others.max(axis=2))
-            correctness.append(logits.argmax(axis=2) == labels[None, :])
-            if save_logits:
-                all_logits.append(logits)
-        return (np.concatenate(correctness, axis=1),
-                np.concatenate(margins, axis=1).astype(np.float32),
-                np.concatenate(all_logits, axis=1) if save_logits else None)
+                ) -> list[Predictions]:
+        """Predictions of every model of the group on ``x``, one `Predictions` per model."""
+        return predict_in_chunks(self._logits, x, y, self.eval_batch_size, save_logits)
 
     def _reset(self, init_rngs: Sequence[np.random.Generator]) -> None:
         for variable, velocity in zip(self._variables, self._velocity, strict=True):
@@ -223,6 +230,167 @@ class EnsembleTrainer:
                 keep = tf.reshape(active, per_model) > 0
                 velocity.assign(tf.where(keep, config.momentum * velocity + grad, velocity))
                 variable.assign_sub(tf.reshape(lr, per_model) * velocity)
+
+
+class SingleModelTrainer:
+    """Trains runs of a large model (with batch normalization) one at a time.
+
+    One model object and one compiled program serve every run: before each run the
+    variables (weights, batch-norm statistics) are re-assigned the initial values that
+    the run's seed gives a freshly built model, and the momentum is zeroed.
+    """
+
+    num_models = 1  # runs per program; `train` takes any number, one after another
+
+    def __init__(self, dataset: Dataset, config: TrainConfig, eval_batch_size: int = 256):
+        self.dataset = dataset
+        self.config = config
+        self.eval_batch_size = eval_batch_size
+        self.model = self._build(seed=0)
+        self._x_train = tf.constant(dataset.x_train)
+        self._y_train = tf.constant(dataset.y_train, tf.int32)
+        self._trainable = list(self.model.trainable_variables)
+        self._velocity = [tf.Variable(tf.zeros_like(v), trainable=False)
+                          for v in self._trainable]
+        self._decays = [v.name.split("/")[-1].startswith("w") for v in self._trainable]
+        self._train_epoch = tf.function(self._train_epoch_eager, jit_compile=config.xla,
+                                        reduce_retracing=True)
+        self._logits = tf.function(self._logits_eager, jit_compile=config.xla)
+
+    def _build(self, seed: int) -> tf.Module:
+        """A new model whose initial weights depend on `seed` only, variables created."""
+        tf.random.set_seed(seed)
+        model = models_lib.make_single(self.config.model, self.dataset.num_classes)
+        model(tf.zeros([1, *self.dataset.input_shape]), is_training=False)
+        return model
+
+    def train(self, subsets: Sequence[np.ndarray], init_seeds: Sequence[np.random.SeedSequence],
+              order_seeds: Sequence[np.random.SeedSequence], save_logits: bool = False,
+              export_models: bool = False, steps_per_epoch: Sequence[int] | None = None,
+              on_epoch: Callable[[int], None] | None = None) -> list[TrainedRun]:
+        """Trains the given runs one after another; arguments as `EnsembleTrainer.train`."""
+        results = []
+        for k, (subset, init_seed, order_seed) in enumerate(
+                zip(subsets, init_seeds, order_seeds, strict=True)):
+            fresh = self._build(int(init_seed.generate_state(1)[0] % 2**31))
+            for variable, initial in zip(self.model.variables, fresh.variables, strict=True):
+                variable.assign(initial)
+            for velocity in self._velocity:
+                velocity.assign(tf.zeros_like(velocity))
+            steps = (self.steps_per_epoch(len(subset)) if steps_per_epoch is None
+                     else int(steps_per_epoch[k]))
+            warmup = int(round(self.config.warmup_epochs * steps))
+            order_rng = np.random.default_rng(order_seed)
+            augment_seed = order_rng.integers(0, 2**31 - 1, size=2)
+            for epoch in range(self.config.epochs):
+                batches = _epoch_batches([subset], [order_rng], steps, self.config.batch_size)
+                self._train_epoch(tf.constant(batches[:, 0]), tf.constant(epoch, tf.int32),
+                                  tf.constant(steps, tf.int32), tf.constant(warmup, tf.int32),
+                                  tf.constant(augment_seed, tf.int32))
+                if on_epoch is not None:
+                    on_epoch(steps)
+            train = predict_in_chunks(self._logits, self.dataset.x_train, self.dataset.y_train,
+                                      self.eval_batch_size, save_logits)[0]
+            test = predict_in_chunks(self._logits, self.dataset.x_test, self.dataset.y_test,
+                                     self.eval_batch_size, save_logits)[0]
+            results.append(TrainedRun(train=train, test=test, steps=steps * self.config.epochs,
+                                      model=self._copy_model() if export_models else None))
+        return results
+
+    def steps_per_epoch(self, subset_size: int) -> int:
+        """Optimizer steps per epoch of a run that trains on `subset_size` examples."""
+        return math.ceil(subset_size / self.config.batch_size)
+
+    def _copy_model(self) -> tf.Module:
+        copy = self._build(seed=0)
+        for target, source in zip(copy.variables, self.model.variables, strict=True):
+            target.assign(source)
+        return copy
+
+    def _logits_eager(self, images: tf.Tensor) -> tf.Tensor:
+        return tf.cast(self.model(images, is_training=False), tf.float32)[None]
+
+    def _train_epoch_eager(self, batches: tf.Tensor, epoch: tf.Tensor, steps_per_epoch: tf.Tensor,
+                           warmup_steps: tf.Tensor, augment_seed: tf.Tensor) -> None:
+        """One epoch over ``batches[steps, batch_size]`` of training indices."""
+        config = self.config
+        num_classes = self.dataset.num_classes
+        total_steps = steps_per_epoch * config.epochs
+        for i in tf.range(tf.shape(batches)[0]):
+            step = epoch * steps_per_epoch + i
+            indices = batches[i]
+            images = tf.gather(self._x_train, indices)
+            images = augment_lib.augment(
+                images, tf.random.experimental.stateless_fold_in(augment_seed, step),
+                config.augment)
+            targets = tf.one_hot(tf.gather(self._y_train, indices), num_classes)
+            targets = targets * (1.0 - config.label_smoothing) + \
+                config.label_smoothing / num_classes
+            with tf.GradientTape() as tape:
+                logits = tf.cast(self.model(images, is_training=True), tf.float32)
+                loss = tf.reduce_mean(tf.nn.softmax_cross_entropy_with_logits(targets, logits))
+            grads = tape.gradient(loss, self._trainable)
+            lr = learning_rate_at(step, total_steps, warmup_steps, config.learning_rate,
+                                  config.lr_schedule)
+            for variable, velocity, grad, decay in zip(
+                    self._trainable, self._velocity, grads, self._decays, strict=True):
+                if decay:
+                    grad += config.weight_decay * variable
+                velocity.assign(config.momentum * velocity + grad)
+                update = grad + config.momentum * velocity if config.nesterov else velocity
+                variable.assign_sub(lr * update)
+
+
+def make_trainer(dataset: Dataset, config: TrainConfig
+                 ) -> EnsembleTrainer | SingleModelTrainer:
+    """The trainer for `config.model`: K at once for small models, else one at a time."""
+    if config.one_model_at_a_time:
+        return SingleModelTrainer(dataset, config)
+    return EnsembleTrainer(dataset, config)
+
+
+def predict_in_chunks(logits_fn: Callable[[tf.Tensor], tf.Tensor], x: np.ndarray,
+                      y: np.ndarray, chunk_size: int, save_logits: bool = False
+                      ) -> list[Predictions]:
+    """Predictions of K models from ``logits_fn(images[chunk]) -> [K, chunk, classes]``.
+
+    Chunks are padded to `chunk_size` so a compiled `logits_fn` is traced once.
+    """
+    parts = []
+    for start in range(0, len(y), chunk_size):
+        chunk = x[start:start + chunk_size]
+        padded = np.zeros((chunk_size, *chunk.shape[1:]), np.float32)
+        padded[:len(chunk)] = chunk
+        logits = np.asarray(logits_fn(tf.constant(padded)), np.float32)[:, :len(chunk)]
+        parts.append((*prediction_arrays(logits, y[start:start + chunk_size]),
+                      logits if save_logits else None))
+    columns = list(zip(*parts, strict=True))
+    correctness, margin, logodds = (np.concatenate(c, axis=1) for c in columns[:3])
+    logits = np.concatenate(columns[3], axis=1) if save_logits else None
+    return [Predictions(correctness=correctness[k], margin=margin[k], logodds=logodds[k],
+                        logits=None if logits is None else logits[k])
+            for k in range(correctness.shape[0])]
+
+
+def prediction_arrays(logits: np.ndarray, labels: np.ndarray
+                      ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Correctness, max-margin and log-odds margin of logits ``[K, n, classes]``, each ``[K, n]``.
+
+    The max-margin is the correct logit minus the largest other logit (> 0 exactly when
+    the prediction is right, ties aside); the log-odds margin is the correct logit minus
+    the logsumexp of the other logits, the log of p(correct) / (1 - p(correct)).
+    """
+    logits = logits.astype(np.float64)
+    index = np.broadcast_to(labels[None, :, None], (*logits.shape[:2], 1))
+    correct_logit = np.take_along_axis(logits, index, axis=2)[..., 0]
+    others = logits.copy()
+    np.put_along_axis(others, index, -np.inf, axis=2)
+    largest_other = others.max(axis=2)
+    logsumexp_others = largest_other + np.log(
+        np.exp(others - largest_other[..., None]).sum(axis=2))
+    correctness = logits.argmax(axis=2) == labels[None, :]
+    return (correctness, (correct_logit - largest_other).astype(np.float32),
+            (correct_logit - logsumexp_others).astype(np.float32))
 
 
 def learning_rate_at(step: tf.Tensor, total_steps: tf.Tensor, warmup_steps: tf.Tensor,

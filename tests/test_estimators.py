@@ -112,7 +112,7 @@ def test_memorization_known_answer():
     # Example 1: in-runs 0/1, out-runs 3/3 -> -1 (single in-run: no variance, NaN stderr).
     membership = np.array([[1, 0], [1, 0], [0, 0], [0, 1]], dtype=bool)
     correctness = np.array([[1, 1], [1, 1], [1, 1], [0, 0]], dtype=bool)
-    got = estimators.memorization(membership, correctness)
+    got = estimators.memorization(membership, correctness, min_runs=1)
     np.testing.assert_allclose(got.score, [0.5, -1.0])
     np.testing.assert_array_equal(got.num_in, [2, 1])
     np.testing.assert_array_equal(got.num_out, [2, 3])
