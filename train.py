@@ -14,7 +14,7 @@ import sys
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-from absl import app, flags  # noqa: E402
+from absl import app, flags, logging  # noqa: E402
 
 _DATASET = flags.DEFINE_string(
     "dataset", "digits", "Data: 'digits', 'npz:<path>' or 'tfds:<name>[:<version>]'.")
@@ -49,6 +49,7 @@ _PROGRESS = flags.DEFINE_bool("progress", True, "Show a progress bar.")
 def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"Unexpected arguments: {' '.join(argv[1:])}")
+    logging.set_verbosity(logging.WARNING)  # TensorFlow's per-checkpoint info lines
     import heldout
 
     try:

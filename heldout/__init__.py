@@ -14,6 +14,7 @@ from heldout.analysis import (
     save_estimates,
     write_tables,
 )
+from heldout.checkpoints import RunCheck, check_run, restore_run_model
 from heldout.data import Dataset, load_dataset
 from heldout.estimators import (
     CScore,
@@ -30,13 +31,21 @@ from heldout.estimators import (
     top_influences,
 )
 from heldout.experiment import TrainSummary, read_experiment_info, train_experiment
-from heldout.runs import Experiment, RunFileError, load_experiment, load_run, save_run
+from heldout.runs import (
+    Experiment,
+    RunFileError,
+    load_experiment,
+    load_run,
+    read_run_info,
+    save_run,
+)
 from heldout.subsets import parse_run_ids, parse_shard, read_indices, subset_indices
 from heldout.training import EnsembleTrainer, TrainConfig
 
 __version__ = "0.1.0"
 
 __all__ = [
+    "RunCheck", "check_run", "read_run_info", "restore_run_model",
     "ESTIMATORS", "CScore", "EstimateConfig", "InfluencePairs", "TopInfluences", "cscore",
     "pair_statistics", "parse_shard", "read_indices", "top_influences", "write_tables",
     "Dataset", "EnsembleTrainer", "Estimates", "Experiment", "RunFileError",

@@ -218,17 +218,29 @@ ENSEMBLE_MODELS: dict[str, Callable[[int, int], snt.Module]] = {
 }
 
 
-def _small_inception(num_classes: int) -> snt.Module:
+def _small_inception(num_classes: int, width: float) -> snt.Module:
     from heldout.small_inception import SmallInception
 
-    return SmallInception(num_classes)
+    return SmallInception(num_classes, width_multiplier=width)
 
 
-# Large models trained one per program: name -> constructor given num_classes. Their
-# object graphs are those of the published Feldman-Zhang checkpoints.
-SINGLE_MODELS: dict[str, Callable[[int], snt.Module]] = {
+def _resnet50(num_classes: int, width: float) -> snt.Module:
+    if width != 1.0:
+        raise ValueError(f"--model_width={width}: resnet50 has only the published width 1")
+    return snt.nets.ResNet50(num_classes=num_classes)
+
+
+# Large models trained one per program: name -> constructor given (num_classes, width
+# multiplier). At width 1 their object graphs are those of the published checkpoints.
+SINGLE_MODELS: dict[str, Callable[[int, float], snt.Module]] = {
     "small_inception": _small_inception,
-    "resnet50": lambda num_classes: snt.nets.ResNet50(num_classes=num_classes),
+    "resnet50": _resnet50,
+}
+
+# The single-model form of each ensemble model, as its checkpoints hold it.
+_SINGLE_FORMS: dict[str, Callable[[int], snt.Module]] = {
+    "mlp": lambda num_classes: MLP((128,), num_classes),
+    "cnn": lambda num_classes: CNN((16, 32), 128, num_classes),
 }
 
 
@@ -244,16 +256,20 @@ def make_ensemble(model: str, num_classes: int, num_models: int) -> snt.Module:
     return ENSEMBLE_MODELS[model](num_classes, num_models)
 
 
-def make_single(model: str, num_classes: int) -> snt.Module:
-    """A large model registered in `SINGLE_MODELS`, called as ``model(images, is_training)``.
+def make_single(model: str, num_classes: int, width: float = 1.0) -> snt.Module:
+    """One model of any registered name, called as ``model(images, is_training)``.
+
+    For ensemble models this is the single form their checkpoints hold (`MLP`, `CNN`).
 
     Raises:
-        ValueError: `model` is not a registered large model.
+        ValueError: `model` is not a registered model name.
     """
-    if model not in SINGLE_MODELS:
-        raise ValueError(f"--model={model!r} is not a model trained one at a time: expected "
-                         f"one of {', '.join(sorted(SINGLE_MODELS))}")
-    return SINGLE_MODELS[model](num_classes)
+    if model in SINGLE_MODELS:
+        return SINGLE_MODELS[model](num_classes, width)
+    if model in _SINGLE_FORMS:
+        return _SINGLE_FORMS[model](num_classes)
+    raise ValueError(f"--model={model!r} is not a known model: expected one of "
+                     f"{', '.join(sorted(ENSEMBLE_MODELS | SINGLE_MODELS))}")
 
 
 def initial_values(variable: tf.Variable, rngs: Sequence[np.random.Generator]) -> np.ndarray:

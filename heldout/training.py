@@ -44,6 +44,7 @@ class TrainConfig:
     """How every run of an experiment is trained."""
 
     model: str = "mlp"  # a name in models.ENSEMBLE_MODELS or models.SINGLE_MODELS
+    model_width: float = 1.0  # channel multiplier of SINGLE_MODELS (1: published widths)
     epochs: int = 20  # passes over each run's own subset
     batch_size: int = 64  # examples per model per optimizer step
     learning_rate: float = 0.1  # peak learning rate, per optimizer step
@@ -82,6 +83,8 @@ class TrainConfig:
                              f"{', '.join(augment_lib.AUGMENTATIONS)}")
         if self.model not in models_lib.ENSEMBLE_MODELS | models_lib.SINGLE_MODELS:
             models_lib.make_ensemble(self.model, 1, 1)  # raises the ValueError
+        if not self.model_width > 0:
+            raise ValueError(f"--model_width={self.model_width}: expected a positive number")
 
     @property
     def one_model_at_a_time(self) -> bool:
@@ -260,7 +263,8 @@ class SingleModelTrainer:
     def _build(self, seed: int) -> tf.Module:
         """A new model whose initial weights depend on `seed` only, variables created."""
         tf.random.set_seed(seed)
-        model = models_lib.make_single(self.config.model, self.dataset.num_classes)
+        model = models_lib.make_single(self.config.model, self.dataset.num_classes,
+                                       self.config.model_width)
         model(tf.zeros([1, *self.dataset.input_shape]), is_training=False)
         return model
 
