@@ -21,7 +21,11 @@ _DATASET = flags.DEFINE_string(
 _DATA_DIR = flags.DEFINE_string("data_dir", None, "TFDS data directory.")
 _EXPERIMENT_DIR = flags.DEFINE_string(
     "experiment_dir", "./experiments/digits", "Experiment directory (local or gs://).")
-_MODEL = flags.DEFINE_string("model", "mlp", "Model: 'mlp' or 'cnn'.")
+_MODEL = flags.DEFINE_string(
+    "model", "mlp", "Model: 'mlp' or 'cnn' (trained K at once), 'small_inception' or "
+    "'resnet50' (the published architectures, one at a time).")
+_MODEL_WIDTH = flags.DEFINE_float(
+    "model_width", 1.0, "Channel multiplier of small_inception (1 = published widths).")
 _SUBSET_RATIO = flags.DEFINE_float(
     "subset_ratio", 0.7, "Fraction of the training set each run trains on, in (0, 1).")
 _NUM_RUNS = flags.DEFINE_integer("num_runs", 1000, "Train run ids 0..num_runs-1.")
@@ -32,6 +36,11 @@ _EPOCHS = flags.DEFINE_integer("epochs", 20, "Passes over each run's subset.")
 _BATCH_SIZE = flags.DEFINE_integer("batch_size", 64, "Examples per model per step.")
 _LEARNING_RATE = flags.DEFINE_float("learning_rate", 0.1, "Peak learning rate.")
 _MOMENTUM = flags.DEFINE_float("momentum", 0.9, "SGD momentum.")
+_NESTEROV = flags.DEFINE_bool("nesterov", False, "Nesterov momentum.")
+_LABEL_SMOOTHING = flags.DEFINE_float("label_smoothing", 0.0, "Label smoothing.")
+_AUGMENT = flags.DEFINE_enum(
+    "augment", "none", ["none", "flip", "crop_flip"],
+    "Batch augmentation on the device (crop_flip: pad 4, random crop, random flip).")
 _WEIGHT_DECAY = flags.DEFINE_float("weight_decay", 5e-4, "L2 weight decay on weights.")
 _LR_SCHEDULE = flags.DEFINE_enum(
     "lr_schedule", "cosine", ["cosine", "linear", "constant"], "Decay after warm-up.")
@@ -58,8 +67,10 @@ def main(argv):
         if not run_ids:
             raise ValueError(f"--num_runs={_NUM_RUNS.value}: expected a positive number")
         config = heldout.TrainConfig(
-            model=_MODEL.value, epochs=_EPOCHS.value, batch_size=_BATCH_SIZE.value,
-            learning_rate=_LEARNING_RATE.value, momentum=_MOMENTUM.value,
+            model=_MODEL.value, model_width=_MODEL_WIDTH.value, epochs=_EPOCHS.value,
+            batch_size=_BATCH_SIZE.value, learning_rate=_LEARNING_RATE.value,
+            momentum=_MOMENTUM.value, nesterov=_NESTEROV.value,
+            label_smoothing=_LABEL_SMOOTHING.value, augment=_AUGMENT.value,
             weight_decay=_WEIGHT_DECAY.value, lr_schedule=_LR_SCHEDULE.value,
             warmup_epochs=_WARMUP_EPOCHS.value, models_at_once=_MODELS_AT_ONCE.value,
             xla=_XLA.value)
