@@ -10,6 +10,13 @@ Usage:
   python estimate.py --experiment_dir=gs://bucket/cifar10 --subset=0.7 \
       --estimator=influence --influence_output=topk --top_k=20 --eval_shard=0/8
   python estimate.py --estimator=cscore --subset=0.1,0.3,0.5,0.7,0.9
+  python estimate.py --experiment_dir=experiments/digits_nsi --estimator=self_influence \
+      --targets=nsi [--all] [--plan --effect=0.25]
+
+With --targets, self-influence is the targeted report of a full-vs-drop experiment:
+per target example, the mean metric over runs with it (full arm) and without it
+(drop-<name> arm), their difference and p-value; metric log-odds, alpha 0.01 and 99%
+intervals by default, as in the published negative-self-influence analysis.
 """
 
 import os
@@ -52,6 +59,16 @@ _EVAL_INDICES = flags.DEFINE_string(
     "of indices (whitespace or comma separated).")
 _EVAL_SHARD = flags.DEFINE_string(
     "eval_shard", None, "i/n: estimate the i-th of n equal parts of the test examples.")
+_TARGETS = flags.DEFINE_string(
+    "targets", None, "Targeted self-influence report for this target set (name in "
+    "<experiment_dir>/targets/ or a file): full vs drop-<name> arms.")
+_ALL = flags.DEFINE_bool("all", False, "Targeted report: show every target row, not only "
+                         "p < --alpha.")
+_PLAN = flags.DEFINE_bool(
+    "plan", False, "Print how many runs per arm detect --effect at --alpha with --power, "
+    "from the spread over the full-arm pilot runs.")
+_EFFECT = flags.DEFINE_float("effect", 0.25, "--plan: smallest self-influence to detect.")
+_POWER = flags.DEFINE_float("power", 0.8, "--plan: probability of detecting it.")
 _OUTPUT = flags.DEFINE_string(
     "output", None, "Where to save the estimates (.npz); default: "
     "<experiment_dir>/estimates-<subset>.npz.")
@@ -72,6 +89,8 @@ def main(argv):
     logging.set_verbosity(logging.WARNING)  # TensorFlow's per-checkpoint info lines
     import heldout
 
+    if _TARGETS.value or _PLAN.value:
+        return _targeted(heldout)
     try:
         chosen = tuple(_ESTIMATOR.value)
         config = heldout.EstimateConfig(
@@ -105,6 +124,48 @@ def main(argv):
     except ValueError as e:
         sys.exit(f"estimate.py: error: {e}")
     print(heldout.format_report(estimates, labels_train, labels_test, top=_TOP.value))
+    print()
+    for path in written:
+        print(f"Saved {path}")
+
+
+def _targeted(heldout) -> None:
+    """The targeted self-influence report and/or the power plan."""
+    present = flags.FLAGS
+    metric = _METRIC.value if present["metric"].present else "logodds"
+    alpha = _ALPHA.value if present["alpha"].present else 0.01
+    confidence = _CONFIDENCE.value if present["confidence"].present else 0.99
+    experiment_dir = _EXPERIMENT_DIR.value
+    written = []
+    try:
+        if _PLAN.value:
+            indices = None
+            if _TARGETS.value:
+                indices = heldout.targets.find_targets(experiment_dir, _TARGETS.value).indices
+            plan = heldout.targeted.plan_runs(experiment_dir, _EFFECT.value, metric, alpha,
+                                              _POWER.value, indices=indices,
+                                              progress=_PROGRESS.value)
+            print(heldout.targeted.format_plan(plan, metric))
+        if not _TARGETS.value:
+            return
+        report = heldout.targeted.targeted_self_influence(
+            experiment_dir, _TARGETS.value, metric, _TEST.value, confidence, _MIN_RUNS.value,
+            progress=_PROGRESS.value)
+        dataset = _DATASET.value or heldout.read_experiment_info(experiment_dir).get("dataset")
+        labels = heldout.load_dataset(dataset, _DATA_DIR.value).y_train if dataset else None
+        output = _OUTPUT.value or os.path.join(
+            experiment_dir, f"self_influence-{report.targets.name}.npz")
+        heldout.targeted.save_targeted_report(report, output, alpha)
+        written.append(output)
+        if _CSV_DIR.value:
+            written.append(heldout.targeted.write_targeted_csv(
+                report, f"{_CSV_DIR.value}/self_influence-{report.targets.name}.csv", labels))
+        if _PLOT_DIR.value:
+            written.append(heldout.targeted.plot_targeted_report(
+                report, f"{_PLOT_DIR.value}/self_influence-{report.targets.name}.png"))
+    except ValueError as e:
+        sys.exit(f"estimate.py: error: {e}")
+    print(heldout.targeted.format_targeted_report(report, alpha, _ALL.value, labels))
     print()
     for path in written:
         print(f"Saved {path}")

@@ -4,9 +4,17 @@ With no flags it runs the embedded default: 1000 runs of a small MLP on the digi
 data set at subset ratio 0.7, into ./experiments/digits. Runs already complete are
 skipped, so an interrupted command can simply be run again.
 
+Targeted self-influence experiments train two arms: --subset=full (every training
+example) and --subset=drop-<name> (all but a target set, chosen with --targets or
+given with --target_indices and stored in <experiment_dir>/targets/<name>.json).
+--config=digits_nsi runs the whole negative-self-influence experiment on digits.
+
 Usage:
   python train.py
   python train.py --dataset=npz:my_data.npz --subset_ratio=0.5 --run_ids=0-99
+  python train.py --subset=full --num_runs=1000
+  python train.py --subset=drop-nsi --targets=random:20,easy:20 --num_runs=1000
+  python train.py --config=digits_nsi
 """
 
 import os
@@ -28,6 +36,21 @@ _MODEL_WIDTH = flags.DEFINE_float(
     "model_width", 1.0, "Channel multiplier of small_inception (1 = published widths).")
 _SUBSET_RATIO = flags.DEFINE_float(
     "subset_ratio", 0.7, "Fraction of the training set each run trains on, in (0, 1).")
+_SUBSET = flags.DEFINE_string(
+    "subset", None, "Design instead of --subset_ratio: a ratio such as 0.7, 'full' (every "
+    "training example), or 'drop-<name>' (all but the target set <name>).")
+_TARGETS = flags.DEFINE_string(
+    "targets", None, "For drop-<name>: choose the target set, e.g. 'random:20,easy:20' "
+    "(easy: highest mean log-odds margin over pilot runs of the full arm).")
+_TARGET_INDICES = flags.DEFINE_string(
+    "target_indices", None, "For drop-<name>: the target set as a comma list/ranges, a file "
+    "of indices, or a built-in CIFAR-10 set (random20, easy20, cifar10_nsi).")
+_PILOT_RUNS = flags.DEFINE_integer(
+    "pilot_runs", 0, "Train this many full-arm runs first, to choose easy targets from.")
+_CONFIG = flags.DEFINE_enum(
+    "config", None, ["digits_nsi"], "A preset experiment: digits_nsi = negative "
+    "self-influence on digits (100 pilot runs, 20 random + 20 easy targets, full and "
+    "drop-nsi arms of --num_runs runs each, 1000 by default).")
 _NUM_RUNS = flags.DEFINE_integer("num_runs", 1000, "Train run ids 0..num_runs-1.")
 _RUN_IDS = flags.DEFINE_string(
     "run_ids", None, "Run ids to train instead of --num_runs, e.g. '0-99' or '3,5,8'.")
@@ -74,18 +97,34 @@ def main(argv):
             weight_decay=_WEIGHT_DECAY.value, lr_schedule=_LR_SCHEDULE.value,
             warmup_epochs=_WARMUP_EPOCHS.value, models_at_once=_MODELS_AT_ONCE.value,
             xla=_XLA.value)
-        summary = heldout.train_experiment(
-            _EXPERIMENT_DIR.value, _DATASET.value, config, _SUBSET_RATIO.value, run_ids,
-            seed=_SEED.value, data_dir=_DATA_DIR.value,
-            save_checkpoints=_SAVE_CHECKPOINTS.value, save_logits=_SAVE_LOGITS.value,
-            progress=_PROGRESS.value)
+        common = dict(seed=_SEED.value, data_dir=_DATA_DIR.value,
+                      save_checkpoints=_SAVE_CHECKPOINTS.value,
+                      save_logits=_SAVE_LOGITS.value, progress=_PROGRESS.value)
+        subset = _SUBSET.value or heldout.subsets.subset_name(_SUBSET_RATIO.value)
+        if _CONFIG.value == "digits_nsi":
+            experiment_dir = (_EXPERIMENT_DIR.value if flags.FLAGS["experiment_dir"].present
+                              else "./experiments/digits_nsi")
+            summaries = heldout.train_targeted_experiment(
+                experiment_dir, "digits", config, "nsi", run_ids, choose="random:20,easy:20",
+                pilot_runs=100, **common)
+        elif subset.startswith("drop-"):
+            summaries = heldout.train_targeted_experiment(
+                _EXPERIMENT_DIR.value, _DATASET.value, config, subset[len("drop-"):], run_ids,
+                choose=_TARGETS.value, indices=_TARGET_INDICES.value,
+                pilot_runs=_PILOT_RUNS.value, arms=("drop",), **common)
+        else:
+            if _TARGETS.value or _TARGET_INDICES.value:
+                raise ValueError("--targets/--target_indices: only for --subset=drop-<name>")
+            summaries = [heldout.train_experiment(
+                _EXPERIMENT_DIR.value, _DATASET.value, config, subset, run_ids, **common)]
     except ValueError as e:
         sys.exit(f"train.py: error: {e}")
-    print(f"{summary.experiment_dir}/{summary.subset}: trained {len(summary.trained)} runs, "
-          f"{len(summary.already_complete)} were already complete; "
-          + (f"mean test accuracy {summary.mean_test_accuracy:.4f}; "
-             if summary.trained else "")
-          + f"{summary.seconds:.1f} s")
+    for summary in summaries:
+        print(f"{summary.experiment_dir}/{summary.subset}: trained {len(summary.trained)} "
+              f"runs, {len(summary.already_complete)} were already complete; "
+              + (f"mean test accuracy {summary.mean_test_accuracy:.4f}; "
+                 if summary.trained else "")
+              + f"{summary.seconds:.1f} s")
 
 
 if __name__ == "__main__":

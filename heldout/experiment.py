@@ -24,6 +24,7 @@ import tensorflow as tf
 from heldout import data as data_lib
 from heldout import runs as runs_lib
 from heldout import subsets as subsets_lib
+from heldout import targets as targets_lib
 from heldout import training
 
 EXPERIMENT_INFO_FILENAME = "experiment.json"
@@ -46,29 +47,43 @@ class TrainSummary:
 
 
 def train_experiment(experiment_dir: str, dataset: str, config: training.TrainConfig,
-                     subset_ratio: float, run_ids: Sequence[int], seed: int = 0,
+                     subset: str | float, run_ids: Sequence[int], seed: int = 0,
                      data_dir: str | None = None, save_checkpoints: bool = False,
-                     save_logits: bool = False, progress: bool = True) -> TrainSummary:
+                     save_logits: bool = False, progress: bool = True,
+                     targets: targets_lib.TargetSet | None = None,
+                     data: data_lib.Dataset | None = None) -> TrainSummary:
     """Trains every run of `run_ids` that is not yet complete in `experiment_dir`.
 
     Args:
         experiment_dir: where runs go (local path or gs://).
         dataset: data source spec, see `data.load_dataset`.
         config: how each run is trained.
-        subset_ratio: fraction of the training set each run trains on, in (0, 1).
+        subset: the design: a ratio in (0, 1) (``0.7``: random subsets of that
+            fraction), ``"full"``, or ``"drop-<name>"`` (all but `targets`).
         run_ids: ids of the runs wanted; each id fixes its subset and seeds.
         seed: experiment seed.
         data_dir: TFDS data directory.
         save_checkpoints: also write each run's final model as a checkpoint.
         save_logits: also store float16 logits in the aux arrays.
         progress: show a progress bar.
+        targets: the target set a ``drop-<name>`` design leaves out.
+        data: the data set already loaded from `dataset`, to avoid loading it again.
+
+    Both arms of a targeted experiment (``full`` and ``drop-<name>``) take the same
+    number of optimizer steps: every epoch has ``ceil(num_train / batch_size)`` steps
+    in both, so the drop arm, whose examples fill fewer batches, continues from the
+    start of its shuffled order (a few examples are seen twice in its last batch).
 
     Raises:
         ValueError: a setting is invalid, or the directory holds runs made with other
             settings.
     """
     start = time.time()
-    subset = subsets_lib.subset_name(subset_ratio)
+    subset = subsets_lib.design_name(subset)
+    if subset.startswith(subsets_lib.DROP_PREFIX):
+        if targets is None or targets.drop_subset != subset:
+            raise ValueError(f"--subset={subset}: needs its target set "
+                             "(--target_indices or --targets)")
     settings = {"dataset": dataset, "seed": seed, "train_config": {
         key: value for key, value in dataclasses.asdict(config).items()
         if key not in _SPEED_ONLY_SETTINGS}}
@@ -80,7 +95,8 @@ def train_experiment(experiment_dir: str, dataset: str, config: training.TrainCo
         return TrainSummary(experiment_dir, subset, (), already, float("nan"),
                             time.time() - start)
 
-    data = data_lib.load_dataset(dataset, data_dir=data_dir)
+    data = data or data_lib.load_dataset(dataset, data_dir=data_dir)
+    dropped = targets.indices if subset.startswith(subsets_lib.DROP_PREFIX) else None
     _write_experiment_info(experiment_dir, settings)
     trainer = training.make_trainer(
         data, dataclasses.replace(config, models_at_once=min(config.models_at_once, len(todo))))
@@ -92,16 +108,24 @@ def train_experiment(experiment_dir: str, dataset: str, config: training.TrainCo
             group = todo[first:first + group_size]
             group_start = time.time()
             seeds = [subsets_lib.run_seeds(seed, subset, r) for r in group]
-            subsets = [subsets_lib.subset_indices(data.num_train, subset, seed, r) for r in group]
+            subsets = [subsets_lib.subset_indices(data.num_train, subset, seed, r, dropped)
+                       for r in group]
+            equal_steps = None
+            if subsets_lib.is_targeted_design(subset):
+                equal_steps = [trainer.steps_per_epoch(data.num_train)] * len(group)
             results = trainer.train(
                 subsets, [s.init for s in seeds], [s.order for s in seeds],
                 save_logits=save_logits, export_models=save_checkpoints,
+                steps_per_epoch=equal_steps,
                 on_epoch=functools.partial(_advance, bar, len(group) / config.epochs))
             seconds_per_run = (time.time() - group_start) / len(group)
             pending = []
             for run_id, subset_indices, result in zip(group, subsets, results, strict=True):
                 info = _run_info(settings, data, subset, run_id, subset_indices, result,
                                  seconds_per_run, len(group))
+                if dropped is not None:
+                    info["targets"] = {"name": targets.name, "groups": {
+                        g: list(v) for g, v in targets.groups.items()}}
                 accuracies.append(info["accuracy"]["test"])
                 checkpoint = None
                 if result.model is not None:
@@ -122,6 +146,94 @@ def train_experiment(experiment_dir: str, dataset: str, config: training.TrainCo
     bar.close()
     return TrainSummary(experiment_dir, subset, tuple(todo), already,
                         float(np.mean(accuracies)), time.time() - start)
+
+
+def resolve_targets(experiment_dir: str, data: data_lib.Dataset, name: str,
+                    choose: str | None = None, indices: str | None = None,
+                    seed: int = 0) -> targets_lib.TargetSet:
+    """The target set `name` of an experiment: the stored one, or one made now and stored.
+
+    Args:
+        experiment_dir: the experiment directory; sets live in its ``targets/``.
+        data: the experiment's data set (size, and original indices for built-in sets).
+        name: the set's name (its drop arm is ``drop-<name>``).
+        choose: ``"random:20,easy:20"``: choose groups (easy: highest mean log-odds
+            margin over the complete ``full`` runs already in the directory, the pilot).
+        indices: a built-in set name (`targets.BUILTIN_TARGETS`), a comma list /
+            ranges, or a file of training indices (one group, ``user``).
+        seed: experiment seed (for random choices).
+
+    Raises:
+        ValueError: nothing stored and nothing to make it from, both ways given, a
+            stored set differing from what was asked, or no pilot runs for ``easy``.
+    """
+    if choose and indices:
+        raise ValueError("--targets and --target_indices: give one of them, not both")
+    made = None
+    if indices:
+        if indices in targets_lib.BUILTIN_TARGETS:
+            builtin = targets_lib.builtin_targets(indices, data)
+            made = dataclasses.replace(builtin, name=name)
+        else:
+            chosen = targets_lib.parse_index_list(indices)
+            if max(chosen) >= data.num_train:
+                raise ValueError(f"--target_indices: indices must be below {data.num_train}")
+            made = targets_lib.TargetSet(name=name, groups={"user": tuple(chosen)},
+                                         provenance={"target_indices": indices})
+    path = targets_lib.targets_path(experiment_dir, name)
+    if tf.io.gfile.exists(path):
+        stored = targets_lib.load_targets(path)
+        if made is not None and stored.groups != made.groups:
+            raise ValueError(f"{path} already holds other indices for target set {name!r}; "
+                             "choose another drop-<name>")
+        if choose and stored.provenance.get("spec") not in (None, choose):
+            raise ValueError(f"{path} was chosen with --targets={stored.provenance['spec']}; "
+                             "choose another drop-<name>")
+        return stored
+    if made is None:
+        if not choose:
+            raise ValueError(f"--subset=drop-{name}: no stored target set {path}; pass "
+                             "--targets=random:<n>,easy:<n> or --target_indices")
+        pilot = None
+        if "easy" in choose:
+            if "full" not in runs_lib.list_subsets(experiment_dir):
+                raise ValueError(f"--targets={choose}: easy examples are chosen by margin over "
+                                 "pilot runs of the full arm; train some first "
+                                 "(--subset=full) or pass --pilot_runs")
+            pilot = runs_lib.load_experiment(experiment_dir, "full", progress=False).metric(
+                "logodds", "train")
+        made = targets_lib.choose_targets(choose, data.num_train, seed, name, pilot)
+    targets_lib.save_targets(experiment_dir, made)
+    return made
+
+
+def train_targeted_experiment(experiment_dir: str, dataset: str, config: training.TrainConfig,
+                              name: str, run_ids: Sequence[int], choose: str | None = None,
+                              indices: str | None = None, pilot_runs: int = 0,
+                              seed: int = 0, data_dir: str | None = None,
+                              arms: Sequence[str] = ("full", "drop"), progress: bool = True,
+                              **train_kwargs) -> list[TrainSummary]:
+    """Both arms of a targeted self-influence experiment, pilot first if asked.
+
+    Trains ``full`` runs ``0..pilot_runs-1`` (the pilot that ``easy`` targets are chosen
+    from; they are full-arm runs like any other), settles the target set, then the
+    chosen arms (``full`` and/or ``drop``) for `run_ids`.
+
+    Returns:
+        One `TrainSummary` per training call, in order.
+    """
+    data = data_lib.load_dataset(dataset, data_dir=data_dir)
+    summaries = []
+    common = dict(seed=seed, data_dir=data_dir, progress=progress, data=data, **train_kwargs)
+    if pilot_runs:
+        summaries.append(train_experiment(experiment_dir, dataset, config, "full",
+                                          range(pilot_runs), **common))
+    targets = resolve_targets(experiment_dir, data, name, choose, indices, seed)
+    for arm in arms:
+        subset = "full" if arm == "full" else targets.drop_subset
+        summaries.append(train_experiment(experiment_dir, dataset, config, subset, run_ids,
+                                          targets=targets, **common))
+    return summaries
 
 
 def read_experiment_info(experiment_dir: str) -> dict:
@@ -164,6 +276,7 @@ def _run_info(settings: dict, data: data_lib.Dataset, subset: str, run_id: int,
         "subset": subset,
         "run_id": run_id,
         "num_train_examples": int(len(subset_indices)),
+        "optimizer_steps": result.steps,
         "accuracy": {
             "train": float(result.train.correctness[in_subset].mean()),
             "removed": float(result.train.correctness[~in_subset].mean())

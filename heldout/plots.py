@@ -134,3 +134,29 @@ def _save(fig, path: str) -> str:
     with tf.io.gfile.GFile(path, "wb") as f:
         f.write(buffer.getvalue())
     return path
+
+
+def plot_targeted_self_influence(scores: np.ndarray, ci_low: np.ndarray, ci_high: np.ndarray,
+                                 groups: list[str], indices: np.ndarray, path: str,
+                                 confidence: float = 0.99, metric: str = "logodds") -> str:
+    """Per target example: self-influence with its confidence interval, colored by group."""
+    plt = _pyplot()
+    names = list(dict.fromkeys(groups))
+    colors = dict(zip(names, ["tab:blue", "tab:orange", "tab:green", "tab:purple",
+                              "tab:red", "tab:brown"] * 4, strict=False))
+    order = sorted(range(len(scores)), key=lambda i: (names.index(groups[i]), -scores[i]))
+    fig, ax = plt.subplots(figsize=(max(6.0, 0.22 * len(scores) + 2), 4.2))
+    for position, i in enumerate(order):
+        ax.errorbar(position, scores[i], yerr=[[scores[i] - ci_low[i]], [ci_high[i] - scores[i]]],
+                    fmt="o", color=colors[groups[i]], markersize=4, capsize=2,
+                    label=groups[i])
+    handles, labels = ax.get_legend_handles_labels()
+    unique = dict(zip(labels, handles, strict=True))
+    ax.legend(unique.values(), unique.keys())
+    ax.axhline(0.0, color="black", linewidth=0.8)
+    ax.set_xticks(range(len(order)))
+    ax.set_xticklabels([str(indices[i]) for i in order], rotation=90, fontsize=7)
+    ax.set_xlabel("target training example")
+    ax.set_ylabel(f"self-influence on {metric}\n(with - without)")
+    ax.set_title(f"Targeted self-influence with {confidence:.0%} intervals")
+    return _save(fig, path)

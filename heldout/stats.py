@@ -173,3 +173,25 @@ def benjamini_hochberg(p_values: npt.ArrayLike, alpha: float = 0.05
     rejected = np.zeros(flat.shape, dtype=bool)
     rejected[present] = present_q <= alpha
     return rejected.reshape(p_values.shape), q_values.reshape(p_values.shape)
+
+
+def runs_per_arm(sd_in: npt.ArrayLike, sd_out: npt.ArrayLike, effect: float,
+                 alpha: float = 0.01, power: float = 0.8) -> np.ndarray:
+    """Runs needed in each of two equal arms to detect a difference of `effect`.
+
+    The large-sample two-sided test at level `alpha` rejects with probability `power`
+    when ``|mean_in - mean_out| = effect`` and ``n >= (z_{1-alpha/2} + z_power)^2
+    (sd_in^2 + sd_out^2) / effect^2``, the per-arm size of a two-sample z-test.
+
+    Raises:
+        ValueError: effect not positive, or alpha / power outside (0, 1).
+    """
+    if not effect > 0:
+        raise ValueError(f"--effect={effect}: expected a positive number")
+    if not 0 < alpha < 1:
+        raise ValueError(f"--alpha={alpha}: expected a number in (0, 1)")
+    if not 0 < power < 1:
+        raise ValueError(f"--power={power}: expected a number in (0, 1)")
+    z = special.ndtri(1 - alpha / 2) + special.ndtri(power)
+    variance = np.asarray(sd_in, np.float64) ** 2 + np.asarray(sd_out, np.float64) ** 2
+    return np.ceil(z * z * variance / effect**2)

@@ -1,5 +1,12 @@
 """Which training examples each run trains on, derived from seeds alone.
 
+Designs (the names of subset folders, SPEC §3):
+  * ``"0.7"``: a random subset of that fraction of the training set, new for every run
+    (the heldout procedure of Feldman & Zhang);
+  * ``"full"``: every training example;
+  * ``"drop-<name>"``: every training example except a target set (the other arm of a
+    targeted self-influence experiment, `heldout.targets`).
+
 A run's subset is a pure function of (experiment seed, subset name, run id, number of
 training examples), so the same run id trains on the same subset on any machine, and
 cluster shards need not coordinate. The derivation uses NumPy's ``SeedSequence`` and
@@ -30,9 +37,41 @@ def parse_subset_ratio(subset: str) -> float:
     return ratio
 
 
+FULL = "full"
+DROP_PREFIX = "drop-"
+
+
 def subset_name(ratio: float) -> str:
     """The folder name of a subset ratio, as in the released runs (``0.7``)."""
     return f"{parse_subset_ratio(str(ratio)):g}"
+
+
+def design_name(subset: str | float) -> str:
+    """The canonical folder name of a design: ``"0.7"``, ``"full"`` or ``"drop-<name>"``.
+
+    Raises:
+        ValueError: not a ratio in (0, 1), ``full``, or ``drop-`` followed by a name of
+            letters, digits, ``_`` or ``-``.
+    """
+    text = str(subset)
+    if text == FULL:
+        return text
+    if text.startswith(DROP_PREFIX):
+        name = text[len(DROP_PREFIX):]
+        if not name or not all(c.isalnum() or c in "_-" for c in name):
+            raise ValueError(f"--subset={text}: expected drop-<name> with a name of letters, "
+                             "digits, '_' or '-'")
+        return text
+    try:
+        return subset_name(float(text))
+    except ValueError:
+        raise ValueError(f"--subset={text}: expected a ratio in (0, 1), 'full' or "
+                         "'drop-<name>'") from None
+
+
+def is_targeted_design(subset: str) -> bool:
+    """Whether a design is an arm of a targeted experiment (``full`` or ``drop-<name>``)."""
+    return subset == FULL or subset.startswith(DROP_PREFIX)
 
 
 def run_seeds(experiment_seed: int, subset: str, run_id: int) -> RunSeeds:
@@ -49,12 +88,29 @@ class RunSeeds(NamedTuple):
     order: np.random.SeedSequence  # batch order
 
 
-def subset_indices(num_train: int, subset: str, experiment_seed: int, run_id: int) -> np.ndarray:
+def subset_indices(num_train: int, subset: str, experiment_seed: int, run_id: int,
+                   dropped: np.ndarray | None = None) -> np.ndarray:
     """Sorted indices of the training examples run `run_id` of design `subset` trains on.
 
     For a ratio design ``"0.7"`` this is ``round(0.7 * num_train)`` examples chosen
-    uniformly at random without replacement, independently for each run.
+    uniformly at random without replacement, independently for each run. For ``full``
+    it is every example, and for ``drop-<name>`` every example but `dropped`.
+
+    Raises:
+        ValueError: a ``drop-`` design without `dropped` indices, or indices out of range.
     """
+    if subset == FULL:
+        return np.arange(num_train, dtype=np.int64)
+    if subset.startswith(DROP_PREFIX):
+        if dropped is None or not len(dropped):
+            raise ValueError(f"--subset={subset}: needs the target indices to drop "
+                             "(--target_indices or --targets)")
+        dropped = np.asarray(dropped, dtype=np.int64)
+        if dropped.min() < 0 or dropped.max() >= num_train:
+            raise ValueError(f"--subset={subset}: target indices must be in [0, {num_train})")
+        keep = np.ones(num_train, dtype=bool)
+        keep[dropped] = False
+        return np.flatnonzero(keep).astype(np.int64)
     ratio = parse_subset_ratio(subset)
     size = int(round(ratio * num_train))
     keys = np.random.PCG64(run_seeds(experiment_seed, subset, run_id).subset).random_raw(num_train)
