@@ -9,10 +9,11 @@ architecture; when it is not, the error names the variables that do not fit.
 from __future__ import annotations
 
 import dataclasses
-import os
 import tempfile
+from collections.abc import Mapping, Sequence
 
 import numpy as np
+import sonnet as snt
 import tensorflow as tf
 
 from heldout import models as models_lib
@@ -20,7 +21,7 @@ from heldout import runs as runs_lib
 from heldout import training
 from heldout.data import Dataset
 
-_VALUE_SUFFIX = "/.ATTRIBUTES/VARIABLE_VALUE"
+_VARIABLE_SUFFIX = "/.ATTRIBUTES/VARIABLE_VALUE"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -59,37 +60,73 @@ def find_checkpoint(run_dir: str) -> str:
     return found[-1][:-len(".index")]
 
 
-def checkpoint_shapes(prefix: str) -> dict[str, tuple[int, ...]]:
-    """Object-graph path -> shape of every value in a checkpoint (bookkeeping excluded)."""
-    return {name[:-len(_VALUE_SUFFIX)]: tuple(shape)
-            for name, shape in tf.train.list_variables(prefix)
-            if name.endswith(_VALUE_SUFFIX)}
+def checkpoint_shapes(path: str) -> dict[str, tuple[int, ...]]:
+    """Variable shapes of a checkpoint on disk, by object-graph path.
 
+    Args:
+        path: a checkpoint prefix (``.../ckpt-20``) or a directory holding a ``checkpoint``
+            state file; local or gs://.
 
-def expected_shapes(checkpoint: tf.train.Checkpoint) -> dict[str, tuple[int, ...]]:
-    """What `checkpoint` would write: path -> shape (written to memory and listed)."""
-    with tempfile.TemporaryDirectory(prefix="heldout-expected-") as directory:
-        return checkpoint_shapes(checkpoint.write(os.path.join(directory, "ckpt")))
-
-
-def describe_mismatch(expected: dict[str, tuple], found: dict[str, tuple], limit: int = 3
-                      ) -> str:
-    """A one-line account of the first variables that differ, or "" when they all fit."""
-    problems = []
-    for name in sorted(set(expected) | set(found)):
-        if name in {"save_counter"}:
+    Returns:
+        ``{path: shape}`` with the ``/.ATTRIBUTES/VARIABLE_VALUE`` suffix removed, e.g.
+        ``{"model/conv1/conv/w": (3, 3, 3, 96), "epoch": (), ...}``; the object graph
+        itself (``_CHECKPOINTABLE_OBJECT_GRAPH``) is left out.
+    """
+    shapes = {}
+    for key, shape in tf.train.list_variables(path):
+        if not key.endswith(_VARIABLE_SUFFIX):
             continue
-        if name not in found:
-            problems.append(f"{name} {list(expected[name])} missing from the checkpoint")
-        elif name not in expected:
-            problems.append(f"{name} {list(found[name])} not in the model")
-        elif expected[name] != found[name]:
-            problems.append(f"{name} is {list(found[name])} in the checkpoint but "
-                            f"{list(expected[name])} in the model")
-    if not problems:
-        return ""
-    more = f" (and {len(problems) - limit} more)" if len(problems) > limit else ""
-    return "; ".join(problems[:limit]) + more
+        shapes[key[:-len(_VARIABLE_SUFFIX)]] = tuple(shape)
+    return shapes
+
+
+def checkpoint_variable_shapes(model: tf.Module, epoch: int = 0,
+                               global_step: int = 0) -> dict[str, tuple[int, ...]]:
+    """The keys and shapes a checkpoint of `model` has, in the released layout.
+
+    Writes ``tf.train.Checkpoint(model=model, epoch=, global_step=)`` to a temporary
+    directory and lists it (see `checkpoint_shapes`), so the answer is exactly what TF
+    would store, including ``save_counter``. Sonnet creates variables on the first call,
+    so call the model once before (``is_training=False`` changes no variable).
+
+    Raises:
+        ValueError: the model has not been built yet (a linear or convolution layer has no
+            weights).
+    """
+    unbuilt = [module.name for module in (model, *model.submodules)
+               if isinstance(module, snt.Linear | snt.Conv2D) and not hasattr(module, "w")]
+    if unbuilt:
+        raise ValueError(f"model {model.name!r} is not built yet ({unbuilt[0]} has no weights): "
+                         "call it once on inputs of the right shape first")
+    checkpoint = tf.train.Checkpoint(
+        model=model, epoch=tf.Variable(epoch, dtype=tf.int64),
+        global_step=tf.Variable(global_step, dtype=tf.int64))
+    with tempfile.TemporaryDirectory() as directory:
+        # save(), not write(): save() creates the ``save_counter`` the released files hold.
+        return checkpoint_shapes(checkpoint.save(f"{directory}/ckpt"))
+
+
+def describe_shape_mismatch(expected: Mapping[str, Sequence[int]],
+                            found: Mapping[str, Sequence[int]]) -> list[str]:
+    """Lines naming every key missing from, extra in, or of another shape in `found`.
+
+    Args:
+        expected: ``{path: shape}`` of the model (e.g. `checkpoint_variable_shapes`).
+        found: ``{path: shape}`` of a checkpoint (e.g. `checkpoint_shapes`).
+
+    Returns:
+        One readable line per difference, sorted by key; empty when the two agree.
+    """
+    lines = []
+    for key in sorted(set(expected) | set(found)):
+        if key not in found:
+            lines.append(f"missing from checkpoint: {key} {list(expected[key])}")
+        elif key not in expected:
+            lines.append(f"not in model: {key} {list(found[key])}")
+        elif tuple(expected[key]) != tuple(found[key]):
+            lines.append(f"shape differs: {key} model {list(expected[key])}, "
+                         f"checkpoint {list(found[key])}")
+    return lines
 
 
 def restore_run_model(run_dir: str, arch: str, num_classes: int,
@@ -103,13 +140,16 @@ def restore_run_model(run_dir: str, arch: str, num_classes: int,
     prefix = find_checkpoint(run_dir)
     model = models_lib.make_single(arch, num_classes, width)
     model(tf.zeros([1, *input_shape]), is_training=False)
+    mismatch = [line for line in describe_shape_mismatch(checkpoint_variable_shapes(model),
+                                                         checkpoint_shapes(prefix))
+                if "save_counter" not in line]  # bookkeeping, not part of the model
+    if mismatch:
+        more = f" (and {len(mismatch) - 3} more)" if len(mismatch) > 3 else ""
+        raise ValueError(f"{prefix} does not fit --arch={arch} with {num_classes} classes: "
+                         + "; ".join(mismatch[:3]) + more)
     epoch = tf.Variable(0, dtype=tf.int64)
     global_step = tf.Variable(0, dtype=tf.int64)
     checkpoint = tf.train.Checkpoint(model=model, epoch=epoch, global_step=global_step)
-    mismatch = describe_mismatch(expected_shapes(checkpoint), checkpoint_shapes(prefix))
-    if mismatch:
-        raise ValueError(f"{prefix} does not fit --arch={arch} with {num_classes} classes: "
-                         f"{mismatch}")
     status = checkpoint.read(prefix)
     status.assert_existing_objects_matched()
     status.expect_partial()  # bookkeeping such as save_counter has no place in the model

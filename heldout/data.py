@@ -8,6 +8,9 @@ Sources (see SPEC §6):
     * ``digits``: scikit-learn's ``load_digits`` (shipped with scikit-learn, no download).
     * ``npz:<path>``: arrays ``x_train, y_train, x_test, y_test``.
     * ``tfds:<name>[:<version>]``: TensorFlow Datasets in unshuffled file order.
+  * ``imagenet:<train pattern>,<test pattern>``: ImageNet-style TFRecords with an index
+    feature (`heldout.imagenet`; in memory, so for small subsets; stream full ImageNet
+    with `imagenet.imagenet_dataset`).
 """
 
 from __future__ import annotations
