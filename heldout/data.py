@@ -6,7 +6,8 @@ releases. Run files store these indices, so estimates from different runs line u
 
 Sources (see SPEC §6):
     * ``digits``: scikit-learn's ``load_digits`` (shipped with scikit-learn, no download).
-    * ``npz:<path>``: arrays ``x_train, y_train, x_test, y_test``.
+    * ``npz:<path>``: arrays ``x_train, y_train, x_test, y_test`` (and optionally a scalar
+    ``num_classes``; otherwise the largest label + 1).
     * ``tfds:<name>[:<version>]``: TensorFlow Datasets in unshuffled file order.
   * ``imagenet:<train pattern>,<test pattern>``: ImageNet-style TFRecords with an index
     feature (`heldout.imagenet`; in memory, so for small subsets; stream full ImageNet
@@ -153,7 +154,13 @@ def load_npz(path: str) -> Dataset:
     if len(arrays["y_train"]) == 0:
         raise ValueError(f"--dataset=npz:{path}: x_train is empty")
     num_classes = int(max(arrays["y_train"].max(initial=0),
-                                                arrays["y_test"].max(initial=0))) + 1
+                          arrays["y_test"].max(initial=0))) + 1
+    if "num_classes" in arrays:  # optional: when some classes have no examples
+        declared = int(arrays["num_classes"])
+        if declared < num_classes:
+            raise ValueError(f"--dataset=npz:{path}: num_classes={declared} but labels go up "
+                             f"to {num_classes - 1}")
+        num_classes = declared
     return Dataset(
             name=f"npz:{path}",
             x_train=scale_inputs(arrays["x_train"]), y_train=arrays["y_train"].astype(np.int64),

@@ -112,27 +112,28 @@ def influence_blocks(membership: np.ndarray, values: np.ndarray, block_size: int
     membership = _check_membership(membership)
     values = _check_values(membership, values)
     num_runs, num_train = membership.shape
-    column_sums = values.sum(axis=0, dtype=np.float64).astype(np.float32)[None, :]
+    column_sums = values.sum(axis=0, dtype=np.float64)[None, :]
     for start in range(0, num_train, block_size):
         rows = slice(start, min(start + block_size, num_train))
         mask = membership[:, rows]
         sum_in = mask.T.astype(np.float32) @ values  # [block, num_eval]
         num_in = mask.sum(axis=0)[:, None]
         num_out = num_runs - num_in
-        # (column_sums - sum_in) * inv_out - sum_in * inv_in, without [block, eval] copies;
-        # 0 * inf where a row has no in- or out-runs is NaN, which is the right answer.
+        # Means and their difference in float64 (in place, two [block, eval] buffers), so
+        # that equal means give exactly 0 and scores compare exactly with thresholds;
+        # 0/0 where a row has no in- or out-runs is NaN, the right answer.
         with np.errstate(invalid="ignore", divide="ignore"):
-            inv_in = (1.0 / num_in).astype(np.float32)
-            inv_out = (1.0 / num_out).astype(np.float32)
-            influence = np.subtract(column_sums, sum_in)
-            influence *= -inv_out
-            sum_in *= inv_in
-            influence += sum_in
+            mean_in = sum_in.astype(np.float64)
+            influence = np.subtract(column_sums, mean_in)
+            influence /= -num_out
+            mean_in /= num_in
+            influence += mean_in
+        del mean_in
         # Rounding leaves the out-sum slightly off zero when no run held the example
         # out; such rows, and rows from too few runs, have no estimate.
         undefined = (num_in < max(min_runs, 1)) | (num_out < max(min_runs, 1))
         influence[undefined[:, 0]] = np.nan
-        yield rows, influence
+        yield rows, influence.astype(np.float32)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -243,6 +244,11 @@ def top_influences(membership: np.ndarray, values: np.ndarray, k: int,
         top = np.argpartition(-candidates, keep - 1, axis=0)[:keep]
         best_score = np.take_along_axis(candidates, top, axis=0)
         best_train = np.take_along_axis(owners, top, axis=0)
+    if len(best_score) < k:  # fewer training examples than k: pad
+        padding = k - len(best_score)
+        best_score = np.concatenate([best_score, np.full((padding, num_eval), -np.inf,
+                                                         np.float32)])
+        best_train = np.concatenate([best_train, np.full((padding, num_eval), -1)])
     order = np.argsort(-best_score, axis=0, kind="stable")
     best_score = np.take_along_axis(best_score, order, axis=0).T
     best_train = np.take_along_axis(best_train, order, axis=0).T
@@ -321,7 +327,7 @@ def cscore(ratios: Sequence[float], memberships: Sequence[np.ndarray],
         min_runs: fewest held-out runs an example needs at a ratio to count there.
     """
     if not (len(ratios) == len(memberships) == len(correctness_train)
-            == len(correctness_test)) or not ratios:
+            == len(correctness_test)) or len(ratios) == 0:
         raise ValueError("cscore needs one membership and correctness array per ratio")
     order = np.argsort(ratios, kind="stable")
     train_by_ratio, num_out_by_ratio, test_by_ratio = [], [], []
