@@ -27,7 +27,17 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 from absl import app, flags, logging  # noqa: E402
 
 _EXPERIMENT_DIR = flags.DEFINE_string(
-    "experiment_dir", "./experiments/digits", "Experiment directory (local or gs://).")
+    "experiment_dir", "./experiments/digits", "Experiment directory (local or gs://), or a "
+    "published tarball to fetch first: a .tar.gz path or URL, or a release name "
+    "(cifar10-inception, cifar100-inception, imagenet-resnet50).")
+_FETCH_DIR = flags.DEFINE_string(
+    "fetch_dir", None, "Where a fetched tarball's members go (default ./experiments/"
+    "<tarball name>); re-running skips members already there.")
+_FETCH_CHECKPOINTS = flags.DEFINE_list(
+    "fetch_checkpoints", None, "Also extract checkpoints of these subset ratios (e.g. 0.7); "
+    "with --fetch_run_ids, only of those runs.")
+_FETCH_RUN_IDS = flags.DEFINE_string("fetch_run_ids", None, "Run ids whose checkpoints to "
+                                     "extract, e.g. 0-9.")
 _ESTIMATOR = flags.DEFINE_list(
     "estimator", ["memorization", "influence"],
     "Estimators: memorization, self_influence, influence, cscore, or all.")
@@ -89,6 +99,11 @@ def main(argv):
     logging.set_verbosity(logging.WARNING)  # TensorFlow's per-checkpoint info lines
     import heldout
 
+    if heldout.released.is_release_source(_EXPERIMENT_DIR.value):
+        try:
+            _fetch(heldout)
+        except ValueError as e:
+            sys.exit(f"estimate.py: error: {e}")
     if _TARGETS.value or _PLAN.value:
         return _targeted(heldout)
     try:
@@ -127,6 +142,23 @@ def main(argv):
     print()
     for path in written:
         print(f"Saved {path}")
+
+
+def _fetch(heldout) -> None:
+    """Streams a published tarball's aux arrays (and chosen checkpoints) to disk, then
+    points --experiment_dir at the extracted experiment."""
+    source = _EXPERIMENT_DIR.value
+    name = source.rstrip("/").rsplit("/", 1)[-1].split("?")[0]
+    for suffix in (".tar.gz", ".tgz"):
+        name = name.removesuffix(suffix)
+    destination = _FETCH_DIR.value or os.path.join("experiments", name)
+    summary = heldout.released.extract_release(
+        source, destination, include_checkpoints=bool(_FETCH_CHECKPOINTS.value),
+        subsets=_FETCH_CHECKPOINTS.value or None,
+        run_ids=heldout.parse_run_ids(_FETCH_RUN_IDS.value, "--fetch_run_ids")
+        if _FETCH_RUN_IDS.value else None, progress=_PROGRESS.value)
+    print(summary)
+    flags.FLAGS.experiment_dir = heldout.released.experiment_root(destination)
 
 
 def _targeted(heldout) -> None:

@@ -4,7 +4,7 @@ Train many models on random subsets of a training set, record what each got righ
 and estimate memorization and influence from those records (Feldman & Zhang 2020).
 """
 
-from heldout import subsets, targeted, targets
+from heldout import released, subsets, targeted, targets
 from heldout.analysis import (
     ESTIMATORS,
     EstimateConfig,
@@ -52,7 +52,7 @@ from heldout.training import EnsembleTrainer, TrainConfig
 __version__ = "0.1.0"
 
 __all__ = [
-    "resolve_targets", "subsets", "targeted", "targets", "train_targeted_experiment",
+    "released", "resolve_targets", "subsets", "targeted", "targets", "train_targeted_experiment",
     "RunCheck", "check_run", "read_run_info", "restore_run_model",
     "ESTIMATORS", "CScore", "EstimateConfig", "InfluencePairs", "TopInfluences", "cscore",
     "pair_statistics", "parse_shard", "read_indices", "top_influences", "write_tables",

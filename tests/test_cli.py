@@ -176,3 +176,19 @@ def test_other_settings_in_the_same_directory_are_refused(experiment):
 def test_estimate_on_empty_directory_is_a_one_line_error(tmp_path):
     result = run_cli("estimate.py", f"--experiment_dir={tmp_path}")
     assert_one_line_error(result, "--experiment_dir", "no runs found")
+
+
+def test_estimate_fetches_a_released_tarball_first(experiment, tmp_path):
+    import tarfile
+
+    tarball = tmp_path / "my-release.tar.gz"
+    with tarfile.open(tarball, "w:gz") as archive:
+        archive.add(os.path.join(experiment, "0.7"), arcname="my-release/0.7")
+    fetched = tmp_path / "fetched"
+    result = run_cli("estimate.py", f"--experiment_dir={tarball}", f"--fetch_dir={fetched}",
+                     "--progress=false", "--min_runs=1", "--estimator=memorization")
+    assert result.returncode == 0, result.stderr
+    assert "extracted 6" in result.stdout
+    assert "memorization: 6 runs of 0.7" in result.stdout
+    assert sorted(os.listdir(fetched / "my-release" / "0.7"), key=int) == [str(i) for i in range(6)]
+    assert not list(fetched.rglob("checkpoints"))  # aux arrays only, by default
