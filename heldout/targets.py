@@ -176,6 +176,8 @@ def choose_targets(spec: str, num_train: int, seed: int, name: str,
         if kind not in CHOOSERS or not count_text.isdigit() or int(count_text) < 1:
             raise ValueError(f"--targets={spec}: expected parts like random:20 or easy:20")
         count = int(count_text)
+        if kind in chosen:
+            raise ValueError(f"--targets={spec}: {kind} appears twice; give each kind once")
         available = np.array([i for i in range(num_train) if i not in taken])
         if count > len(available):
             raise ValueError(f"--targets={spec}: {count} {kind} examples requested, "

@@ -110,9 +110,9 @@ def test_parse_subset_ratio_rejects(text):
         subsets.parse_subset_ratio(text)
 
 
-def test_subset_indices_rejects_non_ratio_subset():
+def test_subset_indices_rejects_non_design_subset():
     with pytest.raises(ValueError, match="--subset_ratio"):
-        subsets.subset_indices(10, "full", 0, 0)
+        subsets.subset_indices(10, "most", 0, 0)
 
 
 @pytest.mark.parametrize("ratio, name", [(0.7, "0.7"), (0.5, "0.5"), (0.25, "0.25")])
