@@ -1,0 +1,61 @@
+"""Gradient-based attribution (TracIn, influence functions), to set beside retraining estimates.
+
+Front doors, each one call from arrays to NumPy scores:
+
+* `score_tracin(checkpoints, x_train, y_train, x_query, y_query, TracInConfig(...))`:
+  TracIn-CP self-influence ``[num_train]`` and train x query scores
+  ``[num_train, num_query]`` from a list of `Checkpoint(model, learning_rate)`.
+* `score_influence_functions(model, x_train, y_train, x_query, y_query, InfluenceConfig(...),
+  factors_path=...)`: influence functions with ``identity``, ``diagonal``, ``kfac`` or
+  ``ekfac`` factors, with a table of seconds per phase.
+* `per_example_gradients(model, x, y)`: per-example gradients of every Linear/Conv2D
+  variable, vectorized over examples.
+
+Scores are signed alike everywhere: positive means the training example is predicted
+to help (lower the loss of, raise the margin of) the query.
+"""
+
+from heldout.attribution.gradients import (
+    MEASUREMENTS,
+    LayerGradients,
+    LayerSpec,
+    find_layers,
+    measure,
+    per_example_gradients,
+)
+from heldout.attribution.influence_functions import (
+    FISHERS,
+    PHASES,
+    STRATEGIES,
+    Factors,
+    InfluenceConfig,
+    InfluenceResult,
+    LayerFactors,
+    Timings,
+    factors_exist,
+    fit_factors,
+    layer_damping,
+    load_factors,
+    precondition,
+    save_factors,
+    score_influence_functions,
+    scores_from_factors,
+)
+from heldout.attribution.projection import GaussianProjection
+from heldout.attribution.tracin import (
+    Checkpoint,
+    TracInConfig,
+    TracInResult,
+    score_tracin,
+    tracin_scores,
+    tracin_self_influence,
+)
+
+__all__ = [
+    "FISHERS", "MEASUREMENTS", "PHASES", "STRATEGIES", "Checkpoint", "Factors",
+    "GaussianProjection", "InfluenceConfig", "InfluenceResult", "LayerFactors",
+    "LayerGradients", "LayerSpec", "Timings", "TracInConfig", "TracInResult",
+    "factors_exist", "find_layers", "fit_factors", "layer_damping", "load_factors", "measure",
+    "per_example_gradients", "precondition", "save_factors", "score_influence_functions",
+    "score_tracin", "scores_from_factors", "tracin_scores", "tracin_self_influence",
+]
