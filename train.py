@@ -75,6 +75,20 @@ _SAVE_CHECKPOINTS = flags.DEFINE_bool(
     "save_checkpoints", False, "Write each run's final model to checkpoints/ckpt-<epoch>.")
 _SAVE_LOGITS = flags.DEFINE_bool(
     "save_logits", False, "Also store float16 logits_<split> in aux_arrays.npz.")
+_NUM_SHARDS = flags.DEFINE_integer(
+    "num_shards", None, "Split the run ids among this many workers (cluster jobs); default "
+    "from SLURM_ARRAY_TASK_COUNT under a Slurm array.")
+_SHARD_INDEX = flags.DEFINE_integer(
+    "shard_index", None, "This worker's shard in [0, num_shards); default from "
+    "SLURM_ARRAY_TASK_ID or JOB_COMPLETION_INDEX (Kubernetes Indexed Job).")
+_CLAIM_RUNS = flags.DEFINE_bool(
+    "claim_runs", True, "Claim runs before training them, so concurrent workers on one "
+    "directory never train the same run.")
+_LEASE_SECONDS = flags.DEFINE_float(
+    "lease_seconds", 600.0, "A claim not renewed for this long is taken as abandoned.")
+_VERIFY = flags.DEFINE_bool(
+    "verify", False, "First check every complete run's aux arrays; damaged ones are reported "
+    "by name and moved aside (aux_arrays.npz.corrupt-<time>) so this command redoes them.")
 _PROGRESS = flags.DEFINE_bool("progress", True, "Show a progress bar.")
 
 
@@ -97,9 +111,17 @@ def main(argv):
             weight_decay=_WEIGHT_DECAY.value, lr_schedule=_LR_SCHEDULE.value,
             warmup_epochs=_WARMUP_EPOCHS.value, models_at_once=_MODELS_AT_ONCE.value,
             xla=_XLA.value)
+        shard = heldout.coordination.resolve_shard(_NUM_SHARDS.value, _SHARD_INDEX.value)
+        run_ids = heldout.coordination.shard_run_ids(run_ids, shard)
+        if shard.count > 1:
+            print(f"shard {shard.index} of {shard.count} ({shard.source}): "
+                  f"{len(run_ids)} run ids")
+        if _VERIFY.value:
+            _verify(heldout)
         common = dict(seed=_SEED.value, data_dir=_DATA_DIR.value,
                       save_checkpoints=_SAVE_CHECKPOINTS.value,
-                      save_logits=_SAVE_LOGITS.value, progress=_PROGRESS.value)
+                      save_logits=_SAVE_LOGITS.value, progress=_PROGRESS.value,
+                      claim_runs=_CLAIM_RUNS.value, lease_seconds=_LEASE_SECONDS.value)
         subset = _SUBSET.value or heldout.subsets.subset_name(_SUBSET_RATIO.value)
         if _CONFIG.value == "digits_nsi":
             experiment_dir = (_EXPERIMENT_DIR.value if flags.FLAGS["experiment_dir"].present
@@ -121,10 +143,23 @@ def main(argv):
         sys.exit(f"train.py: error: {e}")
     for summary in summaries:
         print(f"{summary.experiment_dir}/{summary.subset}: trained {len(summary.trained)} "
-              f"runs, {len(summary.already_complete)} were already complete; "
+              f"runs, {len(summary.already_complete)} were already complete"
+              + (f", {len(summary.claimed_elsewhere)} claimed by other workers"
+                 if summary.claimed_elsewhere else "") + "; "
               + (f"mean test accuracy {summary.mean_test_accuracy:.4f}; "
                  if summary.trained else "")
               + f"{summary.seconds:.1f} s")
+        if summary.trained:
+            print(f"  trained run ids: {heldout.subsets.format_run_ids(summary.trained)}")
+
+
+def _verify(heldout) -> None:
+    """Reports damaged runs of the experiment by name and moves their aux arrays aside."""
+    checked, problems = heldout.runs.verify_runs(_EXPERIMENT_DIR.value)
+    for directory, problem in problems:
+        moved = heldout.runs.quarantine_run(directory)
+        print(f"damaged run {directory}: {problem} (moved to {moved}; it will be redone)")
+    print(f"verified {checked} complete runs: {len(problems)} damaged")
 
 
 if __name__ == "__main__":

@@ -4,7 +4,7 @@ Train many models on random subsets of a training set, record what each got righ
 and estimate memorization and influence from those records (Feldman & Zhang 2020).
 """
 
-from heldout import released, subsets, targeted, targets
+from heldout import coordination, released, runs, subsets, targeted, targets
 from heldout.analysis import (
     ESTIMATORS,
     EstimateConfig,
@@ -52,14 +52,21 @@ from heldout.training import EnsembleTrainer, TrainConfig
 __version__ = "0.1.0"
 
 __all__ = [
-    "released", "resolve_targets", "subsets", "targeted", "targets", "train_targeted_experiment",
-    "RunCheck", "check_run", "read_run_info", "restore_run_model",
-    "ESTIMATORS", "CScore", "EstimateConfig", "InfluencePairs", "TopInfluences", "cscore",
-    "pair_statistics", "parse_shard", "read_indices", "top_influences", "write_tables",
-    "Dataset", "EnsembleTrainer", "Estimates", "Experiment", "RunFileError",
-    "SelfInfluence", "TrainConfig", "TrainSummary", "estimate_experiment",
-    "format_report", "influence", "influence_blocks", "load_dataset",
-    "load_experiment", "load_run", "memorization", "parse_run_ids", "plot_estimates",
-    "read_experiment_info", "save_estimates", "save_run", "self_influence",
-    "subset_indices", "top_influence_pairs", "train_experiment",
+    # modules
+    "coordination", "released", "runs", "subsets", "targeted", "targets",
+    # training
+    "EnsembleTrainer", "TrainConfig", "TrainSummary", "read_experiment_info",
+    "resolve_targets", "train_experiment", "train_targeted_experiment",
+    # data and runs
+    "Dataset", "Experiment", "RunFileError", "load_dataset", "load_experiment", "load_run",
+    "parse_run_ids", "parse_shard", "read_indices", "read_run_info", "save_run",
+    "subset_indices",
+    # estimators
+    "CScore", "InfluencePairs", "SelfInfluence", "TopInfluences", "cscore", "influence",
+    "influence_blocks", "memorization", "pair_statistics", "self_influence",
+    "top_influence_pairs", "top_influences",
+    # analysis and checkpoints
+    "ESTIMATORS", "EstimateConfig", "Estimates", "RunCheck", "check_run",
+    "estimate_experiment", "format_report", "plot_estimates", "restore_run_model",
+    "save_estimates", "write_tables",
 ]

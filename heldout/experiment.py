@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import concurrent.futures
 import dataclasses
-import functools
 import json
 import platform
 import socket
@@ -21,11 +20,11 @@ import numpy as np
 import sonnet as snt
 import tensorflow as tf
 
+from heldout import coordination, training
 from heldout import data as data_lib
 from heldout import runs as runs_lib
 from heldout import subsets as subsets_lib
 from heldout import targets as targets_lib
-from heldout import training
 
 EXPERIMENT_INFO_FILENAME = "experiment.json"
 # What must agree between runs written into one experiment directory.
@@ -44,6 +43,7 @@ class TrainSummary:
     already_complete: tuple[int, ...]  # run ids skipped because they were complete
     mean_test_accuracy: float  # over the runs trained now (NaN when none)
     seconds: float
+    claimed_elsewhere: tuple[int, ...] = ()  # skipped: another worker holds their claim
 
 
 def train_experiment(experiment_dir: str, dataset: str, config: training.TrainConfig,
@@ -51,7 +51,9 @@ def train_experiment(experiment_dir: str, dataset: str, config: training.TrainCo
                      data_dir: str | None = None, save_checkpoints: bool = False,
                      save_logits: bool = False, progress: bool = True,
                      targets: targets_lib.TargetSet | None = None,
-                     data: data_lib.Dataset | None = None) -> TrainSummary:
+                     data: data_lib.Dataset | None = None, claim_runs: bool = True,
+                     lease_seconds: float = 600.0, settle_seconds: float = 1.0
+                     ) -> TrainSummary:
     """Trains every run of `run_ids` that is not yet complete in `experiment_dir`.
 
     Args:
@@ -68,6 +70,10 @@ def train_experiment(experiment_dir: str, dataset: str, config: training.TrainCo
         progress: show a progress bar.
         targets: the target set a ``drop-<name>`` design leaves out.
         data: the data set already loaded from `dataset`, to avoid loading it again.
+        claim_runs: claim runs before training them, so concurrent workers on one
+            directory do not train the same run (`coordination.Claims`).
+        lease_seconds: a claim not renewed for this long is taken as abandoned.
+        settle_seconds: wait between writing claims and reading them back.
 
     Both arms of a targeted experiment (``full`` and ``drop-<name>``) take the same
     number of optimizer steps: every epoch has ``ceil(num_train / batch_size)`` steps
@@ -98,54 +104,93 @@ def train_experiment(experiment_dir: str, dataset: str, config: training.TrainCo
     data = data or data_lib.load_dataset(dataset, data_dir=data_dir)
     dropped = targets.indices if subset.startswith(subsets_lib.DROP_PREFIX) else None
     _write_experiment_info(experiment_dir, settings)
-    trainer = training.make_trainer(
-        data, dataclasses.replace(config, models_at_once=min(config.models_at_once, len(todo))))
+    # Always the full K: every group, padded if short, runs the same compiled program, so
+    # a run's numbers do not depend on how many runs were left to train with it.
+    trainer = training.make_trainer(data, config)
     group_size = trainer.num_models
-    accuracies = []
+    claims = (coordination.Claims(tf.io.gfile.join(experiment_dir, subset), lease_seconds,
+                                  settle_seconds) if claim_runs else None)
+    accuracies, trained, claimed_elsewhere = [], [], []
+    pending = list(todo)
     bar = _progress_bar(len(todo), progress)
     with concurrent.futures.ThreadPoolExecutor(8) as writers:
-        for first in range(0, len(todo), group_size):
-            group = todo[first:first + group_size]
-            group_start = time.time()
-            seeds = [subsets_lib.run_seeds(seed, subset, r) for r in group]
-            subsets = [subsets_lib.subset_indices(data.num_train, subset, seed, r, dropped)
-                       for r in group]
-            equal_steps = None
-            if subsets_lib.is_targeted_design(subset):
-                equal_steps = [trainer.steps_per_epoch(data.num_train)] * len(group)
-            results = trainer.train(
-                subsets, [s.init for s in seeds], [s.order for s in seeds],
-                save_logits=save_logits, export_models=save_checkpoints,
-                steps_per_epoch=equal_steps,
-                on_epoch=functools.partial(_advance, bar, len(group) / config.epochs))
-            seconds_per_run = (time.time() - group_start) / len(group)
-            pending = []
-            for run_id, subset_indices, result in zip(group, subsets, results, strict=True):
-                info = _run_info(settings, data, subset, run_id, subset_indices, result,
-                                 seconds_per_run, len(group))
-                if dropped is not None:
-                    info["targets"] = {"name": targets.name, "groups": {
-                        g: list(v) for g, v in targets.groups.items()}}
-                accuracies.append(info["accuracy"]["test"])
-                checkpoint = None
-                if result.model is not None:
-                    checkpoint = tf.train.Checkpoint(
-                        model=result.model,
-                        epoch=tf.Variable(config.epochs, dtype=tf.int64),
-                        global_step=tf.Variable(result.steps, dtype=tf.int64))
-                arrays = runs_lib.aux_arrays(
-                    subset_indices, result.train.correctness, result.test.correctness,
-                    margin_train=result.train.margin, margin_test=result.test.margin,
-                    logodds_train=result.train.logodds, logodds_test=result.test.logodds,
-                    logits_train=result.train.logits, logits_test=result.test.logits)
-                pending.append(writers.submit(
-                    runs_lib.save_run, runs_lib.run_dir(experiment_dir, subset, run_id),
-                    arrays, info, checkpoint, config.epochs))
-            for future in pending:
-                future.result()
+        while pending:
+            group = []
+            while pending and len(group) < group_size:
+                batch, pending = (pending[:group_size - len(group)],
+                                  pending[group_size - len(group):])
+                complete = set(runs_lib.list_runs(experiment_dir, subset)[0])
+                batch = [r for r in batch if r not in complete]
+                won = claims.claim(batch) if claims else batch
+                claimed_elsewhere += [r for r in batch if r not in won]
+                group += won
+            if not group:
+                break
+            try:
+                accuracies += _train_group(
+                    trainer, writers, experiment_dir, subset, group, data, config, settings,
+                    seed, dropped, targets, save_checkpoints, save_logits, bar, claims)
+                trained += group
+            finally:
+                if claims:
+                    claims.release(group)
     bar.close()
-    return TrainSummary(experiment_dir, subset, tuple(todo), already,
-                        float(np.mean(accuracies)), time.time() - start)
+    return TrainSummary(experiment_dir, subset, tuple(trained), already,
+                        float(np.mean(accuracies)) if accuracies else float("nan"),
+                        time.time() - start, tuple(claimed_elsewhere))
+
+
+def _train_group(trainer, writers: concurrent.futures.Executor, experiment_dir: str,
+                 subset: str, group: list[int], data: data_lib.Dataset,
+                 config: training.TrainConfig, settings: dict, seed: int,
+                 dropped: np.ndarray | None, targets: targets_lib.TargetSet | None,
+                 save_checkpoints: bool, save_logits: bool, bar,
+                 claims: coordination.Claims | None) -> list[float]:
+    """Trains one group of runs and writes each; returns their test accuracies."""
+    group_start = time.time()
+    seeds = [subsets_lib.run_seeds(seed, subset, r) for r in group]
+    subsets = [subsets_lib.subset_indices(data.num_train, subset, seed, r, dropped)
+               for r in group]
+    equal_steps = None
+    if subsets_lib.is_targeted_design(subset):
+        equal_steps = [trainer.steps_per_epoch(data.num_train)] * len(group)
+
+    def after_epoch(steps: int) -> None:
+        _advance(bar, len(group) / config.epochs, steps)
+        if claims:
+            claims.renew()
+
+    results = trainer.train(
+        subsets, [s.init for s in seeds], [s.order for s in seeds],
+        save_logits=save_logits, export_models=save_checkpoints,
+        steps_per_epoch=equal_steps, on_epoch=after_epoch)
+    seconds_per_run = (time.time() - group_start) / len(group)
+    pending, accuracies = [], []
+    for run_id, subset_indices, result in zip(group, subsets, results, strict=True):
+        directory = runs_lib.run_dir(experiment_dir, subset, run_id)
+        if runs_lib.run_complete(directory):
+            continue  # another worker finished it meanwhile: never overwrite a complete run
+        info = _run_info(settings, data, subset, run_id, subset_indices, result,
+                         seconds_per_run, len(group))
+        if dropped is not None:
+            info["targets"] = {"name": targets.name, "groups": {
+                g: list(v) for g, v in targets.groups.items()}}
+        accuracies.append(info["accuracy"]["test"])
+        checkpoint = None
+        if result.model is not None:
+            checkpoint = tf.train.Checkpoint(
+                model=result.model, epoch=tf.Variable(config.epochs, dtype=tf.int64),
+                global_step=tf.Variable(result.steps, dtype=tf.int64))
+        arrays = runs_lib.aux_arrays(
+            subset_indices, result.train.correctness, result.test.correctness,
+            margin_train=result.train.margin, margin_test=result.test.margin,
+            logodds_train=result.train.logodds, logodds_test=result.test.logodds,
+            logits_train=result.train.logits, logits_test=result.test.logits)
+        pending.append(writers.submit(runs_lib.save_run, directory, arrays, info, checkpoint,
+                                      config.epochs))
+    for future in pending:
+        future.result()
+    return accuracies
 
 
 def resolve_targets(experiment_dir: str, data: data_lib.Dataset, name: str,

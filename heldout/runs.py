@@ -19,6 +19,7 @@ import concurrent.futures
 import dataclasses
 import io
 import json
+import time
 import uuid
 from collections.abc import Iterable, Sequence
 
@@ -44,6 +45,10 @@ LOGITS_PREFIX = "logits_"
 
 class RunFileError(ValueError):
     """A run's files exist but are not a valid run (truncated, wrong keys or lengths)."""
+
+
+class RunMissingError(RunFileError):
+    """A run's aux arrays do not exist (not written yet, or removed to be redone)."""
 
 
 def run_dir(experiment_dir: str, subset: str, run_id: int) -> str:
@@ -135,7 +140,7 @@ def load_run(directory: str) -> dict[str, np.ndarray]:
             with np.load(io.BytesIO(f.read()), allow_pickle=False) as npz:
                 arrays = {key: npz[key] for key in npz.files}
     except tf.errors.NotFoundError:
-        raise RunFileError(f"{path}: file not found") from None
+        raise RunMissingError(f"{path}: file not found") from None
     except Exception as e:  # zipfile/np.load raise many types for a damaged file.
         raise RunFileError(f"{path}: not a readable .npz file ({type(e).__name__}: {e})") from e
     missing = [key for key in RELEASED_KEYS if key not in arrays]
@@ -265,10 +270,16 @@ def load_experiment(experiment_dir: str, subset: str, num_threads: int = 16,
     directories = [run_dir(experiment_dir, subset, i) for i in complete]
     matrices: dict[str, np.ndarray] = {}
     present = dict.fromkeys(_FLOAT_METRICS, True)  # metric -> recorded by every run so far
+    vanished = []  # complete when listed, gone when read: being redone by a writer
+    used = np.zeros(len(directories), dtype=bool)
     with concurrent.futures.ThreadPoolExecutor(num_threads) as pool:
-        loaded = pool.map(load_run, directories)
+        loaded = pool.map(_load_run_unless_vanished, directories)
         for r, run in enumerate(_progress(loaded, len(directories), f"reading {subset}",
                                           progress)):
+            if run is None:
+                vanished.append(complete[r])
+                continue
+            used[r] = True
             sizes = (len(run["index_train"]) + len(run["index_removed"]),
                      len(run["index_test"]))
             if not matrices:
@@ -290,12 +301,58 @@ def load_experiment(experiment_dir: str, subset: str, num_threads: int = 16,
                 for metric, prefix in _FLOAT_METRICS.items():
                     if present[metric]:
                         matrices[f"{metric}_{kind}"][r, rows] = run[prefix + split]
+    if not used.any():
+        raise ValueError(f"--experiment_dir={experiment_dir}: the runs of {subset} vanished "
+                         "while being read")
+    if not used.all():
+        matrices = {key: value[used] for key, value in matrices.items()}
     floats = {f"{metric}_{kind}": matrices[f"{metric}_{kind}"] if present[metric] else None
               for metric in _FLOAT_METRICS for kind in ("train", "test")}
-    return Experiment(run_ids=np.asarray(complete), membership=matrices["membership"],
+    return Experiment(run_ids=np.asarray(complete)[used], membership=matrices["membership"],
                       correctness_train=matrices["correctness_train"],
                       correctness_test=matrices["correctness_test"], **floats,
-                      skipped=tuple(incomplete))
+                      skipped=tuple(sorted(incomplete + vanished)))
+
+
+def _load_run_unless_vanished(directory: str) -> dict[str, np.ndarray] | None:
+    """`load_run`, or None when the aux arrays disappeared since the listing."""
+    try:
+        return load_run(directory)
+    except RunMissingError:
+        return None
+
+
+def verify_runs(experiment_dir: str, subsets: Sequence[str] | None = None,
+                num_threads: int = 16) -> tuple[int, list[tuple[str, str]]]:
+    """Reads every complete run and checks its aux arrays.
+
+    Returns:
+        (number of complete runs checked, [(run directory, problem)] for the damaged ones).
+    """
+    subsets = list(subsets) if subsets is not None else list_subsets(experiment_dir)
+    directories = [run_dir(experiment_dir, subset, i) for subset in subsets
+                   for i in list_runs(experiment_dir, subset)[0]]
+
+    def check(directory: str) -> str | None:
+        try:
+            run = load_run(directory)
+            num_train = len(run["index_train"]) + len(run["index_removed"])
+            _check_indices(directory, run, num_train, len(run["index_test"]))
+        except RunFileError as e:
+            return str(e)
+        return None
+
+    with concurrent.futures.ThreadPoolExecutor(num_threads) as pool:
+        problems = list(pool.map(check, directories))
+    return len(directories), [(d, p) for d, p in zip(directories, problems, strict=True) if p]
+
+
+def quarantine_run(directory: str) -> str:
+    """Moves a damaged ``aux_arrays.npz`` aside (``.corrupt-<time>``) so the run is redone."""
+    path = tf.io.gfile.join(directory, AUX_FILENAME)
+    target = f"{path}.corrupt-{int(time.time())}"
+    tf.io.gfile.rename(path, target, overwrite=True)
+    return target
 
 
 def _empty_matrices(num_runs: int, num_train: int, num_test: int) -> dict[str, np.ndarray]:

@@ -17,6 +17,7 @@ the sampling methods of ``Generator``).
 from __future__ import annotations
 
 import zlib
+from collections.abc import Sequence
 from typing import NamedTuple
 
 import numpy as np
@@ -142,6 +143,19 @@ def parse_run_ids(text: str, flag: str = "--run_ids") -> list[int]:
     if not ids or min(ids) < 0:
         raise ValueError(f"{flag}={text!r}: expected non-negative ids")
     return sorted(ids)
+
+
+def format_run_ids(ids: Sequence[int]) -> str:
+    """Ids as compact ranges (``"0-3,7"``), the inverse of `parse_run_ids`."""
+    ids = sorted(set(ids))
+    parts, start = [], None
+    for position, value in enumerate(ids):
+        if start is None:
+            start = value
+        if position + 1 == len(ids) or ids[position + 1] != value + 1:
+            parts.append(str(start) if start == value else f"{start}-{value}")
+            start = None
+    return ",".join(parts)
 
 
 def read_indices(spec: str, flag: str) -> list[int]:

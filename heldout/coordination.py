@@ -1,0 +1,186 @@
+"""Sharing one experiment directory among many workers: shards and run claims.
+
+A heldout experiment is thousands of independent trainings writing into one directory,
+often on preemptible machines. Two mechanisms keep that safe and cheap:
+
+* **Shards**: `shard_run_ids` splits the wanted run ids among N workers by position
+  (``ids[i::N]``), from flags or from the scheduler's environment (Slurm job arrays,
+  Kubernetes Indexed Jobs), so a cluster job needs no coordinator.
+* **Claims**: before training a run, a worker claims it with a small file
+  ``<subset>/.claims/<run_id>.json`` (host, pid, token, expiry). A live claim of
+  another worker means "skip it, someone is on it"; a claim whose lease expired, or
+  whose process is gone from this host, is stale and may be taken over. Claims are
+  renewed while training (heartbeat), and removed when the run is written.
+
+Why this is safe, also on gs:// (which has no exclusive create through tf.io.gfile):
+completeness never depends on claims. A run is complete exactly when its
+``aux_arrays.npz`` exists, and that file appears by one atomic rename of a fully
+written object, so no interleaving of workers can produce a corrupt or half-written
+run; at worst two workers train the same run and the second rename replaces an
+identical file. Claims only prevent that wasted work: a worker writes its claim, waits
+`settle_seconds`, and reads it back; with GCS's strong read-after-write consistency,
+of two workers racing for one run exactly one reads back its own token, unless their
+writes are further apart than the settle delay (then the later one already saw the
+earlier claim when it checked). On a local or network file system the same protocol
+holds.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import socket
+import time
+import uuid
+from collections.abc import Iterable, Mapping, Sequence
+
+import tensorflow as tf
+
+CLAIMS_DIRNAME = ".claims"
+
+
+@dataclasses.dataclass(frozen=True)
+class Shard:
+    """This worker's part of a job: shard `index` of `count`."""
+
+    index: int
+    count: int
+    source: str  # where it came from: "flags", "SLURM_ARRAY_TASK_ID", ...
+
+
+def resolve_shard(num_shards: int | None, shard_index: int | None,
+                  environ: Mapping[str, str] | None = None) -> Shard:
+    """This worker's shard from flags, else from the scheduler's environment.
+
+    Slurm job arrays set ``SLURM_ARRAY_TASK_ID`` and ``SLURM_ARRAY_TASK_COUNT`` (and
+    ``SLURM_ARRAY_TASK_MIN`` when ids do not start at 0); Kubernetes Indexed Jobs set
+    ``JOB_COMPLETION_INDEX``, with the count given by ``--num_shards``. No flags and
+    no scheduler: one shard of one.
+
+    Raises:
+        ValueError: an index outside ``[0, count)`` or an index without a count.
+    """
+    environ = os.environ if environ is None else environ
+    source = "flags"
+    if shard_index is None:
+        if "SLURM_ARRAY_TASK_ID" in environ:
+            first = int(environ.get("SLURM_ARRAY_TASK_MIN", "0"))
+            shard_index = int(environ["SLURM_ARRAY_TASK_ID"]) - first
+            if num_shards is None and "SLURM_ARRAY_TASK_COUNT" in environ:
+                num_shards = int(environ["SLURM_ARRAY_TASK_COUNT"])
+            source = "SLURM_ARRAY_TASK_ID"
+        elif "JOB_COMPLETION_INDEX" in environ:
+            shard_index = int(environ["JOB_COMPLETION_INDEX"])
+            source = "JOB_COMPLETION_INDEX"
+    if shard_index is None:
+        if num_shards not in (None, 1):
+            raise ValueError(f"--num_shards={num_shards}: also give --shard_index (or run "
+                             "under a Slurm array / Kubernetes Indexed Job)")
+        return Shard(0, 1, "single")
+    if num_shards is None:
+        raise ValueError(f"shard index {shard_index} from {source}: give --num_shards too")
+    if not 0 <= shard_index < num_shards:
+        raise ValueError(f"--shard_index={shard_index} (from {source}): expected 0 <= index "
+                         f"< --num_shards={num_shards}")
+    return Shard(shard_index, num_shards, source)
+
+
+def shard_run_ids(run_ids: Sequence[int], shard: Shard) -> list[int]:
+    """The run ids of one shard: every `count`-th id from position `index`.
+
+    Interleaving (not contiguous blocks) spreads early and late ids evenly, so shards
+    finish at about the same time and a partly done experiment is a uniform sample.
+    """
+    return list(run_ids)[shard.index::shard.count]
+
+
+@dataclasses.dataclass
+class Claims:
+    """The claims this worker holds on runs of one subset folder."""
+
+    folder: str  # <experiment_dir>/<subset>
+    lease_seconds: float = 600.0  # a claim not renewed for this long is stale
+    settle_seconds: float = 1.0  # wait between writing a claim and reading it back
+    token: str = dataclasses.field(default_factory=lambda: uuid.uuid4().hex)
+    held: set[int] = dataclasses.field(default_factory=set)
+    _renewed: float = 0.0
+
+    def claim(self, run_ids: Iterable[int]) -> list[int]:
+        """Claims every run among `run_ids` that nobody else holds; returns the claimed ones."""
+        wanted = [r for r in run_ids if not self._held_by_other(r)]
+        if not wanted:
+            return []
+        tf.io.gfile.makedirs(self._directory())
+        for run_id in wanted:
+            self._write(run_id)
+        time.sleep(self.settle_seconds)
+        won = [r for r in wanted if (self._read(r) or {}).get("token") == self.token]
+        self.held.update(won)
+        self._renewed = time.time()
+        return won
+
+    def renew(self) -> None:
+        """Extends the lease of every held claim if a third of it has passed (heartbeat)."""
+        if self.held and time.time() - self._renewed > self.lease_seconds / 3:
+            for run_id in self.held:
+                self._write(run_id)
+            self._renewed = time.time()
+
+    def release(self, run_ids: Iterable[int]) -> None:
+        """Gives up the claims on `run_ids` (after writing them, or on failure)."""
+        for run_id in list(run_ids):
+            if run_id in self.held:
+                self.held.discard(run_id)
+                if (self._read(run_id) or {}).get("token") == self.token:
+                    _remove_quietly(self._path(run_id))
+
+    def _held_by_other(self, run_id: int) -> bool:
+        claim = self._read(run_id)
+        if not claim or claim.get("token") == self.token:
+            return False
+        if claim.get("expires", 0) < time.time():
+            return False  # lease expired: the worker died or hangs
+        if claim.get("host") == socket.gethostname() and not _process_alive(claim.get("pid")):
+            return False  # a process of this host that is gone
+        return True
+
+    def _write(self, run_id: int) -> None:
+        content = {"token": self.token, "host": socket.gethostname(), "pid": os.getpid(),
+                   "expires": time.time() + self.lease_seconds}
+        temporary = f"{self._path(run_id)}.tmp-{uuid.uuid4().hex}"
+        with tf.io.gfile.GFile(temporary, "w") as f:
+            f.write(json.dumps(content))
+        tf.io.gfile.rename(temporary, self._path(run_id), overwrite=True)
+
+    def _read(self, run_id: int) -> dict | None:
+        try:
+            with tf.io.gfile.GFile(self._path(run_id), "r") as f:
+                return json.loads(f.read())
+        except (tf.errors.NotFoundError, ValueError):
+            return None
+
+    def _directory(self) -> str:
+        return tf.io.gfile.join(self.folder, CLAIMS_DIRNAME)
+
+    def _path(self, run_id: int) -> str:
+        return tf.io.gfile.join(self._directory(), f"{run_id}.json")
+
+
+def _process_alive(pid: int | None) -> bool:
+    if not pid:
+        return False
+    try:
+        os.kill(int(pid), 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _remove_quietly(path: str) -> None:
+    try:
+        tf.io.gfile.remove(path)
+    except tf.errors.NotFoundError:
+        pass
