@@ -90,6 +90,9 @@ _DATASET = flags.DEFINE_string(
     "was trained on (none for released runs).")
 _DATA_DIR = flags.DEFINE_string("data_dir", None, "TFDS data directory.")
 _TOP = flags.DEFINE_integer("top", 10, "Rows of each printed table.")
+_VERIFY = flags.DEFINE_bool(
+    "verify", False, "Only check every complete run's aux arrays and report damaged ones by "
+    "name (exit status 1 if any).")
 _PROGRESS = flags.DEFINE_bool("progress", True, "Show a progress bar.")
 
 
@@ -104,6 +107,12 @@ def main(argv):
             _fetch(heldout)
         except ValueError as e:
             sys.exit(f"estimate.py: error: {e}")
+    if _VERIFY.value:
+        checked, problems = heldout.runs.verify_runs(_EXPERIMENT_DIR.value)
+        for directory, problem in problems:
+            print(f"damaged run {directory}: {problem}")
+        print(f"verified {checked} complete runs: {len(problems)} damaged")
+        sys.exit(1 if problems else 0)
     if _TARGETS.value or _PLAN.value:
         return _targeted(heldout)
     try:

@@ -88,7 +88,7 @@ _LEASE_SECONDS = flags.DEFINE_float(
     "lease_seconds", 600.0, "A claim not renewed for this long is taken as abandoned.")
 _VERIFY = flags.DEFINE_bool(
     "verify", False, "First check every complete run's aux arrays; damaged ones are reported "
-    "by name and moved aside (aux_arrays.npz.corrupt-<time>) so this command redoes them.")
+    "by name and moved aside (to <subset>/.corrupt/) so this command redoes them.")
 _PROGRESS = flags.DEFINE_bool("progress", True, "Show a progress bar.")
 
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 import concurrent.futures
 import dataclasses
 import json
+import os
 import platform
 import socket
 import time
@@ -96,7 +97,7 @@ def train_experiment(experiment_dir: str, dataset: str, config: training.TrainCo
     _check_experiment_info(experiment_dir, settings)
     complete = set(runs_lib.list_runs(experiment_dir, subset)[0])
     todo = [r for r in run_ids if r not in complete]
-    already = tuple(r for r in run_ids if r in complete)
+    already = tuple(r for r in run_ids if r in complete)  # grows if others finish runs
     if not todo:
         return TrainSummary(experiment_dir, subset, (), already, float("nan"),
                             time.time() - start)
@@ -123,14 +124,23 @@ def train_experiment(experiment_dir: str, dataset: str, config: training.TrainCo
                 batch = [r for r in batch if r not in complete]
                 won = claims.claim(batch) if claims else batch
                 claimed_elsewhere += [r for r in batch if r not in won]
+                if claims and won:
+                    # A worker writes a run before releasing its claim, so a run finished
+                    # between the listing above and our claim shows up complete now.
+                    complete = set(runs_lib.list_runs(experiment_dir, subset)[0])
+                    finished = [r for r in won if r in complete]
+                    claims.release(finished)
+                    already += tuple(finished)
+                    won = [r for r in won if r not in complete]
                 group += won
             if not group:
                 break
             try:
-                accuracies += _train_group(
+                written = _train_group(
                     trainer, writers, experiment_dir, subset, group, data, config, settings,
                     seed, dropped, targets, save_checkpoints, save_logits, bar, claims)
-                trained += group
+                accuracies += list(written.values())
+                trained += list(written)
             finally:
                 if claims:
                     claims.release(group)
@@ -145,8 +155,9 @@ def _train_group(trainer, writers: concurrent.futures.Executor, experiment_dir: 
                  config: training.TrainConfig, settings: dict, seed: int,
                  dropped: np.ndarray | None, targets: targets_lib.TargetSet | None,
                  save_checkpoints: bool, save_logits: bool, bar,
-                 claims: coordination.Claims | None) -> list[float]:
-    """Trains one group of runs and writes each; returns their test accuracies."""
+                 claims: coordination.Claims | None) -> dict[int, float]:
+    """Trains one group of runs and writes each; returns run id -> test accuracy of the
+    runs written (not those another worker completed meanwhile)."""
     group_start = time.time()
     seeds = [subsets_lib.run_seeds(seed, subset, r) for r in group]
     subsets = [subsets_lib.subset_indices(data.num_train, subset, seed, r, dropped)
@@ -165,7 +176,7 @@ def _train_group(trainer, writers: concurrent.futures.Executor, experiment_dir: 
         save_logits=save_logits, export_models=save_checkpoints,
         steps_per_epoch=equal_steps, on_epoch=after_epoch)
     seconds_per_run = (time.time() - group_start) / len(group)
-    pending, accuracies = [], []
+    pending, accuracies = [], {}
     for run_id, subset_indices, result in zip(group, subsets, results, strict=True):
         directory = runs_lib.run_dir(experiment_dir, subset, run_id)
         if runs_lib.run_complete(directory):
@@ -175,7 +186,7 @@ def _train_group(trainer, writers: concurrent.futures.Executor, experiment_dir: 
         if dropped is not None:
             info["targets"] = {"name": targets.name, "groups": {
                 g: list(v) for g, v in targets.groups.items()}}
-        accuracies.append(info["accuracy"]["test"])
+        accuracies[run_id] = info["accuracy"]["test"]
         checkpoint = None
         if result.model is not None:
             checkpoint = tf.train.Checkpoint(
@@ -332,6 +343,7 @@ def _run_info(settings: dict, data: data_lib.Dataset, subset: str, run_id: int,
         "models_trained_together": group_size,
         "finished_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         "host": socket.gethostname(),
+        "pid": os.getpid(),
         "versions": {"python": platform.python_version(), "tensorflow": tf.__version__,
                      "sonnet": snt.__version__, "numpy": np.__version__},
     }

@@ -29,6 +29,7 @@ import tensorflow as tf
 AUX_FILENAME = "aux_arrays.npz"
 RUN_INFO_FILENAME = "run.json"
 CHECKPOINT_DIRNAME = "checkpoints"
+CORRUPT_DIRNAME = ".corrupt"  # damaged aux arrays moved aside by `quarantine_run`
 SPLITS = ("train", "removed", "test")
 SUBSET_INDICES = "subsample_idx"
 # Keys of the released files; every reader needs these and only these.
@@ -348,10 +349,16 @@ def verify_runs(experiment_dir: str, subsets: Sequence[str] | None = None,
 
 
 def quarantine_run(directory: str) -> str:
-    """Moves a damaged ``aux_arrays.npz`` aside (``.corrupt-<time>``) so the run is redone."""
-    path = tf.io.gfile.join(directory, AUX_FILENAME)
-    target = f"{path}.corrupt-{int(time.time())}"
-    tf.io.gfile.rename(path, target, overwrite=True)
+    """Moves a damaged ``aux_arrays.npz`` out of its run, so the run is redone.
+
+    It goes to ``<subset>/.corrupt/<run_id>-<time>.npz`` (beside the run folders, where
+    readers do not look and redoing the run does not delete it), for inspection.
+    """
+    parent, run_id = directory.rstrip("/").rsplit("/", 1)
+    quarantine = tf.io.gfile.join(parent, CORRUPT_DIRNAME)
+    tf.io.gfile.makedirs(quarantine)
+    target = tf.io.gfile.join(quarantine, f"{run_id}-{int(time.time())}.npz")
+    tf.io.gfile.rename(tf.io.gfile.join(directory, AUX_FILENAME), target, overwrite=True)
     return target
 
 
