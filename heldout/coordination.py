@@ -7,7 +7,7 @@ often on preemptible machines. Two mechanisms keep that safe and cheap:
   (``ids[i::N]``), from flags or from the scheduler's environment (Slurm job arrays,
   Kubernetes Indexed Jobs), so a cluster job needs no coordinator.
 * **Claims**: before training a run, a worker claims it with a small file
-  ``<subset>/.claims/<run_id>.json`` (host, pid, token, expiry). A live claim of
+  ``<experiment_dir>/.claims/<subset>/<run_id>.json`` (host, pid, token, expiry). A live claim of
   another worker means "skip it, someone is on it"; a claim whose lease expired, or
   whose process is gone from this host, is stale and may be taken over. Claims are
   renewed while training (heartbeat), and removed when the run is written.
@@ -97,21 +97,30 @@ def shard_run_ids(run_ids: Sequence[int], shard: Shard) -> list[int]:
 
 @dataclasses.dataclass
 class Claims:
-    """The claims this worker holds on runs of one subset folder."""
+    """The claims this worker holds on runs of one subset folder.
 
-    folder: str  # <experiment_dir>/<subset>
+    Use `for_subset` to place them; claim files live outside the subset folder, so
+    listing a subset folder shows run folders only.
+    """
+
+    directory: str  # where the claim files go: <experiment_dir>/.claims/<subset>
     lease_seconds: float = 600.0  # a claim not renewed for this long is stale
     settle_seconds: float = 1.0  # wait between writing a claim and reading it back
     token: str = dataclasses.field(default_factory=lambda: uuid.uuid4().hex)
     held: set[int] = dataclasses.field(default_factory=set)
     _renewed: float = 0.0
 
+    @classmethod
+    def for_subset(cls, experiment_dir: str, subset: str, **settings) -> Claims:
+        """Claims on the runs of `subset` of an experiment."""
+        return cls(tf.io.gfile.join(experiment_dir, CLAIMS_DIRNAME, subset), **settings)
+
     def claim(self, run_ids: Iterable[int]) -> list[int]:
         """Claims every run among `run_ids` that nobody else holds; returns the claimed ones."""
         wanted = [r for r in run_ids if not self._held_by_other(r)]
         if not wanted:
             return []
-        tf.io.gfile.makedirs(self._directory())
+        tf.io.gfile.makedirs(self.directory)
         for run_id in wanted:
             self._write(run_id)
         time.sleep(self.settle_seconds)
@@ -160,11 +169,8 @@ class Claims:
         except (tf.errors.NotFoundError, ValueError):
             return None
 
-    def _directory(self) -> str:
-        return tf.io.gfile.join(self.folder, CLAIMS_DIRNAME)
-
     def _path(self, run_id: int) -> str:
-        return tf.io.gfile.join(self._directory(), f"{run_id}.json")
+        return tf.io.gfile.join(self.directory, f"{run_id}.json")
 
 
 def _process_alive(pid: int | None) -> bool:

@@ -109,8 +109,10 @@ def train_experiment(experiment_dir: str, dataset: str, config: training.TrainCo
     # a run's numbers do not depend on how many runs were left to train with it.
     trainer = training.make_trainer(data, config)
     group_size = trainer.num_models
-    claims = (coordination.Claims(tf.io.gfile.join(experiment_dir, subset), lease_seconds,
-                                  settle_seconds) if claim_runs else None)
+    claims = (coordination.Claims.for_subset(experiment_dir, subset,
+                                             lease_seconds=lease_seconds,
+                                             settle_seconds=settle_seconds)
+              if claim_runs else None)
     accuracies, trained, claimed_elsewhere = [], [], []
     pending = list(todo)
     bar = _progress_bar(len(todo), progress)

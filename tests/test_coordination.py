@@ -94,7 +94,7 @@ def test_expired_or_dead_claims_are_taken_over(tmp_path):
     # A claim of a process of this host that no longer exists is stale at once.
     dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
                           capture_output=True, text=True).stdout.strip()
-    path = tmp_path / coordination.CLAIMS_DIRNAME / "5.json"
+    path = tmp_path / "5.json"
     path.write_text(json.dumps({"token": "x", "host": os.uname().nodename, "pid": int(dead),
                                 "expires": time.time() + 3600}))
     assert coordination.Claims(str(tmp_path), settle_seconds=0.0).claim([5]) == [5]
@@ -103,7 +103,7 @@ def test_expired_or_dead_claims_are_taken_over(tmp_path):
 def test_racing_claims_have_one_winner(tmp_path):
     """Both write before either reads back: exactly one reads its own token."""
     workers = [coordination.Claims(str(tmp_path), settle_seconds=0.0) for _ in range(3)]
-    (tmp_path / coordination.CLAIMS_DIRNAME).mkdir()
+    tmp_path.mkdir(exist_ok=True)
     for worker in workers:
         worker._write(7)
     winners = [w for w in workers if (w._read(7) or {}).get("token") == w.token]
@@ -124,7 +124,8 @@ def test_experiment_on_tensorflows_ram_filesystem():
     assert again.trained == () and again.already_complete == (0, 1, 2, 3, 4)
     experiment = heldout.load_experiment(directory, "0.7", progress=False)
     assert experiment.num_runs == 5 and experiment.membership.sum(axis=1).tolist() == [946] * 5
-    assert not tf.io.gfile.glob(f"{directory}/0.7/{coordination.CLAIMS_DIRNAME}/*.json")
+    assert not tf.io.gfile.glob(f"{directory}/{coordination.CLAIMS_DIRNAME}/0.7/*.json")
+    assert tf.io.gfile.listdir(f"{directory}/0.7") == [str(r) for r in range(5)]
 
 
 # --- damaged and vanishing runs --------------------------------------------------------
