@@ -24,6 +24,7 @@ import sys
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
+import numpy as np  # noqa: E402
 from absl import app, flags, logging  # noqa: E402
 
 _EXPERIMENT_DIR = flags.DEFINE_string(
@@ -40,7 +41,8 @@ _FETCH_RUN_IDS = flags.DEFINE_string("fetch_run_ids", None, "Run ids whose check
                                      "extract, e.g. 0-9.")
 _ESTIMATOR = flags.DEFINE_list(
     "estimator", ["memorization", "influence"],
-    "Estimators: memorization, self_influence, influence, cscore, or all.")
+    "Estimators: memorization, self_influence, influence, cscore, or all; or a gradient "
+    "method on one run (--run_id): tracin, if_identity, if_diagonal, if_kfac, if_ekfac.")
 _SUBSET = flags.DEFINE_list(
     "subset", None, "Subset folder to estimate from (e.g. 0.7); default: the only one. "
     "For cscore, the ratio folders to average over (default: all).")
@@ -79,6 +81,16 @@ _PLAN = flags.DEFINE_bool(
     "from the spread over the full-arm pilot runs.")
 _EFFECT = flags.DEFINE_float("effect", 0.25, "--plan: smallest self-influence to detect.")
 _POWER = flags.DEFINE_float("power", 0.8, "--plan: probability of detecting it.")
+_RUN_ID = flags.DEFINE_integer(
+    "run_id", 0, "Gradient methods: the run (of --subset) whose checkpoints to use.")
+_MEASUREMENT = flags.DEFINE_enum("measurement", "loss", ["loss", "margin"],
+                                 "Gradient methods: what is measured on the queries.")
+_DAMPING = flags.DEFINE_float(
+    "damping", None, "Influence functions: damping; default 0.1 x each layer's mean eigenvalue.")
+_PROJECTION_DIM = flags.DEFINE_integer(
+    "projection_dim", None, "TracIn: random projection of gradients to this many dimensions.")
+_FACTORS_PATH = flags.DEFINE_string(
+    "factors_path", None, "Influence functions: reuse (or save) the fitted factors here.")
 _OUTPUT = flags.DEFINE_string(
     "output", None, "Where to save the estimates (.npz); default: "
     "<experiment_dir>/estimates-<subset>.npz.")
@@ -115,6 +127,9 @@ def main(argv):
         sys.exit(1 if problems else 0)
     if _TARGETS.value or _PLAN.value:
         return _targeted(heldout)
+    if len(_ESTIMATOR.value) == 1 and (_ESTIMATOR.value[0] == "tracin"
+                                       or _ESTIMATOR.value[0].startswith("if_")):
+        return _attribute(heldout)
     try:
         chosen = tuple(_ESTIMATOR.value)
         config = heldout.EstimateConfig(
@@ -151,6 +166,40 @@ def main(argv):
     print()
     for path in written:
         print(f"Saved {path}")
+
+
+def _attribute(heldout) -> None:
+    """A gradient-based method on one run's checkpoints, beside the retraining estimates."""
+    from heldout.attribution import runs_attribution
+
+    method = _ESTIMATOR.value[0]
+    experiment_dir = _EXPERIMENT_DIR.value
+    try:
+        subset = heldout.analysis.choose_subset(experiment_dir, _SUBSET.value)
+        dataset = _DATASET.value or heldout.read_experiment_info(experiment_dir).get("dataset")
+        if not dataset:
+            raise ValueError("--dataset: needed (the experiment does not record its data set)")
+        data = heldout.load_dataset(dataset, _DATA_DIR.value)
+        eval_indices = np.arange(data.num_test)
+        if _EVAL_INDICES.value:
+            eval_indices = np.asarray(heldout.read_indices(_EVAL_INDICES.value,
+                                                           "--eval_indices"))
+        if _EVAL_SHARD.value:
+            index, count = heldout.parse_shard(_EVAL_SHARD.value, "--eval_shard")
+            eval_indices = np.array_split(eval_indices, count)[index]
+        retraining = heldout.load_experiment(experiment_dir, subset, progress=_PROGRESS.value)
+        attribution = runs_attribution.attribute_run(
+            heldout.runs.run_dir(experiment_dir, subset, _RUN_ID.value), method, data,
+            eval_indices, measurement=_MEASUREMENT.value, damping=_DAMPING.value,
+            projection_dim=_PROJECTION_DIM.value, factors_path=_FACTORS_PATH.value,
+            retraining=retraining if retraining.num_runs >= 2 else None)
+        output = _OUTPUT.value or os.path.join(
+            experiment_dir, f"{method}-{subset}-run{_RUN_ID.value}.npz")
+        runs_attribution.save_attribution(attribution, output)
+    except ValueError as e:
+        sys.exit(f"estimate.py: error: {e}")
+    print(runs_attribution.format_attribution(attribution, data.y_train, top=_TOP.value))
+    print(f"\nSaved {output}")
 
 
 def _fetch(heldout) -> None:

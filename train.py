@@ -15,6 +15,11 @@ Usage:
   python train.py --subset=full --num_runs=1000
   python train.py --subset=drop-nsi --targets=random:20,easy:20 --num_runs=1000
   python train.py --config=digits_nsi
+  python train.py --dataset=tfds:cifar10 --model=airbench --num_runs=1000 --precision=mixed_bfloat16
+  python train.py --dataset=tfds:cifar10 --model=small_inception --save_checkpoints
+
+--model=small_inception and --model=airbench train with their published recipe
+(--recipe=auto); flags given on the command line override single settings of it.
 """
 
 import os
@@ -31,7 +36,8 @@ _EXPERIMENT_DIR = flags.DEFINE_string(
     "experiment_dir", "./experiments/digits", "Experiment directory (local or gs://).")
 _MODEL = flags.DEFINE_string(
     "model", "mlp", "Model: 'mlp' or 'cnn' (trained K at once), 'small_inception' or "
-    "'resnet50' (the published architectures, one at a time).")
+    "'resnet50' (the published architectures, one at a time), 'airbench' (the airbench94 "
+    "CIFAR-10 network and recipe; K at once with --models_at_once).")
 _MODEL_WIDTH = flags.DEFINE_float(
     "model_width", 1.0, "Channel multiplier of small_inception (1 = published widths).")
 _SUBSET_RATIO = flags.DEFINE_float(
@@ -62,17 +68,35 @@ _MOMENTUM = flags.DEFINE_float("momentum", 0.9, "SGD momentum.")
 _NESTEROV = flags.DEFINE_bool("nesterov", False, "Nesterov momentum.")
 _LABEL_SMOOTHING = flags.DEFINE_float("label_smoothing", 0.0, "Label smoothing.")
 _AUGMENT = flags.DEFINE_enum(
-    "augment", "none", ["none", "flip", "crop_flip"],
-    "Batch augmentation on the device (crop_flip: pad 4, random crop, random flip).")
+    "augment", "none", ["none", "flip", "crop_flip", "altflip", "crop_altflip",
+                        "crop_flip_cutout", "airbench"],
+    "Batch augmentation on the device (crop_flip: pad 4, random crop, random flip; "
+    "altflip: each example mirrored every other epoch; cutout: a 12-pixel square zeroed; "
+    "airbench: reflect-pad 2, random translation, alternating flips).")
 _WEIGHT_DECAY = flags.DEFINE_float("weight_decay", 5e-4, "L2 weight decay on weights.")
 _LR_SCHEDULE = flags.DEFINE_enum(
-    "lr_schedule", "cosine", ["cosine", "linear", "constant"], "Decay after warm-up.")
+    "lr_schedule", "cosine", ["cosine", "linear", "constant", "triangle"],
+    "Decay after warm-up (triangle: airbench's, from 0.2x up to the peak, down to 0.07x).")
 _WARMUP_EPOCHS = flags.DEFINE_float("warmup_epochs", 1.0, "Linear warm-up, in epochs.")
 _MODELS_AT_ONCE = flags.DEFINE_integer(
     "models_at_once", 250, "Models trained together in one TensorFlow program.")
 _XLA = flags.DEFINE_bool("xla", True, "Compile the training program with XLA.")
+_PRECISION = flags.DEFINE_enum(
+    "precision", "float32", ["float32", "mixed_bfloat16", "mixed_float16"],
+    "Compute type of training steps: mixed_* keep float32 weights and batch-norm statistics "
+    "(mixed_float16 with dynamic loss scaling); predictions are always float32.")
+_RECIPE = flags.DEFINE_enum(
+    "recipe", "auto", ["auto", "none", "small_inception", "airbench"],
+    "Published training recipe to start from (auto: --model's, if it has one); flags "
+    "given on the command line override it.")
+_TEST_TIME_FLIP = flags.DEFINE_bool(
+    "test_time_flip", False, "Record predictions averaged over each image and its mirror "
+    "image (airbench reports its accuracy so; demo.py's plain evaluation then differs).")
 _SAVE_CHECKPOINTS = flags.DEFINE_bool(
     "save_checkpoints", False, "Write each run's final model to checkpoints/ckpt-<epoch>.")
+_CHECKPOINT_EVERY = flags.DEFINE_integer(
+    "checkpoint_every", 0, "With --save_checkpoints: also save the model every this many "
+    "epochs, with its learning rate in run.json (for TracIn).")
 _SAVE_LOGITS = flags.DEFINE_bool(
     "save_logits", False, "Also store float16 logits_<split> in aux_arrays.npz.")
 _NUM_SHARDS = flags.DEFINE_integer(
@@ -109,8 +133,15 @@ def main(argv):
             momentum=_MOMENTUM.value, nesterov=_NESTEROV.value,
             label_smoothing=_LABEL_SMOOTHING.value, augment=_AUGMENT.value,
             weight_decay=_WEIGHT_DECAY.value, lr_schedule=_LR_SCHEDULE.value,
-            warmup_epochs=_WARMUP_EPOCHS.value, models_at_once=_MODELS_AT_ONCE.value,
-            xla=_XLA.value)
+            warmup_epochs=_WARMUP_EPOCHS.value, checkpoint_every=_CHECKPOINT_EVERY.value,
+            models_at_once=_MODELS_AT_ONCE.value,
+            xla=_XLA.value, precision=_PRECISION.value, test_time_flip=_TEST_TIME_FLIP.value)
+        recipe = _RECIPE.value
+        if recipe == "auto":
+            recipe = _MODEL.value if _MODEL.value in heldout.training.RECIPES else "none"
+        if recipe != "none":
+            config = heldout.training.apply_recipe(
+                config, recipe, keep=[name for name in flags.FLAGS if flags.FLAGS[name].present])
         shard = heldout.coordination.resolve_shard(_NUM_SHARDS.value, _SHARD_INDEX.value)
         run_ids = heldout.coordination.shard_run_ids(run_ids, shard)
         if shard.count > 1:

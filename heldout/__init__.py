@@ -4,7 +4,7 @@ Train many models on random subsets of a training set, record what each got righ
 and estimate memorization and influence from those records (Feldman & Zhang 2020).
 """
 
-from heldout import coordination, released, runs, subsets, targeted, targets
+from heldout import analysis, coordination, released, runs, subsets, targeted, targets
 from heldout.analysis import (
     ESTIMATORS,
     EstimateConfig,
@@ -53,7 +53,7 @@ __version__ = "0.1.0"
 
 __all__ = [
     # modules
-    "coordination", "released", "runs", "subsets", "targeted", "targets",
+    "analysis", "coordination", "released", "runs", "subsets", "targeted", "targets",
     # training
     "EnsembleTrainer", "TrainConfig", "TrainSummary", "read_experiment_info",
     "resolve_targets", "train_experiment", "train_targeted_experiment",

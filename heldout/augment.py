@@ -9,7 +9,13 @@ from __future__ import annotations
 
 import tensorflow as tf
 
-AUGMENTATIONS = ("none", "flip", "crop_flip")
+AUGMENTATIONS = ("none", "flip", "crop_flip", "altflip", "crop_altflip", "crop_flip_cutout",
+                 "airbench")
+# Kinds whose flips alternate by epoch: they need the `flips` of `alternating_flips`.
+ALTERNATING = ("altflip", "crop_altflip", "airbench")
+CROP_PADDING = 4  # pixels of zero padding per side for crop_* (the published CIFAR runs)
+AIRBENCH_TRANSLATE = 2  # pixels of reflect padding per side for airbench94's translation
+CUTOUT_SIZE = 12  # side in pixels of the square that cutout zeroes (airbench96's size)
 
 
 def random_flip(images: tf.Tensor, seed: tf.Tensor) -> tf.Tensor:
@@ -18,11 +24,16 @@ def random_flip(images: tf.Tensor, seed: tf.Tensor) -> tf.Tensor:
     return tf.where(flip[:, None, None, None], tf.reverse(images, axis=[2]), images)
 
 
-def random_crop(images: tf.Tensor, seed: tf.Tensor, padding: int = 4) -> tf.Tensor:
-    """Pads each image by `padding` zeros per side and crops it back at a random offset."""
+def random_crop(images: tf.Tensor, seed: tf.Tensor, padding: int = CROP_PADDING,
+                mode: str = "CONSTANT") -> tf.Tensor:
+    """Pads each image by `padding` pixels per side and crops it back at a random offset.
+
+    `mode` is `tf.pad`'s: ``"CONSTANT"`` pads with zeros, ``"REFLECT"`` mirrors the
+    border (airbench's translation).
+    """
     batch = tf.shape(images)[0]
     height, width = images.shape[1], images.shape[2]
-    padded = tf.pad(images, [[0, 0], [padding, padding], [padding, padding], [0, 0]])
+    padded = tf.pad(images, [[0, 0], [padding, padding], [padding, padding], [0, 0]], mode=mode)
     offsets = tf.random.stateless_uniform([batch, 2], seed, minval=0,
                                           maxval=2 * padding + 1, dtype=tf.int32)
     rows = offsets[:, :1] + tf.range(height)[None, :]  # [batch, H]
@@ -31,8 +42,56 @@ def random_crop(images: tf.Tensor, seed: tf.Tensor, padding: int = 4) -> tf.Tens
     return tf.gather(cropped, columns, axis=2, batch_dims=1)
 
 
-def augment(images: tf.Tensor, seed: tf.Tensor, kind: str) -> tf.Tensor:
-    """Applies the augmentation named `kind` (one of `AUGMENTATIONS`)."""
+def flip_phase(seed: tf.Tensor, num_examples: int) -> tf.Tensor:
+    """A run's per-example starting flip for alternating flips: bool ``[num_examples]``."""
+    return tf.random.stateless_uniform([num_examples], seed) < 0.5
+
+
+def alternating_flips(phase: tf.Tensor, epoch: tf.Tensor) -> tf.Tensor:
+    """Which images of a batch to mirror in `epoch`, given their `flip_phase` entries.
+
+    Each example is mirrored in every other epoch, starting from its random phase, so
+    over two epochs every example is seen both ways (airbench's alternating flip,
+    more diverse than drawing a fresh random flip each epoch).
+    """
+    return tf.math.logical_xor(phase, tf.math.floormod(epoch, 2) == 1)
+
+
+def cutout(images: tf.Tensor, seed: tf.Tensor, size: int = CUTOUT_SIZE) -> tf.Tensor:
+    """Zeroes one random `size` x `size` square per image, placed fully inside it."""
+    batch = tf.shape(images)[0]
+    height, width = images.shape[1], images.shape[2]
+    places = tf.constant([[height - size + 1, width - size + 1]], tf.float32)
+    corners = tf.cast(tf.random.stateless_uniform([batch, 2], seed) * places, tf.int32)
+    rows = tf.range(height)[None, :] - corners[:, :1]  # [batch, H]
+    columns = tf.range(width)[None, :] - corners[:, 1:]  # [batch, W]
+    in_rows, in_columns = (rows >= 0) & (rows < size), (columns >= 0) & (columns < size)
+    inside = in_rows[:, :, None] & in_columns[:, None, :]  # [batch, H, W]
+    return tf.where(inside[..., None], tf.zeros_like(images), images)
+
+
+def augment(images: tf.Tensor, seed: tf.Tensor, kind: str,
+            flips: tf.Tensor | None = None) -> tf.Tensor:
+    """Applies the augmentation named `kind` (one of `AUGMENTATIONS`).
+
+    Args:
+        images: a batch ``[batch, H, W, C]``.
+        seed: stateless seed ``int32 [2]`` of this batch.
+        kind: ``none``; ``flip`` (random mirror); ``crop_flip`` (pad 4, random crop,
+            random mirror); ``altflip`` / ``crop_altflip`` (the same with alternating
+            flips); ``crop_flip_cutout`` (crop_flip, then a `CUTOUT_SIZE` square
+            zeroed); ``airbench`` (airbench94: reflect-pad 2 and random translation,
+            alternating flips).
+        flips: bool ``[batch]``, the images to mirror, for the kinds in `ALTERNATING`
+            (see `alternating_flips`).
+
+    Raises:
+        ValueError: unknown `kind`, or an alternating kind without `flips`.
+    """
+    if kind not in AUGMENTATIONS:
+        raise ValueError(f"--augment={kind}: expected one of {', '.join(AUGMENTATIONS)}")
+    if kind in ALTERNATING and flips is None:
+        raise ValueError(f"--augment={kind} alternates flips by epoch: pass `flips`")
     if kind == "none":
         return images
     if kind == "flip":
@@ -40,4 +99,16 @@ def augment(images: tf.Tensor, seed: tf.Tensor, kind: str) -> tf.Tensor:
     if kind == "crop_flip":
         crop_seed, flip_seed = tf.unstack(tf.random.experimental.stateless_split(seed, 2))
         return random_flip(random_crop(images, crop_seed), flip_seed)
-    raise ValueError(f"--augment={kind}: expected one of {', '.join(AUGMENTATIONS)}")
+    crop_seed, flip_seed, cutout_seed = tf.unstack(
+        tf.random.experimental.stateless_split(seed, 3))
+    if kind == "airbench":
+        images = random_crop(images, crop_seed, AIRBENCH_TRANSLATE, mode="REFLECT")
+    elif kind.startswith("crop_"):
+        images = random_crop(images, crop_seed)
+    if kind in ALTERNATING:
+        images = tf.where(flips[:, None, None, None], tf.reverse(images, axis=[2]), images)
+    else:
+        images = random_flip(images, flip_seed)
+    if kind.endswith("_cutout"):
+        images = cutout(images, cutout_seed)
+    return images

@@ -130,14 +130,20 @@ def describe_shape_mismatch(expected: Mapping[str, Sequence[int]],
 
 
 def restore_run_model(run_dir: str, arch: str, num_classes: int,
-                      input_shape: tuple[int, ...], width: float = 1.0) -> RestoredRun:
+                      input_shape: tuple[int, ...], width: float = 1.0,
+                      prefix: str | None = None) -> RestoredRun:
     """Builds `arch` and restores the run's checkpoint into it, every variable matched.
+
+    Args:
+        prefix: a checkpoint of the run (``.../ckpt-5``); default: the latest.
 
     Raises:
         ValueError: no checkpoint, or it does not fit the architecture (names the first
             variables that do not match).
     """
-    prefix = find_checkpoint(run_dir)
+    prefix = prefix or find_checkpoint(run_dir)
+    if not tf.io.gfile.exists(prefix + ".index"):
+        raise ValueError(f"{prefix}: no such checkpoint")
     model = models_lib.make_single(arch, num_classes, width)
     model(tf.zeros([1, *input_shape]), is_training=False)
     mismatch = [line for line in describe_shape_mismatch(checkpoint_variable_shapes(model),

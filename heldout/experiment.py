@@ -31,7 +31,7 @@ EXPERIMENT_INFO_FILENAME = "experiment.json"
 # What must agree between runs written into one experiment directory.
 _SHARED_SETTINGS = ("dataset", "seed", "train_config")
 # Training settings that change speed but not what a run computes.
-_SPEED_ONLY_SETTINGS = ("models_at_once", "xla")
+_SPEED_ONLY_SETTINGS = ("models_at_once", "xla", "checkpoint_every")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -189,18 +189,23 @@ def _train_group(trainer, writers: concurrent.futures.Executor, experiment_dir: 
             info["targets"] = {"name": targets.name, "groups": {
                 g: list(v) for g, v in targets.groups.items()}}
         accuracies[run_id] = info["accuracy"]["test"]
-        checkpoint = None
+        checkpoints = []  # (epoch, tf.train.Checkpoint), saved as ckpt-<epoch>
         if result.model is not None:
-            checkpoint = tf.train.Checkpoint(
-                model=result.model, epoch=tf.Variable(config.epochs, dtype=tf.int64),
-                global_step=tf.Variable(result.steps, dtype=tf.int64))
+            final = training.Snapshot(config.epochs, result.steps, float("nan"), result.model)
+            for snapshot in (*result.snapshots, final):
+                checkpoints.append((snapshot.epoch, tf.train.Checkpoint(
+                    model=snapshot.model, epoch=tf.Variable(snapshot.epoch, dtype=tf.int64),
+                    global_step=tf.Variable(snapshot.steps, dtype=tf.int64))))
+            info["checkpoints"] = [
+                {"epoch": s.epoch, "global_step": s.steps, "learning_rate": s.learning_rate}
+                for s in result.snapshots]
         arrays = runs_lib.aux_arrays(
             subset_indices, result.train.correctness, result.test.correctness,
             margin_train=result.train.margin, margin_test=result.test.margin,
             logodds_train=result.train.logodds, logodds_test=result.test.logodds,
             logits_train=result.train.logits, logits_test=result.test.logits)
-        pending.append(writers.submit(runs_lib.save_run, directory, arrays, info, checkpoint,
-                                      config.epochs))
+        pending.append(writers.submit(runs_lib.save_run, directory, arrays, info,
+                                      checkpoints=checkpoints))
     for future in pending:
         future.result()
     return accuracies

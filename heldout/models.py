@@ -230,11 +230,19 @@ def _resnet50(num_classes: int, width: float) -> snt.Module:
     return snt.nets.ResNet50(num_classes=num_classes)
 
 
+def _airbench(num_classes: int, width: float) -> snt.Module:
+    from heldout.airbench import Airbench
+
+    return Airbench(num_classes, width_multiplier=width)
+
+
 # Large models trained one per program: name -> constructor given (num_classes, width
 # multiplier). At width 1 their object graphs are those of the published checkpoints.
+# airbench (the airbench94 network) has its own trainer, which also trains K at once.
 SINGLE_MODELS: dict[str, Callable[[int, float], snt.Module]] = {
     "small_inception": _small_inception,
     "resnet50": _resnet50,
+    "airbench": _airbench,
 }
 
 # The single-model form of each ensemble model, as its checkpoints hold it.

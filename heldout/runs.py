@@ -108,21 +108,25 @@ def aux_arrays(subset_indices: np.ndarray, correctness_train: np.ndarray,
 
 
 def save_run(directory: str, arrays: dict[str, np.ndarray], info: dict,
-             checkpoint: tf.train.Checkpoint | None = None, epoch: int = 0) -> None:
-    """Writes one run: checkpoint and ``run.json`` first, ``aux_arrays.npz`` last.
+             checkpoint: tf.train.Checkpoint | None = None, epoch: int = 0,
+             checkpoints: Sequence[tuple[int, tf.train.Checkpoint]] = ()) -> None:
+    """Writes one run: checkpoints and ``run.json`` first, ``aux_arrays.npz`` last.
 
+    Checkpoints go to ``checkpoints/ckpt-<epoch>``: `checkpoint` at `epoch`, and every
+    ``(epoch, checkpoint)`` of `checkpoints` (models saved during training).
     Whatever an earlier, interrupted attempt left in `directory` is removed first.
     """
     if tf.io.gfile.exists(directory):
         tf.io.gfile.rmtree(directory)
     tf.io.gfile.makedirs(directory)
-    if checkpoint is not None:
+    all_checkpoints = list(checkpoints) + ([(epoch, checkpoint)] if checkpoint else [])
+    for number, saved in all_checkpoints:
         manager = tf.train.CheckpointManager(
-            checkpoint, tf.io.gfile.join(directory, CHECKPOINT_DIRNAME), max_to_keep=None,
+            saved, tf.io.gfile.join(directory, CHECKPOINT_DIRNAME), max_to_keep=None,
             checkpoint_name="ckpt")
-        manager.save(checkpoint_number=epoch)
+        manager.save(checkpoint_number=number)
     write_atomically(tf.io.gfile.join(directory, RUN_INFO_FILENAME),
-                      json.dumps(info, indent=2, sort_keys=True).encode())
+                     json.dumps(info, indent=2, sort_keys=True).encode())
     buffer = io.BytesIO()
     np.savez(buffer, **arrays)
     write_atomically(tf.io.gfile.join(directory, AUX_FILENAME), buffer.getvalue())

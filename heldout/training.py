@@ -18,25 +18,54 @@ ResNet-50): one `SingleModelTrainer` trains one run at a time with one compiled
 program, re-initializing the same variables for every run; batches are gathered and
 augmented on the device.
 
-Both return, per run, predictions on the whole train and test splits: correctness,
+The airbench94 network (`--model=airbench`) has its own `airbench.AirbenchTrainer`
+(K runs at once with grouped convolutions); `make_trainer` picks it.
+
+All return, per run, predictions on the whole train and test splits: correctness,
 the max-margin (correct logit minus the largest other logit) and the log-odds margin
 (correct logit minus the logsumexp of the other logits).
+
+Precision (`TrainConfig.precision`): ``float32``, or ``mixed_bfloat16`` /
+``mixed_float16``, where variables stay float32 (the master weights) and the forward
+and backward passes of the training step compute in the 16-bit type: images are cast
+on entry and every module except batch normalization reads its variables cast
+(`compute_precision`, a `snt.custom_variable_getter`); batch normalization gets
+16-bit activations but float32 scale, offset and statistics (the fused kernel's
+mixed mode), and logits and loss are float32. ``mixed_float16`` scales the loss
+dynamically (`DynamicLossScale`). Predictions are always computed in float32, so a
+checkpoint restored by ``demo.py`` reproduces the recorded arrays.
+
+Published recipes (`RECIPES`, `apply_recipe`): the settings `small_inception` and
+`airbench` are meant to be trained with; ``train.py`` applies them by default.
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 
 import numpy as np
+import sonnet as snt
 import tensorflow as tf
 
 from heldout import augment as augment_lib
 from heldout import models as models_lib
 from heldout.data import Dataset
 
-LR_SCHEDULES = ("cosine", "linear", "constant")
+LR_SCHEDULES = ("cosine", "linear", "constant")  # decays after a warm-up from zero
+# All schedules: those, and airbench94's "triangle": linear from TRIANGLE_START * peak at
+# step 0 to the peak at the end of warm-up, then linear to TRIANGLE_END * peak at the end.
+ALL_LR_SCHEDULES = (*LR_SCHEDULES, "triangle")
+TRIANGLE_START = 0.2
+TRIANGLE_END = 0.07
+
+PRECISIONS = ("float32", "mixed_bfloat16", "mixed_float16")
+COMPUTE_DTYPES = {"float32": tf.float32, "mixed_bfloat16": tf.bfloat16,
+                  "mixed_float16": tf.float16}
+# Stateless-seed stream of a run's alternating-flip phase (steps use streams 0, 1, ...).
+FLIP_PHASE_STREAM = 2**31 - 1
 
 
 @dataclasses.dataclass(frozen=True)
@@ -51,12 +80,15 @@ class TrainConfig:
     momentum: float = 0.9
     nesterov: bool = False  # Nesterov momentum instead of heavy-ball
     weight_decay: float = 5e-4  # L2 coefficient on weights, added to the gradient
-    lr_schedule: str = "cosine"  # decay after warm-up: one of LR_SCHEDULES
+    lr_schedule: str = "cosine"  # decay after warm-up: one of ALL_LR_SCHEDULES
     warmup_epochs: float = 1.0  # linear warm-up from 0 to learning_rate
     label_smoothing: float = 0.0  # weight of the uniform distribution in the targets
     augment: str = "none"  # batch augmentation: one of augment.AUGMENTATIONS
+    checkpoint_every: int = 0  # with checkpoints: also save every this many epochs (TracIn)
     models_at_once: int = 250  # K: small models trained together in one program
     xla: bool = True  # compile the training program with XLA
+    precision: str = "float32"  # compute type of training steps: one of PRECISIONS
+    test_time_flip: bool = False  # record predictions averaged with the mirrored image's
 
     def __post_init__(self):
         positive = {"epochs": self.epochs, "batch_size": self.batch_size,
@@ -72,9 +104,11 @@ class TrainConfig:
         if self.warmup_epochs < 0 or self.warmup_epochs > self.epochs:
             raise ValueError(f"--warmup_epochs={self.warmup_epochs}: expected a number "
                              f"in [0, epochs={self.epochs}]")
-        if self.lr_schedule not in LR_SCHEDULES:
+        if self.lr_schedule not in ALL_LR_SCHEDULES:
             raise ValueError(f"--lr_schedule={self.lr_schedule!r}: expected one of "
-                             f"{', '.join(LR_SCHEDULES)}")
+                             f"{', '.join(ALL_LR_SCHEDULES)}")
+        if self.checkpoint_every < 0:
+            raise ValueError(f"--checkpoint_every={self.checkpoint_every}: expected >= 0")
         if not 0.0 <= self.label_smoothing < 1.0:
             raise ValueError(f"--label_smoothing={self.label_smoothing}: expected a number "
                              "in [0, 1)")
@@ -85,11 +119,158 @@ class TrainConfig:
             models_lib.make_ensemble(self.model, 1, 1)  # raises the ValueError
         if not self.model_width > 0:
             raise ValueError(f"--model_width={self.model_width}: expected a positive number")
+        if self.precision not in PRECISIONS:
+            raise ValueError(f"--precision={self.precision}: expected one of "
+                             f"{', '.join(PRECISIONS)}")
+        if self.model in models_lib.ENSEMBLE_MODELS and self.precision != "float32":
+            raise ValueError(f"--precision={self.precision}: the K-at-once models "
+                             f"({', '.join(models_lib.ENSEMBLE_MODELS)}) train in float32; "
+                             "mixed precision is for small_inception, resnet50 and airbench")
+        if self.model in models_lib.ENSEMBLE_MODELS and self.test_time_flip:
+            raise ValueError(f"--test_time_flip: only for image models (small_inception, "
+                             f"resnet50, airbench), not --model={self.model}")
 
     @property
     def one_model_at_a_time(self) -> bool:
         """Whether the model trains one run per program (`SingleModelTrainer`)."""
         return self.model in models_lib.SINGLE_MODELS
+
+
+# The SmallInception recipe follows the published outline (SGD with heavy-ball momentum
+# on the mean loss, linear warm-up then linear decay to zero, L2 weight decay on
+# weights, pad-4 crop and flip, inputs / 255); the released code does not include the
+# training script, so epochs, batch size and peak rate are this toolkit's choice.
+SMALL_INCEPTION_RECIPE: dict[str, object] = {
+    "epochs": 80, "batch_size": 128, "learning_rate": 0.1, "momentum": 0.9,
+    "nesterov": False, "weight_decay": 5e-4, "lr_schedule": "linear", "warmup_epochs": 15.0,
+    "label_smoothing": 0.0, "augment": "crop_flip", "models_at_once": 1,
+}
+
+
+def _airbench_recipe() -> dict[str, object]:
+    from heldout import airbench
+
+    return airbench.recipe()
+
+
+# Recipe name -> the TrainConfig values of that published recipe.
+RECIPES: dict[str, Callable[[], dict[str, object]]] = {
+    "small_inception": lambda: dict(SMALL_INCEPTION_RECIPE),
+    "airbench": _airbench_recipe,
+}
+
+
+def apply_recipe(config: TrainConfig, recipe: str, keep: Sequence[str] = ()) -> TrainConfig:
+    """`config` with the values of a published recipe, except the fields named in `keep`.
+
+    Args:
+        config: the settings so far (e.g. from flags).
+        recipe: a name in `RECIPES`.
+        keep: fields the user chose (flags given on the command line); they win. When
+            ``epochs`` is kept and ``warmup_epochs`` is not, the warm-up keeps its
+            fraction of training.
+
+    Raises:
+        ValueError: unknown recipe, or the combined settings are invalid.
+    """
+    if recipe not in RECIPES:
+        raise ValueError(f"--recipe={recipe}: expected one of {', '.join(RECIPES)}")
+    values = RECIPES[recipe]()
+    if "epochs" in keep and "warmup_epochs" not in keep:
+        values["warmup_epochs"] = (float(values["warmup_epochs"]) * config.epochs
+                                   / float(values["epochs"]))
+    return dataclasses.replace(config, **{k: v for k, v in values.items() if k not in keep})
+
+
+@contextlib.contextmanager
+def compute_precision(model: tf.Module, precision: str,
+                      keep_float32: tuple[type, ...] = (snt.BaseBatchNorm,)
+                      ) -> Iterator[tf.DType]:
+    """Makes `model` compute in the 16-bit type of a mixed `precision` while active.
+
+    Every module of `model` except those of the `keep_float32` types (and their
+    submodules: batch normalization and its moving averages) reads its float32
+    variables cast to the compute type, so gradients still flow to the float32
+    variables. Active while a `tf.function` traces the call. Yields the compute type,
+    to cast the inputs with.
+    """
+    dtype = COMPUTE_DTYPES[precision]
+    if dtype == tf.float32:
+        yield dtype
+        return
+    kept = set()
+    for module in (model, *model.submodules):
+        if isinstance(module, keep_float32):
+            kept.update(id(m) for m in (module, *module.submodules))
+    cast = [m for m in (model, *model.submodules) if id(m) not in kept]
+
+    def getter(variable: tf.Variable) -> tf.Tensor:
+        return tf.cast(variable, dtype) if variable.dtype == tf.float32 else variable
+
+    with snt.custom_variable_getter(getter, instances=cast):
+        yield dtype
+
+
+class DynamicLossScale:
+    """Dynamic loss scaling for float16 training, one scale per model of a group.
+
+    The loss is multiplied by the scale before differentiation and the gradients
+    divided by it after, so small float16 gradients do not flush to zero. A step
+    whose gradients are not finite is skipped and the scale halved; after
+    `GROWTH_INTERVAL` finite steps in a row the scale doubles. Disabled (scale 1, no
+    checks) for float32 and bfloat16, whose exponent range needs none.
+    """
+
+    INITIAL = 2.0 ** 15
+    GROWTH_INTERVAL = 2000  # optimizer steps
+    FACTOR = 2.0
+
+    def __init__(self, enabled: bool, num_models: int = 1):
+        self.enabled = enabled
+        self.scale = tf.Variable(tf.fill([num_models], self.INITIAL if enabled else 1.0),
+                                 trainable=False, name="loss_scale")
+        self.good_steps = tf.Variable(tf.zeros([num_models], tf.int32), trainable=False,
+                                      name="loss_scale_good_steps")
+
+    def reset(self) -> None:
+        self.scale.assign(tf.fill(tf.shape(self.scale), self.INITIAL if self.enabled else 1.0))
+        self.good_steps.assign(tf.zeros_like(self.good_steps))
+
+    def scale_loss(self, losses: tf.Tensor) -> tf.Tensor:
+        """The scalar to differentiate: per-model losses ``[K]`` scaled and summed."""
+        return tf.reduce_sum(losses * self.scale if self.enabled else losses)
+
+    def unscale(self, grads: Sequence[tf.Tensor], model_axis: bool
+                ) -> tuple[list[tf.Tensor], tf.Tensor]:
+        """Gradients divided by the scale, and which models' are all finite (bool ``[K]``).
+
+        Args:
+            grads: gradients of `scale_loss`.
+            model_axis: whether every gradient has the models on its leading axis (else
+                all belong to one model).
+        """
+        if not self.enabled:
+            return list(grads), tf.ones(tf.shape(self.scale), tf.bool)
+        if model_axis:
+            grads = [g / tf.reshape(self.scale, [-1] + [1] * (len(g.shape) - 1))
+                     for g in grads]
+            finite = tf.reduce_all(tf.stack([
+                tf.reduce_all(tf.math.is_finite(tf.reshape(g, [tf.shape(g)[0], -1])), axis=1)
+                for g in grads]), axis=0)
+        else:
+            grads = [g / self.scale[0] for g in grads]
+            finite = tf.reduce_all([tf.reduce_all(tf.math.is_finite(g)) for g in grads])[None]
+        return grads, finite
+
+    def update(self, finite: tf.Tensor) -> None:
+        """Halves the scale of models with non-finite gradients, grows the others'."""
+        if not self.enabled:
+            return
+        good = tf.where(finite, self.good_steps + 1, 0)
+        grow = good >= self.GROWTH_INTERVAL
+        self.scale.assign(tf.where(finite, tf.where(grow, self.scale * self.FACTOR, self.scale),
+                                   tf.maximum(self.scale / self.FACTOR, 1.0)))
+        self.good_steps.assign(tf.where(grow, 0, good))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -103,6 +284,16 @@ class Predictions:
 
 
 @dataclasses.dataclass(frozen=True)
+class Snapshot:
+    """A model saved during training (`TrainConfig.checkpoint_every`), as TracIn needs it."""
+
+    epoch: int  # epochs completed
+    steps: int  # optimizer steps taken
+    learning_rate: float  # mean learning rate over the steps of that epoch
+    model: tf.Module
+
+
+@dataclasses.dataclass(frozen=True)
 class TrainedRun:
     """One model after training: its predictions on the whole train and test splits."""
 
@@ -110,6 +301,8 @@ class TrainedRun:
     test: Predictions
     steps: int  # optimizer steps taken
     model: tf.Module | None = None  # the single model, if exported for checkpoints
+    snapshots: tuple[Snapshot, ...] = ()  # models during training, if exported
+    test_accuracy_tta: float | None = None  # with flip test-time augmentation (airbench)
 
 
 class EnsembleTrainer:
@@ -171,10 +364,17 @@ class EnsembleTrainer:
             steps[:num_runs] = steps_per_epoch
             steps[num_runs:] = steps[num_runs - 1]
         warmup_steps = np.round(config.warmup_epochs * steps).astype(np.int32)
+        snapshots: list[list[Snapshot]] = [[] for _ in range(num_runs)]
         for epoch in range(config.epochs):
             batches = _epoch_batches(subsets, order_rngs, int(steps.max()), config.batch_size)
             self._train_steps(tf.constant(batches), tf.constant(epoch, tf.int32),
                               tf.constant(steps), tf.constant(warmup_steps))
+            if export_models and _snapshot_due(config, epoch):
+                for k in range(num_runs):
+                    snapshots[k].append(Snapshot(
+                        epoch + 1, int(steps[k]) * (epoch + 1),
+                        epoch_learning_rate(config, epoch, int(steps[k]), int(warmup_steps[k])),
+                        self.model.export(k, self.dataset.input_shape)))
             if on_epoch is not None:
                 on_epoch(int(steps.max()))
 
@@ -183,6 +383,7 @@ class EnsembleTrainer:
         return [TrainedRun(
             train=train[k], test=test[k], steps=int(steps[k]) * config.epochs,
             model=self.model.export(k, self.dataset.input_shape) if export_models else None,
+            snapshots=tuple(snapshots[k]),
         ) for k in range(num_runs)]
 
     def steps_per_epoch(self, subset_size: int) -> int:
@@ -256,8 +457,12 @@ class SingleModelTrainer:
         self._velocity = [tf.Variable(tf.zeros_like(v), trainable=False)
                           for v in self._trainable]
         self._decays = [v.name.split("/")[-1].startswith("w") for v in self._trainable]
-        self._train_epoch = tf.function(self._train_epoch_eager, jit_compile=config.xla,
-                                        reduce_retracing=True)
+        self._loss_scale = DynamicLossScale(config.precision == "mixed_float16")
+        # XLA compiles one optimizer step; the loop over an epoch's steps stays a plain
+        # TensorFlow loop (XLA:CPU runs convolutions inside its own loops ~50x slower).
+        self._train_step = tf.function(self._train_step_eager, jit_compile=config.xla,
+                                       reduce_retracing=True)
+        self._train_epoch = tf.function(self._train_epoch_eager, reduce_retracing=True)
         self._logits = tf.function(self._logits_eager, jit_compile=config.xla)
 
     def _build(self, seed: int) -> tf.Module:
@@ -281,16 +486,23 @@ class SingleModelTrainer:
                 variable.assign(initial)
             for velocity in self._velocity:
                 velocity.assign(tf.zeros_like(velocity))
+            self._loss_scale.reset()
             steps = (self.steps_per_epoch(len(subset)) if steps_per_epoch is None
                      else int(steps_per_epoch[k]))
             warmup = int(round(self.config.warmup_epochs * steps))
             order_rng = np.random.default_rng(order_seed)
             augment_seed = order_rng.integers(0, 2**31 - 1, size=2)
+            snapshots = []
             for epoch in range(self.config.epochs):
                 batches = _epoch_batches([subset], [order_rng], steps, self.config.batch_size)
                 self._train_epoch(tf.constant(batches[:, 0]), tf.constant(epoch, tf.int32),
                                   tf.constant(steps, tf.int32), tf.constant(warmup, tf.int32),
                                   tf.constant(augment_seed, tf.int32))
+                if export_models and _snapshot_due(self.config, epoch):
+                    snapshots.append(Snapshot(
+                        epoch + 1, steps * (epoch + 1),
+                        epoch_learning_rate(self.config, epoch, steps, warmup),
+                        self._copy_model()))
                 if on_epoch is not None:
                     on_epoch(steps)
             train = predict_in_chunks(self._logits, self.dataset.x_train, self.dataset.y_train,
@@ -298,7 +510,8 @@ class SingleModelTrainer:
             test = predict_in_chunks(self._logits, self.dataset.x_test, self.dataset.y_test,
                                      self.eval_batch_size, save_logits)[0]
             results.append(TrainedRun(train=train, test=test, steps=steps * self.config.epochs,
-                                      model=self._copy_model() if export_models else None))
+                                      model=self._copy_model() if export_models else None,
+                                      snapshots=tuple(snapshots)))
         return results
 
     def steps_per_epoch(self, subset_size: int) -> int:
@@ -312,42 +525,71 @@ class SingleModelTrainer:
         return copy
 
     def _logits_eager(self, images: tf.Tensor) -> tf.Tensor:
-        return tf.cast(self.model(images, is_training=False), tf.float32)[None]
+        logits = tf.cast(self.model(images, is_training=False), tf.float32)
+        if self.config.test_time_flip:
+            mirrored = self.model(tf.reverse(images, axis=[2]), is_training=False)
+            logits = 0.5 * (logits + tf.cast(mirrored, tf.float32))
+        return logits[None]
 
     def _train_epoch_eager(self, batches: tf.Tensor, epoch: tf.Tensor, steps_per_epoch: tf.Tensor,
                            warmup_steps: tf.Tensor, augment_seed: tf.Tensor) -> None:
         """One epoch over ``batches[steps, batch_size]`` of training indices."""
+        phase = None
+        if self.config.augment in augment_lib.ALTERNATING:
+            phase = augment_lib.flip_phase(
+                tf.random.experimental.stateless_fold_in(augment_seed, FLIP_PHASE_STREAM),
+                self.dataset.num_train)
+        for i in tf.range(tf.shape(batches)[0]):
+            self._train_step(batches[i], epoch * steps_per_epoch + i, steps_per_epoch,
+                             warmup_steps, augment_seed, epoch, phase)
+
+    def _train_step_eager(self, indices: tf.Tensor, step: tf.Tensor, steps_per_epoch: tf.Tensor,
+                          warmup_steps: tf.Tensor, augment_seed: tf.Tensor, epoch: tf.Tensor,
+                          phase: tf.Tensor | None) -> None:
+        """Optimizer step `step` (0-based, of the run) on training indices ``[batch_size]``."""
         config = self.config
         num_classes = self.dataset.num_classes
         total_steps = steps_per_epoch * config.epochs
-        for i in tf.range(tf.shape(batches)[0]):
-            step = epoch * steps_per_epoch + i
-            indices = batches[i]
-            images = tf.gather(self._x_train, indices)
-            images = augment_lib.augment(
-                images, tf.random.experimental.stateless_fold_in(augment_seed, step),
-                config.augment)
-            targets = tf.one_hot(tf.gather(self._y_train, indices), num_classes)
-            targets = targets * (1.0 - config.label_smoothing) + \
-                config.label_smoothing / num_classes
-            with tf.GradientTape() as tape:
-                logits = tf.cast(self.model(images, is_training=True), tf.float32)
-                loss = tf.reduce_mean(tf.nn.softmax_cross_entropy_with_logits(targets, logits))
-            grads = tape.gradient(loss, self._trainable)
-            lr = learning_rate_at(step, total_steps, warmup_steps, config.learning_rate,
-                                  config.lr_schedule)
-            for variable, velocity, grad, decay in zip(
-                    self._trainable, self._velocity, grads, self._decays, strict=True):
-                if decay:
-                    grad += config.weight_decay * variable
-                velocity.assign(config.momentum * velocity + grad)
-                update = grad + config.momentum * velocity if config.nesterov else velocity
-                variable.assign_sub(lr * update)
+        images = tf.gather(self._x_train, indices)
+        flips = (None if phase is None
+                 else augment_lib.alternating_flips(tf.gather(phase, indices), epoch))
+        images = augment_lib.augment(
+            images, tf.random.experimental.stateless_fold_in(augment_seed, step),
+            config.augment, flips)
+        targets = tf.one_hot(tf.gather(self._y_train, indices), num_classes)
+        targets = targets * (1.0 - config.label_smoothing) + \
+            config.label_smoothing / num_classes
+        with tf.GradientTape() as tape:
+            with compute_precision(self.model, config.precision) as dtype:
+                logits = self.model(tf.cast(images, dtype), is_training=True)
+            logits = tf.cast(logits, tf.float32)
+            loss = tf.reduce_mean(tf.nn.softmax_cross_entropy_with_logits(targets, logits))
+            scaled_loss = self._loss_scale.scale_loss(loss[None])
+        grads, finite = self._loss_scale.unscale(tape.gradient(scaled_loss, self._trainable),
+                                                 model_axis=False)
+        self._loss_scale.update(finite)
+        lr = learning_rate_at(step, total_steps, warmup_steps, config.learning_rate,
+                              config.lr_schedule)
+        for variable, velocity, grad, decay in zip(
+                self._trainable, self._velocity, grads, self._decays, strict=True):
+            if decay:
+                grad += config.weight_decay * variable
+            new_velocity = config.momentum * velocity + grad
+            update = grad + config.momentum * new_velocity if config.nesterov else new_velocity
+            if self._loss_scale.enabled:  # a step with overflowing gradients is skipped
+                new_velocity = tf.where(finite[0], new_velocity, velocity)
+                update = tf.where(finite[0], update, tf.zeros_like(update))
+            velocity.assign(new_velocity)
+            variable.assign_sub(lr * update)
 
 
-def make_trainer(dataset: Dataset, config: TrainConfig
-                 ) -> EnsembleTrainer | SingleModelTrainer:
-    """The trainer for `config.model`: K at once for small models, else one at a time."""
+def make_trainer(dataset: Dataset, config: TrainConfig):
+    """The trainer for `config.model`: K at once for small models and airbench (grouped
+    convolutions, `airbench.AirbenchTrainer`), else one at a time."""
+    if config.model == "airbench":
+        from heldout import airbench
+
+        return airbench.AirbenchTrainer(dataset, config)
     if config.one_model_at_a_time:
         return SingleModelTrainer(dataset, config)
     return EnsembleTrainer(dataset, config)
@@ -397,10 +639,30 @@ def prediction_arrays(logits: np.ndarray, labels: np.ndarray
             (correct_logit - logsumexp_others).astype(np.float32))
 
 
+def _snapshot_due(config: TrainConfig, epoch: int) -> bool:
+    """Whether a model is saved after 0-based `epoch` (the final model is saved anyway)."""
+    done = epoch + 1
+    return bool(config.checkpoint_every) and done % config.checkpoint_every == 0 \
+        and done < config.epochs
+
+
+def epoch_learning_rate(config: TrainConfig, epoch: int, steps_per_epoch: int,
+                        warmup_steps: int) -> float:
+    """Mean learning rate over the optimizer steps of 0-based `epoch` (TracIn's weight)."""
+    first = epoch * steps_per_epoch
+    rates = learning_rate_at(tf.range(first, first + steps_per_epoch),
+                             steps_per_epoch * config.epochs, warmup_steps,
+                             config.learning_rate, config.lr_schedule)
+    return float(tf.reduce_mean(rates))
+
+
 def learning_rate_at(step: tf.Tensor, total_steps: tf.Tensor, warmup_steps: tf.Tensor,
                      peak: float, schedule: str) -> tf.Tensor:
     """Learning rate of optimizer step `step` (0-based) of `total_steps`.
 
+    Warm-up rises linearly to `peak` over `warmup_steps` (from ``peak / warmup_steps``,
+    or for ``triangle`` from ``TRIANGLE_START * peak``); then ``cosine``, ``linear``
+    (to zero), ``constant``, or ``triangle`` (linear to ``TRIANGLE_END * peak``).
     Works elementwise, so one call gives every model of a group its own rate.
     """
     step = tf.cast(step, tf.float32)
@@ -412,6 +674,9 @@ def learning_rate_at(step: tf.Tensor, total_steps: tf.Tensor, warmup_steps: tf.T
         decayed = peak * 0.5 * (1.0 + tf.cos(math.pi * progress))
     elif schedule == "linear":
         decayed = peak * (1.0 - progress)
+    elif schedule == "triangle":
+        warming = peak * (TRIANGLE_START + (1.0 - TRIANGLE_START) * step / tf.maximum(warmup, 1.0))
+        decayed = peak * (1.0 + (TRIANGLE_END - 1.0) * progress)
     else:
         decayed = tf.fill([], tf.constant(peak, tf.float32))
     return tf.where(step < warmup, warming, decayed)

@@ -1,0 +1,695 @@
+"""The airbench94 CIFAR-10 network and its training recipe, in Sonnet, K runs at once.
+
+airbench94 (Keller Jordan, "94% on CIFAR-10 in 3.29 seconds on a single GPU", 2024;
+PyPI ``airbench``) trains a small convolutional network to 94.0% mean CIFAR-10 test
+accuracy in 3.8 s on one A100. Heldout estimates need thousands of trainings, so the
+cost of one training decides what a researcher can afford. This module tells the
+same story in the same order: hyperparameters -> data (patch whitening) -> network ->
+schedule and weight averaging -> training (`AirbenchTrainer`) -> evaluation.
+
+Deliberate differences from the published script:
+    * Each run trains on its own subset. An epoch is ``ceil(n / batch_size)`` steps
+      that wrap around the run's shuffled order (the toolkit's convention, so every
+      example of the subset is seen each epoch), not ``n // batch_size``; training
+      lasts 10 whole epochs, not 9.9.
+    * The whitening filters and the input normalization come from the first
+      `WHITENING_IMAGES` examples of the run's own subset (published: the first 5,000
+      CIFAR-10 training images and CIFAR-10's channel statistics), so nothing of the
+      held-out examples enters a model.
+    * Test-time augmentation averages the logits of the image and its mirror image
+      (published level 2 adds one-pixel translations). It gives the reported
+      ``TrainedRun.test_accuracy_tta``; the recorded predictions use none unless
+      ``TrainConfig.test_time_flip``.
+    * float32 unless ``TrainConfig.precision`` says otherwise (published: float16
+      weights and activations with float32 batch norm, on a GPU).
+
+Several runs at once: `Airbench` holds K models whose channels sit side by side
+(``[batch, H, W, K * C]``, model k in channels ``k*C .. (k+1)*C - 1``); every
+convolution is one grouped convolution on a GPU (K plain ones on a CPU), and batch
+norm, GELU and max pooling act per channel, so the K models never mix. Every variable
+has the models on its leading axis; ``export(k)`` copies model k into a single-model
+`Airbench` (K = 1), which is what checkpoints hold and ``demo.py`` restores. With
+K = 1 the convolutions are plain ``tf.nn.conv2d`` calls.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+
+import numpy as np
+import sonnet as snt
+import tensorflow as tf
+
+from heldout import augment as augment_lib
+from heldout import training
+from heldout.data import Dataset
+
+# --- Hyperparameters ------------------------------------------------------------------
+# Optimizer: Nesterov SGD on the cross-entropy summed (not averaged) over the batch.
+BATCH_SIZE = 1024  # examples per optimizer step
+EPOCHS = 10  # passes over the run's subset (published: 9.9)
+LEARNING_RATE = 11.5  # per 1024 examples, decoupled from momentum (airbench's unit)
+MOMENTUM = 0.85  # Nesterov
+WEIGHT_DECAY = 0.0153  # per 1024 examples, decoupled from the learning rate
+BIAS_LR_SCALE = 64.0  # batch-norm offsets learn this many times faster (decay unscaled)
+LABEL_SMOOTHING = 0.2  # weight of the uniform distribution in the targets
+# Learning-rate schedule ("triangle"): from LR_START x the peak at step 0 up to the peak
+# at LR_WARMUP_FRACTION of all steps, then linearly down to LR_END x the peak.
+LR_START = training.TRIANGLE_START  # 0.2
+LR_END = training.TRIANGLE_END  # 0.07
+LR_WARMUP_FRACTION = 0.23  # of all optimizer steps
+WHITEN_BIAS_EPOCHS = 3  # the whitening layer's bias trains in these first epochs only
+# Lookahead-style weight averaging: every LOOKAHEAD_EVERY steps from epoch
+# LOOKAHEAD_START_EPOCH on, average <- decay * average + (1 - decay) * weights, then
+# weights <- average, with decay = (LOOKAHEAD_DECAY_BASE ** LOOKAHEAD_EVERY)
+# * (step / total_steps) ** LOOKAHEAD_DECAY_POWER: fast moves early, strong averaging
+# at the end. The averages are copied back into the weights after every epoch.
+LOOKAHEAD_START_EPOCH = 3  # 0-based epoch of the first averaging
+LOOKAHEAD_EVERY = 5  # optimizer steps between averagings
+LOOKAHEAD_DECAY_BASE = 0.95  # per optimizer step
+LOOKAHEAD_DECAY_POWER = 3.0
+# Augmentation: reflect-pad 2 pixels and translate at random, flips alternating by epoch.
+AUGMENT = "airbench"
+# Network.
+WIDTHS = (64, 256, 256)  # output channels of the three conv groups
+WHITENING_KERNEL = 2  # pixels per side of the whitening patches
+WHITENING_EPS = 5e-4  # added to the patch-covariance eigenvalues before 1 / sqrt
+WHITENING_IMAGES = 5000  # subset examples the whitening and input statistics come from
+BN_DECAY = 0.6  # moving-average decay, TF convention (PyTorch momentum 1 - 0.6 = 0.4)
+BN_EPSILON = 1e-12
+HEAD_SCALE = 1 / 9  # the linear head's logits are multiplied by this
+EVAL_BATCH_SIZE = 500  # examples per prediction call
+
+
+def sgd_learning_rate(learning_rate: float = LEARNING_RATE, momentum: float = MOMENTUM) -> float:
+    """`learning_rate` (per 1024 examples, decoupled) as a rate per optimizer step.
+
+    With Nesterov momentum and constant gradients a step moves ``1 + 1 / (1 - momentum)``
+    gradients' worth, so airbench divides by that (and by 1024, as its loss is a sum).
+    """
+    return learning_rate / (1024 * (1 + 1 / (1 - momentum)))
+
+
+def recipe() -> dict[str, object]:
+    """The airbench94 recipe as `training.TrainConfig` values.
+
+    ``learning_rate`` is per optimizer step on the summed loss and ``weight_decay`` the
+    L2 coefficient added to the gradient (``WEIGHT_DECAY * BATCH_SIZE / LEARNING_RATE``),
+    so that ``learning_rate * weight_decay`` is airbench's decoupled decay per step.
+    """
+    return {
+        "epochs": EPOCHS, "batch_size": BATCH_SIZE, "learning_rate": sgd_learning_rate(),
+        "momentum": MOMENTUM, "nesterov": True,
+        "weight_decay": WEIGHT_DECAY * BATCH_SIZE / LEARNING_RATE,
+        "lr_schedule": "triangle", "warmup_epochs": LR_WARMUP_FRACTION * EPOCHS,
+        "label_smoothing": LABEL_SMOOTHING, "augment": AUGMENT, "models_at_once": 1,
+    }
+
+
+# --- Data: input statistics and patch whitening ----------------------------------------
+
+
+def input_statistics(images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Per-channel mean and standard deviation of images ``[n, H, W, C]``, each ``[C]``."""
+    images = images.astype(np.float64)
+    mean = images.mean(axis=(0, 1, 2))
+    std = np.sqrt(((images - mean) ** 2).mean(axis=(0, 1, 2)))
+    return mean.astype(np.float32), np.maximum(std, 1e-6).astype(np.float32)
+
+
+def patch_covariance(images: np.ndarray, kernel: int = WHITENING_KERNEL,
+                     chunk: int = 500) -> np.ndarray:
+    """Second moment ``E[p p^T]`` of all `kernel` x `kernel` patches (uncentered, as published).
+
+    A patch is flattened in the order of a convolution filter ``[kh, kw, C]``, so the
+    result is ``[kernel * kernel * C]`` square (float64).
+    """
+    _, height, width, channels = images.shape
+    size = kernel * kernel * channels
+    total = np.zeros((size, size))
+    count = 0
+    for start in range(0, len(images), chunk):
+        x = images[start:start + chunk].astype(np.float64)
+        patches = np.concatenate(
+            [x[:, dy:height - kernel + 1 + dy, dx:width - kernel + 1 + dx]
+             for dy in range(kernel) for dx in range(kernel)], axis=-1).reshape(-1, size)
+        total += patches.T @ patches
+        count += len(patches)
+    return total / count
+
+
+def whitening_filters(images: np.ndarray, kernel: int = WHITENING_KERNEL,
+                      eps: float = WHITENING_EPS) -> np.ndarray:
+    """The frozen first-layer filters ``[kernel, kernel, C, 2 * kernel * kernel * C]``.
+
+    The eigenvectors of the patch covariance, largest eigenvalue first, each divided by
+    ``sqrt(eigenvalue + eps)`` (so the layer's outputs have about unit variance and are
+    uncorrelated), followed by their negatives (so GELU keeps both signs).
+    """
+    channels = images.shape[-1]
+    eigenvalues, eigenvectors = np.linalg.eigh(patch_covariance(images, kernel))
+    eigenvalues, eigenvectors = eigenvalues[::-1], eigenvectors[:, ::-1]  # descending
+    filters = (eigenvectors / np.sqrt(eigenvalues + eps)).reshape(
+        kernel, kernel, channels, kernel * kernel * channels)
+    return np.concatenate([filters, -filters], axis=-1).astype(np.float32)
+
+
+# --- Network -----------------------------------------------------------------------------
+
+
+def _grouped_conv2d(inputs: tf.Tensor, w: tf.Tensor, padding: str, grouped: str) -> tf.Tensor:
+    """K convolutions ``[B, H, W, K*C] * w[K, kh, kw, C, F] -> [B, H', W', K*F]``.
+
+    ``grouped="native"`` runs one grouped ``tf.nn.conv2d`` (GPU); ``"split"`` runs K
+    convolutions (CPU: TensorFlow has no grouped-convolution gradients there, and
+    XLA:CPU runs grouped convolutions far slower than K plain ones).
+    """
+    num_models = w.shape[0]
+    if num_models == 1:
+        return tf.nn.conv2d(inputs, w[0], 1, padding)
+    if grouped == "native":
+        kh, kw, channels, features = w.shape[1:]
+        filters = tf.reshape(tf.transpose(w, [1, 2, 3, 0, 4]),
+                             [kh, kw, channels, num_models * features])
+        return tf.nn.conv2d(inputs, filters, 1, padding)
+    parts = tf.split(inputs, num_models, axis=-1)
+    return tf.concat([tf.nn.conv2d(x, w[k], 1, padding) for k, x in enumerate(parts)], -1)
+
+
+class PatchWhitening(snt.Module):
+    """Input normalization and the frozen 2x2 whitening convolution with a trainable bias.
+
+    ``[B, H, W, K*C] -> [B, H-1, W-1, K * 8C]`` (VALID padding). Variables, all with
+    the models on the leading axis: ``input_mean``, ``input_std`` ``[K, C]`` and ``w``
+    ``[K, 2, 2, C, 8C]`` (not trainable, set from data by `Airbench.initialize`), ``b``
+    ``[K, 8C]`` (trainable for the first `WHITEN_BIAS_EPOCHS` epochs).
+    """
+
+    def __init__(self, num_models: int, kernel: int = WHITENING_KERNEL,
+                 grouped: str = "native", name: str | None = None):
+        super().__init__(name=name)
+        self.num_models = num_models
+        self.kernel = kernel
+        self._grouped = grouped
+
+    @snt.once
+    def _create_variables(self, inputs: tf.Tensor) -> None:
+        channels = inputs.shape[-1] // self.num_models
+        features = 2 * self.kernel * self.kernel * channels
+        k = self.num_models
+        self.input_mean = tf.Variable(tf.zeros([k, channels]), trainable=False,
+                                      name="input_mean")
+        self.input_std = tf.Variable(tf.ones([k, channels]), trainable=False, name="input_std")
+        self.w = tf.Variable(tf.zeros([k, self.kernel, self.kernel, channels, features]),
+                             trainable=False, name="w")
+        self.b = tf.Variable(tf.zeros([k, features]), name="b")
+
+    def __call__(self, inputs: tf.Tensor) -> tf.Tensor:
+        self._create_variables(inputs)
+        normalized = ((inputs - tf.reshape(self.input_mean, [-1]))
+                      / tf.reshape(self.input_std, [-1]))
+        outputs = _grouped_conv2d(normalized, self.w, "VALID", self._grouped)
+        return outputs + tf.reshape(self.b, [-1])
+
+
+class GroupedConv(snt.Module):
+    """K independent 3x3 SAME convolutions without bias: ``[B, H, W, K*C] -> [B, H, W, K*F]``.
+
+    ``w[K, 3, 3, C, F]``: slice k is an ``snt.Conv2D`` filter of model k.
+    """
+
+    def __init__(self, output_channels: int, num_models: int, kernel: int = 3,
+                 grouped: str = "native", name: str | None = None):
+        super().__init__(name=name)
+        self.output_channels = output_channels
+        self.num_models = num_models
+        self.kernel = kernel
+        self._grouped = grouped
+
+    @snt.once
+    def _create_variables(self, inputs: tf.Tensor) -> None:
+        channels = inputs.shape[-1] // self.num_models
+        self.w = tf.Variable(tf.zeros([self.num_models, self.kernel, self.kernel, channels,
+                                       self.output_channels]), name="w")
+
+    def __call__(self, inputs: tf.Tensor) -> tf.Tensor:
+        self._create_variables(inputs)
+        return _grouped_conv2d(inputs, self.w, "SAME", self._grouped)
+
+
+class BatchNorm(snt.Module):
+    """airbench's batch normalization of K models: ``[B, H, W, K*C]`` in and out.
+
+    Scale frozen at 1 (no variable), trainable ``offset`` ``[K, C]``, moving statistics
+    ``moving_mean`` / ``moving_variance`` ``[K, C]`` starting at 0 / 1 and updated as
+    ``decay * moving + (1 - decay) * batch`` without zero-debiasing (PyTorch's running
+    statistics, with the unbiased batch variance). The fused kernel keeps statistics,
+    offset and moving averages in float32 when the activations are 16-bit.
+    """
+
+    def __init__(self, num_models: int, decay: float = BN_DECAY, eps: float = BN_EPSILON,
+                 name: str | None = None):
+        super().__init__(name=name)
+        self.num_models = num_models
+        self.decay = decay
+        self.eps = eps
+
+    @snt.once
+    def _create_variables(self, inputs: tf.Tensor) -> None:
+        shape = [self.num_models, inputs.shape[-1] // self.num_models]
+        self.offset = tf.Variable(tf.zeros(shape), name="offset")
+        self.moving_mean = tf.Variable(tf.zeros(shape), trainable=False, name="moving_mean")
+        self.moving_variance = tf.Variable(tf.ones(shape), trainable=False,
+                                           name="moving_variance")
+
+    def __call__(self, inputs: tf.Tensor, is_training: bool) -> tf.Tensor:
+        self._create_variables(inputs)
+        offset = tf.reshape(self.offset, [-1])
+        scale = tf.ones_like(offset)
+        if not is_training:
+            return tf.raw_ops.FusedBatchNormV3(
+                x=inputs, scale=scale, offset=offset, mean=tf.reshape(self.moving_mean, [-1]),
+                variance=tf.reshape(self.moving_variance, [-1]), epsilon=self.eps,
+                is_training=False)[0]
+        outputs, mean, variance, *_ = tf.raw_ops.FusedBatchNormV3(
+            x=inputs, scale=scale, offset=offset, mean=tf.constant([], tf.float32),
+            variance=tf.constant([], tf.float32), epsilon=self.eps, is_training=True)
+        shape = tf.shape(self.offset)
+        self.moving_mean.assign(self.decay * self.moving_mean
+                                + (1.0 - self.decay) * tf.reshape(mean, shape))
+        self.moving_variance.assign(self.decay * self.moving_variance
+                                    + (1.0 - self.decay) * tf.reshape(variance, shape))
+        return outputs
+
+
+class ConvGroup(snt.Module):
+    """conv3x3 -> maxpool 2 -> BN -> GELU -> conv3x3 -> BN -> GELU: halves height and width."""
+
+    def __init__(self, channels: int, num_models: int, grouped: str = "native",
+                 name: str | None = None):
+        super().__init__(name=name)
+        self.conv1 = GroupedConv(channels, num_models, grouped=grouped, name="conv1")
+        self.norm1 = BatchNorm(num_models, name="norm1")
+        self.conv2 = GroupedConv(channels, num_models, grouped=grouped, name="conv2")
+        self.norm2 = BatchNorm(num_models, name="norm2")
+
+    def __call__(self, inputs: tf.Tensor, is_training: bool) -> tf.Tensor:
+        outputs = tf.nn.max_pool2d(self.conv1(inputs), 2, 2, "VALID")
+        outputs = tf.nn.gelu(self.norm1(outputs, is_training), approximate=False)
+        outputs = self.conv2(outputs)
+        return tf.nn.gelu(self.norm2(outputs, is_training), approximate=False)
+
+
+class Head(snt.Module):
+    """K linear heads without bias, scaled by `HEAD_SCALE`: ``[K, B, D] -> [K, B, classes]``."""
+
+    def __init__(self, num_classes: int, num_models: int, name: str | None = None):
+        super().__init__(name=name)
+        self.num_classes = num_classes
+        self.num_models = num_models
+
+    @snt.once
+    def _create_variables(self, inputs: tf.Tensor) -> None:
+        self.w = tf.Variable(tf.zeros([self.num_models, inputs.shape[-1], self.num_classes]),
+                             name="w")
+
+    def __call__(self, inputs: tf.Tensor) -> tf.Tensor:
+        self._create_variables(inputs)
+        return tf.matmul(inputs, self.w) * HEAD_SCALE
+
+
+class Airbench(snt.Module):
+    """The airbench94 network, K models side by side (K = 1: one model).
+
+    ``whiten`` (`PatchWhitening`) -> GELU -> ``group1``, ``group2``, ``group3``
+    (`ConvGroup`, widths 64/256/256 times `width_multiplier`) -> max pool 3 -> flatten
+    -> ``head`` (`Head`). About 1.97 M trainable parameters for 10 classes.
+    """
+
+    def __init__(self, num_classes: int, num_models: int = 1, width_multiplier: float = 1.0,
+                 grouped: str = "native", name: str | None = None):
+        """Configures the network.
+
+        Args:
+            num_classes: number of logits.
+            num_models: K, models trained side by side.
+            width_multiplier: scales the three group widths (rounded, at least 1).
+            grouped: how K > 1 convolutions run: ``"native"`` (one grouped convolution,
+                for GPUs) or ``"split"`` (K convolutions, for CPUs).
+            name: module name.
+
+        Raises:
+            ValueError: an argument is out of range.
+        """
+        super().__init__(name=name)
+        if num_classes < 1 or num_models < 1 or not width_multiplier > 0:
+            raise ValueError(f"Airbench needs num_classes >= 1, num_models >= 1 and "
+                             f"width_multiplier > 0, got {num_classes}, {num_models}, "
+                             f"{width_multiplier}")
+        if grouped not in ("native", "split"):
+            raise ValueError(f"grouped={grouped!r}: expected 'native' or 'split'")
+        self.num_classes = num_classes
+        self.num_models = num_models
+        self.width_multiplier = width_multiplier
+        self.widths = tuple(max(1, round(w * width_multiplier)) for w in WIDTHS)
+        self.whiten = PatchWhitening(num_models, grouped=grouped, name="whiten")
+        self.group1 = ConvGroup(self.widths[0], num_models, grouped, name="group1")
+        self.group2 = ConvGroup(self.widths[1], num_models, grouped, name="group2")
+        self.group3 = ConvGroup(self.widths[2], num_models, grouped, name="group3")
+        self.head = Head(num_classes, num_models, name="head")
+
+    def __call__(self, images: tf.Tensor, is_training: bool) -> tf.Tensor:
+        """Logits of images.
+
+        Args:
+            images: ``[B, H, W, C]`` (every model sees them), or ``[K, B, H, W, C]`` (model
+                k sees ``images[k]``), or ``[1, B, H, W, C]`` (shared).
+            is_training: normalize with batch statistics and update the moving averages.
+
+        Returns:
+            ``[K, B, num_classes]``; ``[B, num_classes]`` for rank-4 images when K = 1 (the
+            single-model call of checkpoints and ``demo.py``).
+        """
+        k = self.num_models
+        if images.shape.rank == 4 or images.shape[0] == 1:
+            shared = images if images.shape.rank == 4 else images[0]
+            stacked = tf.tile(shared, [1, 1, 1, k])
+        else:
+            shape = tf.shape(images)
+            stacked = tf.reshape(tf.transpose(images, [1, 2, 3, 0, 4]),
+                                 [shape[1], shape[2], shape[3], k * images.shape[-1]])
+        outputs = tf.nn.gelu(self.whiten(stacked), approximate=False)
+        outputs = self.group1(outputs, is_training)
+        outputs = self.group2(outputs, is_training)
+        outputs = self.group3(outputs, is_training)
+        outputs = tf.nn.max_pool2d(outputs, 3, 3, "VALID")
+        _, height, width, channels = outputs.shape
+        features = channels // k
+        outputs = tf.reshape(outputs, [-1, height, width, k, features])
+        outputs = tf.reshape(tf.transpose(outputs, [3, 0, 1, 2, 4]),
+                             [k, -1, height * width * features])
+        logits = self.head(outputs)
+        return logits[0] if images.shape.rank == 4 and k == 1 else logits
+
+    def batch_norms(self) -> list[BatchNorm]:
+        """The batch-norm modules, in order."""
+        return [group.norm1 if i == 0 else group.norm2
+                for group in (self.group1, self.group2, self.group3) for i in (0, 1)]
+
+    def initialize(self, rngs: Sequence[np.random.Generator],
+                   whitening_images: Sequence[np.ndarray]) -> None:
+        """Sets every variable for a fresh start; model k depends on ``rngs[k]`` and its images.
+
+        Convolutions: uniform in ``+-1 / sqrt(fan_in)`` (PyTorch's default), then the
+        first ``min(C, F)`` filters replaced by the identity (Dirac), an implicit
+        residual. Head: the same uniform. Whitening and input statistics from
+        ``whitening_images[k]`` ``[n, H, W, C]``; biases and offsets 0; moving mean 0,
+        moving variance 1. Call the model once first (Sonnet creates variables lazily).
+        """
+        if len(rngs) != self.num_models or len(whitening_images) != self.num_models:
+            raise ValueError(f"initialize needs {self.num_models} generators and image sets")
+        statistics = [input_statistics(x) for x in whitening_images]
+        self.whiten.input_mean.assign(np.stack([mean for mean, _ in statistics]))
+        self.whiten.input_std.assign(np.stack([std for _, std in statistics]))
+        self.whiten.w.assign(np.stack([
+            whitening_filters((x - mean) / std)
+            for x, (mean, std) in zip(whitening_images, statistics, strict=True)]))
+        self.whiten.b.assign(tf.zeros_like(self.whiten.b))
+        for group in (self.group1, self.group2, self.group3):
+            for conv in (group.conv1, group.conv2):
+                conv.w.assign(np.stack([_dirac_uniform(rng, conv.w.shape[1:]) for rng in rngs]))
+        fan_in = self.head.w.shape[1]
+        self.head.w.assign(np.stack([
+            rng.uniform(-1, 1, self.head.w.shape[1:]) / math.sqrt(fan_in) for rng in rngs
+        ]).astype(np.float32))
+        for norm in self.batch_norms():
+            norm.offset.assign(tf.zeros_like(norm.offset))
+            norm.moving_mean.assign(tf.zeros_like(norm.moving_mean))
+            norm.moving_variance.assign(tf.ones_like(norm.moving_variance))
+
+    def export(self, k: int, input_shape: Sequence[int]) -> Airbench:
+        """Model k as a single-model `Airbench` (K = 1) with the same values."""
+        single = Airbench(self.num_classes, 1, self.width_multiplier)
+        single(tf.zeros([1, *input_shape]), is_training=False)
+        for target, source in zip(single.variables, self.variables, strict=True):
+            target.assign(source[k:k + 1])
+        return single
+
+
+def _dirac_uniform(rng: np.random.Generator, shape: Sequence[int]) -> np.ndarray:
+    """A ``[kh, kw, C, F]`` filter: uniform ``+-1/sqrt(kh*kw*C)``, first min(C, F) = identity."""
+    kh, kw, channels, features = shape
+    w = rng.uniform(-1, 1, shape) / math.sqrt(kh * kw * channels)
+    n = min(channels, features)
+    w[..., :n] = 0.0
+    w[kh // 2, kw // 2, np.arange(n), np.arange(n)] = 1.0
+    return w.astype(np.float32)
+
+
+# --- Schedule and weight averaging ------------------------------------------------------
+
+
+def lookahead_decay(step: tf.Tensor, total_steps: tf.Tensor) -> tf.Tensor:
+    """Decay of the averaging after optimizer step `step` (1-based count) of `total_steps`."""
+    progress = tf.cast(step, tf.float32) / tf.cast(total_steps, tf.float32)
+    return LOOKAHEAD_DECAY_BASE ** LOOKAHEAD_EVERY * progress ** LOOKAHEAD_DECAY_POWER
+
+
+def lookahead_update(average: tf.Tensor, weights: tf.Tensor, decay: tf.Tensor
+                     ) -> tuple[tf.Tensor, tf.Tensor]:
+    """One averaging: the new average, which is also the weights' new value."""
+    average = decay * average + (1.0 - decay) * weights
+    return average, average
+
+
+# --- Training ---------------------------------------------------------------------------
+
+
+class AirbenchTrainer:
+    """Trains groups of up to K = ``config.models_at_once`` airbench runs in one program.
+
+    Same interface as `training.EnsembleTrainer`. Each run has its own subset, order,
+    augmentation (from its order seed), initial weights and whitening (from its init
+    seed and subset), weight averages and loss scale, so its result does not depend on
+    the other runs of its group (up to float rounding of the grouped computation).
+
+    Per optimizer step and run: gather its batch from the training set held on the
+    device, augment it (`augment.augment`, alternating flips by example and epoch),
+    take the summed label-smoothed cross-entropy, and update with Nesterov SGD: weight
+    decay on every trainable variable, batch-norm offsets at `BIAS_LR_SCALE` times the
+    rate with decay divided by it, the whitening bias frozen after `WHITEN_BIAS_EPOCHS`;
+    then the lookahead averaging. ``config.learning_rate`` and ``config.weight_decay``
+    are per optimizer step (see `recipe`), scheduled by ``config.lr_schedule``.
+    """
+
+    def __init__(self, dataset: Dataset, config: training.TrainConfig,
+                 eval_batch_size: int = EVAL_BATCH_SIZE):
+        if len(dataset.input_shape) != 3:
+            raise ValueError(f"--model=airbench needs images [H, W, C], got examples of shape "
+                             f"{dataset.input_shape}")
+        self.dataset = dataset
+        self.config = config
+        self.num_models = config.models_at_once
+        self.eval_batch_size = eval_batch_size
+        on_gpu = bool(tf.config.list_physical_devices("GPU"))
+        self.model = Airbench(dataset.num_classes, self.num_models, config.model_width,
+                              grouped="native" if on_gpu else "split")
+        self.model(tf.zeros([1, *dataset.input_shape]), is_training=False)
+        self._x_train = tf.constant(dataset.x_train)
+        self._y_train = tf.constant(dataset.y_train, tf.int32)
+        self._trainable = list(self.model.trainable_variables)
+        offsets = {norm.offset.ref() for norm in self.model.batch_norms()}
+        self._roles = ["offset" if v.ref() in offsets
+                       else "whitening_bias" if v is self.model.whiten.b else "weight"
+                       for v in self._trainable]
+        self._statistics = [v for norm in self.model.batch_norms()
+                            for v in (norm.moving_mean, norm.moving_variance)]
+        self._velocity = [tf.Variable(tf.zeros_like(v), trainable=False)
+                          for v in self._trainable]
+        self._averaged = self._trainable + self._statistics
+        self._averages = [tf.Variable(tf.zeros_like(v), trainable=False)
+                          for v in self._averaged]
+        self._averaging_started = tf.Variable(tf.zeros([self.num_models], tf.bool),
+                                              trainable=False)
+        self._loss_scale = training.DynamicLossScale(config.precision == "mixed_float16",
+                                                     self.num_models)
+        # XLA compiles one optimizer step; the loop over an epoch's steps stays a plain
+        # TensorFlow loop (XLA:CPU runs convolutions inside its own loops ~50x slower).
+        self._train_step = tf.function(self._train_step_eager, jit_compile=config.xla,
+                                       reduce_retracing=True)
+        self._train_epoch = tf.function(self._train_epoch_eager, reduce_retracing=True)
+        self._logits = tf.function(self._logits_eager, jit_compile=config.xla)
+        self._logits_and_tta = tf.function(self._logits_and_tta_eager, jit_compile=config.xla)
+
+    def train(self, subsets: Sequence[np.ndarray], init_seeds: Sequence[np.random.SeedSequence],
+              order_seeds: Sequence[np.random.SeedSequence], save_logits: bool = False,
+              export_models: bool = False, steps_per_epoch: Sequence[int] | None = None,
+              on_epoch: Callable[[int], None] | None = None) -> list[training.TrainedRun]:
+        """Trains one group of up to K runs; arguments as `training.EnsembleTrainer.train`.
+
+        Returns:
+            One `training.TrainedRun` per subset, with ``test_accuracy_tta`` set.
+        """
+        num_runs = len(subsets)
+        if not 0 < num_runs <= self.num_models:
+            raise ValueError(f"a group holds 1 to {self.num_models} runs, got {num_runs}")
+        padding = self.num_models - num_runs  # copies of the last run fill the program
+        subsets = list(subsets) + [subsets[-1]] * padding
+        init_seeds = list(init_seeds) + [init_seeds[-1]] * padding
+        order_rngs = [np.random.default_rng(s)
+                      for s in list(order_seeds) + [order_seeds[-1]] * padding]
+        augment_seeds = np.stack([rng.integers(0, 2**31 - 1, size=2) for rng in order_rngs])
+        self._reset(subsets, init_seeds)
+
+        config = self.config
+        steps = np.array([self.steps_per_epoch(len(s)) for s in subsets], np.int32)
+        if steps_per_epoch is not None:
+            steps[:num_runs] = steps_per_epoch
+            steps[num_runs:] = steps[num_runs - 1]
+        warmup_steps = np.round(config.warmup_epochs * steps).astype(np.int32)
+        for epoch in range(config.epochs):
+            batches = training._epoch_batches(subsets, order_rngs, int(steps.max()),
+                                              config.batch_size)
+            self._train_epoch(tf.constant(batches), tf.constant(epoch, tf.int32),
+                              tf.constant(steps), tf.constant(warmup_steps),
+                              tf.constant(augment_seeds, tf.int32))
+            if on_epoch is not None:
+                on_epoch(int(steps.max()))
+
+        train = training.predict_in_chunks(
+            self._logits_and_tta if config.test_time_flip else self._logits,
+            self.dataset.x_train, self.dataset.y_train, self.eval_batch_size, save_logits)
+        if config.test_time_flip:
+            train = train[self.num_models:]
+        test = training.predict_in_chunks(self._logits_and_tta, self.dataset.x_test,
+                                          self.dataset.y_test, self.eval_batch_size, save_logits)
+        plain, tta = test[:self.num_models], test[self.num_models:]
+        recorded = tta if config.test_time_flip else plain
+        return [training.TrainedRun(
+            train=train[k], test=recorded[k], steps=int(steps[k]) * config.epochs,
+            model=self.model.export(k, self.dataset.input_shape) if export_models else None,
+            test_accuracy_tta=float(tta[k].correctness.mean()),
+        ) for k in range(num_runs)]
+
+    def steps_per_epoch(self, subset_size: int) -> int:
+        """Optimizer steps per epoch of a run that trains on `subset_size` examples."""
+        return math.ceil(subset_size / self.config.batch_size)
+
+    def _reset(self, subsets: Sequence[np.ndarray],
+               init_seeds: Sequence[np.random.SeedSequence]) -> None:
+        images = {}  # whitening images per distinct subset (padding repeats the last)
+        for subset in subsets:
+            if id(subset) not in images:
+                images[id(subset)] = self.dataset.x_train[np.sort(subset)[:WHITENING_IMAGES]]
+        self.model.initialize([np.random.default_rng(s) for s in init_seeds],
+                              [images[id(s)] for s in subsets])
+        for variable in self._velocity + self._averages:
+            variable.assign(tf.zeros_like(variable))
+        self._averaging_started.assign(tf.zeros_like(self._averaging_started))
+        self._loss_scale.reset()
+
+    def _logits_eager(self, images: tf.Tensor) -> tf.Tensor:
+        """Logits ``[K, n, classes]`` of every model, in float32."""
+        return self.model(images[None], is_training=False)
+
+    def _logits_and_tta_eager(self, images: tf.Tensor) -> tf.Tensor:
+        """Plain logits of the K models, then the K flip-averaged ones: ``[2K, n, classes]``."""
+        logits = self.model(images[None], is_training=False)
+        mirrored = self.model(tf.reverse(images, axis=[2])[None], is_training=False)
+        return tf.concat([logits, 0.5 * (logits + mirrored)], axis=0)
+
+    def _train_epoch_eager(self, batches: tf.Tensor, epoch: tf.Tensor,
+                           steps_per_epoch: tf.Tensor, warmup_steps: tf.Tensor,
+                           augment_seeds: tf.Tensor) -> None:
+        """One epoch over ``batches[steps, K, batch_size]`` of training indices.
+
+        Model k takes only its ``steps_per_epoch[k]`` steps; in the others its weights,
+        momentum, statistics and averages stay as they are. At the end every model
+        whose averaging has started takes its averaged weights.
+        """
+        phases = None
+        if self.config.augment in augment_lib.ALTERNATING:
+            phases = tf.stack([augment_lib.flip_phase(tf.random.experimental.stateless_fold_in(
+                augment_seeds[k], training.FLIP_PHASE_STREAM), self.dataset.num_train)
+                for k in range(self.num_models)])  # [K, num_train]
+        for i in tf.range(tf.shape(batches)[0]):
+            self._train_step(batches[i], i, epoch, steps_per_epoch, warmup_steps, augment_seeds,
+                             phases)
+        for variable, average in zip(self._averaged, self._averages, strict=True):
+            variable.assign(tf.where(_per_model(self._averaging_started, variable), average,
+                                     variable))
+
+    def _train_step_eager(self, indices: tf.Tensor, i: tf.Tensor, epoch: tf.Tensor,
+                          steps_per_epoch: tf.Tensor, warmup_steps: tf.Tensor,
+                          augment_seeds: tf.Tensor, phases: tf.Tensor | None) -> None:
+        """Step `i` of `epoch` on training indices ``[K, batch_size]``, then the averaging."""
+        config = self.config
+        k_models = self.num_models
+        num_classes = self.dataset.num_classes
+        total_steps = steps_per_epoch * config.epochs
+        steps = epoch * steps_per_epoch + i  # [K], 0-based
+        active = i < steps_per_epoch  # [K]
+        images = tf.gather(self._x_train, indices)  # [K, batch, H, W, C]
+        augmented = []
+        for k in range(k_models):
+            flips = None if phases is None else augment_lib.alternating_flips(
+                tf.gather(phases[k], indices[k]), epoch)
+            seed = tf.random.experimental.stateless_fold_in(augment_seeds[k], steps[k])
+            augmented.append(augment_lib.augment(images[k], seed, config.augment, flips))
+        images = tf.stack(augmented)
+        targets = tf.one_hot(tf.gather(self._y_train, indices), num_classes)
+        targets = targets * (1.0 - config.label_smoothing) + \
+            config.label_smoothing / num_classes
+        statistics = [v.read_value() for v in self._statistics]
+        with tf.GradientTape() as tape:
+            with training.compute_precision(self.model, config.precision,
+                                            keep_float32=(BatchNorm,)) as dtype:
+                logits = self.model(tf.cast(images, dtype), is_training=True)
+            logits = tf.cast(logits, tf.float32)
+            losses = tf.reduce_sum(tf.nn.softmax_cross_entropy_with_logits(targets, logits),
+                                   axis=1)  # [K]: summed over the batch, as published
+            scaled_loss = self._loss_scale.scale_loss(losses)
+        grads, finite = self._loss_scale.unscale(
+            tape.gradient(scaled_loss, self._trainable), model_axis=True)
+        self._loss_scale.update(finite | ~active)
+        for variable, before in zip(self._statistics, statistics, strict=True):
+            variable.assign(tf.where(_per_model(active, variable), variable, before))
+
+        stepping = active & finite
+        lr = training.learning_rate_at(steps, total_steps, warmup_steps,
+                                       config.learning_rate, config.lr_schedule)
+        for variable, velocity, grad, role in zip(
+                self._trainable, self._velocity, grads, self._roles, strict=True):
+            rate, decay, moving = lr, config.weight_decay, stepping
+            if role == "offset":
+                rate, decay = lr * BIAS_LR_SCALE, decay / BIAS_LR_SCALE
+            elif role == "whitening_bias":
+                moving = stepping & (epoch < WHITEN_BIAS_EPOCHS)
+            grad = grad + decay * variable
+            new_velocity = config.momentum * velocity + grad
+            update = grad + config.momentum * new_velocity if config.nesterov else new_velocity
+            keep = _per_model(moving, variable)
+            velocity.assign(tf.where(keep, new_velocity, velocity))
+            variable.assign(tf.where(keep, variable - _per_model(rate, variable) * update,
+                                     variable))
+
+        count = steps + 1  # optimizer steps taken so far
+        averaging = (active & (epoch >= LOOKAHEAD_START_EPOCH)
+                     & (count % LOOKAHEAD_EVERY == 0))
+        first = averaging & ~self._averaging_started
+        decay = lookahead_decay(count, total_steps)
+        for variable, average in zip(self._averaged, self._averages, strict=True):
+            new_average, new_value = lookahead_update(average, variable,
+                                                      _per_model(decay, variable))
+            average.assign(tf.where(_per_model(first, variable), variable,
+                                    tf.where(_per_model(averaging, variable), new_average,
+                                             average)))
+            variable.assign(tf.where(_per_model(averaging & ~first, variable), new_value,
+                                     variable))
+        self._averaging_started.assign(self._averaging_started | averaging)
+
+
+def _per_model(values: tf.Tensor, variable: tf.Variable) -> tf.Tensor:
+    """``values[K]`` shaped to broadcast over a variable ``[K, ...]``."""
+    return tf.reshape(values, [-1] + [1] * (len(variable.shape) - 1))

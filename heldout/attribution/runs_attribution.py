@@ -1,0 +1,155 @@
+"""Gradient-based attribution of one trained run, read from its run directory.
+
+The front door of ``estimate.py --estimator=tracin|if_<strategy>``: restores the
+run's checkpoints (TracIn: every checkpoint saved during training, with the learning
+rate recorded in ``run.json``; influence functions: the final model), scores every
+training example (self-influence) and the chosen test examples (train x test), and
+sets the self-influence beside the retraining ground truth of the same experiment.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import io
+
+import numpy as np
+import tensorflow as tf
+from scipy import stats as scipy_stats
+
+from heldout import checkpoints as checkpoints_lib
+from heldout import estimators
+from heldout import runs as runs_lib
+from heldout.attribution import influence_functions, tracin
+from heldout.data import Dataset
+
+METHODS = ("tracin", "if_identity", "if_diagonal", "if_kfac", "if_ekfac")
+
+
+@dataclasses.dataclass(frozen=True)
+class RunAttribution:
+    """Scores of one method on one run."""
+
+    method: str
+    run_dir: str
+    self_influence: np.ndarray  # [num_train], every training example
+    in_subset: np.ndarray  # bool [num_train]: the run trained on the example
+    scores: np.ndarray | None  # [num_train, num_eval] train x test, if asked
+    eval_indices: np.ndarray  # [num_eval] test indices of the score columns
+    timings: str  # phase table (influence functions) or total seconds (TracIn)
+    agreement: dict[str, float]  # Spearman correlation with retraining estimates
+
+
+def attribute_run(run_dir: str, method: str, data: Dataset, eval_indices: np.ndarray | None,
+                  measurement: str = "loss", damping: float | None = None,
+                  projection_dim: int | None = None, factors_path: str | None = None,
+                  retraining: runs_lib.Experiment | None = None) -> RunAttribution:
+    """Scores the training examples of `data` with `method` using the run's checkpoints.
+
+    Args:
+        run_dir: a run trained with ``--save_checkpoints`` (TracIn also needs
+            ``--checkpoint_every``).
+        method: one of `METHODS`.
+        data: the run's data set.
+        eval_indices: test examples to score influence on; None: no train x test scores.
+        measurement: of the queries: ``loss`` or ``margin``.
+        damping: influence functions' damping; None: 0.1 x each layer's mean eigenvalue.
+        projection_dim: TracIn: random projection of gradients to this many dimensions.
+        factors_path: influence functions: reuse / save the fitted factors here.
+        retraining: the experiment's runs, to compare self-influence with memorization
+            and margin self-influence (Spearman correlation).
+
+    Raises:
+        ValueError: unknown method, or the run lacks the checkpoints the method needs.
+    """
+    if method not in METHODS:
+        raise ValueError(f"--estimator={method}: expected one of {', '.join(METHODS)}")
+    info = runs_lib.read_run_info(run_dir)
+    arch = info.get("train_config", {}).get("model")
+    width = info.get("train_config", {}).get("model_width", 1.0)
+    if not arch:
+        raise ValueError(f"{run_dir}: no run.json naming the model; gradient methods need "
+                         "runs trained by train.py with --save_checkpoints")
+    arrays = runs_lib.load_run(run_dir)
+    in_subset = np.zeros(data.num_train, dtype=bool)
+    in_subset[arrays[runs_lib.SUBSET_INDICES]] = True
+    x_query = y_query = None
+    if eval_indices is not None:
+        x_query, y_query = data.x_test[eval_indices], data.y_test[eval_indices]
+    if method == "tracin":
+        saved = info.get("checkpoints", [])
+        if not saved:
+            raise ValueError(f"{run_dir}: TracIn needs checkpoints saved during training "
+                             "(train with --save_checkpoints --checkpoint_every=N)")
+        models = [tracin.Checkpoint(_restore(run_dir, arch, data, width, s["epoch"]),
+                                    s["learning_rate"]) for s in saved]
+        result = tracin.score_tracin(
+            models, data.x_train, data.y_train, x_query, y_query,
+            tracin.TracInConfig(measurement=measurement, projection_dim=projection_dim))
+        timings = f"TracIn over {len(models)} checkpoints: {result.seconds:.1f} s"
+    else:
+        model = checkpoints_lib.restore_run_model(
+            run_dir, arch, data.num_classes, data.input_shape, width).model
+        result = influence_functions.score_influence_functions(
+            model, data.x_train, data.y_train, x_query, y_query,
+            influence_functions.InfluenceConfig(strategy=method[len("if_"):],
+                                                damping=damping, measurement=measurement),
+            factors_path=factors_path)
+        timings = result.timings.format()
+    agreement = {}
+    if retraining is not None:
+        agreement = _agreement(result.self_influence, retraining)
+    return RunAttribution(method=method, run_dir=run_dir,
+                          self_influence=np.asarray(result.self_influence),
+                          in_subset=in_subset, scores=result.scores,
+                          eval_indices=np.zeros(0, np.int64) if eval_indices is None
+                          else np.asarray(eval_indices), timings=timings, agreement=agreement)
+
+
+def save_attribution(attribution: RunAttribution, path: str) -> None:
+    """Writes ``self_influence``, ``in_subset``, ``eval_indices`` and ``scores`` to an ``.npz``."""
+    from heldout.runs import write_atomically
+
+    arrays = {"self_influence": attribution.self_influence, "in_subset": attribution.in_subset,
+              "eval_indices": attribution.eval_indices}
+    if attribution.scores is not None:
+        arrays["scores"] = attribution.scores
+    buffer = io.BytesIO()
+    np.savez(buffer, **arrays)
+    write_atomically(path, buffer.getvalue())
+
+
+def format_attribution(attribution: RunAttribution, labels: np.ndarray | None = None,
+                       top: int = 10) -> str:
+    """The most self-influential training examples, the timings, and the agreement."""
+    order = np.argsort(-np.nan_to_num(attribution.self_influence, nan=-np.inf))[:top]
+    lines = [f"{attribution.method} on {attribution.run_dir}: top {top} self-influence",
+             f"{'index':>7} {'label':>5} {'self-influence':>15} {'trained on':>10}"]
+    for i in order:
+        label = "-" if labels is None else str(labels[i])
+        lines.append(f"{i:>7} {label:>5} {attribution.self_influence[i]:>15.4g} "
+                     f"{'yes' if attribution.in_subset[i] else 'no':>10}")
+    lines += ["", attribution.timings]
+    for name, value in attribution.agreement.items():
+        lines.append(f"Spearman correlation with retraining {name}: {value:.3f}")
+    return "\n".join(lines)
+
+
+def _restore(run_dir: str, arch: str, data: Dataset, width: float, epoch: int) -> tf.Module:
+    prefix = tf.io.gfile.join(run_dir, runs_lib.CHECKPOINT_DIRNAME, f"ckpt-{epoch}")
+    return checkpoints_lib.restore_run_model(run_dir, arch, data.num_classes, data.input_shape,
+                                             width, prefix=prefix).model
+
+
+def _agreement(self_influence: np.ndarray, retraining: runs_lib.Experiment) -> dict[str, float]:
+    """Spearman correlation of a self-influence with the retraining estimates."""
+    reference = {"memorization": estimators.memorization(
+        retraining.membership, retraining.correctness_train).score}
+    if retraining.margin_train is not None:
+        reference["margin self-influence"] = estimators.self_influence(
+            retraining.membership, retraining.margin_train).score
+    agreement = {}
+    for name, scores in reference.items():
+        finite = np.isfinite(scores) & np.isfinite(self_influence)
+        agreement[f"{name} ({retraining.num_runs} runs)"] = float(
+            scipy_stats.spearmanr(self_influence[finite], scores[finite]).statistic)
+    return agreement
