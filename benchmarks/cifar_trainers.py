@@ -51,8 +51,9 @@ tf.get_logger().setLevel("ERROR")  # retracing notes of the many trainers built 
 
 _BATCH_SIZES = flags.DEFINE_list("batch_sizes", ["1024", "512"], "Batch sizes to time.")
 _STEPS = flags.DEFINE_integer("steps", 3, "Timed optimizer steps per measurement.")
-_WARMUP_STEPS = flags.DEFINE_integer(
-    "warmup_steps", 1, "Untimed steps first (tracing, compilation, allocation); at least 1.")
+_WARMUP_ROUNDS = flags.DEFINE_integer(
+    "warmup_rounds", 1, "Untimed rounds of --steps steps first (tracing, compilation, "
+    "allocation, all at the timed shapes); at least 1.")
 _ROUNDS = flags.DEFINE_integer(
     "rounds", 3, "Measurements per setting, interleaved across settings; medians are shown "
     "(a shared CPU's speed drifts, so the sides are timed side by side in every round).")
@@ -75,9 +76,14 @@ def _steps_per_second(run: Runner, steps: int) -> float:
 
 def measure(runners: dict[str, Runner], steps: int, warmup: int, rounds: int
             ) -> dict[str, list[float]]:
-    """Steps per second of every runner, `rounds` times, the runners interleaved."""
+    """Steps per second of every runner, `rounds` times, the runners interleaved.
+
+    Every runner first runs `warmup` untimed rounds of `steps` steps, so programs are
+    traced and compiled for exactly the timed shapes.
+    """
     for run in runners.values():
-        run(warmup)
+        for _ in range(warmup):
+            run(steps)
     rates = {name: [] for name in runners}
     for _ in range(rounds):
         for name, run in runners.items():
@@ -292,7 +298,7 @@ def _onednn() -> str:
 
 def main(argv):
     del argv
-    steps, warmup, rounds = _STEPS.value, max(_WARMUP_STEPS.value, 1), _ROUNDS.value
+    steps, warmup, rounds = _STEPS.value, max(_WARMUP_ROUNDS.value, 1), _ROUNDS.value
     batch_sizes = [int(b) for b in _BATCH_SIZES.value]
     xla_settings = [x.lower() in ("1", "true", "yes") for x in _XLA.value]
     sections = set(_SECTIONS.value)
@@ -301,7 +307,7 @@ def main(argv):
           f"{os.cpu_count()} cores); TensorFlow {tf.__version__} (oneDNN {_onednn()}, "
           f"intra-op threads {tf.config.threading.get_intra_op_parallelism_threads() or 'all'}"
           f"); precision float32; per setting: median of {rounds} rounds of {steps} steps "
-          f"after {warmup} untimed", flush=True)
+          f"after {warmup} untimed round(s)", flush=True)
     modules, reason = _import_airbench_torch()
     if modules is None:
         print(f"PyTorch side skipped: {reason}")

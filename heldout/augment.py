@@ -2,7 +2,8 @@
 
 Every function takes a batch ``[batch, H, W, C]`` and a stateless seed (``int32 [2]``),
 so a run's augmentation is a pure function of its seed and step, and the same on
-CPU, GPU and TPU. All ops compile with XLA.
+CPU, GPU and TPU. Alternating flips (airbench's) also depend on the epoch and on a
+per-run, per-example phase (`flip_phase`, `alternating_flips`). All ops compile with XLA.
 """
 
 from __future__ import annotations

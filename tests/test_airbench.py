@@ -134,6 +134,24 @@ def test_batch_norm_keeps_pytorch_running_statistics():
     assert [v.name for v in norm.trainable_variables] == ["batch_norm/offset:0"]
 
 
+@pytest.mark.parametrize("dtype", [tf.float32, tf.float16, tf.bfloat16])
+def test_fused_gelu_equals_closed_form_and_its_derivative(dtype):
+    x = np.linspace(-6.0, 6.0, 241)
+    erf = np.vectorize(math.erf)
+    expected = x * 0.5 * (1 + erf(x / math.sqrt(2)))
+    expected_grad = 0.5 * (1 + erf(x / math.sqrt(2))) + x * np.exp(-x * x / 2) / math.sqrt(
+        2 * math.pi)
+    inputs = tf.constant(x, dtype)
+    with tf.GradientTape() as tape:
+        tape.watch(inputs)
+        outputs = airbench.gelu(inputs)
+    grads = tape.gradient(outputs, inputs)
+    assert outputs.dtype == grads.dtype == dtype
+    tolerance = {tf.float32: 1e-5, tf.float16: 1e-2, tf.bfloat16: 5e-2}[dtype]
+    np.testing.assert_allclose(tf.cast(outputs, tf.float64), expected, atol=tolerance * 6)
+    np.testing.assert_allclose(tf.cast(grads, tf.float64), expected_grad, atol=tolerance * 2)
+
+
 # --- recipe, schedule and weight averaging -------------------------------------------
 
 
@@ -240,3 +258,4 @@ def test_mixed_float16_steps_run_with_loss_scaling(cifar):
     assert np.isfinite(run.test.margin).all() and run.steps == 3
     assert all(v.dtype == tf.float32 for v in trainer.model.variables)
     assert trainer._loss_scale.scale.numpy()[0] == training.DynamicLossScale.INITIAL
+
