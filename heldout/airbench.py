@@ -637,7 +637,7 @@ class AirbenchTrainer:
         """
         phases = None
         if self.config.augment in augment_lib.ALTERNATING:
-            phases = tf.stack([augment_lib.flip_phase(tf.random.experimental.stateless_fold_in(
+            phases = tf.stack([augment_lib.flip_phase(augment_lib.fold_in(
                 augment_seeds[k], training.FLIP_PHASE_STREAM), self.dataset.num_train)
                 for k in range(self.num_models)])  # [K, num_train]
         for i in tf.range(tf.shape(batches)[0]):
@@ -662,7 +662,7 @@ class AirbenchTrainer:
         for k in range(k_models):
             flips = None if phases is None else augment_lib.alternating_flips(
                 tf.gather(phases[k], indices[k]), epoch)
-            seed = tf.random.experimental.stateless_fold_in(augment_seeds[k], steps[k])
+            seed = augment_lib.fold_in(augment_seeds[k], steps[k])
             augmented.append(augment_lib.augment(images[k], seed, config.augment, flips))
         images = tf.stack(augmented)
         targets = tf.one_hot(tf.gather(self._y_train, indices), num_classes)

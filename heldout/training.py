@@ -537,7 +537,7 @@ class SingleModelTrainer:
         phase = None
         if self.config.augment in augment_lib.ALTERNATING:
             phase = augment_lib.flip_phase(
-                tf.random.experimental.stateless_fold_in(augment_seed, FLIP_PHASE_STREAM),
+                augment_lib.fold_in(augment_seed, FLIP_PHASE_STREAM),
                 self.dataset.num_train)
         for i in tf.range(tf.shape(batches)[0]):
             self._train_step(batches[i], epoch * steps_per_epoch + i, steps_per_epoch,
@@ -554,7 +554,7 @@ class SingleModelTrainer:
         flips = (None if phase is None
                  else augment_lib.alternating_flips(tf.gather(phase, indices), epoch))
         images = augment_lib.augment(
-            images, tf.random.experimental.stateless_fold_in(augment_seed, step),
+            images, augment_lib.fold_in(augment_seed, step),
             config.augment, flips)
         targets = tf.one_hot(tf.gather(self._y_train, indices), num_classes)
         targets = targets * (1.0 - config.label_smoothing) + \

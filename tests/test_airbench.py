@@ -259,3 +259,15 @@ def test_mixed_float16_steps_run_with_loss_scaling(cifar):
     assert all(v.dtype == tf.float32 for v in trainer.model.variables)
     assert trainer._loss_scale.scale.numpy()[0] == training.DynamicLossScale.INITIAL
 
+
+
+@pytest.mark.slow
+def test_xla_compiled_training_equals_uncompiled(cifar):
+    """The whole step under XLA (GPU default) trains the same model as TensorFlow's kernels."""
+    runs_by_xla = {}
+    for xla in (False, True):
+        trainer = airbench.AirbenchTrainer(cifar, _config(xla=xla))
+        (runs_by_xla[xla],) = trainer.train(*_group(cifar, [0]), save_logits=True)
+    np.testing.assert_allclose(runs_by_xla[True].test.logits, runs_by_xla[False].test.logits,
+                               atol=1e-3)
+    assert np.abs(runs_by_xla[True].test.logits).max() > 1e-2  # trained, not all zero

@@ -56,6 +56,45 @@ def _batch(n=6, size=8):
     return tf.constant(np.random.default_rng(0).uniform(size=(n, size, size, 3)), tf.float32)
 
 
+def _lowbias32(x):
+    for shift, multiplier in ((16, 0x7FEB352D), (15, 0x846CA68B)):
+        x ^= x >> shift
+        x = (x * multiplier) & 0xFFFFFFFF
+    return x ^ (x >> 16)
+
+
+def test_uniform_is_the_integer_hash_and_the_same_under_xla():
+    seed = [7, -3]
+    words = [s & 0xFFFFFFFF for s in seed]
+    key = _lowbias32(words[0] ^ _lowbias32((words[1] + 0x9E3779B9) & 0xFFFFFFFF))
+    expected = [(_lowbias32((i * 0x9E3779B9 + key) & 0xFFFFFFFF) >> 8) / 2**24
+                for i in range(6)]
+    draws = augment.uniform([3, 2], tf.constant(seed))
+    np.testing.assert_array_equal(draws.numpy().ravel(), np.float32(expected))
+    many = lambda: augment.uniform([50_000], tf.constant(seed))  # noqa: E731
+    plain, compiled = many().numpy(), tf.function(many, jit_compile=True)().numpy()
+    np.testing.assert_array_equal(plain, compiled)
+    assert 0 <= plain.min() and plain.max() < 1
+    counts = np.histogram(plain, bins=10, range=(0, 1))[0]
+    assert ((counts - 5000) ** 2 / 5000).sum() < 27.9  # chi-square, 9 dof, p = 0.001
+    integers = augment.uniform_integers([50_000], tf.constant(seed), 5).numpy()
+    np.testing.assert_array_equal(np.unique(integers), np.arange(5))
+
+
+def test_fold_in_is_the_integer_hash_and_the_same_under_xla():
+    seed, data = [7, -3], 12345
+    w0, w1 = (s & 0xFFFFFFFF for s in seed)
+    first = _lowbias32((w0 + _lowbias32((data * 0x9E3779B9 + w1) & 0xFFFFFFFF)) & 0xFFFFFFFF)
+    second = _lowbias32(w1 ^ _lowbias32((first + 0x9E3779B9) & 0xFFFFFFFF))
+    expected = np.array([first, second], np.uint32).view(np.int32)
+    fold = lambda s, d: augment.fold_in(s, d)  # noqa: E731
+    args = (tf.constant(seed), tf.constant(data))
+    np.testing.assert_array_equal(fold(*args), expected)
+    np.testing.assert_array_equal(tf.function(fold, jit_compile=True)(*args), expected)
+    streams = {tuple(augment.fold_in(tf.constant(seed), i).numpy()) for i in range(100)}
+    assert len(streams) == 100
+
+
 def test_alternating_flips_mirror_every_example_once_per_two_epochs():
     phase = augment.flip_phase(tf.constant([1, 2]), 1000)
     assert 400 < int(tf.reduce_sum(tf.cast(phase, tf.int32))) < 600
