@@ -353,7 +353,8 @@ def main(argv):
                   f"{xla_name(xla)}]")
             print(f"  1 model per program   {alone:7.3f} steps/s = {alone:7.3f} model-steps/s")
             print(f"  {k} models per program {together:7.3f} steps/s = {together * k:7.3f} "
-                  f"model-steps/s; per model {together * k / alone:.2f}x faster", flush=True)
+                  f"model-steps/s; per model {together * k / alone:.2f}x the speed of one "
+                  "per program", flush=True)
 
 
 if __name__ == "__main__":
