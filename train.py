@@ -121,6 +121,7 @@ def main(argv):
         raise app.UsageError(f"Unexpected arguments: {' '.join(argv[1:])}")
     logging.set_verbosity(logging.WARNING)  # TensorFlow's per-checkpoint info lines
     import heldout
+    import heldout.training.recipes
 
     try:
         run_ids = (heldout.parse_run_ids(_RUN_IDS.value) if _RUN_IDS.value
@@ -138,9 +139,9 @@ def main(argv):
             xla=_XLA.value, precision=_PRECISION.value, test_time_flip=_TEST_TIME_FLIP.value)
         recipe = _RECIPE.value
         if recipe == "auto":
-            recipe = _MODEL.value if _MODEL.value in heldout.training.RECIPES else "none"
+            recipe = _MODEL.value if _MODEL.value in heldout.training.recipes.RECIPES else "none"
         if recipe != "none":
-            config = heldout.training.apply_recipe(
+            config = heldout.training.recipes.apply_recipe(
                 config, recipe, keep=[name for name in flags.FLAGS if flags.FLAGS[name].present])
         shard = heldout.coordination.resolve_shard(_NUM_SHARDS.value, _SHARD_INDEX.value)
         run_ids = heldout.coordination.shard_run_ids(run_ids, shard)

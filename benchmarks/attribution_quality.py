@@ -43,7 +43,10 @@ from scipy import stats  # noqa: E402
 from sklearn import metrics  # noqa: E402
 
 import heldout  # noqa: E402
-from heldout import attribution, data, subsets, training  # noqa: E402
+from heldout import attribution
+from heldout.data import sources as data
+from heldout.store import designs as subsets
+from heldout.training import core as training  # noqa: E402
 
 _NUM_RUNS = flags.DEFINE_integer("num_runs", 1000, "Heldout retrainings per data set.")
 _FLIP_FRACTION = flags.DEFINE_float("flip_fraction", 0.1, "Fraction of labels flipped.")

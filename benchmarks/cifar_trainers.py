@@ -44,8 +44,12 @@ import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 from absl import app, flags  # noqa: E402
 
-from heldout import airbench, training  # noqa: E402
-from heldout.data import Dataset  # noqa: E402
+from heldout.data.dataset import Dataset  # noqa: E402
+from heldout.models import airbench as airbench_net
+from heldout.training import airbench
+from heldout.training import core as training
+from heldout.training import experiment as experiment_lib
+from heldout.training import recipes as recipes_lib  # noqa: E402
 
 tf.get_logger().setLevel("ERROR")  # retracing notes of the many trainers built here
 
@@ -103,7 +107,7 @@ def _synthetic(num_examples: int, seed: int = 0) -> Dataset:
 
 def sonnet_network(batch_size: int, xla: bool) -> Runner:
     """Forward, backward and the Nesterov update of the airbench network on one batch."""
-    model = airbench.Airbench(NUM_CLASSES)
+    model = airbench_net.Airbench(NUM_CLASSES)
     model(tf.zeros([1, 32, 32, 3]), is_training=False)
     data = _synthetic(batch_size)
     model.initialize([np.random.default_rng(0)], [data.x_train])
@@ -137,9 +141,9 @@ def sonnet_trainer(model: str, batch_size: int, xla: bool, models_at_once: int =
     """Optimizer steps of a toolkit trainer's epoch program (epoch 5: averaging is on)."""
     chosen = {"model": model, "xla": xla, "batch_size": batch_size, "epochs": 10,
               "models_at_once": models_at_once, "model_width": width}
-    config = training.apply_recipe(training.TrainConfig(**chosen), model, keep=list(chosen))
+    config = recipes_lib.apply_recipe(training.TrainConfig(**chosen), model, keep=list(chosen))
     data = _synthetic(batch_size * 2)
-    trainer = training.make_trainer(data, config)
+    trainer = experiment_lib.make_trainer(data, config)
     k = trainer.num_models
     subsets = [np.arange(data.num_train)] * k
     if model == "airbench":

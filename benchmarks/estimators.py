@@ -25,7 +25,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import numpy as np  # noqa: E402
 from absl import app, flags  # noqa: E402
 
-from heldout import estimators  # noqa: E402
+from heldout.estimate import estimators  # noqa: E402
 
 _NUM_RUNS = flags.DEFINE_integer("num_runs", 2000, "Runs.")
 _NUM_TRAIN = flags.DEFINE_integer("num_train", 50_000, "Training examples.")

@@ -120,7 +120,7 @@ def main(argv):
               f"(built in {seconds:.0f} s), {os.cpu_count()} CPUs")
 
         # Imported after building, so that the peak below is the extraction's.
-        from heldout import released
+        from heldout.store import released
 
         md5, md5_seconds = timed(lambda: md5_of(path))
         _, gzip_seconds = timed(lambda: subprocess.run(

@@ -26,10 +26,10 @@ import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 from absl import app, flags  # noqa: E402
 
-from heldout import data as data_lib  # noqa: E402
-from heldout import models as models_lib  # noqa: E402
-from heldout import subsets as subsets_lib  # noqa: E402
-from heldout import training  # noqa: E402
+from heldout.data import sources as data_lib  # noqa: E402
+from heldout.models import ensemble as models_lib  # noqa: E402
+from heldout.store import designs as subsets_lib  # noqa: E402
+from heldout.training import core as training  # noqa: E402
 
 _MODELS_AT_ONCE = flags.DEFINE_integer("models_at_once", 250, "K of the vectorized arm.")
 _SEQUENTIAL_RUNS = flags.DEFINE_integer(

@@ -2,22 +2,27 @@
 
 Train many models on random subsets of a training set, record what each got right,
 and estimate memorization and influence from those records (Feldman & Zhang 2020).
+
+Layering rule: the package is six layers, each a subpackage, and a module imports only
+from its own layer and the layers listed before it (never a later one), so there are no
+import cycles (`tests/test_layering.py` parses every import and enforces this):
+
+    data         what the examples are: Dataset, sources, ImageNet records, augmentation
+    store        everything about an experiment directory: layout, files, runs, designs,
+                 targets, coordination of workers, released tarballs (no model math)
+    models       Sonnet modules, prediction, checkpoints (attribute names are API)
+    training     configs, recipes, trainers and the experiment orchestration
+    estimate     estimators, statistics, reports, exports and plots (pure NumPy cores)
+    attribution  gradient-based estimators judged against retraining
+
+This module is the small stable public API (`__all__`); the subpackages hold the rest.
 """
 
-from heldout import analysis, coordination, released, runs, subsets, targeted, targets
-from heldout.analysis import (
-    ESTIMATORS,
-    EstimateConfig,
-    Estimates,
-    estimate_experiment,
-    format_report,
-    plot_estimates,
-    save_estimates,
-    write_tables,
-)
-from heldout.checkpoints import RunCheck, check_run, restore_run_model
-from heldout.data import Dataset, load_dataset
-from heldout.estimators import (
+from heldout.data.dataset import Dataset
+from heldout.data.sources import load_dataset
+from heldout.estimate import pipeline as analysis
+from heldout.estimate import targeted
+from heldout.estimate.estimators import (
     CScore,
     InfluencePairs,
     SelfInfluence,
@@ -31,14 +36,21 @@ from heldout.estimators import (
     top_influence_pairs,
     top_influences,
 )
-from heldout.experiment import (
-    TrainSummary,
-    read_experiment_info,
-    resolve_targets,
-    train_experiment,
-    train_targeted_experiment,
+from heldout.estimate.pipeline import (
+    ESTIMATORS,
+    EstimateConfig,
+    Estimates,
+    estimate_experiment,
+    format_report,
+    plot_estimates,
+    save_estimates,
+    write_tables,
 )
-from heldout.runs import (
+from heldout.models.checkpoints import RunCheck, check_run, restore_run_model
+from heldout.store import coordination, released, runs, targets
+from heldout.store import designs as subsets
+from heldout.store.designs import parse_run_ids, parse_shard, read_indices, subset_indices
+from heldout.store.runs import (
     Experiment,
     RunFileError,
     load_experiment,
@@ -46,8 +58,14 @@ from heldout.runs import (
     read_run_info,
     save_run,
 )
-from heldout.subsets import parse_run_ids, parse_shard, read_indices, subset_indices
-from heldout.training import EnsembleTrainer, TrainConfig
+from heldout.training.core import EnsembleTrainer, TrainConfig
+from heldout.training.experiment import (
+    TrainSummary,
+    read_experiment_info,
+    resolve_targets,
+    train_experiment,
+    train_targeted_experiment,
+)
 
 __version__ = "0.1.0"
 

@@ -50,8 +50,8 @@ import numpy as np
 import sonnet as snt
 import tensorflow as tf
 
-from heldout import runs as runs_lib
 from heldout.attribution import gradients as gradients_lib
+from heldout.store import runs as runs_lib
 
 STRATEGIES = ("identity", "diagonal", "kfac", "ekfac")
 FISHERS = ("true", "empirical", "expected")

@@ -16,11 +16,11 @@ import numpy as np
 import tensorflow as tf
 from scipy import stats as scipy_stats
 
-from heldout import checkpoints as checkpoints_lib
-from heldout import estimators
-from heldout import runs as runs_lib
 from heldout.attribution import influence_functions, tracin
-from heldout.data import Dataset
+from heldout.data.dataset import Dataset
+from heldout.estimate import estimators
+from heldout.models import checkpoints as checkpoints_lib
+from heldout.store import runs as runs_lib
 
 METHODS = ("tracin", "if_identity", "if_diagonal", "if_kfac", "if_ekfac")
 
@@ -107,7 +107,7 @@ def attribute_run(run_dir: str, method: str, data: Dataset, eval_indices: np.nda
 
 def save_attribution(attribution: RunAttribution, path: str) -> None:
     """Writes ``self_influence``, ``in_subset``, ``eval_indices`` and ``scores`` to an ``.npz``."""
-    from heldout.runs import write_atomically
+    from heldout.store.runs import write_atomically
 
     arrays = {"self_influence": attribution.self_influence, "in_subset": attribution.in_subset,
               "eval_indices": attribution.eval_indices}

@@ -1,0 +1,174 @@
+"""Data sets for heldout experiments: arrays in memory with a stable per-example index.
+
+Every source gives the same `Dataset`: images (or flat vectors) as float32, integer
+labels, and for each example an `index` that identifies it across runs, machines and
+releases. Run files store these indices, so estimates from different runs line up.
+
+Sources (see SPEC §6):
+    * ``digits``: scikit-learn's ``load_digits`` (shipped with scikit-learn, no download).
+    * ``npz:<path>``: arrays ``x_train, y_train, x_test, y_test`` (and optionally a scalar
+    ``num_classes``; otherwise the largest label + 1).
+    * ``tfds:<name>[:<version>]``: TensorFlow Datasets in unshuffled file order.
+  * ``imagenet:<train pattern>,<test pattern>``: ImageNet-style TFRecords with an index
+    feature (`heldout.imagenet`; in memory, so for small subsets; stream full ImageNet
+    with `imagenet.imagenet_dataset`).
+"""
+
+from __future__ import annotations
+
+import io
+
+import numpy as np
+
+from heldout.data.dataset import Dataset
+
+NPZ_KEYS = ("x_train", "y_train", "x_test", "y_test")
+
+# One test example in every `_DIGITS_TEST_EVERY` of each class, in load_digits order.
+_DIGITS_TEST_EVERY = 4
+
+
+def load_dataset(spec: str, data_dir: str | None = None) -> Dataset:
+    """Loads the data set named by `spec` (``digits``, ``npz:<path>``, ``tfds:<name>[:<version>]``).
+
+    Raises:
+        ValueError: the spec names no known source, or the source's arrays are malformed.
+    """
+    if spec == "digits":
+        return load_digits()
+    if spec.startswith("npz:"):
+        return load_npz(spec[len("npz:"):])
+    if spec.startswith("tfds:"):
+        name, _, version = spec[len("tfds:"):].partition(":")
+        return load_tfds(name, version=version or None, data_dir=data_dir)
+    raise ValueError(
+            f"--dataset={spec!r} is not a known data set: expected 'digits', "
+            "'npz:<path>' or 'tfds:<name>[:<version>]'")
+
+
+def load_digits() -> Dataset:
+    """scikit-learn's 8x8 handwritten digits with a fixed, stratified train/test split.
+
+    Of each class, every fourth example (in ``load_digits`` order) is a test example:
+    1352 train and 445 test examples, the same on every machine and scikit-learn
+    version. Pixel values 0..16 are scaled to [0, 1].
+    """
+    from sklearn import datasets as sk_datasets
+
+    digits = sk_datasets.load_digits()
+    images = (digits.images.astype(np.float32) / 16.0)[..., np.newaxis]
+    labels = digits.target.astype(np.int64)
+    is_test = np.zeros(len(labels), dtype=bool)
+    for label in np.unique(labels):
+        rows = np.flatnonzero(labels == label)
+        is_test[rows[_DIGITS_TEST_EVERY - 1::_DIGITS_TEST_EVERY]] = True
+    rows_train, rows_test = np.flatnonzero(~is_test), np.flatnonzero(is_test)
+    return Dataset(
+            name="digits",
+            x_train=images[rows_train], y_train=labels[rows_train],
+            x_test=images[rows_test], y_test=labels[rows_test],
+            num_classes=10,
+            original_index_train=rows_train, original_index_test=rows_test)
+
+
+def load_npz(path: str) -> Dataset:
+    """Arrays ``x_train, y_train, x_test, y_test`` from an ``.npz`` file (local or gs://).
+
+    Raises:
+        ValueError: the file is missing or unreadable, a key is missing, labels are not
+            non-negative integers, or inputs and labels differ in length.
+    """
+    import tensorflow as tf
+
+    if not tf.io.gfile.exists(path):
+        raise ValueError(f"--dataset=npz:{path}: file not found")
+    try:
+        with tf.io.gfile.GFile(path, "rb") as f:
+            arrays = dict(np.load(io.BytesIO(f.read()), allow_pickle=False))
+    except Exception as e:  # np.load raises several types for a bad file.
+        raise ValueError(f"--dataset=npz:{path}: not a readable .npz file ({e})") from e
+    missing = [key for key in NPZ_KEYS if key not in arrays]
+    if missing:
+        raise ValueError(
+                f"--dataset=npz:{path}: missing key(s) {', '.join(missing)}; expected keys "
+                f"{', '.join(NPZ_KEYS)}")
+    for split in ("train", "test"):
+        x, y = arrays[f"x_{split}"], arrays[f"y_{split}"]
+        if len(x) != len(y):
+            raise ValueError(
+                    f"--dataset=npz:{path}: x_{split} has {len(x)} rows but y_{split} has "
+                    f"{len(y)}")
+        if y.ndim != 1 or not np.issubdtype(y.dtype, np.integer) or (y < 0).any():
+            raise ValueError(
+                    f"--dataset=npz:{path}: y_{split} must be a 1-D array of non-negative "
+                    f"integer labels, got dtype {y.dtype} and shape {y.shape}")
+    if len(arrays["y_train"]) == 0:
+        raise ValueError(f"--dataset=npz:{path}: x_train is empty")
+    num_classes = int(max(arrays["y_train"].max(initial=0),
+                          arrays["y_test"].max(initial=0))) + 1
+    if "num_classes" in arrays:  # optional: when some classes have no examples
+        declared = int(arrays["num_classes"])
+        if declared < num_classes:
+            raise ValueError(f"--dataset=npz:{path}: num_classes={declared} but labels go up "
+                             f"to {num_classes - 1}")
+        num_classes = declared
+    return Dataset(
+            name=f"npz:{path}",
+            x_train=scale_inputs(arrays["x_train"]), y_train=arrays["y_train"].astype(np.int64),
+            x_test=scale_inputs(arrays["x_test"]), y_test=arrays["y_test"].astype(np.int64),
+            num_classes=num_classes)
+
+
+def load_tfds(name: str, version: str | None = None,
+                            data_dir: str | None = None) -> Dataset:
+    """A TFDS image classification data set, in TFDS's unshuffled file order.
+
+    The ``index`` of an example is its position in that order, which is what the
+    released Feldman-Zhang arrays use. Where the data set has an ``id`` feature
+    ending in ``_<number>`` (CIFAR's ``train_16399``), that number is exposed as the
+    original index.
+    """
+    import tensorflow_datasets as tfds
+
+    full_name = f"{name}:{version}" if version else name
+    try:
+        builder = tfds.builder(full_name, data_dir=data_dir)
+        builder.download_and_prepare()
+    except Exception as e:  # TFDS raises many types; the user needs one line.
+        raise ValueError(f"--dataset=tfds:{full_name}: cannot load from TFDS ({e})") from e
+    label_feature = builder.info.features["label"]
+    splits = {}
+    for split in ("train", "test"):
+        dataset = builder.as_dataset(split=split, shuffle_files=False)
+        images, labels, original = [], [], []
+        for example in dataset.as_numpy_iterator():
+            images.append(example["image"])
+            labels.append(example["label"])
+            original.append(_original_index(example.get("id")))
+        has_original = all(i is not None for i in original)
+        splits[split] = (
+                scale_inputs(np.stack(images)), np.asarray(labels, dtype=np.int64),
+                np.asarray(original, dtype=np.int64) if has_original and original else None)
+    return Dataset(
+            name=f"tfds:{full_name}",
+            x_train=splits["train"][0], y_train=splits["train"][1],
+            x_test=splits["test"][0], y_test=splits["test"][1],
+            num_classes=label_feature.num_classes,
+            original_index_train=splits["train"][2], original_index_test=splits["test"][2])
+
+
+def _original_index(example_id: bytes | str | None) -> int | None:
+    """The number at the end of a TFDS ``id`` such as ``train_16399``, else None."""
+    if example_id is None:
+        return None
+    if isinstance(example_id, bytes):
+        example_id = example_id.decode()
+    tail = str(example_id).rpartition("_")[2]
+    return int(tail) if tail.isdigit() else None
+
+
+def scale_inputs(x: np.ndarray) -> np.ndarray:
+    """float32 inputs: uint8 images divided by 255, float inputs as they are (SPEC §6)."""
+    if x.dtype == np.uint8:
+        return x.astype(np.float32) / 255.0
+    return x.astype(np.float32)

@@ -1,0 +1,504 @@
+"""Estimates of one experiment directory: choose runs, estimate, save, tabulate, plot.
+
+This is the job behind ``estimate.py``. `estimate_experiment` reads the runs once and
+computes the chosen estimators (`ESTIMATORS`); `save_estimates` writes them to one
+``.npz``; `write_tables` exports per-example CSV tables; `format_report` prints them;
+`plot_estimates` draws them.
+
+Keys of the saved ``.npz`` (each group present when its estimator ran):
+  * ``run_ids`` ``[runs]`` and ``test_accuracy`` ``[runs]`` of the subset estimated from.
+  * memorization (``mem_``) and self-influence on ``--metric`` (``self_``), each
+    ``[num_train]``: ``score, stderr, ci_low, ci_high, p_value, significant, num_in,
+    num_out, mean_in, mean_out``.
+  * influence (``infl_``): ``eval_indices`` ``[E]`` (test examples estimated, the
+    columns below); ``matrix`` ``[num_train, E]`` (dense output); ``topk_train``,
+    ``topk_score``, ``topk_stderr``, ``topk_p_value`` ``[E, k]`` (most influential
+    training examples of each test example, best first, -1/NaN when undefined);
+    ``above_train``, ``above_test``, ``above_score`` (every pair above ``--threshold``);
+    ``pair_train, pair_test, pair_score, pair_stderr, pair_p_value, pair_ci_low,
+    pair_ci_high, pair_num_in, pair_num_out`` (the highest-influence pairs overall).
+  * C-score (``cscore_``): ``ratios`` ``[R]``, ``train`` ``[num_train]``,
+    ``train_by_ratio`` and ``num_out_by_ratio`` ``[R, num_train]``, ``test``
+    ``[num_test]``, ``test_by_ratio`` ``[R, num_test]``.
+"""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+import io
+import time
+from collections.abc import Sequence
+
+import numpy as np
+import tensorflow as tf
+
+from heldout.data.dataset import Dataset
+from heldout.estimate import estimators as estimators_lib
+from heldout.estimate import plots, stats
+from heldout.store import runs as runs_lib
+
+ESTIMATORS = ("memorization", "self_influence", "influence", "cscore")
+INFLUENCE_OUTPUTS = ("dense", "topk")
+# Scores above this count as "high" in summary lines (Feldman & Zhang's cut-off).
+HIGH_SCORE = 0.25
+
+
+@dataclasses.dataclass(frozen=True)
+class EstimateConfig:
+    """What to estimate and how; every field is a flag of ``estimate.py``."""
+
+    estimators: tuple[str, ...] = ("memorization", "influence")
+    subsets: tuple[str, ...] | None = None  # None: the only one (C-score: every ratio)
+    metric: str = "correctness"  # of self-influence and influence: correctness | margin
+    min_runs: int = estimators_lib.DEFAULT_MIN_RUNS  # fewest in- and out-runs per estimate
+    test: str = "welch"  # welch | z
+    confidence: float = 0.95  # level of confidence intervals
+    alpha: float = 0.05  # significance level of the `significant` flags
+    fdr: bool = False  # Benjamini-Hochberg across examples at level alpha
+    influence_output: str = "dense"  # dense | topk
+    top_k: int = 10  # most influential training examples kept per test example
+    threshold: float | None = None  # also keep every pair with influence above this
+    eval_indices: tuple[int, ...] | None = None  # restrict influence to these test examples
+    eval_shard: tuple[int, int] | None = None  # (i, n): the i-th of n parts of those
+    num_pairs: int = 100  # highest-influence pairs overall kept with statistics
+
+    def __post_init__(self):
+        unknown = [e for e in self.estimators if e not in ESTIMATORS]
+        if unknown or not self.estimators:
+            raise ValueError(f"--estimator={','.join(self.estimators)}: expected "
+                             f"{'|'.join(ESTIMATORS)} or all")
+        if self.metric not in runs_lib.METRICS:
+            raise ValueError(f"--metric={self.metric}: expected one of "
+                             f"{', '.join(runs_lib.METRICS)}")
+        if self.test not in stats.TESTS:
+            raise ValueError(f"--test={self.test}: expected one of {', '.join(stats.TESTS)}")
+        if not 0 < self.confidence < 1:
+            raise ValueError(f"--confidence={self.confidence}: expected a number in (0, 1)")
+        if not 0 < self.alpha < 1:
+            raise ValueError(f"--alpha={self.alpha}: expected a number in (0, 1)")
+        if self.min_runs < 1:
+            raise ValueError(f"--min_runs={self.min_runs}: expected a positive number")
+        if self.influence_output not in INFLUENCE_OUTPUTS:
+            raise ValueError(f"--influence_output={self.influence_output}: expected "
+                             f"{' or '.join(INFLUENCE_OUTPUTS)}")
+        if self.top_k < 1:
+            raise ValueError(f"--top_k={self.top_k}: expected a positive number")
+        if self.eval_shard is not None:
+            index, count = self.eval_shard
+            if not 0 <= index < count:
+                raise ValueError(f"--eval_shard={index}/{count}: expected i/n with 0 <= i < n")
+
+
+@dataclasses.dataclass(frozen=True)
+class InfluenceResult:
+    """Influence of training examples on the chosen test examples."""
+
+    eval_indices: np.ndarray  # [E] test indices, the columns of the arrays below
+    top: estimators_lib.TopInfluences  # per test example, best training examples first
+    top_stats: estimators_lib.InfluencePairs  # statistics of every top-k entry, [E * k]
+    pairs: estimators_lib.InfluencePairs  # highest-influence pairs overall (test indices)
+    matrix: np.ndarray | None  # [num_train, E] when dense output was asked for
+
+
+@dataclasses.dataclass(frozen=True)
+class Estimates:
+    """The results of `estimate_experiment` (None for estimators not run)."""
+
+    experiment_dir: str
+    subset: str | None  # subset folder of memorization/self-influence/influence
+    run_ids: np.ndarray  # runs of that subset
+    skipped_runs: tuple[int, ...]  # incomplete run folders that were not used
+    test_accuracy: np.ndarray  # [runs]
+    memorization: estimators_lib.SelfInfluence | None
+    self_influence: estimators_lib.SelfInfluence | None
+    influence: InfluenceResult | None
+    cscore: estimators_lib.CScore | None
+    cscore_runs: dict[str, int]  # runs used per subset ratio folder for C-scores
+    significant: dict[str, np.ndarray]  # estimator -> bool [num_train]
+    seconds: dict[str, float]  # estimator (and "reading") -> wall time
+    config: EstimateConfig
+
+
+def estimate_experiment(experiment_dir: str, config: EstimateConfig | None = None,
+                        progress: bool = True) -> Estimates:
+    """Reads the runs of an experiment and computes the estimators of `config`.
+
+    Raises:
+        ValueError: the directory has no usable runs, a subset or metric is not there,
+            or a setting is invalid (message names the flag).
+    """
+    config = config or EstimateConfig()
+    seconds: dict[str, float] = {}
+    needs_single = [e for e in config.estimators if e != "cscore"]
+    subset, experiment = None, None
+    if needs_single:
+        start = time.time()
+        subset = choose_subset(experiment_dir, config.subsets)
+        experiment = runs_lib.load_experiment(experiment_dir, subset, progress=progress)
+        seconds["reading"] = time.time() - start
+
+    results: dict = {"memorization": None, "self_influence": None, "influence": None,
+                     "cscore": None}
+    significant: dict[str, np.ndarray] = {}
+    for name in ("memorization", "self_influence"):
+        if name in config.estimators:
+            start = time.time()
+            metric = "correctness" if name == "memorization" else config.metric
+            estimate = estimators_lib.self_influence(
+                experiment.membership, experiment.metric(metric, "train"),
+                config.min_runs, config.test, config.confidence)
+            results[name] = estimate
+            significant[name] = _significant(estimate.p_value, config)
+            seconds[name] = time.time() - start
+    if "influence" in config.estimators:
+        start = time.time()
+        results["influence"] = _influence(experiment, config)
+        seconds["influence"] = time.time() - start
+    cscore_runs: dict[str, int] = {}
+    if "cscore" in config.estimators:
+        start = time.time()
+        results["cscore"], cscore_runs = _cscore(experiment_dir, config, progress)
+        seconds["cscore"] = time.time() - start
+
+    return Estimates(
+        experiment_dir=experiment_dir, subset=subset,
+        run_ids=experiment.run_ids if experiment else np.zeros(0, np.int64),
+        skipped_runs=experiment.skipped if experiment else (),
+        test_accuracy=experiment.correctness_test.mean(axis=1) if experiment
+        else np.zeros(0), **results, cscore_runs=cscore_runs, significant=significant,
+        seconds=seconds, config=config)
+
+
+def choose_subset(experiment_dir: str, subsets: Sequence[str] | None) -> str:
+    """The one subset folder to estimate from: the one chosen, or the only one present.
+
+    Raises:
+        ValueError: the directory holds no runs, the chosen folder is not there, or
+            there are several and none (or more than one) was chosen.
+    """
+    present = _present_subsets(experiment_dir)
+    if subsets is None:
+        if len(present) > 1:
+            raise ValueError(f"--experiment_dir={experiment_dir} holds several subset "
+                             f"folders ({', '.join(present)}); choose one with --subset")
+        return present[0]
+    if len(subsets) != 1:
+        raise ValueError(f"--subset={','.join(subsets)}: memorization and influence use "
+                         "one subset folder; several are for --estimator=cscore only")
+    if subsets[0] not in present:
+        raise ValueError(f"--subset={subsets[0]}: not in {experiment_dir} (found "
+                         f"{', '.join(present)})")
+    return subsets[0]
+
+
+def _present_subsets(experiment_dir: str) -> list[str]:
+    present = runs_lib.list_subsets(experiment_dir)
+    if not present:
+        raise ValueError(f"--experiment_dir={experiment_dir}: no runs found (expected "
+                         f"<subset>/<run_id>/{runs_lib.AUX_FILENAME})")
+    return present
+
+
+def _significant(p_values: np.ndarray, config: EstimateConfig) -> np.ndarray:
+    if config.fdr:
+        return stats.benjamini_hochberg(p_values, config.alpha)[0]
+    with np.errstate(invalid="ignore"):
+        return p_values < config.alpha
+
+
+def _eval_indices(num_test: int, config: EstimateConfig) -> np.ndarray:
+    indices = np.arange(num_test) if config.eval_indices is None \
+        else np.asarray(config.eval_indices, dtype=np.int64)
+    if len(indices) and (indices.min() < 0 or indices.max() >= num_test):
+        raise ValueError(f"--eval_indices: expected test indices in [0, {num_test})")
+    if config.eval_shard is not None:
+        index, count = config.eval_shard
+        indices = np.array_split(indices, count)[index]
+    if not len(indices):
+        raise ValueError("--eval_indices/--eval_shard: no test examples selected")
+    return indices
+
+
+def _influence(experiment: runs_lib.Experiment, config: EstimateConfig) -> InfluenceResult:
+    values = experiment.metric(config.metric, "test")
+    eval_indices = _eval_indices(values.shape[1], config)
+    values = values[:, eval_indices]
+    top = estimators_lib.top_influences(
+        experiment.membership, values, config.top_k, config.threshold,
+        min_runs=config.min_runs, keep_dense=config.influence_output == "dense")
+    num_eval, k = top.train.shape
+    columns = np.repeat(np.arange(num_eval), k)
+    defined = top.train.ravel() >= 0
+    top_stats = estimators_lib.pair_statistics(
+        experiment.membership, values, np.maximum(top.train.ravel(), 0), columns,
+        config.min_runs, config.test, config.confidence)
+    top_stats = dataclasses.replace(
+        top_stats, **{name: np.where(defined, getattr(top_stats, name), np.nan)
+                      for name in ("score", "stderr", "p_value", "ci_low", "ci_high")})
+    flat_scores = np.nan_to_num(top.score.ravel(), nan=-np.inf)
+    best = np.argsort(-flat_scores, kind="stable")[:config.num_pairs]
+    best = best[np.isfinite(flat_scores[best])]
+    pairs = top_stats.take(best)
+    pairs = dataclasses.replace(pairs, eval=eval_indices[pairs.eval])
+    return InfluenceResult(eval_indices=eval_indices, top=top, top_stats=top_stats,
+                           pairs=pairs, matrix=top.dense)
+
+
+def _cscore(experiment_dir: str, config: EstimateConfig, progress: bool
+            ) -> tuple[estimators_lib.CScore, dict[str, int]]:
+    present = _present_subsets(experiment_dir)
+    chosen = list(config.subsets) if config.subsets is not None else present
+    ratios, folders = [], []
+    for name in chosen:
+        if name not in present:
+            raise ValueError(f"--subset={name}: not in {experiment_dir} (found "
+                             f"{', '.join(present)})")
+        try:
+            ratio = float(name)
+        except ValueError:
+            if config.subsets is not None:
+                raise ValueError(f"--subset={name}: C-scores need subset-ratio folders "
+                                 "such as 0.7") from None
+            continue
+        ratios.append(ratio)
+        folders.append(name)
+    if not folders:
+        raise ValueError(f"--estimator=cscore: {experiment_dir} has no subset-ratio folders "
+                         f"(found {', '.join(present)})")
+    experiments = [runs_lib.load_experiment(experiment_dir, f, progress=progress)
+                   for f in folders]
+    result = estimators_lib.cscore(ratios, [e.membership for e in experiments],
+                               [e.correctness_train for e in experiments],
+                               [e.correctness_test for e in experiments], config.min_runs)
+    return result, {f: e.num_runs for f, e in zip(folders, experiments, strict=True)}
+
+
+def save_estimates(estimates: Estimates, path: str) -> None:
+    """Writes `estimates` to an ``.npz`` at `path` (keys in the module docstring)."""
+    arrays = {"run_ids": estimates.run_ids, "test_accuracy": estimates.test_accuracy}
+    for name, prefix in (("memorization", "mem_"), ("self_influence", "self_")):
+        estimate = getattr(estimates, name)
+        if estimate is not None:
+            for field in dataclasses.fields(estimate):
+                arrays[prefix + field.name] = getattr(estimate, field.name)
+            arrays[prefix + "significant"] = estimates.significant[name]
+    influence = estimates.influence
+    if influence is not None:
+        arrays["infl_eval_indices"] = influence.eval_indices
+        if influence.matrix is not None:
+            arrays["infl_matrix"] = influence.matrix
+        shape = influence.top.train.shape
+        arrays["infl_topk_train"] = influence.top.train
+        arrays["infl_topk_score"] = influence.top.score
+        arrays["infl_topk_stderr"] = influence.top_stats.stderr.reshape(shape)
+        arrays["infl_topk_p_value"] = influence.top_stats.p_value.reshape(shape)
+        if influence.top.above_threshold is not None:
+            train, column, score = influence.top.above_threshold
+            arrays["infl_above_train"] = train
+            arrays["infl_above_test"] = influence.eval_indices[column]
+            arrays["infl_above_score"] = score
+        for field in dataclasses.fields(influence.pairs):
+            key = "test" if field.name == "eval" else field.name
+            arrays[f"infl_pair_{key}"] = getattr(influence.pairs, field.name)
+    if estimates.cscore is not None:
+        for field in dataclasses.fields(estimates.cscore):
+            arrays["cscore_" + field.name] = getattr(estimates.cscore, field.name)
+    buffer = io.BytesIO()
+    np.savez(buffer, **arrays)
+    _makedirs_for(path)
+    runs_lib.write_atomically(path, buffer.getvalue())
+
+
+def write_tables(estimates: Estimates, directory: str, labels_train: np.ndarray | None = None,
+                 labels_test: np.ndarray | None = None) -> list[str]:
+    """Per-example CSV tables, one per estimator; returns their paths."""
+    paths = []
+    for name in ("memorization", "self_influence"):
+        estimate = getattr(estimates, name)
+        if estimate is None:
+            continue
+        header = ["index", "label", "score", "stderr", "ci_low", "ci_high", "p_value",
+                  "significant", "num_in", "num_out", "mean_in", "mean_out"]
+        rows = [[i, _label(labels_train, i), estimate.score[i], estimate.stderr[i],
+                 estimate.ci_low[i], estimate.ci_high[i], estimate.p_value[i],
+                 int(estimates.significant[name][i]), estimate.num_in[i], estimate.num_out[i],
+                 estimate.mean_in[i], estimate.mean_out[i]]
+                for i in range(len(estimate.score))]
+        paths.append(_write_csv(f"{directory}/{name}.csv", header, rows))
+    influence = estimates.influence
+    if influence is not None:
+        top, top_stats = influence.top, influence.top_stats
+        k = top.train.shape[1]
+        header = ["test_index", "test_label", "rank", "train_index", "train_label", "score",
+                  "stderr", "ci_low", "ci_high", "p_value", "num_in", "num_out"]
+        rows = []
+        for position in range(top.train.size):
+            column, rank = divmod(position, k)
+            train = top.train[column, rank]
+            if train < 0:
+                continue
+            test = influence.eval_indices[column]
+            rows.append([test, _label(labels_test, test), rank + 1, train,
+                         _label(labels_train, train), top.score[column, rank],
+                         top_stats.stderr[position], top_stats.ci_low[position],
+                         top_stats.ci_high[position], top_stats.p_value[position],
+                         top_stats.num_in[position], top_stats.num_out[position]])
+        paths.append(_write_csv(f"{directory}/influence_topk.csv", header, rows))
+    cscore = estimates.cscore
+    if cscore is not None:
+        ratio_names = [f"ratio_{r:g}" for r in cscore.ratios]
+        rows = [[i, _label(labels_train, i), cscore.train[i], *cscore.train_by_ratio[:, i]]
+                for i in range(len(cscore.train))]
+        paths.append(_write_csv(f"{directory}/cscore_train.csv",
+                                ["index", "label", "cscore", *ratio_names], rows))
+        rows = [[i, _label(labels_test, i), cscore.test[i], *cscore.test_by_ratio[:, i]]
+                for i in range(len(cscore.test))]
+        paths.append(_write_csv(f"{directory}/cscore_test.csv",
+                                ["index", "label", "cscore", *ratio_names], rows))
+    return paths
+
+
+def summary_lines(estimates: Estimates) -> list[str]:
+    """One line per estimator: runs used, mean test accuracy, high scores, time taken."""
+    runs = (f"{len(estimates.run_ids)} runs of {estimates.subset}"
+            + (f" ({len(estimates.skipped_runs)} incomplete skipped)"
+               if estimates.skipped_runs else ""))
+    accuracy = (f"mean test accuracy {estimates.test_accuracy.mean():.4f}"
+                if len(estimates.test_accuracy) else "")
+    lines = []
+    for name in ("memorization", "self_influence"):
+        estimate = getattr(estimates, name)
+        if estimate is not None:
+            finite = np.isfinite(estimate.score)
+            lines.append(
+                f"{name}: {runs}, {accuracy}, "
+                f"{int((estimate.score[finite] > HIGH_SCORE).sum())} of {int(finite.sum())} "
+                f"examples with score > {HIGH_SCORE}, "
+                f"{int(estimates.significant[name].sum())} significant, "
+                f"{estimates.seconds[name]:.1f} s")
+    if estimates.influence is not None:
+        top = estimates.influence.top
+        high = (int(np.sum(estimates.influence.matrix > HIGH_SCORE))
+                if estimates.influence.matrix is not None else None)
+        lines.append(
+            f"influence: {runs}, {accuracy}, {len(estimates.influence.eval_indices)} test "
+            f"examples, {int(np.sum(top.score[:, 0] > HIGH_SCORE))} with a top pair > "
+            f"{HIGH_SCORE}" + (f", {high} pairs > {HIGH_SCORE}" if high is not None else "")
+            + f", {estimates.seconds['influence']:.1f} s")
+    if estimates.cscore is not None:
+        cscore = estimates.cscore
+        folders = ", ".join(f"{n} runs of {s}" for s, n in estimates.cscore_runs.items())
+        finite = np.isfinite(cscore.train)
+        lines.append(
+            f"cscore: {folders}, mean test accuracy "
+            f"{cscore.test_by_ratio.mean():.4f}, "
+            f"{int((cscore.train[finite] > HIGH_SCORE).sum())} of {int(finite.sum())} "
+            f"examples with score > {HIGH_SCORE}, {estimates.seconds['cscore']:.1f} s")
+    return lines
+
+
+def format_report(estimates: Estimates, labels_train: np.ndarray | None = None,
+                  labels_test: np.ndarray | None = None, top: int = 10) -> str:
+    """Readable tables of the most notable examples of each estimator, then the summary."""
+    lines: list[str] = []
+    for name, title in (("memorization", "memorized training examples (memorization = "
+                         "P[correct | in] - P[correct | out])"),
+                        ("self_influence", f"self-influenced training examples "
+                         f"(metric: {estimates.config.metric})")):
+        estimate = getattr(estimates, name)
+        if estimate is None:
+            continue
+        lines += [f"Top {top} {title}:",
+                  f"{'index':>7} {'label':>5} {'score':>7} {'stderr':>7} {'95% CI':>16} "
+                  f"{'p':>9} {'mean_in':>8} {'mean_out':>8} {'in':>5} {'out':>5}"
+                  .replace("95%", f"{estimates.config.confidence:.0%}")]
+        order = np.argsort(-np.nan_to_num(estimate.score, nan=-np.inf), kind="stable")
+        for i in order[:top]:
+            lines.append(
+                f"{i:>7} {_label(labels_train, i):>5} {estimate.score[i]:>7.3f} "
+                f"{estimate.stderr[i]:>7.3f} "
+                f"{f'[{estimate.ci_low[i]:.2f}, {estimate.ci_high[i]:.2f}]':>16} "
+                f"{estimate.p_value[i]:>9.2e} {estimate.mean_in[i]:>8.3f} "
+                f"{estimate.mean_out[i]:>8.3f} {estimate.num_in[i]:>5} {estimate.num_out[i]:>5}")
+        lines.append("")
+    if estimates.influence is not None:
+        pairs = estimates.influence.pairs
+        lines += [f"Top {min(top, len(pairs))} train -> test influence pairs "
+                  f"(metric: {estimates.config.metric}):",
+                  f"{'train':>7} {'label':>5} {'test':>6} {'label':>5} {'influence':>9} "
+                  f"{'stderr':>7} {'p':>9} {'in':>5} {'out':>5}"]
+        for p in range(min(top, len(pairs))):
+            lines.append(
+                f"{pairs.train[p]:>7} {_label(labels_train, pairs.train[p]):>5} "
+                f"{pairs.eval[p]:>6} {_label(labels_test, pairs.eval[p]):>5} "
+                f"{pairs.score[p]:>9.3f} {pairs.stderr[p]:>7.3f} {pairs.p_value[p]:>9.2e} "
+                f"{pairs.num_in[p]:>5} {pairs.num_out[p]:>5}")
+        lines.append("")
+    if estimates.cscore is not None:
+        cscore = estimates.cscore
+        ratio_header = " ".join(f"{f'@{r:g}':>6}" for r in cscore.ratios)
+        lines += [f"{top} hardest training examples (lowest C-score):",
+                  f"{'index':>7} {'label':>5} {'cscore':>7} {ratio_header}"]
+        for i in np.argsort(np.nan_to_num(cscore.train, nan=np.inf), kind="stable")[:top]:
+            by_ratio = " ".join(f"{v:>6.3f}" for v in cscore.train_by_ratio[:, i])
+            lines.append(f"{i:>7} {_label(labels_train, i):>5} {cscore.train[i]:>7.3f} "
+                         f"{by_ratio}")
+        lines.append("")
+    return "\n".join(lines + summary_lines(estimates))
+
+
+def plot_estimates(estimates: Estimates, plot_dir: str, data: Dataset | None = None,
+                   pairs_per_test: int = 4) -> list[str]:
+    """Writes the PNG figures of `estimates` into `plot_dir`; returns their paths.
+
+    Histograms need only the scores; image grids need the data set's images.
+    """
+    paths = []
+    images = data is not None and plots.is_image_data(data.x_train)
+    if estimates.memorization is not None:
+        paths.append(plots.plot_memorization_histogram(
+            estimates.memorization.score, f"{plot_dir}/memorization_histogram.png",
+            title=f"Memorization, {estimates.subset} subsets, {len(estimates.run_ids)} runs"))
+        if images:
+            paths.append(plots.plot_top_memorized(
+                data.x_train, data.y_train, estimates.memorization.score,
+                f"{plot_dir}/top_memorized.png"))
+    if estimates.influence is not None and images:
+        influence = estimates.influence
+        # Test examples in the order of their best pair, each with its own top-k.
+        columns = np.argsort(-np.nan_to_num(influence.top.score[:, 0], nan=-np.inf),
+                             kind="stable")[:6]
+        k = min(pairs_per_test, influence.top.train.shape[1])
+        train = influence.top.train[columns, :k]
+        defined = train >= 0
+        paths.append(plots.plot_influence_pairs(
+            data.x_train, data.y_train, data.x_test, data.y_test, train[defined],
+            np.repeat(influence.eval_indices[columns], k).reshape(train.shape)[defined],
+            influence.top.score[columns, :k][defined], f"{plot_dir}/influence_pairs.png",
+            per_test=k))
+    if estimates.cscore is not None:
+        paths.append(plots.plot_cscore_histogram(
+            estimates.cscore.train, estimates.cscore.ratios, f"{plot_dir}/cscore_histogram.png"))
+    return paths
+
+
+def _label(labels: np.ndarray | None, index: int) -> str:
+    return "-" if labels is None else str(labels[index])
+
+
+def _write_csv(path: str, header: list[str], rows: list[list]) -> str:
+    buffer = io.StringIO()
+    writer = csv.writer(buffer)
+    writer.writerow(header)
+    for row in rows:
+        writer.writerow([f"{v:.6g}" if isinstance(v, float | np.floating) else v for v in row])
+    _makedirs_for(path)
+    runs_lib.write_atomically(path, buffer.getvalue().encode())
+    return path
+
+
+def _makedirs_for(path: str) -> None:
+    parent = path.rsplit("/", 1)[0] if "/" in path else ""
+    if parent:
+        tf.io.gfile.makedirs(parent)

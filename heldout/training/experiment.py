@@ -1,0 +1,381 @@
+"""Training the runs of an experiment into its directory, skipping the ones already done.
+
+This is the job behind ``train.py``: find which requested runs are missing, train
+them in groups of K models at once, and write each as a run directory (SPEC §3). It
+is idempotent: complete runs are never retrained, and leftovers of interrupted runs
+are redone from scratch with the same seeds, hence the same subsets.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import dataclasses
+import json
+import os
+import platform
+import socket
+import time
+from collections.abc import Sequence
+
+import numpy as np
+import sonnet as snt
+import tensorflow as tf
+
+from heldout.data import sources as data_lib
+from heldout.store import coordination
+from heldout.store import designs as subsets_lib
+from heldout.store import runs as runs_lib
+from heldout.store import targets as targets_lib
+from heldout.training import airbench
+from heldout.training import core as training
+
+EXPERIMENT_INFO_FILENAME = "experiment.json"
+# What must agree between runs written into one experiment directory.
+_SHARED_SETTINGS = ("dataset", "seed", "train_config")
+# Training settings that change speed but not what a run computes.
+_SPEED_ONLY_SETTINGS = ("models_at_once", "xla", "checkpoint_every")
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainSummary:
+    """What one call of `train_experiment` did."""
+
+    experiment_dir: str
+    subset: str
+    trained: tuple[int, ...]  # run ids trained now
+    already_complete: tuple[int, ...]  # run ids skipped because they were complete
+    mean_test_accuracy: float  # over the runs trained now (NaN when none)
+    seconds: float
+    claimed_elsewhere: tuple[int, ...] = ()  # skipped: another worker holds their claim
+
+
+def train_experiment(experiment_dir: str, dataset: str, config: training.TrainConfig,
+                     subset: str | float, run_ids: Sequence[int], seed: int = 0,
+                     data_dir: str | None = None, save_checkpoints: bool = False,
+                     save_logits: bool = False, progress: bool = True,
+                     targets: targets_lib.TargetSet | None = None,
+                     data: data_lib.Dataset | None = None, claim_runs: bool = True,
+                     lease_seconds: float = 600.0, settle_seconds: float = 1.0
+                     ) -> TrainSummary:
+    """Trains every run of `run_ids` that is not yet complete in `experiment_dir`.
+
+    Args:
+        experiment_dir: where runs go (local path or gs://).
+        dataset: data source spec, see `data.load_dataset`.
+        config: how each run is trained.
+        subset: the design: a ratio in (0, 1) (``0.7``: random subsets of that
+            fraction), ``"full"``, or ``"drop-<name>"`` (all but `targets`).
+        run_ids: ids of the runs wanted; each id fixes its subset and seeds.
+        seed: experiment seed.
+        data_dir: TFDS data directory.
+        save_checkpoints: also write each run's final model as a checkpoint.
+        save_logits: also store float16 logits in the aux arrays.
+        progress: show a progress bar.
+        targets: the target set a ``drop-<name>`` design leaves out.
+        data: the data set already loaded from `dataset`, to avoid loading it again.
+        claim_runs: claim runs before training them, so concurrent workers on one
+            directory do not train the same run (`coordination.Claims`).
+        lease_seconds: a claim not renewed for this long is taken as abandoned.
+        settle_seconds: wait between writing claims and reading them back.
+
+    Both arms of a targeted experiment (``full`` and ``drop-<name>``) take the same
+    number of optimizer steps: every epoch has ``ceil(num_train / batch_size)`` steps
+    in both, so the drop arm, whose examples fill fewer batches, continues from the
+    start of its shuffled order (a few examples are seen twice in its last batch).
+
+    Raises:
+        ValueError: a setting is invalid, or the directory holds runs made with other
+            settings.
+    """
+    start = time.time()
+    subset = subsets_lib.design_name(subset)
+    if subset.startswith(subsets_lib.DROP_PREFIX):
+        if targets is None or targets.drop_subset != subset:
+            raise ValueError(f"--subset={subset}: needs its target set "
+                             "(--target_indices or --targets)")
+    settings = {"dataset": dataset, "seed": seed, "train_config": {
+        key: value for key, value in dataclasses.asdict(config).items()
+        if key not in _SPEED_ONLY_SETTINGS}}
+    _check_experiment_info(experiment_dir, settings)
+    complete = set(runs_lib.list_runs(experiment_dir, subset)[0])
+    todo = [r for r in run_ids if r not in complete]
+    already = tuple(r for r in run_ids if r in complete)  # grows if others finish runs
+    if not todo:
+        return TrainSummary(experiment_dir, subset, (), already, float("nan"),
+                            time.time() - start)
+
+    data = data or data_lib.load_dataset(dataset, data_dir=data_dir)
+    dropped = targets.indices if subset.startswith(subsets_lib.DROP_PREFIX) else None
+    _write_experiment_info(experiment_dir, settings)
+    # Always the full K: every group, padded if short, runs the same compiled program, so
+    # a run's numbers do not depend on how many runs were left to train with it.
+    trainer = make_trainer(data, config)
+    group_size = trainer.num_models
+    claims = (coordination.Claims.for_subset(experiment_dir, subset,
+                                             lease_seconds=lease_seconds,
+                                             settle_seconds=settle_seconds)
+              if claim_runs else None)
+    accuracies, trained, claimed_elsewhere = [], [], []
+    pending = list(todo)
+    bar = _progress_bar(len(todo), progress)
+    with concurrent.futures.ThreadPoolExecutor(8) as writers:
+        while pending:
+            group = []
+            while pending and len(group) < group_size:
+                batch, pending = (pending[:group_size - len(group)],
+                                  pending[group_size - len(group):])
+                complete = set(runs_lib.list_runs(experiment_dir, subset)[0])
+                batch = [r for r in batch if r not in complete]
+                won = claims.claim(batch) if claims else batch
+                claimed_elsewhere += [r for r in batch if r not in won]
+                if claims and won:
+                    # A worker writes a run before releasing its claim, so a run finished
+                    # between the listing above and our claim shows up complete now.
+                    complete = set(runs_lib.list_runs(experiment_dir, subset)[0])
+                    finished = [r for r in won if r in complete]
+                    claims.release(finished)
+                    already += tuple(finished)
+                    won = [r for r in won if r not in complete]
+                group += won
+            if not group:
+                break
+            try:
+                written = _train_group(
+                    trainer, writers, experiment_dir, subset, group, data, config, settings,
+                    seed, dropped, targets, save_checkpoints, save_logits, bar, claims)
+                accuracies += list(written.values())
+                trained += list(written)
+            finally:
+                if claims:
+                    claims.release(group)
+    bar.close()
+    return TrainSummary(experiment_dir, subset, tuple(trained), already,
+                        float(np.mean(accuracies)) if accuracies else float("nan"),
+                        time.time() - start, tuple(claimed_elsewhere))
+
+
+def _train_group(trainer, writers: concurrent.futures.Executor, experiment_dir: str,
+                 subset: str, group: list[int], data: data_lib.Dataset,
+                 config: training.TrainConfig, settings: dict, seed: int,
+                 dropped: np.ndarray | None, targets: targets_lib.TargetSet | None,
+                 save_checkpoints: bool, save_logits: bool, bar,
+                 claims: coordination.Claims | None) -> dict[int, float]:
+    """Trains one group of runs and writes each; returns run id -> test accuracy of the
+    runs written (not those another worker completed meanwhile)."""
+    group_start = time.time()
+    seeds = [subsets_lib.run_seeds(seed, subset, r) for r in group]
+    subsets = [subsets_lib.subset_indices(data.num_train, subset, seed, r, dropped)
+               for r in group]
+    equal_steps = None
+    if subsets_lib.is_targeted_design(subset):
+        equal_steps = [trainer.steps_per_epoch(data.num_train)] * len(group)
+
+    def after_epoch(steps: int) -> None:
+        _advance(bar, len(group) / config.epochs, steps)
+        if claims:
+            claims.renew()
+
+    results = trainer.train(
+        subsets, [s.init for s in seeds], [s.order for s in seeds],
+        save_logits=save_logits, export_models=save_checkpoints,
+        steps_per_epoch=equal_steps, on_epoch=after_epoch)
+    seconds_per_run = (time.time() - group_start) / len(group)
+    pending, accuracies = [], {}
+    for run_id, subset_indices, result in zip(group, subsets, results, strict=True):
+        directory = runs_lib.run_dir(experiment_dir, subset, run_id)
+        if runs_lib.run_complete(directory):
+            continue  # another worker finished it meanwhile: never overwrite a complete run
+        info = _run_info(settings, data, subset, run_id, subset_indices, result,
+                         seconds_per_run, len(group))
+        if dropped is not None:
+            info["targets"] = {"name": targets.name, "groups": {
+                g: list(v) for g, v in targets.groups.items()}}
+        accuracies[run_id] = info["accuracy"]["test"]
+        checkpoints = []  # (epoch, tf.train.Checkpoint), saved as ckpt-<epoch>
+        if result.model is not None:
+            final = training.Snapshot(config.epochs, result.steps, float("nan"), result.model)
+            for snapshot in (*result.snapshots, final):
+                checkpoints.append((snapshot.epoch, tf.train.Checkpoint(
+                    model=snapshot.model, epoch=tf.Variable(snapshot.epoch, dtype=tf.int64),
+                    global_step=tf.Variable(snapshot.steps, dtype=tf.int64))))
+            info["checkpoints"] = [
+                {"epoch": s.epoch, "global_step": s.steps, "learning_rate": s.learning_rate}
+                for s in result.snapshots]
+        arrays = runs_lib.aux_arrays(
+            subset_indices, result.train.correctness, result.test.correctness,
+            margin_train=result.train.margin, margin_test=result.test.margin,
+            logodds_train=result.train.logodds, logodds_test=result.test.logodds,
+            logits_train=result.train.logits, logits_test=result.test.logits)
+        pending.append(writers.submit(runs_lib.save_run, directory, arrays, info,
+                                      checkpoints=checkpoints))
+    for future in pending:
+        future.result()
+    return accuracies
+
+
+def resolve_targets(experiment_dir: str, data: data_lib.Dataset, name: str,
+                    choose: str | None = None, indices: str | None = None,
+                    seed: int = 0) -> targets_lib.TargetSet:
+    """The target set `name` of an experiment: the stored one, or one made now and stored.
+
+    Args:
+        experiment_dir: the experiment directory; sets live in its ``targets/``.
+        data: the experiment's data set (size, and original indices for built-in sets).
+        name: the set's name (its drop arm is ``drop-<name>``).
+        choose: ``"random:20,easy:20"``: choose groups (easy: highest mean log-odds
+            margin over the complete ``full`` runs already in the directory, the pilot).
+        indices: a built-in set name (`targets.BUILTIN_TARGETS`), a comma list /
+            ranges, or a file of training indices (one group, ``user``).
+        seed: experiment seed (for random choices).
+
+    Raises:
+        ValueError: nothing stored and nothing to make it from, both ways given, a
+            stored set differing from what was asked, or no pilot runs for ``easy``.
+    """
+    if choose and indices:
+        raise ValueError("--targets and --target_indices: give one of them, not both")
+    made = None
+    if indices:
+        if indices in targets_lib.BUILTIN_TARGETS:
+            builtin = targets_lib.builtin_targets(indices, data)
+            made = dataclasses.replace(builtin, name=name)
+        else:
+            chosen = targets_lib.parse_index_list(indices)
+            if max(chosen) >= data.num_train:
+                raise ValueError(f"--target_indices: indices must be below {data.num_train}")
+            made = targets_lib.TargetSet(name=name, groups={"user": tuple(chosen)},
+                                         provenance={"target_indices": indices})
+    path = targets_lib.targets_path(experiment_dir, name)
+    if tf.io.gfile.exists(path):
+        stored = targets_lib.load_targets(path)
+        if made is not None and stored.groups != made.groups:
+            raise ValueError(f"{path} already holds other indices for target set {name!r}; "
+                             "choose another drop-<name>")
+        if choose and stored.provenance.get("spec") not in (None, choose):
+            raise ValueError(f"{path} was chosen with --targets={stored.provenance['spec']}; "
+                             "choose another drop-<name>")
+        return stored
+    if made is None:
+        if not choose:
+            raise ValueError(f"--subset=drop-{name}: no stored target set {path}; pass "
+                             "--targets=random:<n>,easy:<n> or --target_indices")
+        pilot = None
+        if "easy" in choose:
+            if "full" not in runs_lib.list_subsets(experiment_dir):
+                raise ValueError(f"--targets={choose}: easy examples are chosen by margin over "
+                                 "pilot runs of the full arm; train some first "
+                                 "(--subset=full) or pass --pilot_runs")
+            pilot = runs_lib.load_experiment(experiment_dir, "full", progress=False).metric(
+                "logodds", "train")
+        made = targets_lib.choose_targets(choose, data.num_train, seed, name, pilot)
+    targets_lib.save_targets(experiment_dir, made)
+    return made
+
+
+def train_targeted_experiment(experiment_dir: str, dataset: str, config: training.TrainConfig,
+                              name: str, run_ids: Sequence[int], choose: str | None = None,
+                              indices: str | None = None, pilot_runs: int = 0,
+                              seed: int = 0, data_dir: str | None = None,
+                              arms: Sequence[str] = ("full", "drop"), progress: bool = True,
+                              **train_kwargs) -> list[TrainSummary]:
+    """Both arms of a targeted self-influence experiment, pilot first if asked.
+
+    Trains ``full`` runs ``0..pilot_runs-1`` (the pilot that ``easy`` targets are chosen
+    from; they are full-arm runs like any other), settles the target set, then the
+    chosen arms (``full`` and/or ``drop``) for `run_ids`.
+
+    Returns:
+        One `TrainSummary` per training call, in order.
+    """
+    data = data_lib.load_dataset(dataset, data_dir=data_dir)
+    summaries = []
+    common = dict(seed=seed, data_dir=data_dir, progress=progress, data=data, **train_kwargs)
+    if pilot_runs:
+        summaries.append(train_experiment(experiment_dir, dataset, config, "full",
+                                          range(pilot_runs), **common))
+    targets = resolve_targets(experiment_dir, data, name, choose, indices, seed)
+    for arm in arms:
+        subset = "full" if arm == "full" else targets.drop_subset
+        summaries.append(train_experiment(experiment_dir, dataset, config, subset, run_ids,
+                                          targets=targets, **common))
+    return summaries
+
+
+def read_experiment_info(experiment_dir: str) -> dict:
+    """The settings an experiment directory was created with, or {} (released runs)."""
+    path = tf.io.gfile.join(experiment_dir, EXPERIMENT_INFO_FILENAME)
+    if not tf.io.gfile.exists(path):
+        return {}
+    with tf.io.gfile.GFile(path, "r") as f:
+        return json.load(f)
+
+
+def _check_experiment_info(experiment_dir: str, settings: dict) -> None:
+    """Refuses to mix runs of different settings in one directory."""
+    existing = read_experiment_info(experiment_dir)
+    for key in _SHARED_SETTINGS:
+        if existing and existing.get(key) != settings[key]:
+            raise ValueError(
+                f"--experiment_dir={experiment_dir} holds runs made with another {key} "
+                f"({json.dumps(existing.get(key), sort_keys=True)}); use a new directory "
+                "or the same settings")
+
+
+def _write_experiment_info(experiment_dir: str, settings: dict) -> None:
+    """Records the settings of an experiment directory, once."""
+    if read_experiment_info(experiment_dir):
+        return
+    tf.io.gfile.makedirs(experiment_dir)
+    runs_lib.write_atomically(tf.io.gfile.join(experiment_dir, EXPERIMENT_INFO_FILENAME),
+                              json.dumps(settings, indent=2, sort_keys=True).encode())
+
+
+def _run_info(settings: dict, data: data_lib.Dataset, subset: str, run_id: int,
+              subset_indices: np.ndarray, result: training.TrainedRun,
+              seconds_per_run: float, group_size: int) -> dict:
+    """The ``run.json`` of one run: how it was made and how well it did."""
+    in_subset = np.zeros(data.num_train, dtype=bool)
+    in_subset[subset_indices] = True
+    return {
+        **settings,
+        "subset": subset,
+        "run_id": run_id,
+        "num_train_examples": int(len(subset_indices)),
+        "optimizer_steps": result.steps,
+        "accuracy": {
+            "train": float(result.train.correctness[in_subset].mean()),
+            "removed": float(result.train.correctness[~in_subset].mean())
+            if (~in_subset).any() else None,
+            "test": float(result.test.correctness.mean()),
+        },
+        "seconds": seconds_per_run,
+        "models_trained_together": group_size,
+        "finished_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "host": socket.gethostname(),
+        "pid": os.getpid(),
+        "versions": {"python": platform.python_version(), "tensorflow": tf.__version__,
+                     "sonnet": snt.__version__, "numpy": np.__version__},
+    }
+
+
+def _advance(bar, runs: float, _steps: int) -> None:
+    """Moves the progress bar by the fraction of runs one epoch of a group stands for."""
+    bar.update(runs)
+
+
+def _progress_bar(total_runs: int, enabled: bool):
+    from tqdm import tqdm
+
+    return tqdm(total=total_runs, desc="training", unit="run", disable=not enabled,
+                mininterval=1.0, bar_format="{l_bar}{bar}| {n:.0f}/{total} runs "
+                "[{elapsed}<{remaining}, {rate_fmt}]")
+
+
+def make_trainer(dataset: data_lib.Dataset, config: training.TrainConfig):
+    """The trainer for `config.model`: K at once for small models and airbench (grouped
+    convolutions, `airbench.AirbenchTrainer`), else one at a time."""
+    if config.model == "airbench":
+        return airbench.AirbenchTrainer(dataset, config)
+    if config.one_model_at_a_time:
+        return training.SingleModelTrainer(dataset, config)
+    return training.EnsembleTrainer(dataset, config)

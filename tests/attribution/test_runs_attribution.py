@@ -1,0 +1,96 @@
+"""Gradient methods on a trained run: checkpoints during training, TracIn/IF wiring, CLI."""
+
+import math
+import os
+import pathlib
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+import heldout
+from heldout.attribution import influence_functions, runs_attribution, tracin
+from heldout.models import checkpoints
+from heldout.store import runs
+
+REPO_ROOT = pathlib.Path(__file__).resolve().parents[2]
+CONFIG = heldout.TrainConfig(models_at_once=8, epochs=4, checkpoint_every=2, warmup_epochs=1.0)
+
+
+@pytest.fixture(scope="module")
+def experiment(tmp_path_factory):
+    directory = str(tmp_path_factory.mktemp("attribution") / "exp")
+    heldout.train_experiment(directory, "digits", CONFIG, 0.7, range(8), save_checkpoints=True,
+                             progress=False, settle_seconds=0.0)
+    return directory
+
+
+def test_checkpoints_during_training_record_their_learning_rate(experiment):
+    run_dir = runs.run_dir(experiment, "0.7", 2)
+    info = runs.read_run_info(run_dir)
+    steps = math.ceil(946 / CONFIG.batch_size)  # 70% of 1352 digits
+    assert [c["epoch"] for c in info["checkpoints"]] == [2]
+    assert info["checkpoints"][0]["global_step"] == 2 * steps
+    # Mean of the schedule over epoch 2's steps: cosine after one epoch of warm-up.
+    total, warmup = 4 * steps, steps
+    rates = [CONFIG.learning_rate * 0.5 * (1 + math.cos(math.pi * (s - warmup) / (total - warmup)))
+             for s in range(steps, 2 * steps)]
+    assert info["checkpoints"][0]["learning_rate"] == pytest.approx(np.mean(rates), rel=1e-5)
+    names = sorted(os.listdir(os.path.join(run_dir, "checkpoints")))
+    assert "ckpt-2.index" in names and "ckpt-4.index" in names
+
+
+def test_tracin_of_a_run_equals_scoring_its_checkpoints_directly(experiment):
+    data = heldout.load_dataset("digits")
+    run_dir = runs.run_dir(experiment, "0.7", 2)
+    result = runs_attribution.attribute_run(run_dir, "tracin", data, np.arange(5))
+    model = checkpoints.restore_run_model(run_dir, "mlp", 10, (8, 8, 1),
+                                          prefix=f"{run_dir}/checkpoints/ckpt-2").model
+    rate = runs.read_run_info(run_dir)["checkpoints"][0]["learning_rate"]
+    direct = tracin.score_tracin([tracin.Checkpoint(model, rate)], data.x_train, data.y_train,
+                                 data.x_test[:5], data.y_test[:5])
+    np.testing.assert_allclose(result.self_influence, direct.self_influence, rtol=1e-5)
+    np.testing.assert_allclose(result.scores, direct.scores, rtol=1e-4, atol=1e-6)
+    subset = runs.load_run(run_dir)["subsample_idx"]
+    assert result.in_subset.sum() == len(subset) and result.in_subset[subset].all()
+
+
+def test_influence_functions_of_a_run_use_its_final_model(experiment, tmp_path):
+    data = heldout.load_dataset("digits")
+    run_dir = runs.run_dir(experiment, "0.7", 1)
+    factors = str(tmp_path / "factors.npz")
+    result = runs_attribution.attribute_run(run_dir, "if_kfac", data, None,
+                                            factors_path=factors)
+    final = checkpoints.restore_run_model(run_dir, "mlp", 10, (8, 8, 1)).model
+    direct = influence_functions.score_influence_functions(
+        final, data.x_train, data.y_train, config=influence_functions.InfluenceConfig(
+            strategy="kfac"))
+    np.testing.assert_allclose(result.self_influence, direct.self_influence, rtol=1e-4)
+    assert os.path.exists(factors) and result.scores is None
+
+
+def test_tracin_without_checkpoints_during_training_is_a_clear_error(tmp_path):
+    directory = str(tmp_path / "exp")
+    heldout.train_experiment(directory, "digits", heldout.TrainConfig(models_at_once=2, epochs=1),
+                             0.7, [0], save_checkpoints=True, progress=False,
+                             settle_seconds=0.0)
+    with pytest.raises(ValueError, match="--checkpoint_every"):
+        runs_attribution.attribute_run(runs.run_dir(directory, "0.7", 0), "tracin",
+                                       heldout.load_dataset("digits"), None)
+
+
+@pytest.mark.slow
+def test_estimate_cli_runs_ekfac_beside_retraining(experiment):
+    result = subprocess.run(
+        [sys.executable, str(REPO_ROOT / "estimate.py"), f"--experiment_dir={experiment}",
+         "--estimator=if_ekfac", "--run_id=3", "--eval_indices=0-9", "--progress=false"],
+        capture_output=True, text=True, cwd=REPO_ROOT, timeout=300,
+        env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"})
+    assert result.returncode == 0, result.stderr
+    for phase in ("fit covariance", "eigendecomposition", "fit lambda", "scores"):
+        assert phase in result.stdout
+    assert "Spearman correlation with retraining memorization (8 runs)" in result.stdout
+    saved = np.load(os.path.join(experiment, "if_ekfac-0.7-run3.npz"))
+    assert saved["scores"].shape == (1352, 10)
+    assert saved["eval_indices"].tolist() == list(range(10))

@@ -1,0 +1,282 @@
+"""Tests of heldout/data.py: digits, npz and (mocked) TFDS sources.
+
+TFDS runs offline under `tfds.testing.mock_data(policy=MockPolicy.USE_CODE)`: the
+data set's info comes from the builder code (no metadata files, no download) and
+`download_and_prepare` is a no-op. The mock yields the same examples for every split.
+(In this environment `tfds.load(..., batch_size=-1)` aborts the process under the
+mock, so every read here, like the loader's, iterates the dataset.)
+"""
+
+import re
+
+import numpy as np
+import pytest
+import tensorflow as tf
+import tensorflow_datasets as tfds
+from sklearn import datasets as sk_datasets
+
+from heldout.data import sources as data
+
+NUM_DIGITS = 1797
+
+
+# --- digits -------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def digits():
+    return data.load_digits()
+
+
+def test_digits_sizes_shapes_dtypes(digits):
+    assert (digits.num_train, digits.num_test) == (1352, 445)
+    assert digits.x_train.shape == (1352, 8, 8, 1)
+    assert digits.x_test.shape == (445, 8, 8, 1)
+    assert digits.input_shape == (8, 8, 1)
+    assert digits.x_train.dtype == np.float32 and digits.x_test.dtype == np.float32
+    for x in (digits.x_train, digits.x_test):
+        assert x.min() == 0.0 and x.max() == 1.0  # pixel values 0..16 divided by 16
+    assert set(np.unique(digits.y_train)) == set(range(10))
+    assert set(np.unique(digits.y_test)) == set(range(10))
+    assert digits.num_classes == 10
+    np.testing.assert_array_equal(digits.index_train, np.arange(1352))
+    np.testing.assert_array_equal(digits.index_test, np.arange(445))
+
+
+def test_digits_match_sklearn_rows(digits):
+    """Every example is the scikit-learn row its original index names, scaled by 1/16."""
+    sk = sk_datasets.load_digits()
+    for x, y, rows in ((digits.x_train, digits.y_train, digits.original_index_train),
+                       (digits.x_test, digits.y_test, digits.original_index_test)):
+        np.testing.assert_array_equal(x[..., 0], sk.images[rows].astype(np.float32) / 16)
+        np.testing.assert_array_equal(y, sk.target[rows])
+
+
+def test_digits_split_is_stratified(digits):
+    for label in range(10):
+        n_train = int((digits.y_train == label).sum())
+        n_test = int((digits.y_test == label).sum())
+        assert 0.2 <= n_test / (n_train + n_test) <= 0.3, label
+
+
+def test_digits_split_partitions_original_rows(digits):
+    train, test = digits.original_index_train, digits.original_index_test
+    assert not set(train.tolist()) & set(test.tolist())
+    np.testing.assert_array_equal(np.sort(np.concatenate([train, test])), np.arange(NUM_DIGITS))
+    # In load_digits order within each split.
+    assert (np.diff(train) > 0).all() and (np.diff(test) > 0).all()
+
+
+def test_digits_deterministic(digits):
+    again = data.load_dataset("digits")
+    assert again.name == "digits"
+    for field in ("x_train", "y_train", "x_test", "y_test", "original_index_train",
+                  "original_index_test"):
+        np.testing.assert_array_equal(getattr(again, field), getattr(digits, field))
+
+
+# --- npz ----------------------------------------------------------------------------
+
+
+def _write_npz(path, **arrays):
+    np.savez(path, **arrays)
+    return str(path)
+
+
+def test_npz_uint8_images_scaled(tmp_path):
+    rng = np.random.default_rng(0)
+    x_train = rng.integers(0, 256, (7, 5, 4, 3), dtype=np.uint8)
+    x_train[0, 0, 0, 0], x_train[0, 0, 0, 1] = 0, 255
+    x_test = rng.integers(0, 256, (3, 5, 4, 3), dtype=np.uint8)
+    y_train = np.array([0, 1, 2, 3, 0, 1, 2], np.int32)
+    y_test = np.array([6, 0, 1], np.uint8)  # largest label only in the test split
+    path = _write_npz(tmp_path / "d.npz", x_train=x_train, y_train=y_train,
+                      x_test=x_test, y_test=y_test)
+    ds = data.load_dataset(f"npz:{path}")
+    assert ds.name == f"npz:{path}"
+    assert ds.x_train.dtype == np.float32 and ds.x_test.dtype == np.float32
+    np.testing.assert_allclose(ds.x_train, x_train / 255.0, rtol=1e-6)
+    np.testing.assert_allclose(ds.x_test, x_test / 255.0, rtol=1e-6)
+    assert ds.x_train.max() == 1.0 and ds.x_train.min() == 0.0
+    assert ds.y_train.dtype == np.int64 and ds.y_test.dtype == np.int64
+    np.testing.assert_array_equal(ds.y_train, y_train)
+    np.testing.assert_array_equal(ds.y_test, y_test)
+    assert ds.num_classes == 7
+    assert ds.input_shape == (5, 4, 3)
+    np.testing.assert_array_equal(ds.index_test, [0, 1, 2])
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_npz_float_inputs_unchanged(tmp_path, dtype):
+    rng = np.random.default_rng(1)
+    x_train = (rng.normal(size=(6, 10)) * 40).astype(dtype)  # flat vectors, beyond [0, 1]
+    x_test = (rng.normal(size=(2, 10)) * 40).astype(dtype)
+    path = _write_npz(tmp_path / "f.npz", x_train=x_train, y_train=np.array([0, 1, 2, 0, 1, 2]),
+                      x_test=x_test, y_test=np.array([1, 2]))
+    ds = data.load_dataset(f"npz:{path}")
+    assert ds.x_train.dtype == np.float32
+    np.testing.assert_array_equal(ds.x_train, x_train.astype(np.float32))
+    np.testing.assert_array_equal(ds.x_test, x_test.astype(np.float32))
+    assert ds.num_classes == 3
+    assert ds.input_shape == (10,)
+
+
+def _valid_arrays():
+    return dict(x_train=np.zeros((4, 2, 2, 1), np.uint8), y_train=np.array([0, 1, 0, 1]),
+                x_test=np.zeros((2, 2, 2, 1), np.uint8), y_test=np.array([0, 1]))
+
+
+@pytest.mark.parametrize("key", data.NPZ_KEYS)
+def test_npz_missing_key(tmp_path, key):
+    arrays = _valid_arrays()
+    del arrays[key]
+    path = _write_npz(tmp_path / "m.npz", **arrays)
+    with pytest.raises(ValueError, match=rf"missing key\(s\) {key}\b"):
+        data.load_dataset(f"npz:{path}")
+
+
+@pytest.mark.parametrize("split", ["train", "test"])
+def test_npz_length_mismatch(tmp_path, split):
+    arrays = _valid_arrays()
+    arrays[f"y_{split}"] = np.concatenate([arrays[f"y_{split}"], [0]])
+    n_x = len(arrays[f"x_{split}"])
+    path = _write_npz(tmp_path / "l.npz", **arrays)
+    with pytest.raises(ValueError,
+                       match=rf"--dataset=npz:.*x_{split} has {n_x} rows but y_{split} has "
+                             rf"{n_x + 1}"):
+        data.load_dataset(f"npz:{path}")
+
+
+def test_npz_missing_file(tmp_path):
+    path = str(tmp_path / "nowhere.npz")
+    with pytest.raises(ValueError, match=rf"--dataset=npz:{re.escape(path)}: file not found"):
+        data.load_dataset(f"npz:{path}")
+
+
+def test_npz_unreadable_file(tmp_path):
+    path = tmp_path / "garbage.npz"
+    path.write_bytes(b"this is not a zip archive")
+    with pytest.raises(ValueError, match=r"--dataset=npz:.*not a readable \.npz"):
+        data.load_dataset(f"npz:{path}")
+
+
+@pytest.mark.parametrize("bad_labels", [np.array([0.0, 1.0, 0.0, 1.0]),
+                                        np.array([0, -1, 0, 1]),
+                                        np.array([[0], [1], [0], [1]])])
+def test_npz_bad_labels(tmp_path, bad_labels):
+    arrays = _valid_arrays()
+    arrays["y_train"] = bad_labels
+    path = _write_npz(tmp_path / "b.npz", **arrays)
+    with pytest.raises(ValueError, match=r"y_train must be a 1-D array of non-negative"):
+        data.load_dataset(f"npz:{path}")
+
+
+@pytest.mark.parametrize("spec", ["mnistt", "", "npz", "tfds", "Digits"])
+def test_unknown_spec(spec):
+    with pytest.raises(ValueError, match=rf"--dataset={re.escape(repr(spec))} is not a known"):
+        data.load_dataset(spec)
+
+
+# --- TFDS (mocked) ------------------------------------------------------------------
+
+
+def _mock(**kwargs):
+    return tfds.testing.mock_data(policy=tfds.testing.MockPolicy.USE_CODE, **kwargs)
+
+
+def _read_raw(name, split):
+    """The examples of a (mocked) TFDS split in file order, read independently."""
+    dataset = tfds.load(name, split=split, shuffle_files=False)
+    return list(dataset.as_numpy_iterator())
+
+
+def _parsed_ids(examples):
+    """Integers at the end of the `id`s, or None unless every id ends in `_<digits>`."""
+    matches = [re.fullmatch(rb".*_(\d+)", ex["id"]) for ex in examples]
+    if not all(matches):
+        return None
+    return np.array([int(m.group(1)) for m in matches])
+
+
+def test_tfds_mnist_mocked():
+    with _mock(num_examples=6):
+        ds = data.load_dataset("tfds:mnist")
+        raw = {split: _read_raw("mnist", split) for split in ("train", "test")}
+    assert ds.name == "tfds:mnist"
+    assert ds.x_train.shape == (6, 28, 28, 1) and ds.x_test.shape == (6, 28, 28, 1)
+    assert ds.x_train.dtype == np.float32 and ds.x_test.dtype == np.float32
+    assert raw["train"][0]["image"].dtype == np.uint8
+    assert 0.0 <= ds.x_train.min() and ds.x_train.max() <= 1.0
+    for split, x, y in (("train", ds.x_train, ds.y_train), ("test", ds.x_test, ds.y_test)):
+        images = np.stack([ex["image"] for ex in raw[split]])
+        np.testing.assert_allclose(x, images / 255.0, rtol=1e-6)
+        np.testing.assert_array_equal(y, [ex["label"] for ex in raw[split]])
+    assert ds.y_train.dtype == np.int64
+    assert ds.num_classes == 10
+    assert ds.original_index_train is None and ds.original_index_test is None  # no `id`
+
+
+@pytest.mark.parametrize("spec", ["cifar10", "cifar10:3.0.2"])
+def test_tfds_cifar10_mocked_random_ids(spec):
+    """The default mock makes random-text ids: no number to parse, so no original index."""
+    with _mock(num_examples=5):
+        ds = data.load_dataset(f"tfds:{spec}")
+        raw = _read_raw(spec, "train")
+    assert ds.name == f"tfds:{spec}"
+    assert ds.x_train.shape == (5, 32, 32, 3) and ds.x_test.shape == (5, 32, 32, 3)
+    assert ds.x_train.dtype == np.float32
+    np.testing.assert_allclose(ds.x_train, np.stack([ex["image"] for ex in raw]) / 255.0,
+                               rtol=1e-6)
+    assert ds.num_classes == 10
+    expected = _parsed_ids(raw)
+    if expected is None:
+        assert ds.original_index_train is None
+    else:
+        np.testing.assert_array_equal(ds.original_index_train, expected)
+
+
+# Original positions of the mocked examples, in the order the mock's files hold them.
+_MOCK_ORDER = {"train": [16399, 0, 7, 49999, 3, 12], "test": [9999, 5, 0, 42]}
+
+
+def _cifar_like_as_dataset(self, split, **kwargs):
+    """Mocked `_as_dataset` with realistic CIFAR ids (`train_16399`) in shuffled order."""
+    del kwargs
+    height, width, channels = self.info.features["image"].shape
+
+    def examples():
+        for n in _MOCK_ORDER[split]:
+            yield {"id": f"{split}_{n}",
+                   "image": np.full((height, width, channels), n % 251, np.uint8),
+                   "label": n % 10}
+
+    return tf.data.Dataset.from_generator(examples, output_signature={
+        "id": tf.TensorSpec([], tf.string),
+        "image": tf.TensorSpec([height, width, channels], tf.uint8),
+        "label": tf.TensorSpec([], tf.int64)})
+
+
+def test_tfds_cifar10_original_index_from_ids():
+    with _mock(as_dataset_fn=_cifar_like_as_dataset):
+        ds = data.load_dataset("tfds:cifar10:3.0.2")
+        raw = {split: _read_raw("cifar10:3.0.2", split) for split in ("train", "test")}
+    assert [ex["id"] for ex in raw["train"]][:2] == [b"train_16399", b"train_0"]
+    for split, x, y, original in (
+            ("train", ds.x_train, ds.y_train, ds.original_index_train),
+            ("test", ds.x_test, ds.y_test, ds.original_index_test)):
+        expected = _parsed_ids(raw[split])
+        np.testing.assert_array_equal(expected, _MOCK_ORDER[split])
+        assert original is not None and original.dtype == np.int64
+        np.testing.assert_array_equal(original, expected)
+        # Images and labels stay aligned with their ids, in file order.
+        np.testing.assert_array_equal(y, [ex["label"] for ex in raw[split]])
+        np.testing.assert_allclose(x[:, 0, 0, 0], (expected % 251) / 255.0, rtol=1e-6)
+        assert x.shape == (len(expected), 32, 32, 3) and x.dtype == np.float32
+    assert ds.num_classes == 10
+    np.testing.assert_array_equal(ds.index_train, np.arange(6))
+
+
+def test_tfds_unknown_version_is_value_error():
+    with _mock(num_examples=2):
+        with pytest.raises(ValueError, match=r"--dataset=tfds:mnist:9\.9\.9: cannot load"):
+            data.load_dataset("tfds:mnist:9.9.9")
