@@ -58,7 +58,8 @@ from heldout.store.runs import (
     read_run_info,
     save_run,
 )
-from heldout.training.core import EnsembleTrainer, TrainConfig
+from heldout.training.core import TrainConfig
+from heldout.training.ensemble import EnsembleTrainer
 from heldout.training.experiment import (
     TrainSummary,
     read_experiment_info,

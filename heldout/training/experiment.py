@@ -26,8 +26,8 @@ from heldout.store import coordination
 from heldout.store import designs as subsets_lib
 from heldout.store import runs as runs_lib
 from heldout.store import targets as targets_lib
-from heldout.training import airbench
 from heldout.training import core as training
+from heldout.training.select import make_trainer
 
 EXPERIMENT_INFO_FILENAME = "experiment.json"
 # What must agree between runs written into one experiment directory.
@@ -369,13 +369,3 @@ def _progress_bar(total_runs: int, enabled: bool):
     return tqdm(total=total_runs, desc="training", unit="run", disable=not enabled,
                 mininterval=1.0, bar_format="{l_bar}{bar}| {n:.0f}/{total} runs "
                 "[{elapsed}<{remaining}, {rate_fmt}]")
-
-
-def make_trainer(dataset: data_lib.Dataset, config: training.TrainConfig):
-    """The trainer for `config.model`: K at once for small models and airbench (grouped
-    convolutions, `airbench.AirbenchTrainer`), else one at a time."""
-    if config.model == "airbench":
-        return airbench.AirbenchTrainer(dataset, config)
-    if config.one_model_at_a_time:
-        return training.SingleModelTrainer(dataset, config)
-    return training.EnsembleTrainer(dataset, config)
