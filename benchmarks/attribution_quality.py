@@ -47,6 +47,7 @@ from heldout import attribution
 from heldout.data import sources as data
 from heldout.store import designs as subsets
 from heldout.training import core as training  # noqa: E402
+from heldout.training.ensemble import EnsembleTrainer  # noqa: E402
 
 _NUM_RUNS = flags.DEFINE_integer("num_runs", 1000, "Heldout retrainings per data set.")
 _FLIP_FRACTION = flags.DEFINE_float("flip_fraction", 0.1, "Fraction of labels flipped.")
@@ -90,7 +91,7 @@ def retrain(experiment_dir: str, dataset_spec: str, config: training.TrainConfig
 def train_with_checkpoints(dataset: data.Dataset, config: training.TrainConfig, seed: int
                            ) -> list[attribution.Checkpoint]:
     """One model on the whole training set, with a checkpoint after every epoch."""
-    trainer = training.EnsembleTrainer(dataset, dataclasses.replace(config, models_at_once=1))
+    trainer = EnsembleTrainer(dataset, dataclasses.replace(config, models_at_once=1))
     steps = trainer.steps_per_epoch(dataset.num_train)
     total, warmup = steps * config.epochs, round(config.warmup_epochs * steps)
     checkpoints = []

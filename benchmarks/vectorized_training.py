@@ -28,8 +28,10 @@ from absl import app, flags  # noqa: E402
 
 from heldout.data import sources as data_lib  # noqa: E402
 from heldout.models import ensemble as models_lib  # noqa: E402
+from heldout.models import registry  # noqa: E402
 from heldout.store import designs as subsets_lib  # noqa: E402
 from heldout.training import core as training  # noqa: E402
+from heldout.training.ensemble import EnsembleTrainer  # noqa: E402
 
 _MODELS_AT_ONCE = flags.DEFINE_integer("models_at_once", 250, "K of the vectorized arm.")
 _SEQUENTIAL_RUNS = flags.DEFINE_integer(
@@ -44,7 +46,7 @@ def train_one_at_a_time(dataset, config, subset, seeds) -> tuple[float, float, f
         (seconds, seconds of the first step, which traces and compiles, test accuracy).
     """
     start = time.time()
-    ensemble = models_lib.make_ensemble(config.model, dataset.num_classes, 1)
+    ensemble = registry.build_ensemble(config.model, dataset.num_classes, 1)
     ensemble(tf.zeros([1, 1, *dataset.input_shape]))
     init_rng = np.random.default_rng(seeds.init)
     for variable in ensemble.trainable_variables:
@@ -115,7 +117,7 @@ def main(argv):
     seq_accuracy = np.mean([a for _, _, a in sequential])
 
     start = time.time()
-    trainer = training.EnsembleTrainer(dataset, config)
+    trainer = EnsembleTrainer(dataset, config)
     results = trainer.train(subsets, [s.init for s in seeds], [s.order for s in seeds])
     vec_seconds = (time.time() - start) / k
     vec_accuracy_same = np.mean([r.test.correctness.mean()

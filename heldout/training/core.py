@@ -303,9 +303,11 @@ class Trainer:
     def _after_step(self, step: tf.Tensor, active: tf.Tensor, epoch: tf.Tensor,
                     total_steps: tf.Tensor) -> None:
         """Called after every optimizer step (``step``: 0-based, ``[K]``)."""
+        del step, active, epoch, total_steps  # nothing by default
 
     def _after_epoch(self) -> None:
         """Called at the end of every epoch, inside the epoch program."""
+        return  # nothing by default
 
     # --- training ---------------------------------------------------------------------
 
