@@ -1,5 +1,5 @@
-"""Tests of heldout/training.py: config validation, learning-rate schedules, batches,
-and small real trainings on digits (each model independent of its group)."""
+"""Tests of heldout/training/core.py (and config.py): config validation, learning-rate
+schedules, batches, and the learning rate a snapshot records."""
 
 import math
 
@@ -7,6 +7,8 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
+from heldout.data import sources as data
+from heldout.store import designs as subsets_lib
 from heldout.training import core as training
 
 SUBSET = "0.7"
@@ -113,3 +115,43 @@ def test_epoch_batches_stay_in_subsets_and_cover_them():
     alone = training._epoch_batches([subsets[1]], [np.random.default_rng(seeds[1])], steps,
                                     batch_size)
     np.testing.assert_array_equal(alone[:, 0], epochs[0][:, 1])
+
+
+# --- snapshots: the learning rate of a stretch of steps -----------------------------
+
+
+@pytest.mark.parametrize("schedule", training.LR_SCHEDULES)
+@pytest.mark.parametrize(("first", "end"), [(0, 7), (7, 21), (21, 30), (3, 4)])
+def test_stretch_learning_rate_is_the_mean_over_its_steps(schedule, first, end):
+    config = training.TrainConfig(epochs=10, learning_rate=0.3, lr_schedule=schedule)
+    steps_per_epoch, warmup = 3, 4
+    expected = np.mean([_expected_lr(step, 30, warmup, 0.3, schedule)
+                        for step in range(first, end)])
+    got = training.stretch_learning_rate(config, first, end, steps_per_epoch, warmup)
+    assert got == pytest.approx(expected, rel=1e-6)
+
+
+def test_snapshot_learning_rate_covers_every_step_since_the_previous_snapshot():
+    """Snapshots after epochs 2 and 4 of 5; each carries the mean rate of all its steps
+    (not only of its last epoch), and the final model the rate of the rest."""
+    from heldout.training.ensemble import EnsembleTrainer
+
+    digits = data.load_digits()
+    config = training.TrainConfig(epochs=5, batch_size=16, checkpoint_every=2,
+                                  warmup_epochs=1.0, models_at_once=1, xla=False)
+    subset = np.arange(48)  # 3 steps per epoch
+    seeds = subsets_lib.run_seeds(SEED, SUBSET, 0)
+    tf.config.run_functions_eagerly(True)
+    try:
+        (run,) = EnsembleTrainer(digits, config).train([subset], [seeds.init], [seeds.order],
+                                                       export_models=True)
+    finally:
+        tf.config.run_functions_eagerly(False)
+    rates = [_expected_lr(step, 15, 3, config.learning_rate, config.lr_schedule)
+             for step in range(15)]
+    assert [(s.epoch, s.steps) for s in run.snapshots] == [(2, 6), (4, 12)]
+    assert run.snapshots[0].learning_rate == pytest.approx(np.mean(rates[0:6]), rel=1e-6)
+    assert run.snapshots[1].learning_rate == pytest.approx(np.mean(rates[6:12]), rel=1e-6)
+    assert run.final_learning_rate == pytest.approx(np.mean(rates[12:15]), rel=1e-6)
+    # Not the last epoch's mean alone (what run.json recorded before).
+    assert abs(run.snapshots[1].learning_rate - np.mean(rates[9:12])) > 1e-3
