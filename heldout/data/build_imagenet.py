@@ -14,7 +14,10 @@ with the features the published demo reads (see `heldout.data.imagenet`):
 
 Shard ``s`` of ``n`` (``train-00012-of-01024``, ``validation-00003-of-00128``) holds a
 contiguous range of indices (`numpy.array_split`), so reading the shards in name order
-gives the records in index order.
+gives the records in index order. (The published builder, ``tools/imagenet-tfrecords-
+builder/build_dataset.py`` of google-research/heldout-influence-estimation, writes the
+same ``index`` feature but stores records in synset-folder order; readers that go by the
+``index`` feature, as `heldout.data.imagenet` does, see no difference.)
 
 Dirty files are cleaned as the published builder did: CMYK JPEGs are decoded to RGB and
 re-encoded, and the PNG file named ``.JPEG`` is re-encoded as JPEG, both at quality 100.

@@ -90,14 +90,17 @@ class ImagenetIndex:
     tr_mem: np.ndarray | None = None
 
 
-def read_npz_keys(path: str, required: Sequence[str],
-                  what: str = "file") -> dict[str, np.ndarray]:
+def read_npz_keys(path: str, required: Sequence[str], what: str = "file",
+                  allow_pickle: bool = False) -> dict[str, np.ndarray]:
     """Every array of an ``.npz`` (local or gs://), after checking `required` keys are there.
 
     Args:
         path: the file.
         required: keys that must be present.
         what: what the file should be, for messages ("C-score file").
+        allow_pickle: also read object arrays (pickled). Only for trusted files: the
+            published ImageNet index may hold its file names as an object array of bytes
+            (the published builder loads it with ``allow_pickle=True``).
 
     Raises:
         ValueError: one line naming the file and the first missing key, or saying that
@@ -106,7 +109,7 @@ def read_npz_keys(path: str, required: Sequence[str],
     try:
         with tf.io.gfile.GFile(path, "rb") as f:
             content = f.read()
-        with np.load(io.BytesIO(content), allow_pickle=False) as npz:
+        with np.load(io.BytesIO(content), allow_pickle=allow_pickle) as npz:
             arrays = {key: npz[key] for key in npz.files}
     except (tf.errors.OpError, OSError, ValueError) as e:
         raise ValueError(f"{path}: cannot read as a {what} .npz "
@@ -121,10 +124,13 @@ def read_npz_keys(path: str, required: Sequence[str],
 def load_imagenet_index(path: str) -> ImagenetIndex:
     """Reads the published ``imagenet_index.npz``, checked.
 
+    Its file names are base names (``n01440764_10026.JPEG``, ``ILSVRC2012_val_00000293.JPEG``)
+    and its labels 0-based (the published builder asserts ``record label == index label + 1``).
+
     Raises:
         ValueError: a key is missing (named), or filenames and labels differ in length.
     """
-    arrays = read_npz_keys(path, INDEX_FILE_KEYS, "ImageNet index file")
+    arrays = read_npz_keys(path, INDEX_FILE_KEYS, "ImageNet index file", allow_pickle=True)
     for prefix in ("tr", "tt"):
         if len(arrays[f"{prefix}_filenames"]) != len(arrays[f"{prefix}_labels"]):
             raise ValueError(f"{path}: {prefix}_filenames has {len(arrays[f'{prefix}_filenames'])} "

@@ -195,7 +195,8 @@ def load_cscores(path: str, require_filenames: bool = False) -> CScores:
             arrays differ in length.
     """
     required = CSCORE_KEYS + (("filenames",) if require_filenames else ())
-    arrays = imagenet_lib.read_npz_keys(path, required, "C-score file")
+    arrays = imagenet_lib.read_npz_keys(path, required, "C-score file",
+                                        allow_pickle=True)  # file names may be objects
     _same_length(path, arrays, tuple(key for key in (*CSCORE_KEYS, "filenames")
                                      if key in arrays))
     filenames = arrays.get("filenames")
