@@ -52,7 +52,7 @@ import posixpath
 import threading
 import time
 import uuid
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 
 import numpy as np
 import tensorflow as tf
@@ -183,18 +183,19 @@ def build_imagenet_tfrecords(imagenet_dir: str, index_file: str, output_dir: str
     lock = threading.Lock()
     converted: list[str] = []
 
-    def build(job) -> str:
-        path, names, files, labels, rows = job
-        records = []
+    def records(names, files, labels, rows):
         for name, file, label, row in zip(names, files, labels, rows, strict=True):
             record, was_converted = _example(name, file, int(label), int(row), synsets)
-            records.append(record)
             with lock:
                 if was_converted:
                     converted.append(posixpath.basename(name))
                 if bar is not None:
                     bar.update(1)
-        _write_shard(path, records)
+            yield record
+
+    def build(job) -> str:
+        path, names, files, labels, rows = job
+        _write_shard(path, records(names, files, labels, rows))
         if on_shard_written is not None:
             on_shard_written(path)
         return posixpath.basename(path)
@@ -291,8 +292,11 @@ def _example(name: str, path: str, label: int, index: int, synsets: Sequence[str
     return example.SerializeToString(deterministic=True), converted  # same bytes each run
 
 
-def _write_shard(path: str, records: Sequence[bytes]) -> None:
-    """Writes a TFRecord file under a temporary name and renames it to `path` when whole."""
+def _write_shard(path: str, records: Iterable[bytes]) -> None:
+    """Writes a TFRecord file under a temporary name and renames it to `path` when whole.
+
+    Records are written as they come, so memory holds one image per thread, not a shard.
+    """
     temporary = f"{path}.tmp-{uuid.uuid4().hex}"
     try:
         with tf.io.TFRecordWriter(temporary) as writer:
