@@ -5,7 +5,8 @@ examples (`EstimateConfig.eval_shard`), so n machines share the work; memorizati
 self-influence and C-scores do not depend on the test examples, so every part holds them
 whole. `merge_estimates` checks that the parts belong together (same experiment, subset,
 runs and settings; the same memorization and C-scores) and cover every test example
-exactly once, then joins the influence arrays in test order. The result is what a single
+exactly once, then joins the influence arrays in test order; `merge_estimate_files`
+does the same for the parts' files. The result is what a single
 ``estimate.py`` run writes: with the correctness metric the block products are sums of
 0/1 values, exact in float32, so the merged file is equal to it bit for bit (tested).
 """
@@ -73,6 +74,19 @@ def merge_estimates(parts: Sequence[Estimates], names: Sequence[str] | None = No
     seconds["influence"] = sum(p.seconds.get("influence", 0.0) for p, _ in ordered)
     return dataclasses.replace(first, influence=influence, seconds=seconds,
                                config=dataclasses.replace(first.config, eval_shard=None))
+
+
+def merge_estimate_files(paths: Sequence[str]) -> Estimates:
+    """`merge_estimates` of the estimate files at `paths` (written by ``estimate.py
+    --eval_shard=i/n``), named by their paths in messages.
+
+    Raises:
+        ValueError: a file cannot be read as estimates, or the parts do not merge (see
+            `merge_estimates`).
+    """
+    from heldout.estimate import export  # the save/load pair of estimate files
+
+    return merge_estimates([export.load_estimates(path) for path in paths], names=list(paths))
 
 
 def _check_same(first: Estimates, first_name: str, part: Estimates, name: str) -> None:
