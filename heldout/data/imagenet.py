@@ -111,7 +111,7 @@ def read_npz_keys(path: str, required: Sequence[str], what: str = "file",
             content = f.read()
         with np.load(io.BytesIO(content), allow_pickle=allow_pickle) as npz:
             arrays = {key: npz[key] for key in npz.files}
-    except (tf.errors.OpError, OSError, ValueError) as e:
+    except Exception as e:  # noqa: BLE001 (GFile, zipfile and np.load raise many types)
         raise ValueError(f"{path}: cannot read as a {what} .npz "
                          f"({type(e).__name__}: {e})") from None
     missing = [key for key in required if key not in arrays]

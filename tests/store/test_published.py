@@ -134,3 +134,11 @@ def test_to_dataset_order_names_the_first_label_mismatch():
                           x_test=data.x_test, y_test=data.y_test, num_classes=5)
     with pytest.raises(ValueError, match="no original index"):
         published.to_dataset_order(values_original, labels_original, no_original)
+
+
+def test_unreadable_or_absent_file_is_one_line(tmp_path):
+    (tmp_path / "bad.npz").write_bytes(b"PK\x03\x04 not a zip")
+    for path in (tmp_path / "bad.npz", tmp_path / "absent.npz"):
+        with pytest.raises(ValueError, match=f"{path}: cannot read as a C-score file") as e:
+            published.load_cscores(str(path))
+        assert "\n" not in str(e.value)
