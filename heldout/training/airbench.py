@@ -141,10 +141,12 @@ class AirbenchTrainer(core.Trainer):
         return [v for norm in self.model.batch_norms()
                 for v in (norm.moving_mean, norm.moving_variance)]
 
-    def _moving(self, index: int, moving: tf.Tensor, epoch: tf.Tensor) -> tf.Tensor:
-        if self._whitening_bias[index]:
-            return moving & (epoch < WHITEN_BIAS_EPOCHS)
-        return moving
+    def _moving(self, index: int, moving: tf.Tensor | None, epoch: tf.Tensor
+                ) -> tf.Tensor | None:
+        if not self._whitening_bias[index]:
+            return moving
+        training = tf.fill([self.num_models], epoch < WHITEN_BIAS_EPOCHS)
+        return training if moving is None else moving & training
 
     def _initialize(self, subsets: Sequence[np.ndarray],
                     init_seeds: Sequence[np.random.SeedSequence]) -> None:
