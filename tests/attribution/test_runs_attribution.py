@@ -32,10 +32,12 @@ def test_checkpoints_during_training_record_their_learning_rate(experiment):
     steps = math.ceil(946 / CONFIG.batch_size)  # 70% of 1352 digits
     assert [c["epoch"] for c in info["checkpoints"]] == [2]
     assert info["checkpoints"][0]["global_step"] == 2 * steps
-    # Mean of the schedule over epoch 2's steps: cosine after one epoch of warm-up.
+    # Mean of the schedule over every step since the start (issue 15): one epoch of linear
+    # warm-up, then cosine.
     total, warmup = 4 * steps, steps
-    rates = [CONFIG.learning_rate * 0.5 * (1 + math.cos(math.pi * (s - warmup) / (total - warmup)))
-             for s in range(steps, 2 * steps)]
+    rates = [CONFIG.learning_rate * (s + 1) / warmup if s < warmup else
+             CONFIG.learning_rate * 0.5 * (1 + math.cos(math.pi * (s - warmup) / (total - warmup)))
+             for s in range(0, 2 * steps)]
     assert info["checkpoints"][0]["learning_rate"] == pytest.approx(np.mean(rates), rel=1e-5)
     names = sorted(os.listdir(os.path.join(run_dir, "checkpoints")))
     assert "ckpt-2.index" in names and "ckpt-4.index" in names
