@@ -20,7 +20,9 @@ Keys of the estimates ``.npz`` (each group present when its estimator ran):
     columns below); ``matrix`` ``[num_train, E]`` (dense output); ``topk_train``,
     ``topk_score``, ``topk_stderr``, ``topk_p_value`` ``[E, k]`` (most influential
     training examples of each test example, best first, -1/NaN when undefined), and
-    ``topstat_<field>`` ``[E * k]`` (every statistic of those entries);
+    every statistic of those entries, flattened ``[E * k]``: ``topstat_train,
+    topstat_eval, topstat_score, topstat_num_in, topstat_num_out, topstat_stderr,
+    topstat_p_value, topstat_ci_low, topstat_ci_high``;
     ``above_train``, ``above_test``, ``above_column``, ``above_score`` (every pair above
     ``threshold``); ``pair_train, pair_test, pair_score, pair_stderr, pair_p_value,
     pair_ci_low, pair_ci_high, pair_num_in, pair_num_out`` (the highest-influence pairs
@@ -28,6 +30,8 @@ Keys of the estimates ``.npz`` (each group present when its estimator ran):
   * C-score (``cscore_``): ``ratios`` ``[R]``, ``train`` ``[num_train]``,
     ``train_by_ratio`` and ``num_out_by_ratio`` ``[R, num_train]``, ``test``
     ``[num_test]``, ``test_by_ratio`` ``[R, num_test]``.
+  * ``meta``: JSON of the config, experiment directory, subset, skipped runs, runs per
+    C-score folder and seconds, so `load_estimates` rebuilds the whole `Estimates`.
 """
 
 from __future__ import annotations

@@ -11,7 +11,7 @@ one wins and the others learn that they lost (`write_bytes` returns False). On a
 file system this is ``os.link``, which the kernel makes atomic; elsewhere (``gs://``,
 ``ram://``) it is TensorFlow's rename without overwrite, which checks and renames in two
 steps, so callers that must be exact there read the file back and compare (as
-`experiment_info.claim_experiment_info` does).
+`experiment_info.save_experiment_info` does).
 """
 
 from __future__ import annotations
@@ -42,6 +42,20 @@ class StoredFileMissing(StoredFileError):
 def is_local(path: str) -> bool:
     """Whether `path` is on the local file system (no ``scheme://`` other than file://)."""
     return "://" not in path or path.startswith("file://")
+
+
+def exists(path: str) -> bool:
+    """Whether the file `path` exists, by a listing of its folder.
+
+    Some TensorFlow file systems (``ram://``) answer ``exists`` by prefix, taking a
+    temporary ``<name>.tmp-<uuid>`` for ``<name>``; a listing names files exactly.
+    """
+    parent, _, name = path.rstrip("/").rpartition("/")
+    try:
+        return tf.io.gfile.isdir(parent) and name in (
+            e.rstrip("/") for e in tf.io.gfile.listdir(parent))
+    except tf.errors.NotFoundError:
+        return False
 
 
 def makedirs_for(path: str) -> None:
@@ -97,12 +111,9 @@ def _move_into_place(temporary: str, path: str, exclusive: bool) -> bool:
         except FileExistsError:
             return False
         return True
-    if tf.io.gfile.exists(path):
+    if exists(path):  # TensorFlow's rename(overwrite=False) checks so too, but by prefix
         return False
-    try:
-        tf.io.gfile.rename(temporary, path, overwrite=False)
-    except tf.errors.AlreadyExistsError:
-        return False
+    tf.io.gfile.rename(temporary, path, overwrite=True)
     return True
 
 

@@ -94,12 +94,11 @@ def load_targets(path: str) -> TargetSet:
     """
     try:
         content = files.read_json(path)
-    except files.StoredFileMissing:
-        raise ValueError(f"--targets={path}: file not found") from None
-    try:
         groups = {str(g): tuple(int(i) for i in v) for g, v in content["groups"].items()}
         return TargetSet(name=str(content["name"]), groups=groups,
                          provenance=content.get("provenance", {}))
+    except files.StoredFileMissing:
+        raise ValueError(f"--targets={path}: file not found") from None
     except (ValueError, KeyError, TypeError, AttributeError) as e:
         raise ValueError(f"--targets={path}: not a target set file ({e})") from None
 
