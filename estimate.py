@@ -120,7 +120,10 @@ def main(argv):
         except ValueError as e:
             sys.exit(f"estimate.py: error: {e}")
     if _VERIFY.value:
-        checked, problems = heldout.runs.verify_runs(_EXPERIMENT_DIR.value)
+        try:
+            checked, problems = heldout.runs.verify_runs(_EXPERIMENT_DIR.value)
+        except ValueError as e:
+            sys.exit(f"estimate.py: error: {e}")
         for directory, problem in problems:
             print(f"damaged run {directory}: {problem}")
         print(f"verified {checked} complete runs: {len(problems)} damaged")

@@ -230,7 +230,6 @@ def _train_group(trainer, writers: concurrent.futures.Executor, experiment_dir: 
         if dropped is not None:
             info["targets"] = {"name": targets.name, "groups": {
                 g: list(v) for g, v in targets.groups.items()}}
-        accuracies[run_id] = info["accuracy"]["test"]
         checkpoints = []  # (epoch, tf.train.Checkpoint), saved as ckpt-<epoch>
         if result.model is not None:
             final = training.Snapshot(config.epochs, result.steps, float("nan"), result.model)
@@ -246,10 +245,11 @@ def _train_group(trainer, writers: concurrent.futures.Executor, experiment_dir: 
             margin_train=result.train.margin, margin_test=result.test.margin,
             logodds_train=result.train.logodds, logodds_test=result.test.logodds,
             logits_train=result.train.logits, logits_test=result.test.logits)
-        pending.append(writers.submit(runs_lib.save_run, directory, arrays, info,
-                                      checkpoints=checkpoints))
-    for future in pending:
-        future.result()
+        pending.append((run_id, info["accuracy"]["test"], writers.submit(
+            runs_lib.save_run, directory, arrays, info, checkpoints=checkpoints)))
+    for run_id, accuracy, future in pending:
+        if future.result():  # False: another writer completed the run first
+            accuracies[run_id] = accuracy
     if diverged:
         run_id, count = next(iter(diverged.items()))
         others = f" (and runs {subsets_lib.format_run_ids(list(diverged)[1:])})" \
