@@ -87,8 +87,7 @@ def save_estimates(estimates: Estimates, path: str) -> None:
             "skipped_runs": list(estimates.skipped_runs),
             "cscore_runs": estimates.cscore_runs, "seconds": estimates.seconds,
             "config": dataclasses.asdict(estimates.config)}
-    arrays[META_KEY] = np.array(json.dumps(meta))
-    files.write_npz(path, arrays)
+    _write_with_meta(path, arrays, meta)
 
 
 def load_estimates(path: str) -> Estimates:
@@ -97,8 +96,7 @@ def load_estimates(path: str) -> Estimates:
     Raises:
         files.StoredFileError: the file is missing, unreadable or not an estimates file.
     """
-    arrays = files.read_npz(path)
-    meta = _meta(arrays, path, "an estimates file")
+    arrays, meta = _read_with_meta(path, "an estimates file")
     config = EstimateConfig(**{key: tuple(value) if isinstance(value, list) else value
                                for key, value in meta["config"].items()})
     loaded: dict[str, Any] = {"memorization": None, "self_influence": None,
@@ -203,8 +201,7 @@ def save_targeted_report(report: TargetedReport, path: str, alpha: float) -> Non
                         "groups": {g: [int(i) for i in v] for g, v in targets.groups.items()}},
             "metric": report.metric, "test": report.test, "confidence": report.confidence,
             "alpha": alpha, "runs_with": report.runs_with, "runs_without": report.runs_without}
-    arrays[META_KEY] = np.array(json.dumps(meta))
-    files.write_npz(path, arrays)
+    _write_with_meta(path, arrays, meta)
 
 
 def load_targeted_report(path: str) -> TargetedReport:
@@ -213,8 +210,7 @@ def load_targeted_report(path: str) -> TargetedReport:
     Raises:
         files.StoredFileError: the file is missing, unreadable or not such a report.
     """
-    arrays = files.read_npz(path)
-    meta = _meta(arrays, path, "a targeted self-influence report")
+    arrays, meta = _read_with_meta(path, "a targeted self-influence report")
     stored = meta["targets"]
     targets = targets_lib.TargetSet(
         name=stored["name"], provenance=stored["provenance"],
@@ -259,10 +255,10 @@ def save_attribution_scores(path: str, self_influence: np.ndarray, in_subset: np
         meta: small JSON-able facts (method, run directory, settings).
     """
     arrays = {"self_influence": self_influence, "in_subset": in_subset,
-              "eval_indices": eval_indices, META_KEY: np.array(json.dumps(meta or {}))}
+              "eval_indices": eval_indices}
     if scores is not None:
         arrays["scores"] = scores
-    files.write_npz(path, arrays)
+    _write_with_meta(path, arrays, meta or {})
 
 
 def load_attribution_scores(path: str) -> dict[str, Any]:
@@ -287,10 +283,17 @@ def _dataclass(cls: type, arrays: dict[str, np.ndarray], prefix: str) -> Any:
     return cls(**{f.name: arrays[prefix + f.name] for f in dataclasses.fields(cls)})
 
 
-def _meta(arrays: dict[str, np.ndarray], path: str, what: str) -> dict:
+def _write_with_meta(path: str, arrays: dict[str, np.ndarray], meta: dict) -> None:
+    """Writes `arrays` and `meta` (as JSON under ``meta``) to one ``.npz``, atomically."""
+    files.write_npz(path, {**arrays, META_KEY: np.array(json.dumps(meta))})
+
+
+def _read_with_meta(path: str, what: str) -> tuple[dict[str, np.ndarray], dict]:
+    """The arrays and the ``meta`` dict of a file written by `_write_with_meta`."""
+    arrays = files.read_npz(path)
     if META_KEY not in arrays:
         raise files.StoredFileError(f"{path}: not {what} (no {META_KEY} entry)")
-    return json.loads(str(arrays[META_KEY]))
+    return arrays, json.loads(str(arrays[META_KEY]))
 
 
 def _label(labels: np.ndarray | None, index: int) -> str:

@@ -213,7 +213,7 @@ class Claims:
                 if run_id in self.held:
                     self.held.discard(run_id)
                     if (self._read(run_id) or {}).get("token") == self.token:
-                        _remove_quietly(self._path(run_id))
+                        files.remove_quietly(self._path(run_id))
 
     def holder(self, run_id: int) -> str:
         """Who holds the claim on `run_id`: its task identity, else host and pid."""
@@ -258,10 +258,3 @@ def _process_alive(pid: int | None) -> bool:
     except PermissionError:
         return True
     return True
-
-
-def _remove_quietly(path: str) -> None:
-    try:
-        tf.io.gfile.remove(path)
-    except tf.errors.NotFoundError:
-        pass

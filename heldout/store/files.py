@@ -98,7 +98,7 @@ def open_atomic(path: str, exclusive: bool = False) -> Iterator[tuple[Any, dict]
             yield f, outcome
         outcome["written"] = _move_into_place(temporary, path, exclusive)
     finally:
-        _remove_quietly(temporary)
+        remove_quietly(temporary)
 
 
 def _move_into_place(temporary: str, path: str, exclusive: bool) -> bool:
@@ -237,7 +237,8 @@ def _json_default(value: Any) -> Any:
     raise TypeError(f"{type(value).__name__} is not JSON serializable")
 
 
-def _remove_quietly(path: str) -> None:
+def remove_quietly(path: str) -> None:
+    """Removes a file if it is there; any file-system error is ignored (best effort)."""
     try:
         tf.io.gfile.remove(path)
     except tf.errors.OpError:

@@ -619,17 +619,10 @@ class _Destination:
     def remove_written(self) -> int:
         """Deletes every file this object wrote; returns how many."""
         for path in self._written:
-            _remove_quietly(path)
+            files.remove_quietly(path)
         removed = len(self._written)
         self._written.clear()
         return removed
-
-
-def _remove_quietly(path: str) -> None:
-    try:
-        tf.io.gfile.remove(path)
-    except tf.errors.OpError:
-        pass
 
 
 def _progress_bar(total: int | None, description: str, enabled: bool):

@@ -279,7 +279,9 @@ def test_four_concurrent_workers_with_overlapping_ids_train_each_run_once(tmp_pa
     outputs = []
     for worker in workers:
         stdout, stderr = worker.communicate(timeout=600)
-        assert worker.returncode == 0, stderr
+        # 3: runs of its ids were still being trained by another worker when it ended.
+        assert worker.returncode in (0, coordination.EXIT_RUNS_CLAIMED_ELSEWHERE), stderr
+        assert (worker.returncode == 0) == ("claimed by other workers" not in stderr)
         outputs.append(stdout)
     trained = sum((trained_ids(out) for out in outputs), [])
     assert sorted(trained) == list(range(24))  # each run trained once, by one worker
