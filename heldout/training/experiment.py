@@ -25,6 +25,7 @@ from heldout.data import sources as data_lib
 from heldout.store import coordination, files
 from heldout.store import designs as subsets_lib
 from heldout.store import experiment_info as info_lib
+from heldout.store import layout as layout_lib
 from heldout.store import runs as runs_lib
 from heldout.store import targets as targets_lib
 from heldout.store.experiment_info import read_experiment_info  # noqa: F401  (public API)
@@ -254,8 +255,9 @@ def _train_group(trainer, writers: concurrent.futures.Executor, experiment_dir: 
         run_id, count = next(iter(diverged.items()))
         others = f" (and runs {subsets_lib.format_run_ids(list(diverged)[1:])})" \
             if len(diverged) > 1 else ""
+        folder = layout_lib.ExperimentDir(experiment_dir).subset(subset)
         raise NonFiniteRunError(
-            f"run {run_id}{others} of {experiment_dir}/{subset}: {count} non-finite "
+            f"run {run_id}{others} of {folder}: {count} non-finite "
             f"predictions (margins or log-odds are NaN or infinite), not written: training "
             f"diverged; the learning_rate ({config.learning_rate:g}) is likely too high")
     return accuracies

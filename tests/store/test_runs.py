@@ -525,3 +525,11 @@ def test_verify_of_missing_or_empty_directory_raises(tmp_path):
     (tmp_path / "empty").mkdir()
     with pytest.raises(ValueError, match="empty: no complete runs to verify"):
         runs.verify_runs(str(tmp_path / "empty"))
+
+
+def test_run_info_round_trip(tmp_path):
+    directory = runs.run_dir(str(tmp_path), "0.7", 0)
+    assert runs.read_run_info(directory) == {}
+    info = {"seed": 3, "accuracy": {"test": 0.5, "removed": None}, "checkpoints": [1, 2]}
+    runs.save_run_info(directory, info)
+    assert runs.read_run_info(directory) == info
