@@ -1,13 +1,13 @@
 """Issue 13, reproduced as real subprocesses of train.py / estimate.py at tiny sizes.
 
 Each case asserts the new behaviour: refused with a one-line message (no traceback), or
-completed with every run exactly once. Cases covered here: 1 (racing workers with
-different settings), 2 (requeued task with claims left by its killed predecessor),
-3 (wrong-but-readable aux arrays, runs without experiment.json), 5 (concurrent writers of
-the same runs), 9 (a settings mismatch names the keys).
+completed with every run exactly once. Cases covered here: 1 and 9 (racing workers with
+different settings; the loser names the differing keys), 2 (requeued task with claims
+left by its killed predecessor), 3 (wrong-but-readable aux arrays), 5 (concurrent
+writers of the same runs). The library-level halves (20 races, replaced data files,
+runs without experiment.json, diverged runs) are in tests/store and tests/training.
 """
 
-import json
 import os
 import pathlib
 import shutil
@@ -78,16 +78,22 @@ def _copy(directory, tmp_path):
     return copy
 
 
-def test_case1_racing_workers_with_different_settings_never_mix(tmp_path):
+def test_case1_and_9_racing_workers_with_different_settings_never_mix(tmp_path):
+    """Case 1: of two workers started at once with different settings exactly one proceeds;
+    case 9: the other's one-line error names the differing keys, not the whole config."""
     directory = str(tmp_path / "race")
-    workers = [_start("train.py", f"--experiment_dir={directory}", *TINY, f"--epochs={e}")
-               for e in (1, 2)]
+    settings = (["--epochs=1"], ["--epochs=2", "--learning_rate=0.05"])
+    workers = [_start("train.py", f"--experiment_dir={directory}", *TINY, *flags)
+               for flags in settings]
     outcomes = [(w.wait(timeout=TIMEOUT), *w.communicate()) for w in workers]
     codes = [code for code, _, _ in outcomes]
     assert sorted(codes) == [0, 1], outcomes
     winner = codes.index(0)
-    loser_error = _one_line_error(outcomes[1 - winner][2])
-    assert "train_config.epochs" in loser_error and "learning_rate" not in loser_error
+    error = _one_line_error(outcomes[1 - winner][2])
+    given, stored = (1, 2) if winner else (2, 1)
+    assert f"train_config.epochs (stored {stored}, given {given})" in error
+    assert "train_config.learning_rate (stored " in error
+    assert "batch_size" not in error and "{" not in error  # the keys, not the config
     epochs = {runs.read_run_info(runs.run_dir(directory, "0.7", r))["train_config"]["epochs"]
               for r in range(4)}
     assert epochs == {winner + 1}  # every run of the winner's settings, none of the other's
@@ -158,11 +164,7 @@ def test_case3_wrong_but_readable_runs_are_found_moved_aside_and_redone(trained,
     redone = files.read_npz(runs.run_dir(directory, "0.7", 1) + "/aux_arrays.npz")
     for key in ("subsample_idx", "correctness_test", "margin_test"):
         np.testing.assert_array_equal(redone[key], original[key], err_msg=key)
-
-    os.remove(layout.ExperimentDir(directory).experiment_info)
-    code, _, stderr = _run("train.py", f"--experiment_dir={directory}", *TINY,
-                           "--run_ids=4-7")
-    assert code == 1 and "holds runs but no experiment.json" in _one_line_error(stderr)
+    # Runs without experiment.json are refused for training: tests/training/test_experiment.py.
 
 
 def test_case5_concurrent_writers_of_the_same_runs_leave_each_run_once(tmp_path):
@@ -180,16 +182,3 @@ def test_case5_concurrent_writers_of_the_same_runs_leave_each_run_once(tmp_path)
     for run_id in range(4):
         info = runs.read_run_info(runs.run_dir(directory, "0.7", run_id))
         assert info["run_id"] == run_id
-
-
-def test_case9_settings_mismatch_names_the_keys_in_one_line(trained, tmp_path):
-    directory = _copy(trained, tmp_path)
-    code, _, stderr = _run("train.py", f"--experiment_dir={directory}", *TINY,
-                           "--epochs=2", "--learning_rate=0.05")
-    assert code == 1
-    error = _one_line_error(stderr)
-    assert "train_config.epochs (stored 1, given 2)" in error
-    assert "train_config.learning_rate (stored 0.1, given 0.05)" in error
-    assert "batch_size" not in error and "{" not in error  # the keys, not the config
-    info = json.loads(pathlib.Path(directory, "experiment.json").read_text())
-    assert info["train_config"]["epochs"] == 1
