@@ -58,13 +58,13 @@ class TracInConfig:
 
     def __post_init__(self):
         if self.measurement not in gradients_lib.MEASUREMENTS:
-            raise ValueError(f"--measurement={self.measurement!r}: expected one of "
+            raise ValueError(f"measurement={self.measurement!r}: expected one of "
                              f"{', '.join(gradients_lib.MEASUREMENTS)}")
         if self.projection_dim is not None and self.projection_dim < 1:
-            raise ValueError(f"--projection_dim={self.projection_dim}: expected a positive "
+            raise ValueError(f"projection_dim={self.projection_dim}: expected a positive "
                              "number (or no projection)")
         if self.batch_size < 1:
-            raise ValueError(f"--gradient_batch_size={self.batch_size}: expected a positive "
+            raise ValueError(f"batch_size={self.batch_size}: expected a positive "
                              "number")
 
 
@@ -164,23 +164,7 @@ def _features(engine: gradients_lib.LayerGradients, projection: GaussianProjecti
 def _batched_features(engine: gradients_lib.LayerGradients,
                       projection: GaussianProjection | None, x: np.ndarray, y: np.ndarray,
                       measurement: str = "loss"):
-    if projection is None:
-        batches = engine.map_batches(x, y, _flat_gradients, "flat", measurement)
-    else:
-        batches = engine.map_batches(x, y, _projected_gradients, "projected", measurement,
-                                     constants=projection.matrices)
-    for rows, (features,) in batches:
-        yield rows, features
-
-
-def _flat_gradients(a, s):
-    return [gradients_lib.flatten([gradients_lib.outer_gradients(a_l, s_l)[0]
-                                   for a_l, s_l in zip(a, s, strict=True)])]
-
-
-def _projected_gradients(a, s, *matrices):
-    grads = [gradients_lib.outer_gradients(a_l, s_l)[0] for a_l, s_l in zip(a, s, strict=True)]
-    return [projection_lib.project(grads, matrices)]
+    return projection_lib.gradient_features(engine, projection, x, y, measurement)
 
 
 def _copy_weights(source: snt.Module, target: snt.Module, input_shape: tuple[int, ...],
