@@ -58,6 +58,7 @@ from heldout.attribution.trak import (
     TRAKConfig,
     TRAKFeatures,
     TRAKResult,
+    ensemble_features,
     score_trak,
     select_lambda,
     trak_features,
@@ -71,6 +72,6 @@ __all__ = [
     "TRAKResult", "Timings", "TracInConfig", "TracInResult",
     "factors_exist", "find_layers", "fit_factors", "layer_damping", "load_factors", "measure",
     "per_example_gradients", "precondition", "save_factors", "score_influence_functions",
-    "score_tracin", "score_trak", "scores_from_factors", "select_lambda", "tracin_scores",
-    "tracin_self_influence", "trak_features", "trak_scores",
+    "ensemble_features", "score_tracin", "score_trak", "scores_from_factors", "select_lambda",
+    "tracin_scores", "tracin_self_influence", "trak_features", "trak_scores",
 ]

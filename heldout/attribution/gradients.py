@@ -444,3 +444,25 @@ def _check_measurement(measurement: str) -> None:
     if measurement not in MEASUREMENTS:
         raise ValueError(f"measurement={measurement!r}: expected one of "
                          f"{', '.join(MEASUREMENTS)}")
+
+
+def copy_weights(source: snt.Module, target: snt.Module, input_shape: Sequence[int],
+                 name: str = "model") -> None:
+    """Assigns the variables of `source` to those of `target` (one architecture).
+
+    Lets one model's compiled gradient functions serve other checkpoints or models.
+
+    Raises:
+        ValueError: the two models' variables differ in number or shape (`name` says
+            which source).
+    """
+    if source is target:
+        return
+    source(tf.zeros([1, *input_shape]), is_training=False)  # creates lazy variables
+    sources, targets = source.variables, target.variables
+    shapes = [tuple(v.shape) for v in sources]
+    if shapes != [tuple(v.shape) for v in targets]:
+        raise ValueError(f"{name}: its variables {shapes} differ from those of the first "
+                         "model; one architecture is needed")
+    for s, t in zip(sources, targets, strict=True):
+        t.assign(s)

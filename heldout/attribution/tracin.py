@@ -123,7 +123,8 @@ def score_tracin(checkpoints: Sequence[Checkpoint], x_train: np.ndarray, y_train
     saved = [v.numpy() for v in template.variables]
     try:
         for i, checkpoint in enumerate(checkpoints):
-            _copy_weights(checkpoint.model, template, engine.input_shape, i)
+            gradients_lib.copy_weights(checkpoint.model, template, engine.input_shape,
+                                       f"checkpoint {i}")
             lr = checkpoint.learning_rate
             query = None
             if scores is not None:
@@ -165,18 +166,3 @@ def _batched_features(engine: gradients_lib.LayerGradients,
                       projection: GaussianProjection | None, x: np.ndarray, y: np.ndarray,
                       measurement: str = "loss"):
     return projection_lib.gradient_features(engine, projection, x, y, measurement)
-
-
-def _copy_weights(source: snt.Module, target: snt.Module, input_shape: tuple[int, ...],
-                  index: int) -> None:
-    """Assigns the variables of `source` (checkpoint `index`) to those of `target`."""
-    if source is target:
-        return
-    source(tf.zeros([1, *input_shape]), is_training=False)  # creates lazy variables
-    sources, targets = source.variables, target.variables
-    shapes = [tuple(v.shape) for v in sources]
-    if shapes != [tuple(v.shape) for v in targets]:
-        raise ValueError(f"checkpoint {index}: its model's variables {shapes} differ from "
-                         "those of checkpoint 0; TracIn needs one architecture")
-    for s, t in zip(sources, targets, strict=True):
-        t.assign(s)

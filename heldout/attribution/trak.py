@@ -193,29 +193,61 @@ def trak_features(model: snt.Module, x_train: np.ndarray, y_train: np.ndarray,
         config: projection, layers and batch size.
         model_index: m, which seeds this model's projection with ``(config.seed, m)``.
     """
-    start = time.time()
-    engine = gradients_lib.LayerGradients(model, np.shape(x_train)[1:], config.layers,
+    return ensemble_features([model], x_train, y_train, x_query, y_query, config,
+                             first_index=model_index)[0]
+
+
+def ensemble_features(models: Sequence[snt.Module], x_train: np.ndarray, y_train: np.ndarray,
+                      x_query: np.ndarray, y_query: np.ndarray,
+                      config: TRAKConfig = TRAKConfig(), first_index: int = 0
+                      ) -> list[TRAKFeatures]:
+    """`trak_features` of every model, model m seeding its projection with m + first_index.
+
+    The models' weights are loaded in turn into the first model, whose compiled
+    gradient functions are traced once; its own weights are restored at the end. Every
+    model must have the same architecture.
+    """
+    if not models:
+        raise ValueError("models: TRAK needs at least one model")
+    template = models[0]
+    engine = gradients_lib.LayerGradients(template, np.shape(x_train)[1:], config.layers,
                                           config.batch_size)
-    projection = None
-    if config.projection != "none":
-        projection = projection_lib.RandomProjection(
-            [spec.size for spec in engine.specs], config.projection_dim,
-            (config.seed, model_index), config.projection)
+    logodds_function = tf.function(lambda x, y: gradients_lib.measure(
+        tf.cast(template(x, is_training=False), tf.float32), y, OUTPUT))
+    dim = config.projection_dim or engine.num_parameters
+    saved = [v.numpy() for v in template.variables]
+    result = []
+    try:
+        for offset, model in enumerate(models):
+            start = time.time()
+            gradients_lib.copy_weights(model, template, engine.input_shape)
+            projection = None
+            if config.projection != "none":
+                projection = projection_lib.RandomProjection(
+                    [spec.size for spec in engine.specs], config.projection_dim,
+                    (config.seed, first_index + offset), config.projection)
 
-    def features(x: np.ndarray, y: np.ndarray) -> np.ndarray:
-        parts = [f.numpy() for _, f in projection_lib.gradient_features(
-            engine, projection, x, y, OUTPUT)]
-        dim = config.projection_dim or engine.num_parameters
-        return np.concatenate(parts) if parts else np.zeros((0, dim), np.float32)
+            train, query = (_features(engine, projection, x, y, dim)
+                            for x, y in ((x_train, y_train), (x_query, y_query)))
+            logodds = np.concatenate([
+                logodds_function(tf.constant(x_train[i:i + 1024], tf.float32),
+                                 tf.constant(y_train[i:i + 1024], tf.int64)).numpy()
+                for i in range(0, len(x_train), 1024)])
+            one_minus_p = 1.0 / (1.0 + np.exp(logodds.astype(np.float64)))  # 1 - sigmoid(f)
+            result.append(TRAKFeatures(train, query, one_minus_p, time.time() - start))
+    finally:
+        for variable, value in zip(template.variables, saved, strict=True):
+            variable.assign(value)
+    return result
 
-    train, query = features(x_train, y_train), features(x_query, y_query)
-    logodds = np.concatenate([
-        gradients_lib.measure(tf.cast(model(tf.constant(x_train[i:i + 1024], tf.float32),
-                                            is_training=False), tf.float32),
-                              tf.constant(y_train[i:i + 1024], tf.int64), OUTPUT).numpy()
-        for i in range(0, len(x_train), 1024)])
-    one_minus_p = 1.0 / (1.0 + np.exp(logodds.astype(np.float64)))  # 1 - sigmoid(f)
-    return TRAKFeatures(train, query, one_minus_p, time.time() - start)
+
+def _features(engine: gradients_lib.LayerGradients,
+              projection: projection_lib.RandomProjection | None, x: np.ndarray,
+              y: np.ndarray, dim: int) -> np.ndarray:
+    """``[n, dim]`` (projected) log-odds gradients of a whole set."""
+    parts = [f.numpy() for _, f in projection_lib.gradient_features(engine, projection, x, y,
+                                                                     OUTPUT)]
+    return np.concatenate(parts) if parts else np.zeros((0, dim), np.float32)
 
 
 def trak_scores(kernels: Sequence[Kernel], lambda_reg: float,
@@ -304,8 +336,8 @@ def score_trak(models: Sequence[snt.Module], x_train: np.ndarray, y_train: np.nd
     if len(grid) > 1 and (selection_masks is None or selection_outputs is None):
         raise ValueError(f"lambda_reg={config.lambda_reg}: a grid needs selection_masks and "
                          "selection_outputs to choose from")
-    kernels = [Kernel(trak_features(model, x_train, y_train, x_query, y_query, config, m))
-               for m, model in enumerate(models)]
+    kernels = [Kernel(features) for features in ensemble_features(
+        models, x_train, y_train, x_query, y_query, config)]
     selection: dict[float, float] = {}
     chosen = grid[0]
     if len(grid) > 1:
