@@ -137,3 +137,36 @@ def test_a_grid_needs_selection_runs_and_settings_are_checked():
     for kwargs, message in bad:
         with pytest.raises(ValueError, match=message):
             trak.TRAKConfig(**kwargs)
+
+
+def test_lambda_is_chosen_by_the_mean_spearman_over_selection_runs():
+    """Against a direct computation: NumPy solve per lambda, scipy Spearman per query."""
+    from scipy import stats
+
+    rng = np.random.default_rng(10)
+    num_train, num_query, dim, runs = 30, 6, 12, 40
+    features = [trak.TRAKFeatures(rng.normal(size=(num_train, dim)).astype(np.float32),
+                                  rng.normal(size=(num_query, dim)).astype(np.float32),
+                                  rng.random(num_train), 0.0) for _ in range(2)]
+    masks = rng.random((runs, num_train)) < 0.5
+    outputs = masks @ rng.normal(size=(num_train, num_query)) + rng.normal(size=(runs,
+                                                                              num_query))
+    grid = (0.0, 0.1, 10.0)
+    best, table = trak.select_lambda([trak.Kernel(f) for f in features], grid, masks, outputs)
+    expected = {}
+    for value in grid:
+        per_model = []
+        for f in features:
+            phi, query = f.train.astype(np.float64), f.query.astype(np.float64)
+            damping = value * np.sum(phi ** 2) / dim
+            per_model.append(phi @ np.linalg.solve(phi.T @ phi + damping * np.eye(dim),
+                                                   query.T))
+        scores = np.mean(per_model, axis=0) * np.mean([f.one_minus_p for f in features],
+                                                      axis=0)[:, None]
+        predicted = masks @ scores
+        expected[value] = np.mean([stats.spearmanr(predicted[:, j], outputs[:, j]).statistic
+                                   for j in range(num_query)])
+    assert list(table) == list(grid)
+    np.testing.assert_allclose([table[v] for v in grid], [expected[v] for v in grid],
+                               atol=1e-9)
+    assert best == max(grid, key=lambda v: expected[v])
