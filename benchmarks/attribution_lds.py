@@ -16,7 +16,8 @@ subsets (``0.5``, the published protocol), on which every score matrix
   mean over runs 0..4;
 * influence functions with identity, diagonal, KFAC and EKFAC factors (true Fisher,
   ``--fisher_draws`` label draws, factors fitted on the run's own training subset) on
-  run 0's final model, and the mean over runs 0..4.
+  run 0's final model, and the mean over runs 0..4; KFAC and EKFAC also with the
+  expected Fisher (exact expectation over labels: no sampling noise).
 
 For each: LDS with a bootstrap interval over test examples, seconds of the method,
 trained models used, and the cost = method seconds + models x measured seconds of
@@ -58,6 +59,9 @@ _FIT_RUNS = flags.DEFINE_integer("fit_runs", 1000, "Fit runs (ratio 0.7).")
 _LDS_RUNS = flags.DEFINE_integer("lds_runs", 200, "LDS evaluation runs (ratio 0.5).")
 _SEED = flags.DEFINE_integer("seed", 0, "Experiment seed.")
 _PROJECTION_DIM = flags.DEFINE_integer("projection_dim", 1024, "TRAK projection dimension.")
+_FISHER = flags.DEFINE_enum("fisher", "true", ["true", "empirical", "expected"],
+                            "Influence functions: labels of the Fisher (the library default, "
+                            "true: sampled from the model).")
 _FISHER_DRAWS = flags.DEFINE_integer("fisher_draws", 1, "Influence functions: label draws "
                                      "of the true Fisher.")
 _NUM_BOOTSTRAP = flags.DEFINE_integer("num_bootstrap", 1000, "LDS bootstrap resamples.")
@@ -69,6 +73,8 @@ GRADIENT_RUNS = 20  # fit runs 0..19 keep every epoch's checkpoint
 AVERAGED = 5  # TracIn and influence functions averaged over runs 0..4
 LAMBDA_GRID = (0.0, 1e-3, 1e-2, 1e-1, 1.0, 10.0)  # TRAK lambda_reg, x mean eigenvalue
 IF_STRATEGIES = ("identity", "diagonal", "kfac", "ekfac")
+# Also shown with the exact expectation over labels (no sampling noise), beside --fisher.
+IF_EXPECTED = ("kfac", "ekfac")
 
 
 @dataclasses.dataclass
@@ -210,10 +216,14 @@ def gradient_rows(run_dirs: list[str], data: sources.Dataset,
                         f"{num_checkpoints} ckpts)",
                         judge(scores, evaluation, 0), sum(t for _, t in tracin[:count]), count))
     models = runs_attribution.restore_final_models(runs, data)
-    for strategy in IF_STRATEGIES:
+    variants = [(strategy, _FISHER.value) for strategy in IF_STRATEGIES]
+    if _FISHER.value != "expected":
+        variants += [(strategy, "expected") for strategy in IF_EXPECTED]
+    for strategy, fisher in variants:
         config = influence_functions.InfluenceConfig(
-            strategy=strategy, measurement="logodds", fisher="true",
-            fisher_seed=_SEED.value, fisher_draws=_FISHER_DRAWS.value)
+            strategy=strategy, measurement="logodds", fisher=fisher, fisher_seed=_SEED.value,
+            fisher_draws=_FISHER_DRAWS.value if fisher == "true" else 1)
+        family = f"IF {strategy}" + (" (expected F)" if fisher != _FISHER.value else "")
         per_run, seconds = [], []
         for run_dir, model in zip(runs, models, strict=True):
             start = time.perf_counter()
@@ -226,21 +236,20 @@ def gradient_rows(run_dirs: list[str], data: sources.Dataset,
             per_run.append(scores)
             seconds.append(time.perf_counter() - start)
         for count in (1, len(runs)):
-            rows.append(Row(f"IF {strategy}", f"IF {strategy} ({count} "
-                            f"run{'s' * (count > 1)})",
+            rows.append(Row(family, f"{family} ({count} run{'s' * (count > 1)})",
                             judge(np.mean(per_run[:count], axis=0), evaluation, 0),
                             sum(seconds[:count]), count))
     return rows
 
 
 def format_table(rows: list[Row], train_seconds: float, rate: float) -> str:
-    lines = [f"{'method':<40}{'LDS':>7}{'95% interval':>17}{'method s':>10}{'models':>8}"
+    lines = [f"{'method':<44}{'LDS':>7}{'95% interval':>17}{'method s':>10}{'models':>8}"
              f"{'cost s':>9}{'of rate':>9}"]
     for row in rows:
         cost = row.seconds + row.models * train_seconds
         share = (f"{row.flops / rate / row.seconds:.0%}" if np.isfinite(row.flops)
                  and row.seconds > 0 else "-")
-        lines.append(f"{row.method:<40}{row.lds.mean:>7.3f}   [{row.lds.ci_low:6.3f}, "
+        lines.append(f"{row.method:<44}{row.lds.mean:>7.3f}   [{row.lds.ci_low:6.3f}, "
                      f"{row.lds.ci_high:6.3f}]{row.seconds:>10.2f}{row.models:>8}{cost:>9.1f}"
                      f"{share:>9}")
     return "\n".join(lines)
@@ -279,7 +288,7 @@ def plot(rows: list[Row], train_seconds: float, title: str, path: str) -> None:
     ax.set_ylabel("LDS (mean Spearman over test examples)")
     ax.axhline(0, color="k", lw=0.5)
     ax.set_title(title, fontsize=9)
-    ax.legend(fontsize=7)
+    ax.legend(fontsize=7, ncol=2)
     ax.grid(alpha=0.3)
     fig.tight_layout()
     buffer = io.BytesIO()
@@ -321,6 +330,10 @@ def main(argv):
     print(f"\n{title}\n" + format_table(rows, train_seconds, rate))
     print(f"cost s = method seconds + models x {train_seconds:.3f} s of training per model; "
           "'of rate': arithmetic of the matrix products / (seconds x measured rate)")
+    print(f"Influence functions: fisher={_FISHER.value}"
+          + (f", {_FISHER_DRAWS.value} label draw(s), fisher_seed={seed}"
+             if _FISHER.value == "true" else "")
+          + "; '(expected F)': the exact expectation over labels")
     csv_path = os.path.join(work_dir, "attribution_lds.csv")
     png_path = os.path.join(work_dir, "attribution_lds.png")
     write_csv(rows, train_seconds, csv_path)
