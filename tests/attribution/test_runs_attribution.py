@@ -1,5 +1,6 @@
 """Gradient methods on a trained run: checkpoints during training, TracIn/IF wiring, CLI."""
 
+import dataclasses
 import math
 import os
 import pathlib
@@ -10,7 +11,7 @@ import numpy as np
 import pytest
 
 import heldout
-from heldout.attribution import influence_functions, runs_attribution, tracin
+from heldout.attribution import influence_functions, runs_attribution, tracin, trak
 from heldout.models import checkpoints
 from heldout.store import runs
 
@@ -105,3 +106,22 @@ def test_estimate_cli_runs_ekfac_beside_retraining(experiment):
     saved = np.load(os.path.join(experiment, "if_ekfac-0.7-run3.npz"))
     assert saved["scores"].shape == (1352, 10)
     assert saved["eval_indices"].tolist() == list(range(10))
+
+
+def test_trak_of_runs_uses_their_final_models_and_chooses_lambda_on_other_runs(experiment):
+    data = heldout.load_dataset("digits")
+    run_dirs = [runs.run_dir(experiment, "0.7", r) for r in (0, 1)]
+    config = trak.TRAKConfig(projection_dim=32, lambda_reg=(0.1, 10.0))
+    selection = heldout.load_experiment(experiment, "0.7", progress=False)
+    others = ~np.isin(selection.run_ids, [0, 1])
+    selection = dataclasses.replace(selection, run_ids=selection.run_ids[others],
+                                    membership=selection.membership[others],
+                                    logodds_test=selection.logodds_test[others])
+    eval_indices = np.arange(3, 9)
+    result = runs_attribution.trak_of_runs(run_dirs, data, eval_indices, config, selection)
+    models = [checkpoints.restore_run_model(d, "mlp", 10, (8, 8, 1)).model for d in run_dirs]
+    direct = trak.score_trak(models, data.x_train, data.y_train, data.x_test[eval_indices],
+                             data.y_test[eval_indices], config, selection.membership,
+                             selection.logodds_test[:, eval_indices])
+    assert result.lambda_reg == direct.lambda_reg and set(result.selection) == {0.1, 10.0}
+    np.testing.assert_allclose(result.scores, direct.scores, rtol=1e-6)
