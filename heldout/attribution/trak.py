@@ -66,8 +66,9 @@ class TRAKConfig:
     projection_dim: int | None = 1024  # d; None exactly when projection="none"
     projection: str = "rademacher"  # one of PROJECTIONS; "none": raw gradients, d = #params
     seed: int = 0  # of the projections: model m uses (seed, m)
-    lambda_reg: float | tuple[float, ...] = 0.01  # x mean eigenvalue of Phi^T Phi; a tuple
-    # is a grid, chosen by LDS on selection runs
+    # x mean eigenvalue of Phi^T Phi; a tuple is a grid, chosen by LDS on selection runs.
+    # 1.0: the choice on digits (benchmarks/attribution_lds.py); elsewhere, choose.
+    lambda_reg: float | tuple[float, ...] = 1.0
     reweighting: str = "published"  # where 1 - p enters: one of REWEIGHTINGS
     layers: tuple[str, ...] | None = None  # attribute paths; None: every Linear/Conv2D layer
     batch_size: int = gradients_lib.DEFAULT_BATCH_SIZE  # examples per compiled call
