@@ -1,0 +1,263 @@
+"""Datamodels (SPEC §9): per eval example, a linear model from run membership to output.
+
+For eval example j, ``outputs[r, j] ~ weights[:, j] . masks[r, :] + intercept[j]`` over the
+fit runs r, by ridge regression with an unpenalized intercept, in the dual form on centered
+data (``M_c``, ``f_c``):
+
+    weights = M_c^T (M_c M_c^T + lam I)^-1 f_c,    intercept = mean(f) - mean(M) . weights.
+
+Everything that depends on ``lam`` lives in the ``k x k`` space of runs: one symmetric
+eigendecomposition ``M_c M_c^T = U diag(s) U^T`` (built from the uncentered Gram matrix
+``M M^T``) makes every lambda of the grid cost ``O(k^2)`` per eval example, and the only
+products over training examples are ``M M^T`` (once, ``k^2 x num_train``) and the final
+``M^T alpha`` (``k x num_train x num_eval``), taken in blocks of eval examples so memory is
+``O(num_train * block_size)`` whatever ``num_eval`` is.
+
+The penalty ``lam`` is chosen from a grid for each eval example separately (default), by
+its own cross-validated squared error, since eval examples differ widely in how much their
+output depends on membership (a memorized example vs. a typical one); ``share_lambda=True``
+picks one ``lam`` for all by the summed error instead. Cross-validation:
+
+* ``"loo"``: exact leave-one-run-out error in closed form, ``e_r / (1 - H_rr)`` with the
+  ridge hat matrix ``H = 11^T/k + U diag(s / (s + lam)) U^T`` (the intercept is refitted
+  without each run, as a brute-force loop would).
+* ``"kfold"``: run r is in fold ``r % folds``; each fold is refitted from the sub-blocks of
+  the same Gram matrix (no further pass over training examples).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+
+DEFAULT_LAMBDAS = tuple(float(x) for x in np.logspace(-1, 4, 11))  # 0.1 ... 10,000
+SELECTIONS = ("loo", "kfold")
+PRECISIONS = ("float32", "float64")
+
+
+@dataclasses.dataclass(frozen=True)
+class Datamodels:
+    """Fitted datamodels of `num_eval` eval examples.
+
+    Attributes:
+        weights: ``[num_train, num_eval]`` weights in the chosen precision (None in
+            top-k form).
+        top_train: int64 ``[num_eval, top_k]`` training examples of highest weight per eval
+            example, highest first (None unless `top_k`).
+        top_weights: ``[num_eval, top_k]`` their weights (None unless `top_k`).
+        intercept: float64 ``[num_eval]``.
+        lam: float64 ``[num_eval]`` chosen ridge penalty of each eval example (all equal
+            with ``share_lambda``).
+        lambdas: float64 ``[num_lambdas]`` the grid.
+        cv_error: float64 ``[num_lambdas, num_eval]`` cross-validated mean squared error
+            of each lambda for each eval example.
+        selection: ``"loo"`` or ``"kfold"``.
+    """
+
+    weights: np.ndarray | None
+    top_train: np.ndarray | None
+    top_weights: np.ndarray | None
+    intercept: np.ndarray
+    lam: np.ndarray
+    lambdas: np.ndarray
+    cv_error: np.ndarray
+    selection: str
+
+
+def fit_datamodels(masks: np.ndarray, outputs: np.ndarray, *,
+                   lambdas: tuple[float, ...] | np.ndarray = DEFAULT_LAMBDAS,
+                   selection: str = "loo", folds: int = 5, share_lambda: bool = False,
+                   block_size: int = 1024, top_k: int | None = None,
+                   precision: str = "float32") -> Datamodels:
+    """Ridge datamodels of every eval example, lambda chosen by cross-validation.
+
+    Args:
+        masks: ``[k, num_train]`` membership of the fit runs (bool or 0/1).
+        outputs: ``[k, num_eval]`` output of every fit run on every eval example.
+        lambdas: grid of positive ridge penalties (sklearn's ``alpha``).
+        selection: ``"loo"`` (closed-form leave-one-run-out) or ``"kfold"``.
+        folds: number of folds for ``"kfold"`` (run r in fold ``r % folds``); must be 5
+            (the default) unless `selection` is ``"kfold"``.
+        share_lambda: one lambda for all eval examples (smallest summed CV error) instead
+            of one per eval example.
+        block_size: eval examples per block of the final product ``M^T alpha``.
+        top_k: keep only the `top_k` highest weights of each eval example (the form for
+            CIFAR scale, where the dense matrix would be ``num_train x num_eval``).
+        precision: ``"float32"`` (default: the products over training examples at twice
+            the speed and half the memory; weights good to about 1e-6 relative) or
+            ``"float64"`` (everything in float64).
+
+    Returns:
+        `Datamodels`.
+    """
+    masks = np.asarray(masks)
+    outputs = np.asarray(outputs, dtype=np.float64)
+    lambdas = np.asarray(lambdas, dtype=np.float64).ravel()
+    _check(masks, outputs, lambdas, selection, folds, block_size, top_k)
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision={precision!r}: expected one of {PRECISIONS}")
+    dtype = np.dtype(precision)
+    num_runs, num_train = masks.shape
+    num_eval = outputs.shape[1]
+    # The Gram matrix is exact in float32 for 0/1 masks (counts < 2^24); the k x k
+    # algebra is in float64 whatever the precision.
+    masks_low = masks.astype(dtype)
+    gram = (masks_low @ masks_low.T).astype(np.float64)  # [k, k]
+    mean_mask = masks_low.mean(axis=0, dtype=np.float64)  # [num_train]
+    mean_out = outputs.mean(axis=0)
+    centered_out = outputs - mean_out
+    if selection == "loo":
+        cv_error = _loo_errors(gram, centered_out, lambdas)
+    else:
+        cv_error = _kfold_errors(gram, outputs, lambdas, folds)
+    if share_lambda:
+        choice = np.full(num_eval, np.argmin(cv_error.sum(axis=1)))
+    else:
+        choice = np.argmin(cv_error, axis=0)
+    lam = lambdas[choice]
+
+    values, vectors = np.linalg.eigh(_center_gram(gram))
+    values = np.clip(values, 0.0, None)
+    projected = vectors.T @ centered_out  # [k, num_eval]
+    # alpha_j = U diag(1 / (s + lam_j)) U^T f_c[:, j], for each eval example's own lam.
+    alpha = vectors @ (projected / (values[:, None] + lam[None, :]))  # [k, num_eval]
+    # weights = M_c^T alpha = M^T alpha - mean(M) 1^T alpha (1^T alpha is ~0 analytically).
+    alpha_sums = alpha.sum(axis=0)
+    intercept = np.empty(num_eval)
+    weights = None if top_k else np.empty((num_train, num_eval), dtype)
+    top_train = np.empty((num_eval, top_k), np.int64) if top_k else None
+    top_weights = np.empty((num_eval, top_k), dtype) if top_k else None
+    for start in range(0, num_eval, block_size):
+        cols = slice(start, min(start + block_size, num_eval))
+        block = alpha[:, cols].T.astype(dtype) @ masks_low  # [block, num_train]
+        block -= (alpha_sums[cols, None] * mean_mask[None, :]).astype(dtype)
+        intercept[cols] = mean_out[cols] - block.astype(np.float64) @ mean_mask
+        if top_k:
+            top_train[cols], top_weights[cols] = _top_k_rows(block, top_k)
+        else:
+            weights[:, cols] = block.T
+    return Datamodels(weights=weights, top_train=top_train, top_weights=top_weights,
+                      intercept=intercept, lam=lam, lambdas=lambdas, cv_error=cv_error,
+                      selection=selection)
+
+
+def _top_k_rows(block: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """Columns and values of the k largest entries of each row, largest first."""
+    k = min(k, block.shape[1])
+    top = np.argpartition(-block, k - 1, axis=1)[:, :k]
+    top_values = np.take_along_axis(block, top, axis=1)
+    order = np.lexsort((top, -top_values), axis=1)  # by value, ties by lower index
+    return (np.take_along_axis(top, order, axis=1),
+            np.take_along_axis(top_values, order, axis=1))
+
+
+def _center_gram(gram: np.ndarray) -> np.ndarray:
+    """``C G C`` with ``C = I - 11^T/k``: the Gram matrix of the centered rows."""
+    row = gram.mean(axis=1, keepdims=True)
+    return gram - row - row.T + gram.mean()
+
+
+def _loo_errors(gram: np.ndarray, centered_out: np.ndarray, lambdas: np.ndarray
+                ) -> np.ndarray:
+    """Exact leave-one-run-out mean squared error, ``[num_lambdas, num_eval]``."""
+    num_runs = gram.shape[0]
+    values, vectors = np.linalg.eigh(_center_gram(gram))
+    values = np.clip(values, 0.0, None)
+    projected = vectors.T @ centered_out
+    squared = vectors**2
+    errors = np.empty((len(lambdas), centered_out.shape[1]))
+    for index, lam in enumerate(lambdas):
+        shrink = lam / (values + lam)
+        # Residuals of the full fit: (I - H) f_c = U diag(lam / (s + lam)) U^T f_c.
+        residuals = vectors @ (shrink[:, None] * projected)
+        leverage = 1.0 / num_runs + squared @ (values / (values + lam))
+        errors[index] = np.mean((residuals / (1.0 - leverage)[:, None]) ** 2, axis=0)
+    return errors
+
+
+def _kfold_errors(gram: np.ndarray, outputs: np.ndarray, lambdas: np.ndarray, folds: int
+                  ) -> np.ndarray:
+    """k-fold mean squared error over all runs, ``[num_lambdas, num_eval]``.
+
+    Fold f holds out the runs ``r % folds == f``; the ridge fit on the others is
+    evaluated on them using only sub-blocks of the uncentered Gram matrix.
+    """
+    num_runs = gram.shape[0]
+    squared_sum = np.zeros((len(lambdas), outputs.shape[1]))
+    fold_of = np.arange(num_runs) % folds
+    for fold in range(folds):
+        test, fit = np.flatnonzero(fold_of == fold), np.flatnonzero(fold_of != fold)
+        fit_gram = gram[np.ix_(fit, fit)]
+        # (M_test - 1 mu^T) (M_fit - 1 mu^T)^T with mu the mean mask of the fit runs.
+        fit_col = fit_gram.mean(axis=0)
+        cross = (gram[np.ix_(test, fit)] - gram[np.ix_(test, fit)].mean(axis=1, keepdims=True)
+                 - fit_col[None, :] + fit_gram.mean())
+        values, vectors = np.linalg.eigh(_center_gram(fit_gram))
+        values = np.clip(values, 0.0, None)
+        fit_mean = outputs[fit].mean(axis=0)
+        projected = vectors.T @ (outputs[fit] - fit_mean)
+        cross_vectors = cross @ vectors
+        for index, lam in enumerate(lambdas):
+            predicted = fit_mean + cross_vectors @ (projected / (values + lam)[:, None])
+            squared_sum[index] += ((outputs[test] - predicted) ** 2).sum(axis=0)
+    return squared_sum / num_runs
+
+
+def _check(masks, outputs, lambdas, selection, folds, block_size, top_k) -> None:
+    if masks.ndim != 2:
+        raise ValueError(f"masks has shape {masks.shape}, expected [k, num_train]")
+    if not np.isin(masks, (0, 1)).all():
+        raise ValueError("masks must hold only 0/1 (or bool) membership")
+    if outputs.ndim != 2 or outputs.shape[0] != masks.shape[0]:
+        raise ValueError(f"outputs has shape {outputs.shape}, expected "
+                         f"[{masks.shape[0]}, num_eval] (runs of masks)")
+    if not np.isfinite(outputs).all():
+        raise ValueError("outputs must be finite")
+    if len(lambdas) == 0 or not (lambdas > 0).all() or not np.isfinite(lambdas).all():
+        raise ValueError(f"lambdas={lambdas.tolist()}: expected a non-empty grid of "
+                         "positive numbers")
+    if selection not in SELECTIONS:
+        raise ValueError(f"selection={selection!r}: expected one of {SELECTIONS}")
+    if selection == "kfold" and not 2 <= folds <= masks.shape[0]:
+        raise ValueError(f"folds={folds}: expected 2 <= folds <= number of runs "
+                         f"({masks.shape[0]})")
+    if selection != "kfold" and folds != 5:
+        raise ValueError(f"folds={folds} is only used with selection='kfold', got "
+                         f"selection={selection!r}")
+    if selection == "loo" and masks.shape[0] < 3:
+        raise ValueError(f"masks has {masks.shape[0]} runs, leave-one-out needs >= 3")
+    if block_size < 1:
+        raise ValueError(f"block_size={block_size}: expected a positive number")
+    if top_k is not None and top_k < 1:
+        raise ValueError(f"top_k={top_k}: expected a positive number or None")
+
+
+def fit_lasso(masks: np.ndarray, outputs: np.ndarray, *, alpha: float,
+              max_iter: int = 10_000, tol: float = 1e-8) -> tuple[np.ndarray, np.ndarray]:
+    """Sparse (L1) datamodels via scikit-learn's coordinate descent, for small problems.
+
+    Minimizes ``||f_j - M w_j - b_j||^2 / (2k) + alpha ||w_j||_1`` for each eval example j
+    independently (the published datamodels' estimator, without their GPU solver).
+
+    Args:
+        masks: ``[k, num_train]`` membership (bool or 0/1).
+        outputs: ``[k, num_eval]``.
+        alpha: L1 penalty (scikit-learn's ``alpha``), positive.
+        max_iter: coordinate-descent iterations.
+        tol: coordinate-descent tolerance.
+
+    Returns:
+        ``(weights [num_train, num_eval], intercept [num_eval])``, float64.
+    """
+    from sklearn.linear_model import Lasso  # heavy import only when asked for
+
+    masks = np.asarray(masks)
+    outputs = np.asarray(outputs, dtype=np.float64)
+    _check(masks, outputs, np.array([1.0]), "loo", 5, 1, None)
+    if not alpha > 0:
+        raise ValueError(f"alpha={alpha}: expected a positive number")
+    model = Lasso(alpha=alpha, fit_intercept=True, max_iter=max_iter, tol=tol)
+    model.fit(masks.astype(np.float64), outputs)
+    weights = np.atleast_2d(model.coef_).T
+    return weights, np.atleast_1d(model.intercept_).astype(np.float64)
