@@ -42,6 +42,8 @@ _NUM_TRAIN = flags.DEFINE_integer("num_train", 50_000, "Training examples.")
 _NUM_TEST = flags.DEFINE_integer("num_test", 10_000, "Test examples.")
 _TOP_K = flags.DEFINE_integer("top_k", 10, "Top-k influence per test example.")
 _RATIO = flags.DEFINE_float("ratio", 0.7, "Subset ratio.")
+_DATAMODEL_ENGINES = flags.DEFINE_list("datamodel_engines", ["tensorflow", "numpy"],
+                                        "Engines of fit_datamodels to measure, in order.")
 _ROUNDS = flags.DEFINE_integer("rounds", 2, "Interleaved rounds of the two influence engines.")
 
 
@@ -93,7 +95,7 @@ def measure(name: str, function):
         result = function()
         seconds = time.time() - start
     peak = (memory.peak - memory.base) / 2**30
-    print(f"  {name:<34} {seconds:8.2f} s   peak {peak:6.2f} GiB")
+    print(f"  {name:<44} {seconds:8.2f} s   peak {peak:6.2f} GiB")
     return result, seconds
 
 
@@ -141,9 +143,17 @@ def main(argv):
         membership, correct_test, top.train.ravel(), columns))
     found = np.mean(top.train[:, 0] == partner)
     print(f"  top-1 influence finds the planted partner for {found:.1%} of test examples")
-    model, results["datamodels"] = measure(
-        f"datamodels (ridge, LOO, top-{k})", lambda: datamodels.fit_datamodels(
-            membership, correct_test.astype(np.float32), top_k=k))
+    outputs = correct_test.astype(np.float32)
+    fits = {}
+    for engine in _DATAMODEL_ENGINES.value:
+        fits[engine], results[f"datamodels {engine}"] = measure(
+            f"datamodels (ridge, LOO, top-{k}), {engine}", lambda engine=engine: (
+                datamodels.fit_datamodels(membership, outputs, top_k=k, engine=engine)))
+    model = fits[_DATAMODEL_ENGINES.value[0]]
+    for engine, other in list(fits.items())[1:]:
+        print(f"  datamodels {engine} vs {_DATAMODEL_ENGINES.value[0]}: largest top weight "
+              f"difference {np.max(np.abs(other.top_weights - model.top_weights)):.1e}, "
+              f"{np.mean(other.top_train == model.top_train):.2%} of indices identical")
     found = np.mean(model.top_train[:, 0] == partner)
     print(f"  datamodel top-1 weight is the planted partner for {found:.1%} of test "
           f"examples; lambdas chosen: {np.unique(model.lam).tolist()}")
@@ -167,8 +177,10 @@ def main(argv):
     lambdas = len(datamodels.DEFAULT_LAMBDAS)
     datamodel_flop = (2.0 * runs**2 * train + 2.0 * runs * train * test  # M M^T, M^T alpha
                       + lambdas * 2.0 * runs**2 * test + 2 * 4.0 * runs**3)  # LOO, 2 eigh
-    print("  " + roofline.roofline_line("datamodels", results["datamodels"],
-                                        datamodel_flop, rate["float32"], "float32"))
+    for engine in _DATAMODEL_ENGINES.value:
+        print("  " + roofline.roofline_line(f"datamodels ({engine})",
+                                            results[f"datamodels {engine}"], datamodel_flop,
+                                            rate["float32"], "float32"))
     print(f"  memorization {results['memorization']:.2f} s, C-score {results['cscore']:.2f} s:"
           " elementwise passes, no matrix product (memory-bound; no matmul floor)")
 

@@ -98,6 +98,23 @@ def test_top_k_form_matches_dense_weights():
         np.testing.assert_allclose(top.top_weights[j], dense.weights[order, j], atol=1e-12)
 
 
+@pytest.mark.parametrize("precision, tolerance", [("float64", 1e-9), ("float32", 1e-5)])
+def test_tensorflow_engine_matches_numpy_engine(precision, tolerance):
+    masks, outputs = _problem(seed=8)
+    kwargs = dict(precision=precision, block_size=3)
+    numpy_fit = datamodels.fit_datamodels(masks, outputs, engine="numpy", **kwargs)
+    tf_fit = datamodels.fit_datamodels(masks, outputs, engine="tensorflow", **kwargs)
+    assert tf_fit.weights.dtype == np.dtype(precision)
+    np.testing.assert_allclose(tf_fit.weights, numpy_fit.weights, atol=tolerance, rtol=0)
+    np.testing.assert_allclose(tf_fit.intercept, numpy_fit.intercept, atol=10 * tolerance)
+    np.testing.assert_array_equal(tf_fit.lam, numpy_fit.lam)
+    top = datamodels.fit_datamodels(masks, outputs, engine="tensorflow", top_k=4, **kwargs)
+    for j in range(NUM_EVAL):
+        order = sorted(range(NUM_TRAIN), key=lambda i: (-tf_fit.weights[i, j], i))[:4]
+        np.testing.assert_array_equal(top.top_train[j], order)
+        np.testing.assert_allclose(top.top_weights[j], tf_fit.weights[order, j], atol=1e-12)
+
+
 def test_lasso_satisfies_its_optimality_conditions():
     masks, outputs = _problem(seed=7, num_runs=60)
     alpha = 0.05
@@ -123,6 +140,7 @@ def test_lasso_satisfies_its_optimality_conditions():
     (dict(block_size=0), "block_size"),
     (dict(top_k=0), "top_k"),
     (dict(precision="bfloat16"), "precision"),
+    (dict(engine="jax"), "engine"),
 ])
 def test_bad_settings_are_refused(kwargs, message):
     masks, outputs = _problem()
