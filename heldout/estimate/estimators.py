@@ -1,4 +1,7 @@
-"""Estimates from membership masks and per-run metrics (SPEC §4): pure NumPy, no I/O.
+"""Estimates from membership masks and per-run metrics (SPEC §4): arrays in, arrays out.
+
+NumPy throughout, no I/O; only `top_influences`'s ``"bfloat16"`` engine (0/1 metrics at
+scale) hands its matrix products to TensorFlow, imported when that engine runs.
 
 Notation: ``membership[r, i]`` is True when run r trained on training example i, and
 ``values[r, j]`` is a per-run metric on example j (correctness 0/1, or a margin).
