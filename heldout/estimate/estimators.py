@@ -213,8 +213,6 @@ class TopInfluences:
 
 
 ENGINES = ("auto", "numpy", "bfloat16")
-# Below this many multiply-adds the NumPy path is as fast (TensorFlow's fixed costs).
-_AUTO_MIN_MULTIPLY_ADDS = 2e8
 # Runs per bfloat16 product: sums of <= 256 zeros and ones are exact in bfloat16.
 _BF16_EXACT_RUNS = 256
 
@@ -241,8 +239,10 @@ def top_influences(membership: np.ndarray, values: np.ndarray, k: int,
       and denominator are integers below 2^24, so the float32 score is the exact influence
       correctly rounded. Top-k per block with `tf.math.top_k` merged into a running top-k
       of ``[num_eval, k]``; ties go to the lower training index.
-    * ``"auto"`` (default): ``"bfloat16"`` where it applies and the problem has at least
-      2e8 multiply-adds, else ``"numpy"``.
+    * ``"auto"`` (default): ``"bfloat16"`` where it applies, else ``"numpy"``. The choice
+      depends on the values and the number of runs only, never on the number of examples,
+      so shards of the eval examples (`heldout.estimate.merge`) take the same path as the
+      whole and merge to the same result.
 
     Raises:
         ValueError: on ``k < 1``, an unknown `engine`, or ``engine="bfloat16"`` for
@@ -262,9 +262,7 @@ def top_influences(membership: np.ndarray, values: np.ndarray, k: int,
                          f"{'0/1' if binary else 'non-0/1'} values and "
                          f"{membership.shape[0]} runs")
     if engine == "auto":
-        size = float(membership.shape[0]) * membership.shape[1] * num_eval
-        engine = ("bfloat16" if binary and exact_runs and size >= _AUTO_MIN_MULTIPLY_ADDS
-                  else "numpy")
+        engine = "bfloat16" if binary and exact_runs else "numpy"
     if engine == "bfloat16":
         return _top_influences_bfloat16(membership, values, k, threshold, block_size,
                                         min_runs, keep_dense)
