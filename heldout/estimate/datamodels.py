@@ -89,10 +89,11 @@ def fit_datamodels(masks: np.ndarray, outputs: np.ndarray, *,
         precision: ``"float32"`` (default: the products over training examples at twice
             the speed and half the memory; weights good to about 1e-6 relative) or
             ``"float64"`` (everything in float64).
-        engine: who takes the two products over training examples (``M M^T`` and
-            ``M^T alpha``) and the top-k: ``"numpy"``, ``"tensorflow"`` (its matrix
-            product is about twice NumPy's on the development CPU, and `tf.math.top_k`
-            avoids a partition and sort of every block), or ``"auto"`` (default:
+        engine: who takes the products over training examples (``M M^T`` and
+            ``M^T alpha``), the leave-one-out residual products and the top-k:
+            ``"numpy"``, ``"tensorflow"`` (its matrix product is about twice NumPy's on
+            the development CPU, and `tf.math.top_k` avoids a partition and sort of every
+            block), or ``"auto"`` (default:
             TensorFlow from 2e8 multiply-adds ``k * num_train * num_eval`` on). Both
             compute the same quantities in the same precision; they differ only in the
             order of float32 summation.
@@ -125,7 +126,7 @@ def fit_datamodels(masks: np.ndarray, outputs: np.ndarray, *,
     values, vectors = _eigh_psd(_center_gram(gram))
     projected = vectors.T @ centered_out  # [k, num_eval]
     if selection == "loo":
-        cv_error = _loo_errors(values, vectors, projected, lambdas, dtype)
+        cv_error = _loo_errors(values, vectors, projected, lambdas, dtype, products.matmul)
     else:
         cv_error = _kfold_errors(gram, outputs, lambdas, folds)
     if share_lambda:
@@ -165,6 +166,8 @@ class _NumPyProducts:
     def gram(self) -> np.ndarray:
         return (self._masks @ self._masks.T).astype(np.float64)
 
+    matmul = staticmethod(np.matmul)
+
     def weights(self, alpha: np.ndarray, alpha_sums: np.ndarray, mean_mask: np.ndarray
                 ) -> tuple[np.ndarray, np.ndarray]:
         """``M_c^T alpha`` as ``[block, num_train]``, and its rows' dot with `mean_mask`."""
@@ -199,6 +202,9 @@ class _TensorFlowProducts:
     def gram(self) -> np.ndarray:
         tf = self._tf
         return tf.matmul(self._masks, self._masks, transpose_b=True).numpy().astype(np.float64)
+
+    def matmul(self, a: np.ndarray, b: np.ndarray) -> np.ndarray:
+        return self._tf.matmul(a, b).numpy()
 
     def weights(self, alpha: np.ndarray, alpha_sums: np.ndarray, mean_mask: np.ndarray):
         tf = self._tf
@@ -238,7 +244,7 @@ def _eigh_psd(matrix: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 
 
 def _loo_errors(values: np.ndarray, vectors: np.ndarray, projected: np.ndarray,
-                lambdas: np.ndarray, dtype: np.dtype) -> np.ndarray:
+                lambdas: np.ndarray, dtype: np.dtype, matmul=np.matmul) -> np.ndarray:
     """Exact leave-one-run-out mean squared error, ``[num_lambdas, num_eval]``.
 
     Args:
@@ -247,6 +253,7 @@ def _loo_errors(values: np.ndarray, vectors: np.ndarray, projected: np.ndarray,
         projected: ``[k, num_eval]`` ``vectors^T f_c``.
         lambdas: the grid.
         dtype: precision of the ``k x k x num_eval`` residual products.
+        matmul: the engine's product of two NumPy arrays, returning a NumPy array.
     """
     num_runs = len(values)
     squared = vectors**2
@@ -255,7 +262,7 @@ def _loo_errors(values: np.ndarray, vectors: np.ndarray, projected: np.ndarray,
     for index, lam in enumerate(lambdas):
         shrink = lam / (values + lam)
         # Residuals of the full fit: (I - H) f_c = U diag(lam / (s + lam)) U^T f_c.
-        residuals = vectors_low @ (shrink[:, None] * projected).astype(dtype)
+        residuals = matmul(vectors_low, (shrink[:, None] * projected).astype(dtype))
         leverage = 1.0 / num_runs + squared @ (values / (values + lam))
         residuals /= (1.0 - leverage).astype(dtype)[:, None]
         errors[index] = np.einsum("rj,rj->j", residuals, residuals,
