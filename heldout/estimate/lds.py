@@ -22,6 +22,8 @@ from collections.abc import Iterable
 import numpy as np
 from scipy import stats as scipy_stats
 
+from heldout.estimate import stats
+
 
 @dataclasses.dataclass(frozen=True)
 class LDSResult:
@@ -98,7 +100,7 @@ def lds(scores: np.ndarray, masks: np.ndarray, outputs: np.ndarray, *,
         per_example[columns] = spearman_columns(outputs[:, columns], predictions)
     defined = per_example[np.isfinite(per_example)]
     mean = float(defined.mean()) if len(defined) else np.nan
-    ci_low, ci_high = bootstrap_interval(defined, num_bootstrap, seed, confidence)
+    ci_low, ci_high = stats.bootstrap_interval(defined, num_bootstrap, seed, confidence)
     return LDSResult(mean=mean, ci_low=ci_low, ci_high=ci_high, per_example=per_example,
                      num_runs=masks.shape[0])
 
@@ -131,26 +133,6 @@ def spearman_columns(a: np.ndarray, b: np.ndarray) -> np.ndarray:
 def _centered_ranks(x: np.ndarray) -> np.ndarray:
     ranks = scipy_stats.rankdata(x, axis=0)
     return ranks - (x.shape[0] + 1) / 2.0  # the mean of ranks 1..k, ties averaged or not
-
-
-def bootstrap_interval(values: np.ndarray, num_bootstrap: int, seed: int,
-                       confidence: float, chunk: int = 100) -> tuple[float, float]:
-    """Percentile bootstrap interval of the mean of `values` (``[n]``, finite).
-
-    Returns ``(nan, nan)`` when there is nothing to resample or `num_bootstrap` is 0.
-    Resamples are drawn ``chunk`` at a time, so memory is ``O(chunk * n)``.
-    """
-    if num_bootstrap == 0 or len(values) == 0:
-        return np.nan, np.nan
-    rng = np.random.default_rng(seed)
-    means = np.empty(num_bootstrap)
-    for start in range(0, num_bootstrap, chunk):
-        size = min(chunk, num_bootstrap - start)
-        means[start:start + size] = values[rng.integers(0, len(values),
-                                                        (size, len(values)))].mean(axis=1)
-    tail = (1.0 - confidence) / 2.0
-    low, high = np.quantile(means, [tail, 1.0 - tail])
-    return float(low), float(high)
 
 
 def check_disjoint(fit_run_ids: Iterable[int], lds_run_ids: Iterable[int]) -> None:
