@@ -50,6 +50,7 @@ from heldout.attribution import influence_functions, runs_attribution, trak  # n
 from heldout.data import sources  # noqa: E402
 from heldout.estimate import datamodels, estimators, lds  # noqa: E402
 from heldout.models import checkpoints as checkpoints_lib  # noqa: E402
+from heldout.store import files, layout  # noqa: E402
 from heldout.store import runs as runs_lib  # noqa: E402
 from heldout.training import core as training  # noqa: E402
 
@@ -193,7 +194,7 @@ def tracin_scores(run_dir: str, data: sources.Dataset) -> tuple[np.ndarray, floa
     arch = info["train_config"]["model"]
     checkpoints = []
     for epoch, rate in runs_attribution.tracin_checkpoints(info):
-        prefix = os.path.join(run_dir, runs_lib.CHECKPOINT_DIRNAME, f"ckpt-{epoch}")
+        prefix = layout.RunDir(run_dir).checkpoint(epoch)
         model = checkpoints_lib.restore_run_model(run_dir, arch, data.num_classes,
                                                   data.input_shape, prefix=prefix).model
         checkpoints.append(attribution.Checkpoint(model, rate))
@@ -256,14 +257,12 @@ def format_table(rows: list[Row], train_seconds: float, rate: float) -> str:
 
 
 def write_csv(rows: list[Row], train_seconds: float, path: str) -> None:
-    lines = ["family,method,lds,ci_low,ci_high,method_seconds,models,cost_seconds,"
-             "eval_examples_defined"]
-    for row in rows:
-        defined = int(np.isfinite(row.lds.per_example).sum())
-        lines.append(f"{row.family},\"{row.method}\",{row.lds.mean:.6f},{row.lds.ci_low:.6f},"
-                     f"{row.lds.ci_high:.6f},{row.seconds:.4f},{row.models},"
-                     f"{row.seconds + row.models * train_seconds:.4f},{defined}")
-    runs_lib.write_atomically(path, ("\n".join(lines) + "\n").encode())
+    header = ["family", "method", "lds", "ci_low", "ci_high", "method_seconds", "models",
+              "cost_seconds", "eval_examples_defined"]
+    files.write_csv(path, header, [
+        (row.family, row.method, row.lds.mean, row.lds.ci_low, row.lds.ci_high, row.seconds,
+         row.models, row.seconds + row.models * train_seconds,
+         int(np.isfinite(row.lds.per_example).sum())) for row in rows])
 
 
 def plot(rows: list[Row], train_seconds: float, title: str, path: str) -> None:
@@ -294,7 +293,7 @@ def plot(rows: list[Row], train_seconds: float, title: str, path: str) -> None:
     buffer = io.BytesIO()
     fig.savefig(buffer, format="png", dpi=120)
     plt.close(fig)
-    runs_lib.write_atomically(path, buffer.getvalue())
+    files.write_bytes(path, buffer.getvalue())
 
 
 def main(argv):

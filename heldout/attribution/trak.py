@@ -48,6 +48,7 @@ import tensorflow as tf
 
 from heldout.attribution import gradients as gradients_lib
 from heldout.attribution import projection as projection_lib
+from heldout.estimate import lds as lds_lib
 
 PROJECTIONS = ("rademacher", "gaussian", "none")
 REWEIGHTINGS = ("published", "per_model", "none")
@@ -293,8 +294,6 @@ def select_lambda(kernels: Sequence[Kernel], grid: Sequence[float], masks: np.nd
     Returns:
         ``(best lambda_reg, {lambda_reg: mean LDS})``; ties go to the larger lambda.
     """
-    from heldout.estimate import lds as lds_lib
-
     if len(masks) < 3:
         raise ValueError(f"masks: {len(masks)} selection runs; choosing lambda_reg by LDS "
                          "needs at least 3")
