@@ -66,12 +66,21 @@ def test_member_mask_streams_exactly_the_subset(records):
     mask[subset] = True
     batch = 8
     steps = math.ceil(len(subset) / batch)
-    stream = data.dataset("train", batch, training=True, seed=1, member_mask=mask,
-                          repeat=True, drop_remainder=True).take(steps)
-    seen = np.concatenate([indices for _, _, indices in stream.as_numpy_iterator()])
+
+    def stream(seed):
+        batches = data.dataset("train", batch, training=True, seed=seed, member_mask=mask,
+                               repeat=True, drop_remainder=True).take(steps)
+        images, _, indices = zip(*batches.as_numpy_iterator(), strict=True)
+        return np.concatenate(images), np.concatenate(indices)
+
+    images, seen = stream(seed=1)
     assert len(seen) == steps * batch  # every batch full
     np.testing.assert_array_equal(np.sort(seen[:len(subset)]), subset)  # each once first
     assert set(seen) == set(subset)
+    again, seen_again = stream(seed=1)  # a run's stream is reproducible from its seed
+    np.testing.assert_array_equal(seen_again, seen)
+    np.testing.assert_array_equal(again, images)
+    assert not np.array_equal(stream(seed=2)[1], seen)  # another seed, another order
 
 
 def test_refuses_settings_that_cannot_stream(records):
