@@ -63,7 +63,7 @@ _PILOT_RUNS = flags.DEFINE_integer("pilot_runs", 100, "Full-arm runs of the base
                                    "that the easy targets and the run count come from.")
 _TARGETS = flags.DEFINE_string("targets", "random:20,easy:20", "Target groups.")
 _RUNS = flags.DEFINE_string("runs_per_arm", "auto", "'auto' (power planner) or a number.")
-_EFFECT = flags.DEFINE_float("effect", 0.25, "Self-influence (log-odds) the auto run count "
+_EFFECT = flags.DEFINE_float("effect", 0.05, "Self-influence (log-odds) the auto run count "
                              "must detect on the median target.")
 _MAX_RUNS = flags.DEFINE_integer("max_runs_per_arm", 500, "Cap of the auto run count.")
 _ALPHA = flags.DEFINE_float("alpha", 0.01, "Significance level.")
@@ -286,7 +286,10 @@ def run_study(root: str, base, settings: list[dict], runs: str, pilot_runs: int,
 
     pilot_dir = os.path.join(root, "pilot")
     log(f"pilot: {pilot_runs} full runs of the base recipe in {pilot_dir}")
-    experiment.train_targeted_experiment(pilot_dir, "digits", base, NAME, [], choose=targets,
+    pilot_config = dataclasses.replace(base, models_at_once=min(base.models_at_once,
+                                                                pilot_runs))
+    experiment.train_targeted_experiment(pilot_dir, "digits", pilot_config, NAME, [],
+                                         choose=targets,
                                          pilot_runs=pilot_runs, seed=seed, progress=False,
                                          arms=())
     target_set = targets_lib.find_targets(pilot_dir, NAME)
@@ -305,7 +308,10 @@ def run_study(root: str, base, settings: list[dict], runs: str, pilot_runs: int,
     log(plan)
     results = []
     for i, setting in enumerate(settings):
-        config = dataclasses.replace(base, **setting)
+        # K-at-once groups are padded to models_at_once, so a group as large as the arm
+        # wastes nothing; runs are bit-identical whatever their group (a speed setting).
+        config = dataclasses.replace(base, **setting,
+                                     models_at_once=min(base.models_at_once, runs_per_arm))
         directory = os.path.join(root, "setting_" + "_".join(
             f"{k}={v}" for k, v in sorted(setting.items())))
         targets_lib.save_targets(directory, target_set)
