@@ -120,7 +120,10 @@ def main(argv):
         except ValueError as e:
             sys.exit(f"estimate.py: error: {e}")
     if _VERIFY.value:
-        checked, problems = heldout.runs.verify_runs(_EXPERIMENT_DIR.value)
+        try:
+            checked, problems = heldout.runs.verify_runs(_EXPERIMENT_DIR.value)
+        except ValueError as e:
+            sys.exit(f"estimate.py: error: {e}")
         for directory, problem in problems:
             print(f"damaged run {directory}: {problem}")
         print(f"verified {checked} complete runs: {len(problems)} damaged")
@@ -245,10 +248,10 @@ def _targeted(heldout) -> None:
         labels = heldout.load_dataset(dataset, _DATA_DIR.value).y_train if dataset else None
         output = _OUTPUT.value or os.path.join(
             experiment_dir, f"self_influence-{report.targets.name}.npz")
-        heldout.targeted.save_targeted_report(report, output, alpha)
+        heldout.export.save_targeted_report(report, output, alpha)
         written.append(output)
         if _CSV_DIR.value:
-            written.append(heldout.targeted.write_targeted_csv(
+            written.append(heldout.export.write_targeted_csv(
                 report, f"{_CSV_DIR.value}/self_influence-{report.targets.name}.csv", labels))
         if _PLOT_DIR.value:
             written.append(heldout.targeted.plot_targeted_report(

@@ -183,6 +183,13 @@ def main(argv):
               + f"{summary.seconds:.1f} s")
         if summary.trained:
             print(f"  trained run ids: {heldout.subsets.format_run_ids(summary.trained)}")
+    for summary in summaries:
+        if summary.exit_status:  # a scheduler should retry this task later
+            print(f"train.py: runs {heldout.subsets.format_run_ids(summary.still_claimed)} of "
+                  f"{summary.experiment_dir}/{summary.subset} are claimed by other workers "
+                  f"and not complete yet; run again later (exit status {summary.exit_status})",
+                  file=sys.stderr)
+            sys.exit(summary.exit_status)
 
 
 def _verify(heldout) -> None:

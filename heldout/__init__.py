@@ -20,8 +20,8 @@ This module is the small stable public API (`__all__`); the subpackages hold the
 
 from heldout.data.dataset import Dataset
 from heldout.data.sources import load_dataset
+from heldout.estimate import export, targeted
 from heldout.estimate import pipeline as analysis
-from heldout.estimate import targeted
 from heldout.estimate.estimators import (
     CScore,
     InfluencePairs,
@@ -36,6 +36,7 @@ from heldout.estimate.estimators import (
     top_influence_pairs,
     top_influences,
 )
+from heldout.estimate.export import save_estimates, write_tables
 from heldout.estimate.pipeline import (
     ESTIMATORS,
     EstimateConfig,
@@ -43,13 +44,12 @@ from heldout.estimate.pipeline import (
     estimate_experiment,
     format_report,
     plot_estimates,
-    save_estimates,
-    write_tables,
 )
 from heldout.models.checkpoints import RunCheck, check_run, restore_run_model
 from heldout.store import coordination, released, runs, targets
 from heldout.store import designs as subsets
 from heldout.store.designs import parse_run_ids, parse_shard, read_indices, subset_indices
+from heldout.store.experiment_info import read_experiment_info
 from heldout.store.runs import (
     Experiment,
     RunFileError,
@@ -58,10 +58,10 @@ from heldout.store.runs import (
     read_run_info,
     save_run,
 )
-from heldout.training.core import EnsembleTrainer, TrainConfig
+from heldout.training.core import TrainConfig
+from heldout.training.ensemble import EnsembleTrainer
 from heldout.training.experiment import (
     TrainSummary,
-    read_experiment_info,
     resolve_targets,
     train_experiment,
     train_targeted_experiment,
@@ -71,7 +71,8 @@ __version__ = "0.1.0"
 
 __all__ = [
     # modules
-    "analysis", "coordination", "released", "runs", "subsets", "targeted", "targets",
+    "analysis", "coordination", "export", "released", "runs", "subsets", "targeted",
+    "targets",
     # training
     "EnsembleTrainer", "TrainConfig", "TrainSummary", "read_experiment_info",
     "resolve_targets", "train_experiment", "train_targeted_experiment",
