@@ -74,6 +74,11 @@ _OUTPUT = flags.DEFINE_string("output", None, "CSV path (default <root>/nsi_reci
                               "the PNG is written beside it.")
 
 NAME = "nsi"  # target set name; its drop arm is drop-nsi
+# A CNN step costs about 25 MLP steps on a CPU, so the default grid trains the CNN at half
+# width, 10 epochs and 50 runs per arm to stay within 20 minutes on 2 cores; its rows then
+# detect smaller effects less often (the table prints each row's runs).
+CHEAPER = {"cnn": {"model_width": 0.5, "epochs": 10, "runs_per_arm": 50}}
+STUDY_FIELDS = ("model", "model_width", "label_smoothing", "weight_decay", "epochs")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -126,14 +131,15 @@ def grid_settings(kind: str, base, label_smoothing, weight_decay, epochs, models
         settings += [{"epochs": v} for v in ep if v != base.epochs]
         for model in models:
             if model != base.model:
-                settings += [{"model": model}, {"model": model, "label_smoothing": 0.0}]
+                cheaper = CHEAPER.get(model, {})
+                settings += [{"model": model, **cheaper},
+                             {"model": model, **cheaper, "label_smoothing": 0.0}]
     elif kind == "full":
         settings += [{"model": m, "label_smoothing": a, "weight_decay": b, "epochs": e}
                      for m in models for a in ls for b in wd for e in [base.epochs, *ep]]
     unique = []
     for s in settings:
-        full = {**{k: getattr(base, k) for k in ("model", "label_smoothing", "weight_decay",
-                                                  "epochs")}, **s}
+        full = {**{k: getattr(base, k) for k in STUDY_FIELDS}, **s}
         if full not in unique:
             unique.append(full)
     return unique
@@ -142,10 +148,13 @@ def grid_settings(kind: str, base, label_smoothing, weight_decay, epochs, models
 def parse_setting(text: str, base) -> dict:
     """``model=cnn,label_smoothing=0.1`` -> a full setting dict (unknown fields refused)."""
     fields = {f.name: f.type for f in dataclasses.fields(base)}
-    out = {k: getattr(base, k) for k in ("model", "label_smoothing", "weight_decay", "epochs")}
+    out = {k: getattr(base, k) for k in STUDY_FIELDS}
     for item in text.split(","):
         key, sep, value = item.partition("=")
         key = key.strip()
+        if key == "runs_per_arm" and sep:
+            out[key] = int(value)
+            continue
         if not sep or key not in fields:
             raise ValueError(f"--setting={text}: {key!r} is not a TrainConfig field")
         current = getattr(base, key)
@@ -202,12 +211,14 @@ def summarize(experiment_dir: str, test: str, alpha: float, runs_per_arm: int,
 
 
 def setting_label(setting: dict) -> str:
-    return (f"{setting['model']} ls={setting['label_smoothing']:g} "
-            f"wd={setting['weight_decay']:g} ep={setting['epochs']}")
+    width = setting.get("model_width", 1.0)
+    return (f"{setting['model']}{'' if width == 1 else f'x{width:g}'} "
+            f"ls={setting['label_smoothing']:g} wd={setting['weight_decay']:g} "
+            f"ep={setting['epochs']}")
 
 
 def format_table(results: list[SettingResult], alpha: float, test: str) -> str:
-    head = (f"{'setting':<30} {'runs':>5} {'train acc':>9} | {'easy sig':>8} {'neg':>4} "
+    head = (f"{'setting':<32} {'runs':>5} {'train acc':>9} | {'easy sig':>8} {'neg':>4} "
             f"{'mean sig':>8} {'mean all':>8} {'with':>6} {'without':>7} | {'rand sig':>8} "
             f"{'neg':>4} {'mean sig':>8} {'mean all':>8}")
     lines = [f"Self-influence on the log-odds margin, {test} test, alpha {alpha}; "
@@ -215,7 +226,7 @@ def format_table(results: list[SettingResult], alpha: float, test: str) -> str:
     for r in results:
         e, q = r.groups.get("easy"), r.groups.get("random")
         lines.append(
-            f"{setting_label(r.setting):<30} {r.runs_per_arm:>5} {r.train_accuracy:>9.4f} | "
+            f"{setting_label(r.setting):<32} {r.runs_per_arm:>5} {r.train_accuracy:>9.4f} | "
             f"{e.significant:>8} {e.negative:>4} {e.mean_significant:>+8.3f} "
             f"{e.mean_all:>+8.3f} {e.margin_with:>6.2f} {e.margin_without:>7.2f} | "
             f"{q.significant:>8} {q.negative:>4} {q.mean_significant:>+8.3f} "
@@ -224,15 +235,14 @@ def format_table(results: list[SettingResult], alpha: float, test: str) -> str:
 
 
 def write_csv(results: list[SettingResult], path: str) -> None:
-    header = ["model", "label_smoothing", "weight_decay", "epochs", "runs_per_arm",
-              "train_accuracy"]
+    header = [*STUDY_FIELDS, "runs_per_arm", "train_accuracy"]
     groups = ["easy", "random"]
     fields = [f.name for f in dataclasses.fields(GroupResult)]
     header += [f"{g}_{f}" for g in groups for f in fields]
     rows = []
     for r in results:
-        row = [r.setting["model"], r.setting["label_smoothing"], r.setting["weight_decay"],
-               r.setting["epochs"], r.runs_per_arm, r.train_accuracy]
+        row = [r.setting.get(k, "") for k in STUDY_FIELDS] + [r.runs_per_arm,
+                                                               r.train_accuracy]
         row += [getattr(r.groups[g], f) for g in groups for f in fields]
         rows.append(row)
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
@@ -310,16 +320,18 @@ def run_study(root: str, base, settings: list[dict], runs: str, pilot_runs: int,
     for i, setting in enumerate(settings):
         # K-at-once groups are padded to models_at_once, so a group as large as the arm
         # wastes nothing; runs are bit-identical whatever their group (a speed setting).
-        config = dataclasses.replace(base, **setting,
-                                     models_at_once=min(base.models_at_once, runs_per_arm))
+        fields = {k: v for k, v in setting.items() if k != "runs_per_arm"}
+        runs_here = int(setting.get("runs_per_arm", runs_per_arm))
+        config = dataclasses.replace(base, **fields,
+                                     models_at_once=min(base.models_at_once, runs_here))
         directory = os.path.join(root, "setting_" + "_".join(
             f"{k}={v}" for k, v in sorted(setting.items())))
         targets_lib.save_targets(directory, target_set)
         start = time.perf_counter()
         experiment.train_targeted_experiment(directory, "digits", config, NAME,
-                                             range(runs_per_arm), seed=seed, progress=False)
+                                             range(runs_here), seed=seed, progress=False)
         seconds = time.perf_counter() - start
-        results.append(summarize(directory, test, alpha, runs_per_arm, setting, seconds))
+        results.append(summarize(directory, test, alpha, runs_here, setting, seconds))
         log(f"[{i + 1}/{len(settings)}] {setting_label(setting)}: {seconds:.0f} s")
     return results, plan
 
