@@ -58,6 +58,7 @@ from heldout.store.runs import (
     read_run_info,
     save_run,
 )
+from heldout.training.api import TrainReport, TrainRequest, train
 from heldout.training.core import EnsembleTrainer, TrainConfig
 from heldout.training.experiment import (
     TrainSummary,
@@ -73,6 +74,7 @@ __all__ = [
     # modules
     "analysis", "coordination", "released", "runs", "subsets", "targeted", "targets",
     # training
+    "TrainRequest", "TrainReport", "train",
     "EnsembleTrainer", "TrainConfig", "TrainSummary", "read_experiment_info",
     "resolve_targets", "train_experiment", "train_targeted_experiment",
     # data and runs
