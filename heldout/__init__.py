@@ -18,10 +18,12 @@ import cycles (`tests/test_layering.py` parses every import and enforces this):
 This module is the small stable public API (`__all__`); the subpackages hold the rest.
 """
 
+from heldout.attribution.api import run_estimate
 from heldout.data.dataset import Dataset
 from heldout.data.sources import load_dataset
 from heldout.estimate import pipeline as analysis
 from heldout.estimate import targeted
+from heldout.estimate.api import EstimateReport, EstimateRequest
 from heldout.estimate.estimators import (
     CScore,
     InfluencePairs,
@@ -47,6 +49,7 @@ from heldout.estimate.pipeline import (
     write_tables,
 )
 from heldout.models.checkpoints import RunCheck, check_run, restore_run_model
+from heldout.models.demo import DemoReport, DemoRequest, run_demo
 from heldout.store import coordination, released, runs, targets
 from heldout.store import designs as subsets
 from heldout.store.designs import parse_run_ids, parse_shard, read_indices, subset_indices
@@ -86,6 +89,8 @@ __all__ = [
     "influence_blocks", "memorization", "pair_statistics", "self_influence",
     "top_influence_pairs", "top_influences",
     # analysis and checkpoints
+    "EstimateRequest", "EstimateReport", "run_estimate", "DemoRequest", "DemoReport",
+    "run_demo",
     "ESTIMATORS", "EstimateConfig", "Estimates", "RunCheck", "check_run",
     "estimate_experiment", "format_report", "plot_estimates", "restore_run_model",
     "save_estimates", "write_tables",

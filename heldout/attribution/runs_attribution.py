@@ -42,7 +42,9 @@ class RunAttribution:
 def attribute_run(run_dir: str, method: str, data: Dataset, eval_indices: np.ndarray | None,
                   measurement: str = "loss", damping: float | None = None,
                   projection_dim: int | None = None, factors_path: str | None = None,
-                  retraining: runs_lib.Experiment | None = None) -> RunAttribution:
+                  retraining: runs_lib.Experiment | None = None,
+                  config: tracin.TracInConfig | influence_functions.InfluenceConfig | None = None
+                  ) -> RunAttribution:
     """Scores the training examples of `data` with `method` using the run's checkpoints.
 
     Args:
@@ -57,6 +59,9 @@ def attribute_run(run_dir: str, method: str, data: Dataset, eval_indices: np.nda
         factors_path: influence functions: reuse / save the fitted factors here.
         retraining: the experiment's runs, to compare self-influence with memorization
             and margin self-influence (Spearman correlation).
+        config: the method's whole config (`TracInConfig` / `InfluenceConfig` with the
+            method's strategy); when given, `measurement`, `damping` and
+            `projection_dim` are not used.
 
     Raises:
         ValueError: unknown method, or the run lacks the checkpoints the method needs.
@@ -84,15 +89,16 @@ def attribute_run(run_dir: str, method: str, data: Dataset, eval_indices: np.nda
                                     s["learning_rate"]) for s in saved]
         result = tracin.score_tracin(
             models, data.x_train, data.y_train, x_query, y_query,
-            tracin.TracInConfig(measurement=measurement, projection_dim=projection_dim))
+            config or tracin.TracInConfig(measurement=measurement,
+                                          projection_dim=projection_dim))
         timings = f"TracIn over {len(models)} checkpoints: {result.seconds:.1f} s"
     else:
         model = checkpoints_lib.restore_run_model(
             run_dir, arch, data.num_classes, data.input_shape, width).model
         result = influence_functions.score_influence_functions(
             model, data.x_train, data.y_train, x_query, y_query,
-            influence_functions.InfluenceConfig(strategy=method[len("if_"):],
-                                                damping=damping, measurement=measurement),
+            config or influence_functions.InfluenceConfig(
+                strategy=method[len("if_"):], damping=damping, measurement=measurement),
             factors_path=factors_path)
         timings = result.timings.format()
     agreement = {}

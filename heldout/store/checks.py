@@ -17,9 +17,10 @@ import tensorflow as tf
 
 # A message that starts with a parameter name: "damping=-1: ..." or "damping: ...".
 _LEADING_PARAMETER = re.compile(r"^([a-z][a-z0-9_]*)(?=[=:])")
-# A parameter name of several words anywhere in a message ("add retrain_complete"), not
-# inside a path or a flag.
-_COMPOUND_PARAMETER = re.compile(r"(?<![\w/.\-])[a-z][a-z0-9]*(?:_[a-z0-9]+)+(?![\w/.])")
+# A parameter name anywhere in a message, not inside a path or a flag: of several words
+# ("add retrain_complete"), or of one word with a value ("estimators=tracin").
+_INNER_PARAMETER = re.compile(
+    r"(?<![\w/.\-])(?:[a-z][a-z0-9]*(?:_[a-z0-9]+)+(?![\w/.])|[a-z][a-z0-9]*(?==))")
 
 
 def check_writable(path: str, parameter: str, is_file: bool = False) -> None:
@@ -59,8 +60,9 @@ def one_line_error(error: BaseException, flag_of: Mapping[str, str] | None = Non
             `KeyboardInterrupt`.
         flag_of: parameter name -> flag (``{"damping": "--damping"}``); a message such as
             ``"damping=-1: expected >= 0"`` becomes ``"--damping=-1: expected >= 0"``.
-            Names of several words (``retrain_complete``) are mapped anywhere in the
-            message; single words only at its start, where they cannot be prose.
+            Names of several words (``retrain_complete``) and names with a value
+            (``estimators=tracin``) are mapped anywhere in the message; other single
+            words only at its start, where they cannot be prose.
 
     Returns:
         One line naming the flag or path and what was expected.
@@ -72,7 +74,7 @@ def one_line_error(error: BaseException, flag_of: Mapping[str, str] | None = Non
     if match and flag_of and match.group(1) in flag_of:
         message = flag_of[match.group(1)] + message[match.end():]
     if flag_of:
-        message = _COMPOUND_PARAMETER.sub(lambda m: flag_of.get(m.group(0), m.group(0)),
+        message = _INNER_PARAMETER.sub(lambda m: flag_of.get(m.group(0), m.group(0)),
                                           message)
     return message
 

@@ -1,0 +1,103 @@
+"""The front door of ``estimate.py``: every estimate, gradient-based ones included.
+
+Retraining estimates, targeted reports and ``--verify`` are
+`heldout.estimate.api.run_estimate`; this module adds the gradient methods scored on
+one run's checkpoints (TracIn, influence functions), which live in this higher layer.
+Each method's settings come as a mapping of its config's parameter names
+(`TracInConfig`, `InfluenceConfig`): a setting the chosen method does not have is
+refused by name, never ignored.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Mapping
+
+import numpy as np
+import tensorflow as tf
+
+from heldout.attribution import influence_functions, runs_attribution, tracin
+from heldout.estimate import api as estimate_api
+from heldout.estimate import pipeline
+from heldout.store import designs
+from heldout.store import runs as runs_lib
+from heldout.store.runs import read_run_info
+
+EstimateRequest = estimate_api.EstimateRequest
+EstimateReport = estimate_api.EstimateReport
+
+
+def run_estimate(request: EstimateRequest) -> EstimateReport:
+    """Runs what `request` asks for: a gradient method on one run, or anything else
+    `heldout.estimate.api.run_estimate` does.
+
+    Raises:
+        ValueError: an invalid request, a setting the method does not have, an
+            unwritable output, or a run lacking the checkpoints the method needs.
+    """
+    method = request.estimators[0] if len(request.estimators) == 1 else None
+    if method not in runs_attribution.METHODS:
+        if request.attribution:
+            raise ValueError(f"{next(iter(request.attribution))}: a setting of the gradient "
+                             f"methods ({', '.join(runs_attribution.METHODS)}), not of "
+                             f"estimators={','.join(request.estimators)}")
+        return estimate_api.run_estimate(request)
+    config = method_config(method, request.attribution)
+    prepared = estimate_api.prepare(request)
+    experiment_dir = prepared.experiment_dir
+    if request.verify or request.targets or request.plan:
+        raise ValueError(f"estimators={method}: scores one run; verify, targets and plan "
+                         "are for the retraining estimates")
+    subset = pipeline.choose_subset(experiment_dir, request.subsets)
+    run_dir = runs_lib.run_dir(experiment_dir, subset, request.run_id)
+    output = request.output or estimate_api.default_output(
+        experiment_dir, f"{method}-{subset}-run{request.run_id}")
+    estimate_api.check_outputs(request, output)
+    _check_run_has_checkpoints(run_dir, method)
+    data = estimate_api.load_data(request, experiment_dir, required=True)
+    eval_indices = np.arange(data.num_test)
+    if request.eval_indices:
+        eval_indices = np.asarray(designs.read_indices(request.eval_indices, "eval_indices"))
+    if request.eval_shard:
+        index, count = designs.parse_shard(request.eval_shard, "eval_shard")
+        eval_indices = np.array_split(eval_indices, count)[index]
+    retraining = runs_lib.load_experiment(experiment_dir, subset, progress=request.progress)
+    attribution = runs_attribution.attribute_run(
+        run_dir, method, data, eval_indices, config=config,
+        factors_path=request.factors_path,
+        retraining=retraining if retraining.num_runs >= 2 else None)
+    runs_attribution.save_attribution(attribution, output)
+    table = runs_attribution.format_attribution(attribution, data.y_train, top=request.top)
+    return EstimateReport((*prepared.sections, table), (output,))
+
+
+def method_config(method: str, settings: Mapping[str, object]
+                  ) -> tracin.TracInConfig | influence_functions.InfluenceConfig:
+    """The config of a gradient method from settings named by its parameters.
+
+    Raises:
+        ValueError: a setting the method's config does not have, or an invalid value.
+    """
+    if method == "tracin":
+        kind, fixed = tracin.TracInConfig, {}
+    else:
+        kind, fixed = influence_functions.InfluenceConfig, {"strategy": method[len("if_"):]}
+    known = {f.name for f in dataclasses.fields(kind)} - set(fixed)
+    for name in settings:
+        if name not in known:
+            raise ValueError(f"{name}: not a setting of estimators={method}")
+    return kind(**fixed, **settings)
+
+
+def _check_run_has_checkpoints(run_dir: str, method: str) -> None:
+    """Refuses, before any work, a run without the checkpoints `method` reads."""
+    if not runs_lib.run_complete(run_dir):
+        raise ValueError(f"{run_dir}: not a complete run; expected run_id of a trained run")
+    if not tf.io.gfile.exists(tf.io.gfile.join(run_dir, runs_lib.CHECKPOINT_DIRNAME)):
+        raise ValueError(f"{run_dir}: no checkpoints; train this run with save_checkpoints "
+                         "(add retrain_complete if it is already complete)")
+    info = read_run_info(run_dir)
+    if method == "tracin" and not info.get("checkpoints"):
+        raise ValueError(f"{run_dir}: TracIn needs checkpoints saved during training; train "
+                         "this run with save_checkpoints and checkpoint_every (add "
+                         "retrain_complete if it is already complete)")

@@ -1,0 +1,303 @@
+"""The front door of estimation from retraining: an `EstimateRequest` in, an `EstimateReport`
+out.
+
+Everything ``estimate.py`` used to decide itself lives here: fetching a published
+tarball first (a path, URL or release name as the experiment directory), where outputs
+go by default (`default_output`), the published defaults of the targeted report
+(log-odds, alpha 0.01, 99% intervals), and `--verify`. Output locations are checked
+writable before anything is computed, so a read-only experiment fails at once.
+Gradient-based methods (TracIn, influence functions) are scored by the attribution
+layer's front door (`heldout.attribution.api.run_estimate`), which takes the same
+request and uses `prepare` and `check_outputs` from here.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from collections.abc import Mapping
+
+import tensorflow as tf
+
+from heldout.data import sources
+from heldout.data.dataset import DEFAULT_MAX_CLASSES, Dataset
+from heldout.estimate import pipeline, targeted
+from heldout.store import checks, designs, released
+from heldout.store import runs as runs_lib
+from heldout.store import targets as targets_lib
+from heldout.training.experiment import read_experiment_info
+
+DEFAULT_EXPERIMENT_DIR = "./experiments/digits"
+# Defaults that differ between the estimates and the published targeted analysis.
+_ESTIMATE_DEFAULTS = {"metric": "correctness", "alpha": 0.05, "confidence": 0.95}
+_TARGETED_DEFAULTS = {"metric": "logodds", "alpha": 0.01, "confidence": 0.99}
+
+
+@dataclasses.dataclass(frozen=True)
+class EstimateRequest:
+    """What to estimate, as a user states it (every field of ``estimate.py`` is one flag).
+
+    Attributes:
+        experiment_dir: the experiment (local or gs://), or a published tarball to
+            fetch first (path, URL or release name).
+        fetch_dir: where a fetched tarball's members go (default ./experiments/<name>).
+        fetch_checkpoints: also extract checkpoints of these subset ratios.
+        fetch_run_ids: with `fetch_checkpoints`, only of these runs (``0-9``).
+        md5: expected MD5 of a fetched tarball (None: the catalogue's, if known).
+        estimators: names in `pipeline.ESTIMATORS`, ``("all",)``, or one gradient
+            method (``tracin``, ``if_<strategy>``) for the attribution front door.
+        subsets: subset folders (one, except for cscore).
+        metric, alpha, confidence: None takes the default of the report asked for
+            (estimates: correctness, 0.05, 0.95; targeted: logodds, 0.01, 0.99).
+        min_runs, test, fdr, influence_output, top_k, threshold: see `EstimateConfig`.
+        eval_indices: test examples (``0-99,120`` or a file of indices).
+        eval_shard: ``i/n``: the i-th of n parts of the test examples.
+        targets: targeted report of this target set (full vs drop-<name> arms).
+        show_all: targeted report: every target row, not only the significant ones.
+        plan, effect, power: runs per arm needed to detect `effect`.
+        run_id: gradient methods: the run whose checkpoints are used.
+        attribution: gradient methods: settings of their config (`TracInConfig`,
+            `InfluenceConfig`) by parameter name; one the method lacks is refused.
+        factors_path: influence functions: reuse or save the fitted factors here.
+        output: the .npz written; None: `default_output`.
+        csv_dir, plot_dir: also write CSV tables / PNG figures here.
+        dataset: data spec for labels and images; None: the experiment's.
+        data_dir: TFDS data directory.
+        max_classes: most classes a data set may have.
+        top: rows of each printed table.
+        verify: only check every complete run (non-zero status if any is damaged).
+        progress: show progress bars.
+    """
+
+    experiment_dir: str = DEFAULT_EXPERIMENT_DIR
+    fetch_dir: str | None = None
+    fetch_checkpoints: tuple[str, ...] | None = None
+    fetch_run_ids: str | None = None
+    md5: str | None = None
+    estimators: tuple[str, ...] = ("memorization", "influence")
+    subsets: tuple[str, ...] | None = None
+    metric: str | None = None
+    min_runs: int = 5
+    test: str = "welch"
+    confidence: float | None = None
+    alpha: float | None = None
+    fdr: bool = False
+    influence_output: str = "dense"
+    top_k: int = 10
+    threshold: float | None = None
+    eval_indices: str | None = None
+    eval_shard: str | None = None
+    targets: str | None = None
+    show_all: bool = False
+    plan: bool = False
+    effect: float = 0.25
+    power: float = 0.8
+    run_id: int = 0
+    attribution: Mapping[str, object] = dataclasses.field(default_factory=dict)
+    factors_path: str | None = None
+    output: str | None = None
+    csv_dir: str | None = None
+    plot_dir: str | None = None
+    dataset: str | None = None
+    data_dir: str | None = None
+    max_classes: int = DEFAULT_MAX_CLASSES
+    top: int = 10
+    verify: bool = False
+    progress: bool = True
+
+    def setting(self, name: str, targeted_report: bool) -> object:
+        """`metric`, `alpha` or `confidence`: the value given, else the report's default."""
+        value = getattr(self, name)
+        if value is not None:
+            return value
+        return (_TARGETED_DEFAULTS if targeted_report else _ESTIMATE_DEFAULTS)[name]
+
+
+@dataclasses.dataclass(frozen=True)
+class EstimateReport:
+    """What `run_estimate` did; ``str()`` is what ``estimate.py`` prints."""
+
+    sections: tuple[str, ...]  # printed blocks, in order (fetch summary, tables, ...)
+    written: tuple[str, ...] = ()  # files written
+    exit_status: int = 0  # non-zero: `verify` found damaged runs
+
+    def __str__(self) -> str:
+        text = "\n\n".join(s for s in self.sections if s)
+        saved = "\n".join(f"Saved {path}" for path in self.written)
+        return "\n\n".join(part for part in (text, saved) if part)
+
+
+@dataclasses.dataclass(frozen=True)
+class Prepared:
+    """A request after fetching: the experiment directory to read, and what was printed."""
+
+    experiment_dir: str
+    sections: tuple[str, ...] = ()
+
+
+def run_estimate(request: EstimateRequest) -> EstimateReport:
+    """Verifies, plans, reports targeted self-influence, or estimates from retraining.
+
+    Raises:
+        ValueError: an invalid request, an unwritable output, or unusable runs
+            (messages name the request's parameters).
+    """
+    if _gradient_method(request):
+        raise ValueError(f"estimators={request.estimators[0]}: a gradient method; use "
+                         "heldout.attribution.api.run_estimate")
+    prepared = prepare(request)
+    if request.verify:
+        return verify(prepared)
+    if request.targets or request.plan:
+        return _targeted(request, prepared)
+    return _estimates(request, prepared)
+
+
+def prepare(request: EstimateRequest) -> Prepared:
+    """Checks the request's own values and fetches a published tarball if one is named."""
+    if not request.experiment_dir.strip():
+        raise ValueError("experiment_dir: empty; expected a directory (local or gs://), a "
+                         "tarball or a release name")
+    if not request.estimators:
+        raise ValueError("estimators: empty; expected one or more of "
+                         f"{', '.join(pipeline.ESTIMATORS)}, or all")
+    if not released.is_release_source(request.experiment_dir):
+        return Prepared(request.experiment_dir)
+    destination = request.fetch_dir or os.path.join("experiments",
+                                                    _release_name(request.experiment_dir))
+    checks.check_writable(destination, "fetch_dir")
+    summary = released.extract_release(
+        request.experiment_dir, destination, md5=request.md5,
+        include_checkpoints=bool(request.fetch_checkpoints),
+        subsets=list(request.fetch_checkpoints) if request.fetch_checkpoints else None,
+        run_ids=designs.parse_run_ids(request.fetch_run_ids, "fetch_run_ids")
+        if request.fetch_run_ids else None, progress=request.progress)
+    return Prepared(released.experiment_root(destination), (str(summary),))
+
+
+def verify(prepared: Prepared) -> EstimateReport:
+    """Checks every complete run; a missing, empty or unreadable directory is an error."""
+    experiment_dir = prepared.experiment_dir
+    if not tf.io.gfile.isdir(experiment_dir):
+        raise ValueError(f"experiment_dir={experiment_dir}: not a directory; expected an "
+                         "experiment to verify")
+    if not runs_lib.list_subsets(experiment_dir):
+        raise ValueError(f"experiment_dir={experiment_dir}: no runs found (expected "
+                         "<subset>/<run_id>/aux_arrays.npz)")
+    checked, problems = runs_lib.verify_runs(experiment_dir)
+    lines = [f"damaged run {directory}: {problem}" for directory, problem in problems]
+    lines.append(f"verified {checked} complete runs: {len(problems)} damaged")
+    return EstimateReport((*prepared.sections, "\n".join(lines)),
+                          exit_status=1 if problems else 0)
+
+
+def default_output(experiment_dir: str, kind: str) -> str:
+    """Where an output goes unless the user names one: inside the experiment directory.
+
+    `kind` is ``estimates-<subset>``, ``self_influence-<target set>`` or
+    ``<method>-<subset>-run<id>``.
+    """
+    return tf.io.gfile.join(experiment_dir, f"{kind}.npz")
+
+
+def check_outputs(request: EstimateRequest, output: str) -> None:
+    """Every location the request writes to must be writable before work starts."""
+    checks.check_writable(output, "output", is_file=True)
+    if request.csv_dir:
+        checks.check_writable(request.csv_dir, "csv_dir")
+    if request.plot_dir:
+        checks.check_writable(request.plot_dir, "plot_dir")
+
+
+def load_data(request: EstimateRequest, experiment_dir: str, required: bool = False
+              ) -> Dataset | None:
+    """The data set of the request or of the experiment (None for released runs)."""
+    dataset = request.dataset or read_experiment_info(experiment_dir).get("dataset")
+    if not dataset:
+        if required:
+            raise ValueError("dataset: needed (the experiment does not record its data set)")
+        return None
+    return sources.load_dataset(dataset, request.data_dir, max_classes=request.max_classes)
+
+
+def _estimates(request: EstimateRequest, prepared: Prepared) -> EstimateReport:
+    experiment_dir = prepared.experiment_dir
+    chosen = request.estimators
+    config = pipeline.EstimateConfig(
+        estimators=pipeline.ESTIMATORS if chosen == ("all",) else chosen,
+        subsets=request.subsets, metric=request.setting("metric", False),
+        min_runs=request.min_runs, test=request.test,
+        confidence=request.setting("confidence", False), alpha=request.setting("alpha", False),
+        fdr=request.fdr, influence_output=request.influence_output, top_k=request.top_k,
+        threshold=request.threshold,
+        eval_indices=designs.read_indices(request.eval_indices, "eval_indices")
+        if request.eval_indices else None,
+        eval_shard=designs.parse_shard(request.eval_shard, "eval_shard")
+        if request.eval_shard else None,
+        num_pairs=max(request.top, 100))
+    single = [e for e in config.estimators if e != "cscore"]
+    subset = pipeline.choose_subset(experiment_dir, config.subsets) if single else "cscore"
+    output = request.output or default_output(experiment_dir, f"estimates-{subset}")
+    check_outputs(request, output)
+    data = load_data(request, experiment_dir)
+    estimates = pipeline.estimate_experiment(experiment_dir, config, progress=request.progress)
+    pipeline.save_estimates(estimates, output)
+    labels_train = None if data is None else data.y_train
+    labels_test = None if data is None else data.y_test
+    written = [output]
+    if request.csv_dir:
+        written += pipeline.write_tables(estimates, request.csv_dir, labels_train, labels_test)
+    if request.plot_dir:
+        written += pipeline.plot_estimates(estimates, request.plot_dir, data)
+    table = pipeline.format_report(estimates, labels_train, labels_test, top=request.top)
+    return EstimateReport((*prepared.sections, table), tuple(written))
+
+
+def _targeted(request: EstimateRequest, prepared: Prepared) -> EstimateReport:
+    """The targeted self-influence report and/or the power plan."""
+    experiment_dir = prepared.experiment_dir
+    metric = request.setting("metric", True)
+    alpha = request.setting("alpha", True)
+    sections = list(prepared.sections)
+    if request.targets:
+        name = targets_lib.find_targets(experiment_dir, request.targets).name
+        output = request.output or default_output(experiment_dir, f"self_influence-{name}")
+        check_outputs(request, output)
+    if request.plan:
+        indices = None
+        if request.targets:
+            indices = targets_lib.find_targets(experiment_dir, request.targets).indices
+        plan = targeted.plan_runs(experiment_dir, request.effect, metric, alpha,
+                                  request.power, indices=indices, progress=request.progress)
+        sections.append(targeted.format_plan(plan, metric))
+    if not request.targets:
+        return EstimateReport(tuple(sections))
+    report = targeted.targeted_self_influence(
+        experiment_dir, request.targets, metric, request.test,
+        request.setting("confidence", True), request.min_runs, progress=request.progress)
+    data = load_data(request, experiment_dir)
+    labels = None if data is None else data.y_train
+    targeted.save_targeted_report(report, output, alpha)
+    written = [output]
+    stem = f"self_influence-{report.targets.name}"
+    if request.csv_dir:
+        written.append(targeted.write_targeted_csv(
+            report, tf.io.gfile.join(request.csv_dir, f"{stem}.csv"), labels))
+    if request.plot_dir:
+        written.append(targeted.plot_targeted_report(
+            report, tf.io.gfile.join(request.plot_dir, f"{stem}.png")))
+    sections.append(targeted.format_targeted_report(report, alpha, request.show_all, labels))
+    return EstimateReport(tuple(sections), tuple(written))
+
+
+def _gradient_method(request: EstimateRequest) -> bool:
+    return len(request.estimators) == 1 and (request.estimators[0] == "tracin"
+                                             or request.estimators[0].startswith("if_"))
+
+
+def _release_name(source: str) -> str:
+    """The tarball's name without suffix (``.../cifar10-inception.tar.gz`` -> cifar10-inception)."""
+    name = source.rstrip("/").rsplit("/", 1)[-1].split("?")[0]
+    for suffix in (".tar.gz", ".tgz"):
+        name = name.removesuffix(suffix)
+    return name
