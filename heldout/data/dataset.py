@@ -52,8 +52,9 @@ class Dataset:
                          getattr(self, f"y_{split}"), self.num_classes)
         if self.x_train.shape[1:] != self.x_test.shape[1:]:
             raise ValueError(
-                f"{self.name}: x_test holds examples of shape {self.x_test.shape[1:]} but "
-                f"x_train of shape {self.x_train.shape[1:]}; expected one shape")
+                f"dataset={self.name}: x_test holds examples of shape "
+                f"{self.x_test.shape[1:]} but x_train of shape {self.x_train.shape[1:]}; "
+                "expected one shape")
 
     @property
     def num_train(self) -> int:
@@ -94,24 +95,28 @@ def check_class_count(source: str, num_classes: int,
 def _check_split(name: str, split: str, x: np.ndarray, y: np.ndarray, num_classes: int) -> None:
     """Refuses empty, non-finite, complex or mislabelled arrays of one split."""
     if len(x) == 0:
-        raise ValueError(f"{name}: x_{split} is empty; expected at least one {split} example")
+        raise ValueError(f"dataset={name}: x_{split} is empty; expected at least one "
+                         f"{split} example")
     if len(x) != len(y):
-        raise ValueError(f"{name}: x_{split} has {len(x)} rows but y_{split} has {len(y)}")
+        raise ValueError(f"dataset={name}: x_{split} has {len(x)} rows but y_{split} has "
+                         f"{len(y)}")
     if not (np.issubdtype(x.dtype, np.floating) or np.issubdtype(x.dtype, np.integer)
             or x.dtype == np.bool_):
-        raise ValueError(f"{name}: x_{split} has dtype {x.dtype}; expected real numbers")
+        raise ValueError(f"dataset={name}: x_{split} has dtype {x.dtype}; expected real "
+                         "numbers")
     if np.issubdtype(x.dtype, np.floating):
         finite = np.isfinite(x.reshape(len(x), -1)).all(axis=1)
         if not finite.all():
             row = int(np.argmin(finite))
-            raise ValueError(f"{name}: x_{split} holds NaN or infinity (example {row}); "
+            raise ValueError(f"dataset={name}: x_{split} holds NaN or infinity (example {row}); "
                              "expected finite real numbers")
     if y.ndim != 1 or not np.issubdtype(y.dtype, np.integer):
-        raise ValueError(f"{name}: y_{split} has dtype {y.dtype} and shape {y.shape}; "
+        raise ValueError(f"dataset={name}: y_{split} has dtype {y.dtype} and shape {y.shape}; "
                          "expected a 1-D array of integer labels")
     if not num_classes >= 1:
-        raise ValueError(f"{name}: num_classes={num_classes}; expected a positive number")
+        raise ValueError(f"dataset={name}: num_classes={num_classes}; expected a positive "
+                         "number")
     if len(y) and (y.min() < 0 or y.max() >= num_classes):
         bad = int(y.min()) if y.min() < 0 else int(y.max())
-        raise ValueError(f"{name}: y_{split} holds label {bad}; expected labels in "
+        raise ValueError(f"dataset={name}: y_{split} holds label {bad}; expected labels in "
                          f"[0, num_classes={num_classes})")

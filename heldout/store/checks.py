@@ -20,7 +20,7 @@ _LEADING_PARAMETER = re.compile(r"^([a-z][a-z0-9_]*)(?=[=:])")
 # A parameter name anywhere in a message, not inside a path or a flag: of several words
 # ("add retrain_complete"), or of one word with a value ("estimators=tracin").
 _INNER_PARAMETER = re.compile(
-    r"(?<![\w/.\-])(?:[a-z][a-z0-9]*(?:_[a-z0-9]+)+(?![\w/.])|[a-z][a-z0-9]*(?==))")
+    r"(?<![\w/.<\-])(?:[a-z][a-z0-9]*(?:_[a-z0-9]+)+(?![\w/.>])|[a-z][a-z0-9]*(?==))")
 
 
 def check_writable(path: str, parameter: str, is_file: bool = False) -> None:

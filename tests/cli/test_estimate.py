@@ -1,0 +1,77 @@
+"""estimate.py and its front doors (`heldout.run_estimate`): estimates checked against
+brute force, outputs checked writable first, gradient-method settings as flags."""
+
+import os
+
+import numpy as np
+import pytest
+
+from tests.cli.runner import assert_one_line_error, run_cli
+
+
+def load_aux(path) -> dict:
+    with np.load(path) as npz:
+        return {key: npz[key] for key in npz.files}
+
+
+def brute_force_memorization(experiment: str, num_train: int) -> tuple[np.ndarray, ...]:
+    """Memorization and test influence from the aux files, one example at a time."""
+    files = sorted(os.listdir(os.path.join(experiment, "0.7")), key=int)
+    runs = [load_aux(os.path.join(experiment, "0.7", f, "aux_arrays.npz")) for f in files]
+    memorization = np.full(num_train, np.nan)
+    for i in range(num_train):
+        inside = [bool(r["correctness_train"][list(r["index_train"]).index(i)])
+                  for r in runs if i in r["index_train"]]
+        outside = [bool(r["correctness_removed"][list(r["index_removed"]).index(i)])
+                   for r in runs if i in r["index_removed"]]
+        if inside and outside:
+            memorization[i] = np.mean(inside) - np.mean(outside)
+    num_test = len(runs[0]["index_test"])
+    influence = np.full((num_train, num_test), np.nan)
+    for i in range(num_train):
+        inside = [r["correctness_test"] for r in runs if i in r["index_train"]]
+        outside = [r["correctness_test"] for r in runs if i in r["index_removed"]]
+        if inside and outside:
+            influence[i] = np.mean(inside, axis=0) - np.mean(outside, axis=0)
+    return memorization, influence
+
+
+@pytest.mark.slow
+def test_estimate_matches_brute_force_and_draws_figures(experiment, tmp_path):
+    output = tmp_path / "estimates.npz"
+    plot_dir = tmp_path / "plots"
+    result = run_cli("estimate.py", f"--experiment_dir={experiment}", f"--output={output}",
+                     f"--plot_dir={plot_dir}", "--progress=false", "--top=5", "--min_runs=1")
+    assert result.returncode == 0, result.stderr
+    assert "memorization: 6 runs of 0.7" in result.stdout
+    assert "Top 5 memorized training examples" in result.stdout
+    estimates = load_aux(output)
+    memorization, influence = brute_force_memorization(experiment, 1352)
+    np.testing.assert_allclose(estimates["mem_score"], memorization, atol=1e-6)
+    np.testing.assert_allclose(estimates["infl_matrix"], influence, atol=1e-6)
+    best = np.nanmax(influence)
+    assert estimates["infl_pair_score"][0] == pytest.approx(best, abs=1e-6)
+    for name in ("memorization_histogram.png", "top_memorized.png", "influence_pairs.png"):
+        content = (plot_dir / name).read_bytes()
+        assert content.startswith(b"\x89PNG") and len(content) > 5000
+
+
+def test_estimate_on_empty_directory_is_a_one_line_error(tmp_path):
+    result = run_cli("estimate.py", f"--experiment_dir={tmp_path}")
+    assert_one_line_error(result, "--experiment_dir", "no runs found")
+
+
+def test_estimate_fetches_a_released_tarball_first(experiment, tmp_path):
+    import tarfile
+
+    tarball = tmp_path / "my-release.tar.gz"
+    with tarfile.open(tarball, "w:gz") as archive:
+        archive.add(os.path.join(experiment, "0.7"), arcname="my-release/0.7")
+    fetched = tmp_path / "fetched"
+    result = run_cli("estimate.py", f"--experiment_dir={tarball}", f"--fetch_dir={fetched}",
+                     "--progress=false", "--min_runs=1", "--estimator=memorization")
+    assert result.returncode == 0, result.stderr
+    assert "extracted 6" in result.stdout
+    assert "memorization: 6 runs of 0.7" in result.stdout
+    assert sorted(os.listdir(fetched / "my-release" / "0.7"), key=int) == [str(i) for i in range(6)]
+    assert not list(fetched.rglob("checkpoints"))  # aux arrays only, by default
