@@ -143,3 +143,20 @@ def test_small_inception_trained_on_mock_cifar10_round_trips_through_demo(tmp_pa
     assert check.restored.epoch == 1 and check.restored.global_step == info["optimizer_steps"]
     assert check.matches == check.total == data.num_train
     assert check.subset_fraction == pytest.approx(0.5)
+
+
+def test_run_without_checkpoints_is_refused_with_the_command_that_adds_them(tmp_path):
+    run_dir = runs.run_dir(str(tmp_path / "exp"), "0.7", 3)
+    subset = np.arange(3)
+    runs.save_run(run_dir, runs.aux_arrays(subset, np.ones(4, bool), np.ones(2, bool)),
+                  {"dataset": "digits", "train_config": {"model": "mlp"}})
+    with pytest.raises(ValueError) as raised:
+        heldout.run_demo(heldout.DemoRequest(run_dir=run_dir))
+    message = str(raised.value)
+    assert message.startswith(f"run_dir={run_dir}: no checkpoint")
+    assert (f"--save_checkpoints --retrain_complete --experiment_dir={tmp_path / 'exp'} "
+            "--subset=0.7 --run_ids=3") in message
+    with pytest.raises(ValueError, match="not a complete run"):
+        heldout.run_demo(heldout.DemoRequest(run_dir=str(tmp_path / "nothing")))
+    with pytest.raises(ValueError, match="run_dir: empty"):
+        heldout.run_demo(heldout.DemoRequest(run_dir=""))

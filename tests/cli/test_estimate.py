@@ -6,6 +6,10 @@ import os
 import numpy as np
 import pytest
 
+import heldout
+from heldout.attribution import api as attribution_api
+from heldout.attribution import influence_functions, tracin
+from heldout.estimate import api as estimate_api
 from tests.cli.runner import assert_one_line_error, run_cli
 
 
@@ -75,3 +79,80 @@ def test_estimate_fetches_a_released_tarball_first(experiment, tmp_path):
     assert "memorization: 6 runs of 0.7" in result.stdout
     assert sorted(os.listdir(fetched / "my-release" / "0.7"), key=int) == [str(i) for i in range(6)]
     assert not list(fetched.rglob("checkpoints"))  # aux arrays only, by default
+
+
+# --- the front door, in process -------------------------------------------------------
+
+
+def test_gradient_method_settings_build_their_configs():
+    config = attribution_api.method_config(
+        "if_kfac", {"fisher": "empirical", "seed": 3, "batch_size": 7, "damping": 0.5,
+                    "layers": ("_layers/0",)})
+    assert config == influence_functions.InfluenceConfig(
+        strategy="kfac", fisher="empirical", seed=3, batch_size=7, damping=0.5,
+        layers=("_layers/0",))
+    assert attribution_api.method_config("tracin", {"projection_dim": 16}) == \
+        tracin.TracInConfig(projection_dim=16)
+
+
+@pytest.mark.parametrize("method, settings, fragment", [
+    ("tracin", {"fisher": "empirical"}, "fisher: not a setting of estimators=tracin"),
+    ("tracin", {"damping": 0.1}, "damping: not a setting of estimators=tracin"),
+    ("if_ekfac", {"projection_dim": 4}, "projection_dim: not a setting"),
+    ("if_ekfac", {"strategy": "kfac"}, "strategy: not a setting"),  # fixed by the method
+])
+def test_settings_a_method_lacks_are_refused(method, settings, fragment):
+    with pytest.raises(ValueError, match=fragment):
+        attribution_api.method_config(method, settings)
+
+
+def test_attribution_settings_with_a_retraining_estimator_are_refused(tmp_path):
+    request = heldout.EstimateRequest(experiment_dir=str(tmp_path),
+                                      attribution={"damping": 1.0})
+    with pytest.raises(ValueError, match="damping: a setting of the gradient methods"):
+        heldout.run_estimate(request)
+
+
+def test_targeted_report_has_the_published_defaults_unless_given():
+    request = heldout.EstimateRequest()
+    assert [request.setting(n, True) for n in ("metric", "alpha", "confidence")] == \
+        ["logodds", 0.01, 0.99]
+    assert [request.setting(n, False) for n in ("metric", "alpha", "confidence")] == \
+        ["correctness", 0.05, 0.95]
+    given = heldout.EstimateRequest(metric="margin", alpha=0.2, confidence=0.5)
+    assert [given.setting(n, True) for n in ("metric", "alpha", "confidence")] == \
+        ["margin", 0.2, 0.5]
+
+
+@pytest.mark.parametrize("where", ["missing", "empty"])
+def test_verify_refuses_a_missing_or_empty_directory(tmp_path, where):
+    directory = tmp_path / "exp"
+    if where == "empty":
+        directory.mkdir()
+    with pytest.raises(ValueError, match="not a directory|no runs found"):
+        heldout.run_estimate(heldout.EstimateRequest(experiment_dir=str(directory),
+                                                     verify=True))
+
+
+def test_default_outputs_live_in_the_experiment_directory():
+    assert estimate_api.default_output("gs://b/exp", "estimates-0.7") == \
+        "gs://b/exp/estimates-0.7.npz"
+
+
+@pytest.mark.slow
+def test_verify_and_tracin_through_the_cli(experiment, tmp_path):
+    verified = run_cli("estimate.py", f"--experiment_dir={experiment}", "--verify")
+    assert verified.returncode == 0, verified.stderr
+    assert "verified 6 complete runs: 0 damaged" in verified.stdout
+    output = tmp_path / "tracin.npz"
+    result = run_cli("estimate.py", f"--experiment_dir={experiment}", "--estimator=tracin",
+                     "--run_id=1", "--eval_indices=0-4", "--gradient_batch_size=64",
+                     "--projection_seed=2", f"--output={output}", "--progress=false")
+    assert result.returncode == 0, result.stderr
+    assert "TracIn over 3 checkpoints" in result.stdout  # snapshots at epochs 1, 2 + final
+    saved = load_aux(output)
+    assert saved["scores"].shape == (1352, 5) and np.isfinite(saved["self_influence"]).all()
+    refused = run_cli("estimate.py", f"--experiment_dir={experiment}", "--estimator=tracin",
+                      "--fisher=empirical", f"--output={tmp_path}/x.npz")
+    assert_one_line_error(refused, "--fisher: not a setting of --estimator=tracin")
+    assert not (tmp_path / "x.npz").exists()
