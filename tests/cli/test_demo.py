@@ -160,3 +160,21 @@ def test_run_without_checkpoints_is_refused_with_the_command_that_adds_them(tmp_
         heldout.run_demo(heldout.DemoRequest(run_dir=str(tmp_path / "nothing")))
     with pytest.raises(ValueError, match="run_dir: empty"):
         heldout.run_demo(heldout.DemoRequest(run_dir=""))
+
+
+def test_truncated_checkpoint_is_one_line_naming_it(released_like_run, tmp_path):
+    """Issue 13 case 6 in demo.py: the error the CLI prints for a damaged checkpoint."""
+    import shutil
+
+    from heldout.store import checks
+
+    root, run_dir, _, _ = released_like_run
+    damaged = tmp_path / "0.5" / "7"
+    shutil.copytree(run_dir, damaged)
+    (data_file,) = (damaged / "checkpoints").glob("ckpt-17.data*")
+    os.truncate(data_file, data_file.stat().st_size // 2)
+    with pytest.raises(checks.cli_errors()) as raised:
+        heldout.run_demo(heldout.DemoRequest(run_dir=str(damaged), arch="small_inception",
+                                             dataset=f"npz:{root / 'data.npz'}"))
+    line = checks.one_line_error(raised.value, {"run_dir": "--run_dir"})
+    assert "ckpt-17" in line and "\n" not in line, line
