@@ -32,6 +32,8 @@ All file access goes through TensorFlow's file systems, so patterns may be gs://
 
 from __future__ import annotations
 
+import dataclasses
+import io
 from collections.abc import Sequence
 
 import numpy as np
@@ -61,6 +63,91 @@ _TRAIN_ASPECT_RATIO_RANGE = (3 / 4, 4 / 3)
 _TRAIN_CROP_ATTEMPTS = 10
 
 MeanStd = tuple[Sequence[float], Sequence[float]]
+
+
+INDEX_FILE_KEYS = ("tr_filenames", "tr_labels", "tt_filenames", "tt_labels")
+
+
+@dataclasses.dataclass(frozen=True)
+class ImagenetIndex:
+    """The published ``imagenet_index.npz``: the data order of the released ImageNet runs.
+
+    Position ``i`` of a split is the example whose ``index`` is ``i`` in the TFRecords
+    and in the runs' aux arrays.
+
+    Attributes:
+        tr_filenames: ``[num_train]`` training file names (str), in index order.
+        tr_labels: int64 ``[num_train]`` their classes, as stored in the file.
+        tt_filenames: ``[num_test]`` validation file names (str).
+        tt_labels: int64 ``[num_test]``.
+        tr_mem: float64 ``[num_train]`` memorization estimates, or None if absent.
+    """
+
+    tr_filenames: list[str]
+    tr_labels: np.ndarray
+    tt_filenames: list[str]
+    tt_labels: np.ndarray
+    tr_mem: np.ndarray | None = None
+
+
+def read_npz_keys(path: str, required: Sequence[str], what: str = "file",
+                  allow_pickle: bool = False) -> dict[str, np.ndarray]:
+    """Every array of an ``.npz`` (local or gs://), after checking `required` keys are there.
+
+    Args:
+        path: the file.
+        required: keys that must be present.
+        what: what the file should be, for messages ("C-score file").
+        allow_pickle: also read object arrays (pickled). Only for trusted files: the
+            published ImageNet index may hold its file names as an object array of bytes
+            (the published builder loads it with ``allow_pickle=True``).
+
+    Raises:
+        ValueError: one line naming the file and the first missing key, or saying that
+            the file cannot be read.
+    """
+    try:
+        with tf.io.gfile.GFile(path, "rb") as f:
+            content = f.read()
+        with np.load(io.BytesIO(content), allow_pickle=allow_pickle) as npz:
+            arrays = {key: npz[key] for key in npz.files}
+    except Exception as e:  # noqa: BLE001 (GFile, zipfile and np.load raise many types)
+        raise ValueError(f"{path}: cannot read as a {what} .npz "
+                         f"({type(e).__name__}: {e})") from None
+    missing = [key for key in required if key not in arrays]
+    if missing:
+        raise ValueError(f"{path}: not a {what}: missing key {missing[0]!r} "
+                         f"(has {', '.join(sorted(arrays)) or 'no keys'})")
+    return arrays
+
+
+def load_imagenet_index(path: str) -> ImagenetIndex:
+    """Reads the published ``imagenet_index.npz``, checked.
+
+    Its file names are base names (``n01440764_10026.JPEG``, ``ILSVRC2012_val_00000293.JPEG``)
+    and its labels 0-based (the published builder asserts ``record label == index label + 1``).
+
+    Raises:
+        ValueError: a key is missing (named), or filenames and labels differ in length.
+    """
+    arrays = read_npz_keys(path, INDEX_FILE_KEYS, "ImageNet index file", allow_pickle=True)
+    for prefix in ("tr", "tt"):
+        if len(arrays[f"{prefix}_filenames"]) != len(arrays[f"{prefix}_labels"]):
+            raise ValueError(f"{path}: {prefix}_filenames has {len(arrays[f'{prefix}_filenames'])} "
+                             f"entries but {prefix}_labels has {len(arrays[f'{prefix}_labels'])}")
+    tr_mem = arrays.get("tr_mem")
+    if tr_mem is not None and len(tr_mem) != len(arrays["tr_labels"]):
+        raise ValueError(f"{path}: tr_mem has {len(tr_mem)} entries but tr_labels has "
+                         f"{len(arrays['tr_labels'])}")
+    return ImagenetIndex(
+        tr_filenames=_as_strings(arrays["tr_filenames"]),
+        tr_labels=arrays["tr_labels"].astype(np.int64),
+        tt_filenames=_as_strings(arrays["tt_filenames"]),
+        tt_labels=arrays["tt_labels"].astype(np.int64), tr_mem=tr_mem)
+
+
+def _as_strings(values: np.ndarray) -> list[str]:
+    return [v.decode() if isinstance(v, bytes) else str(v) for v in values.tolist()]
 
 
 def list_files(file_pattern: str) -> list[str]:

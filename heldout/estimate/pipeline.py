@@ -236,13 +236,28 @@ def _influence(experiment: runs_lib.Experiment, config: EstimateConfig) -> Influ
     top_stats = dataclasses.replace(
         top_stats, **{name: np.where(defined, getattr(top_stats, name), np.nan)
                       for name in ("score", "stderr", "p_value", "ci_low", "ci_high")})
-    flat_scores = np.nan_to_num(top.score.ravel(), nan=-np.inf)
-    best = np.argsort(-flat_scores, kind="stable")[:config.num_pairs]
+    return InfluenceResult(eval_indices=eval_indices, top=top, top_stats=top_stats,
+                           pairs=highest_pairs(top.score, top_stats, eval_indices,
+                                               config.num_pairs),
+                           matrix=top.dense)
+
+
+def highest_pairs(top_score: np.ndarray, top_stats: estimators_lib.InfluencePairs,
+                  eval_indices: np.ndarray, num_pairs: int) -> estimators_lib.InfluencePairs:
+    """The `num_pairs` highest entries of the top-k table overall, with test indices.
+
+    Args:
+        top_score: ``[E, k]`` top-k influence scores (NaN where undefined).
+        top_stats: statistics of every entry of the table, flattened ``[E * k]``, with
+            ``eval`` the column of the entry.
+        eval_indices: ``[E]`` test index of each column.
+        num_pairs: pairs to keep.
+    """
+    flat_scores = np.nan_to_num(top_score.ravel(), nan=-np.inf)
+    best = np.argsort(-flat_scores, kind="stable")[:num_pairs]
     best = best[np.isfinite(flat_scores[best])]
     pairs = top_stats.take(best)
-    pairs = dataclasses.replace(pairs, eval=eval_indices[pairs.eval])
-    return InfluenceResult(eval_indices=eval_indices, top=top, top_stats=top_stats,
-                           pairs=pairs, matrix=top.dense)
+    return dataclasses.replace(pairs, eval=eval_indices[pairs.eval])
 
 
 def _cscore(experiment_dir: str, config: EstimateConfig, progress: bool

@@ -160,3 +160,23 @@ def plot_targeted_self_influence(scores: np.ndarray, ci_low: np.ndarray, ci_high
     ax.set_ylabel(f"self-influence on {metric}\n(with - without)")
     ax.set_title(f"Targeted self-influence with {confidence:.0%} intervals")
     return _save(fig, path)
+
+
+def plot_estimate_scatter(x: np.ndarray, y: np.ndarray, path: str, x_label: str,
+                          y_label: str, threshold: float | None = None,
+                          title: str = "") -> str:
+    """Scatter of one estimate against another (ours vs published), with the diagonal and,
+    when given, the threshold on both axes."""
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(4.5, 4.5))
+    ax.scatter(x, y, s=4, alpha=0.4 if len(x) > 1000 else 0.8, linewidths=0)
+    low = float(min(np.min(x), np.min(y))) if len(x) else 0.0
+    high = float(max(np.max(x), np.max(y))) if len(x) else 1.0
+    ax.plot([low, high], [low, high], color="gray", lw=0.8)
+    if threshold is not None:
+        ax.axvline(threshold, color="tab:red", lw=0.8, ls="--")
+        ax.axhline(threshold, color="tab:red", lw=0.8, ls="--")
+    ax.set_xlabel(x_label)
+    ax.set_ylabel(y_label)
+    ax.set_title(title, fontsize=9)
+    return _save(fig, path)
