@@ -1,5 +1,9 @@
 """The front door of ``demo.py``: restore one run's checkpoint, evaluate, cross-check.
 
+With ``records`` the split is streamed from indexed TFRecords (full ImageNet never
+fits in memory) and matched to the aux arrays by index; otherwise it comes from a data
+set loaded whole.
+
 `run_demo` reads what it can from the run's ``run.json`` (architecture, width, data
 set), restores the checkpoint, evaluates the chosen split and compares every prediction
 with the correctness stored in the run's aux arrays (`checkpoints.check_run`). A run
@@ -14,7 +18,7 @@ import tensorflow as tf
 
 from heldout.data import sources
 from heldout.data.dataset import DEFAULT_MAX_CLASSES
-from heldout.models import checkpoints
+from heldout.models import checkpoints, evaluate
 from heldout.store import runs as runs_lib
 
 
@@ -30,6 +34,12 @@ class DemoRequest:
         data_dir: TFDS data directory.
         split: ``test``, or ``train`` (trained-on and held-out examples).
         max_classes: most classes a data set may have.
+        records: glob of indexed TFRecords of `split` to stream instead of loading a data
+            set (the published ImageNet demo; `evaluate.evaluate_run_streaming`).
+        num_classes: with `records`: classes of the model.
+        image_size: with `records`: side of the model's input images.
+        max_examples: with `records`: stop after this many (a quick partial check).
+        progress: with `records`: show a progress bar.
     """
 
     run_dir: str
@@ -39,16 +49,24 @@ class DemoRequest:
     data_dir: str | None = None
     split: str = "test"
     max_classes: int = DEFAULT_MAX_CLASSES
+    records: str | None = None
+    num_classes: int = 1000
+    image_size: int = 224
+    max_examples: int | None = None
+    progress: bool = True
 
 
 @dataclasses.dataclass(frozen=True)
 class DemoReport:
     """The check of one run; ``str()`` is what ``demo.py`` prints (as the published demo)."""
 
-    check: checkpoints.RunCheck
+    check: checkpoints.RunCheck | evaluate.StreamingCheck
 
     def __str__(self) -> str:
         check, restored = self.check, self.check.restored
+        if isinstance(check, evaluate.StreamingCheck):
+            return "\n".join([f"Restored {restored.checkpoint_path}: epoch {restored.epoch}, "
+                              f"global_step {restored.global_step}", str(check)])
         return "\n".join([
             f"Restored {restored.checkpoint_path}: epoch {restored.epoch}, "
             f"global_step {restored.global_step}",
@@ -82,9 +100,17 @@ def run_demo(request: DemoRequest) -> DemoReport:
                          f"--run_ids={run_id} (with its other training flags) adds them")
     arch = request.arch or train_config.get("model")
     dataset = request.dataset or info.get("dataset")
+    width = request.width or train_config.get("model_width", 1.0)
+    if request.records is not None:
+        if not arch:
+            raise ValueError(f"run_dir={run_dir} has no run.json saying its architecture: "
+                             "pass arch")
+        return DemoReport(evaluate.evaluate_run_streaming(
+            run_dir, arch, request.records, split=request.split,
+            num_classes=request.num_classes, image_size=request.image_size,
+            max_examples=request.max_examples, progress=request.progress, width=width))
     if not arch or not dataset:
         raise ValueError(f"run_dir={run_dir} has no run.json saying its architecture and "
                          "data set: pass arch and dataset")
-    width = request.width or train_config.get("model_width", 1.0)
     data = sources.load_dataset(dataset, request.data_dir, max_classes=request.max_classes)
     return DemoReport(checkpoints.check_run(run_dir, arch, data, request.split, width=width))

@@ -178,3 +178,35 @@ def test_truncated_checkpoint_is_one_line_naming_it(released_like_run, tmp_path)
                                              dataset=f"npz:{root / 'data.npz'}"))
     line = checks.one_line_error(raised.value, {"run_dir": "--run_dir"})
     assert "ckpt-17" in line and "\n" not in line, line
+
+
+@pytest.mark.slow
+def test_demo_streams_records_and_matches_by_index(tmp_path):
+    """demo.py --records: the published ImageNet demo's path, on a ResNet-50-shaped run
+    whose stored correctness was computed independently (tests/models/test_evaluate.py)."""
+    from tests.data.test_build_imagenet import SYNSETS
+    from tests.models.test_evaluate import IMAGE_SIZE, resnet_run
+
+    root, run_dir, correct, _ = resnet_run.__wrapped__(_Factory(tmp_path))
+    result = subprocess.run(
+        [sys.executable, str(REPO_ROOT / "demo.py"), f"--run_dir={run_dir}", "--arch=resnet50",
+         f"--records={root / 'records' / 'validation-*'}", f"--num_classes={len(SYNSETS)}",
+         f"--image_size={IMAGE_SIZE}", "--progress=false"],
+        capture_output=True, text=True, timeout=300, cwd=REPO_ROOT,
+        env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"})
+    assert result.returncode == 0, result.stderr
+    total = len(correct["test"])
+    assert f"accuracy {correct['test'].mean():.4f} on {total} examples" in result.stdout
+    assert result.stdout.strip().endswith(f"{total} out of {total} predictions match")
+
+
+class _Factory:
+    """The one method of pytest's tmp_path_factory a fixture body uses."""
+
+    def __init__(self, path):
+        self._path = path
+
+    def mktemp(self, name):
+        directory = self._path / name
+        directory.mkdir()
+        return directory
