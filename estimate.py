@@ -10,6 +10,7 @@ Usage:
   python estimate.py --experiment_dir=gs://bucket/cifar10 --subset=0.7 \
       --estimator=influence --influence_output=topk --top_k=20 --eval_shard=0/8
   python estimate.py --estimator=cscore --subset=0.1,0.3,0.5,0.7,0.9
+  python estimate.py --merge=part0.npz,part1.npz --compare_to=cifar100_infl_matrix.npz
   python estimate.py --experiment_dir=experiments/digits_nsi --estimator=self_influence \
       --targets=nsi [--all] [--plan --effect=0.25]
 
@@ -127,6 +128,14 @@ _OUTPUT = flags.DEFINE_string(
 _CSV_DIR = flags.DEFINE_string("csv_dir", None, "Also write per-example CSV tables here.")
 _PLOT_DIR = flags.DEFINE_string(
     "plot_dir", None, "Write PNG figures here (histograms, top memorized, influence pairs).")
+_MERGE = flags.DEFINE_list(
+    "merge", None, "Instead of estimating: merge the estimate files of the parts of a "
+    "sharded job (--eval_shard=i/n) into one, saved to --output (default: the experiment's "
+    "estimates file).")
+_COMPARE_TO = flags.DEFINE_string(
+    "compare_to", None, "Compare the estimates with a published file (high-influence pairs, "
+    "class-wise influence matrix, ImageNet index or C-scores): correlations, top-k agreement, "
+    "threshold counts, largest disagreements (and scatter plots with --plot_dir).")
 _DATASET = flags.DEFINE_string(
     "dataset", None, "Data set, for labels and images; default: the one the experiment "
     "was trained on (none for released runs).")
@@ -153,7 +162,7 @@ _FLAG_OF = {
         "metric", "min_runs", "test", "confidence", "alpha", "fdr", "influence_output",
         "top_k", "threshold", "eval_indices", "eval_shard", "targets", "plan", "effect",
         "power", "run_id", "factors_path", "output", "csv_dir", "plot_dir", "dataset",
-        "data_dir", "max_classes", "top", "verify")},
+        "data_dir", "max_classes", "top", "verify", "merge", "compare_to")},
     **{parameter: f"--{holder.name}" for holder, parameter in _ATTRIBUTION_FLAGS},
     "estimators": "--estimator", "subsets": "--subset", "show_all": "--all",
     "strategy": "--estimator"}
@@ -183,7 +192,8 @@ def main(argv):
             factors_path=_FACTORS_PATH.value, output=_OUTPUT.value, csv_dir=_CSV_DIR.value,
             plot_dir=_PLOT_DIR.value, dataset=_DATASET.value, data_dir=_DATA_DIR.value,
             max_classes=_MAX_CLASSES.value, top=_TOP.value, verify=_VERIFY.value,
-            progress=_PROGRESS.value)
+            progress=_PROGRESS.value, merge=_tuple(_MERGE.value),
+            compare_to=_COMPARE_TO.value)
         report = heldout.run_estimate(request)
     except checks.cli_errors() as e:
         sys.exit(f"estimate.py: error: {checks.one_line_error(e, _FLAG_OF)}")

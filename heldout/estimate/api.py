@@ -15,14 +15,15 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import re
 from collections.abc import Mapping
 
 import tensorflow as tf
 
 from heldout.data import sources
 from heldout.data.dataset import DEFAULT_MAX_CLASSES, Dataset
-from heldout.estimate import pipeline, targeted
-from heldout.store import checks, designs, released
+from heldout.estimate import compare, merge, pipeline, targeted
+from heldout.store import checks, designs, published, released
 from heldout.store import runs as runs_lib
 from heldout.store import targets as targets_lib
 from heldout.training.experiment import read_experiment_info
@@ -67,6 +68,11 @@ class EstimateRequest:
         top: rows of each printed table.
         verify: only check every complete run (non-zero status if any is damaged).
         progress: show progress bars.
+        merge: estimate files of the parts of a sharded job (``eval_shard``) to merge
+            into one, instead of estimating; saved to `output` (default: the
+            experiment's estimates file).
+        compare_to: a published file (memorization/influence or C-scores) to compare
+            the estimates with (`compare.compare_to_published`).
     """
 
     experiment_dir: str = DEFAULT_EXPERIMENT_DIR
@@ -104,6 +110,8 @@ class EstimateRequest:
     top: int = 10
     verify: bool = False
     progress: bool = True
+    merge: tuple[str, ...] | None = None
+    compare_to: str | None = None
 
     def setting(self, name: str, targeted_report: bool) -> object:
         """`metric`, `alpha` or `confidence`: the value given, else the report's default."""
@@ -150,6 +158,10 @@ def run_estimate(request: EstimateRequest) -> EstimateReport:
         return verify(prepared)
     if request.targets or request.plan:
         return _targeted(request, prepared)
+    if request.compare_to:
+        published.detect_kind(request.compare_to)  # a file it can compare, before any work
+    if request.merge is not None:
+        return _merged(request, prepared)
     return _estimates(request, prepared)
 
 
@@ -250,7 +262,51 @@ def _estimates(request: EstimateRequest, prepared: Prepared) -> EstimateReport:
     if request.plot_dir:
         written += pipeline.plot_estimates(estimates, request.plot_dir, data)
     table = pipeline.format_report(estimates, labels_train, labels_test, top=request.top)
-    return EstimateReport((*prepared.sections, table), tuple(written))
+    comparison, plots = _compare(request, estimates, data)
+    return EstimateReport((*prepared.sections, table, comparison), tuple(written + plots))
+
+
+def _merged(request: EstimateRequest, prepared: Prepared) -> EstimateReport:
+    """The parts of a sharded job merged into the one-machine result, saved, reported."""
+    if not request.merge:
+        raise ValueError("merge: empty; expected the estimate files of the parts")
+    if request.output:
+        checks.check_writable(request.output, "output", is_file=True)
+    else:
+        checks.check_writable(prepared.experiment_dir, "output")
+    for name in ("csv_dir", "plot_dir"):
+        if getattr(request, name):
+            checks.check_writable(getattr(request, name), name)
+    estimates = merge.merge_estimate_files(list(request.merge))
+    output = request.output or default_output(
+        prepared.experiment_dir, f"estimates-{estimates.subset or 'cscore'}")
+    pipeline.save_estimates(estimates, output)
+    data = load_data(request, prepared.experiment_dir)
+    labels_train = None if data is None else data.y_train
+    labels_test = None if data is None else data.y_test
+    written = [output]
+    if request.csv_dir:
+        written += pipeline.write_tables(estimates, request.csv_dir, labels_train, labels_test)
+    table = pipeline.format_report(estimates, labels_train, labels_test, top=request.top)
+    comparison, plots = _compare(request, estimates, data)
+    merged = f"merged {len(request.merge)} parts into {output}"
+    return EstimateReport((*prepared.sections, merged, table, comparison),
+                          tuple(written + plots))
+
+
+def _compare(request: EstimateRequest, estimates: pipeline.Estimates, data: Dataset | None
+             ) -> tuple[str, list[str]]:
+    """The comparison with a published file, if asked: its text, and its figures."""
+    if not request.compare_to:
+        return "", []
+    comparisons = compare.compare_to_published(estimates, request.compare_to, data)
+    plots = []
+    if request.plot_dir:
+        for comparison in comparisons:
+            name = re.sub(r"\W+", "_", comparison.name).strip("_")
+            plots.append(compare.plot_comparison(comparison, tf.io.gfile.join(
+                request.plot_dir, f"compare-{name}.png")))
+    return "\n".join(compare.summary_lines(comparisons)), plots
 
 
 def _targeted(request: EstimateRequest, prepared: Prepared) -> EstimateReport:

@@ -158,3 +158,34 @@ def test_verify_and_tracin_through_the_cli(experiment, tmp_path):
                       "--fisher=empirical", f"--output={tmp_path}/x.npz")
     assert_one_line_error(refused, "--fisher: not a setting of --estimator=tracin")
     assert not (tmp_path / "x.npz").exists()
+
+
+def test_cscores_compared_with_a_published_file(tmp_path):
+    """--compare_to on C-scores: a 'published' file holding the brute-force C-score of
+    every training example agrees perfectly (Spearman 1)."""
+    from heldout.store import runs
+
+    rng = np.random.default_rng(5)
+    num_train, num_runs = 30, 12
+    members, correct = [], []
+    for r in range(num_runs):
+        subset = np.sort(rng.choice(num_train, num_train // 2, replace=False))
+        right = rng.random(num_train) < np.linspace(0.1, 0.9, num_train)
+        runs.save_run(runs.run_dir(str(tmp_path / "exp"), "0.5", r),
+                      runs.aux_arrays(subset, right, rng.random(4) < 0.5), {})
+        members.append(np.isin(np.arange(num_train), subset))
+        correct.append(right)
+    members, correct = np.array(members), np.array(correct)
+    brute = np.array([correct[~members[:, i], i].mean() for i in range(num_train)])
+    np.savez(tmp_path / "cscores.npz", labels=np.zeros(num_train, np.int64), scores=brute)
+    report = heldout.run_estimate(heldout.EstimateRequest(
+        experiment_dir=str(tmp_path / "exp"), estimators=("cscore",), min_runs=1,
+        compare_to=str(tmp_path / "cscores.npz"), plot_dir=str(tmp_path / "plots"),
+        progress=False))
+    text = str(report)
+    assert "Spearman 1.000" in text, text
+    assert any(p.endswith(".png") and os.path.exists(p) for p in report.written)
+    with pytest.raises(ValueError, match="not a published estimates file"):
+        heldout.run_estimate(heldout.EstimateRequest(
+            experiment_dir=str(tmp_path / "exp"), estimators=("cscore",),
+            compare_to=str(tmp_path / "exp" / "0.5" / "0" / "aux_arrays.npz")))
