@@ -16,6 +16,15 @@ import cycles (`tests/test_layering.py` parses every import and enforces this):
     attribution  gradient-based estimators judged against retraining
 
 This module is the small stable public API (`__all__`); the subpackages hold the rest.
+Its three front doors are what the CLIs call, one each, so a notebook gets exactly the
+behaviour of the command line (checks, defaults, presets, output paths):
+
+    train(TrainRequest(...)) -> TrainReport                 train.py
+    run_estimate(EstimateRequest(...)) -> EstimateReport    estimate.py
+    run_demo(DemoRequest(...)) -> DemoReport                demo.py
+
+Their errors are `ValueError`s naming the request's parameters; `str()` of a report is
+what the CLI prints.
 """
 
 from heldout.attribution.api import run_estimate
