@@ -183,3 +183,30 @@ def test_cscores_compared_with_a_published_file(tmp_path):
         heldout.run_estimate(heldout.EstimateRequest(
             experiment_dir=str(tmp_path / "exp"), estimators=("cscore",),
             compare_to=str(tmp_path / "exp" / "0.5" / "0" / "aux_arrays.npz")))
+
+
+def test_fetched_tarball_md5_is_checked(tmp_path):
+    """md5 given: the tarball's MD5 (computed here with hashlib) is verified, and any
+    other value is refused; either way the experiment is fetched first."""
+    import hashlib
+    import tarfile
+
+    from heldout.store import runs
+
+    rng = np.random.default_rng(2)
+    for r in range(3):
+        runs.save_run(runs.run_dir(str(tmp_path / "rel"), "0.5", r),
+                      runs.aux_arrays(np.arange(5), rng.random(10) < 0.5,
+                                      rng.random(3) < 0.5), {})
+    tarball = tmp_path / "rel.tar.gz"
+    with tarfile.open(tarball, "w:gz") as archive:
+        archive.add(tmp_path / "rel" / "0.5", arcname="rel/0.5")
+    digest = hashlib.md5(tarball.read_bytes()).hexdigest()
+    request = dict(experiment_dir=str(tarball), estimators=("memorization",), min_runs=1,
+                   progress=False)
+    report = heldout.run_estimate(heldout.EstimateRequest(
+        **request, md5=digest, fetch_dir=str(tmp_path / "ok")))
+    assert f"MD5 {digest} (verified)" in str(report)
+    with pytest.raises(ValueError, match=f"differs from the expected {'0' * 32}"):
+        heldout.run_estimate(heldout.EstimateRequest(
+            **request, md5="0" * 32, fetch_dir=str(tmp_path / "bad")))
