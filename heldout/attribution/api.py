@@ -13,13 +13,11 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Mapping
 
-import numpy as np
 import tensorflow as tf
 
 from heldout.attribution import influence_functions, runs_attribution, tracin
 from heldout.estimate import api as estimate_api
 from heldout.estimate import pipeline
-from heldout.store import designs
 from heldout.store import runs as runs_lib
 from heldout.store.runs import read_run_info
 
@@ -55,12 +53,7 @@ def run_estimate(request: EstimateRequest) -> EstimateReport:
     estimate_api.check_outputs(request, output)
     _check_run_has_checkpoints(run_dir, method)
     data = estimate_api.load_data(request, experiment_dir, required=True)
-    eval_indices = np.arange(data.num_test)
-    if request.eval_indices:
-        eval_indices = np.asarray(designs.read_indices(request.eval_indices, "eval_indices"))
-    if request.eval_shard:
-        index, count = designs.parse_shard(request.eval_shard, "eval_shard")
-        eval_indices = np.array_split(eval_indices, count)[index]
+    eval_indices = estimate_api.eval_indices(request, data.num_test)
     retraining = runs_lib.load_experiment(experiment_dir, subset, progress=request.progress)
     attribution = runs_attribution.attribute_run(
         run_dir, method, data, eval_indices, config=config,

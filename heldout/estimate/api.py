@@ -18,6 +18,7 @@ import os
 import re
 from collections.abc import Mapping
 
+import numpy as np
 import tensorflow as tf
 
 from heldout.data import sources
@@ -219,6 +220,21 @@ def check_outputs(request: EstimateRequest, output: str) -> None:
         checks.check_writable(request.csv_dir, "csv_dir")
     if request.plot_dir:
         checks.check_writable(request.plot_dir, "plot_dir")
+
+
+def eval_indices(request: EstimateRequest, num_test: int) -> np.ndarray:
+    """The test examples a request scores: `eval_indices` (all by default), then the
+    `eval_shard` part of them."""
+    chosen = np.arange(num_test)
+    if request.eval_indices:
+        chosen = np.asarray(designs.read_indices(request.eval_indices, "eval_indices"))
+        if len(chosen) and chosen.max() >= num_test:
+            raise ValueError(f"eval_indices={request.eval_indices}: expected indices below "
+                             f"the {num_test} test examples")
+    if request.eval_shard:
+        index, count = designs.parse_shard(request.eval_shard, "eval_shard")
+        chosen = np.array_split(chosen, count)[index]
+    return chosen
 
 
 def load_data(request: EstimateRequest, experiment_dir: str, required: bool = False
