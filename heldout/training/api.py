@@ -309,16 +309,19 @@ def _aux_keys(directory: str) -> list[str]:
 
 def _refusal(experiment_dir: str, lacking: dict[str, list[int]], request: TrainRequest) -> str:
     """The one line that says which runs lack what, and the two ways forward."""
-    wanted = [name for name, on in (("save_checkpoints", request.save_checkpoints),
-                                    ("checkpoint_every", request.config.checkpoint_every),
-                                    ("save_logits", request.save_logits)) if on]
+    wanted = []
+    if request.save_checkpoints:
+        every = request.config.checkpoint_every
+        wanted.append(f"checkpoints (saved every {every} epochs)" if every else "checkpoints")
+    if request.save_logits:
+        wanted.append("logits")
     where = "; ".join(f"{subset} runs {designs.format_run_ids(ids)}"
                       for subset, ids in lacking.items())
-    return (f"{wanted[0]}: {sum(map(len, lacking.values()))} requested runs of "
-            f"{experiment_dir} are already complete without what "
-            f"{', '.join(wanted)} asks for ({where}); use a new experiment_dir, or add "
-            "retrain_complete to retrain them with it (their aux arrays come out "
-            "bit-identical)")
+    first = "save_checkpoints" if request.save_checkpoints else "save_logits"
+    return (f"{first}: {sum(map(len, lacking.values()))} requested runs of {experiment_dir} "
+            f"are already complete without {' or '.join(wanted)} ({where}); use a new "
+            "experiment_dir, or add retrain_complete to retrain them with "
+            f"{' and '.join(wanted)} (same seeds: their aux arrays come out bit-identical)")
 
 
 def _set_aside(experiment_dir: str, subset: str, run_ids: Sequence[int]) -> dict[int, str]:
