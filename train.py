@@ -27,7 +27,8 @@ retrain those runs (same seeds, so their aux arrays come out bit-identical):
   python train.py --num_runs=200 --save_checkpoints --checkpoint_every=2 --retrain_complete
 
 Every check (flags, data, run ids, writable directory) runs before training starts;
-errors are one line "train.py: error: <flag or path>: <what was expected>".
+errors are one line "train.py: error: <flag or path>: <what was expected>" (exit status
+1); requested runs still held by other workers when the job ends: exit status 3.
 """
 
 import os
@@ -174,6 +175,9 @@ def main(argv):
     except checks.cli_errors() as e:
         sys.exit(f"train.py: error: {checks.one_line_error(e, _FLAG_OF)}")
     print(report)
+    if report.exit_status:  # runs held by other workers: a scheduler should retry
+        print(f"train.py: {report.retry_message}", file=sys.stderr)
+        sys.exit(report.exit_status)
 
 
 if __name__ == "__main__":

@@ -30,8 +30,8 @@ what the CLI prints.
 from heldout.attribution.api import run_estimate
 from heldout.data.dataset import Dataset
 from heldout.data.sources import load_dataset
+from heldout.estimate import export, targeted
 from heldout.estimate import pipeline as analysis
-from heldout.estimate import targeted
 from heldout.estimate.api import EstimateReport, EstimateRequest
 from heldout.estimate.estimators import (
     CScore,
@@ -47,6 +47,7 @@ from heldout.estimate.estimators import (
     top_influence_pairs,
     top_influences,
 )
+from heldout.estimate.export import save_estimates, write_tables
 from heldout.estimate.pipeline import (
     ESTIMATORS,
     EstimateConfig,
@@ -54,14 +55,13 @@ from heldout.estimate.pipeline import (
     estimate_experiment,
     format_report,
     plot_estimates,
-    save_estimates,
-    write_tables,
 )
 from heldout.models.checkpoints import RunCheck, check_run, restore_run_model
 from heldout.models.demo import DemoReport, DemoRequest, run_demo
 from heldout.store import coordination, released, runs, targets
 from heldout.store import designs as subsets
 from heldout.store.designs import parse_run_ids, parse_shard, read_indices, subset_indices
+from heldout.store.experiment_info import read_experiment_info
 from heldout.store.runs import (
     Experiment,
     RunFileError,
@@ -74,7 +74,6 @@ from heldout.training.api import TrainReport, TrainRequest, train
 from heldout.training.core import EnsembleTrainer, TrainConfig
 from heldout.training.experiment import (
     TrainSummary,
-    read_experiment_info,
     resolve_targets,
     train_experiment,
     train_targeted_experiment,
@@ -84,7 +83,8 @@ __version__ = "0.1.0"
 
 __all__ = [
     # modules
-    "analysis", "coordination", "released", "runs", "subsets", "targeted", "targets",
+    "analysis", "coordination", "export", "released", "runs", "subsets", "targeted",
+    "targets",
     # training
     "TrainRequest", "TrainReport", "train",
     "EnsembleTrainer", "TrainConfig", "TrainSummary", "read_experiment_info",

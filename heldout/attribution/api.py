@@ -18,6 +18,7 @@ import tensorflow as tf
 from heldout.attribution import influence_functions, runs_attribution, tracin
 from heldout.estimate import api as estimate_api
 from heldout.estimate import pipeline
+from heldout.store import layout
 from heldout.store import runs as runs_lib
 from heldout.store.runs import read_run_info
 
@@ -48,8 +49,8 @@ def run_estimate(request: EstimateRequest) -> EstimateReport:
                          "are for the retraining estimates")
     subset = pipeline.choose_subset(experiment_dir, request.subsets)
     run_dir = runs_lib.run_dir(experiment_dir, subset, request.run_id)
-    output = request.output or estimate_api.default_output(
-        experiment_dir, f"{method}-{subset}-run{request.run_id}")
+    output = request.output or layout.ExperimentDir(experiment_dir).attribution(
+        method, subset, request.run_id)
     estimate_api.check_outputs(request, output)
     _check_run_has_checkpoints(run_dir, method)
     data = estimate_api.load_data(request, experiment_dir, required=True)
@@ -86,7 +87,7 @@ def _check_run_has_checkpoints(run_dir: str, method: str) -> None:
     """Refuses, before any work, a run without the checkpoints `method` reads."""
     if not runs_lib.run_complete(run_dir):
         raise ValueError(f"{run_dir}: not a complete run; expected run_id of a trained run")
-    if not tf.io.gfile.exists(tf.io.gfile.join(run_dir, runs_lib.CHECKPOINT_DIRNAME)):
+    if not tf.io.gfile.glob(layout.RunDir(run_dir).checkpoint_indexes):
         raise ValueError(f"{run_dir}: no checkpoints; train this run with save_checkpoints "
                          "(add retrain_complete if it is already complete)")
     info = read_run_info(run_dir)

@@ -41,7 +41,6 @@ large model, call once per chunk of queries with the same factors.
 from __future__ import annotations
 
 import dataclasses
-import io
 import json
 import time
 from collections.abc import Sequence
@@ -51,7 +50,7 @@ import sonnet as snt
 import tensorflow as tf
 
 from heldout.attribution import gradients as gradients_lib
-from heldout.store import runs as runs_lib
+from heldout.store import files
 
 STRATEGIES = ("identity", "diagonal", "kfac", "ekfac")
 FISHERS = ("true", "empirical", "expected")
@@ -520,12 +519,7 @@ def save_factors(factors: Factors, path: str) -> None:
             value = getattr(layer, field.name)
             if value is not None:
                 arrays[f"{name}/{field.name}"] = value
-    buffer = io.BytesIO()
-    np.savez(buffer, **arrays)
-    directory = path.rpartition("/")[0]
-    if directory:
-        tf.io.gfile.makedirs(directory)
-    runs_lib.write_atomically(path, buffer.getvalue())
+    files.write_npz(path, arrays)
 
 
 def load_factors(path: str) -> Factors:
@@ -534,10 +528,10 @@ def load_factors(path: str) -> Factors:
     Raises:
         ValueError: the file is missing or is not a factors file.
     """
-    if not tf.io.gfile.exists(path):
-        raise ValueError(f"--factors_path={path}: file not found")
-    with tf.io.gfile.GFile(path, "rb") as f:
-        arrays = dict(np.load(io.BytesIO(f.read()), allow_pickle=False))
+    try:
+        arrays = files.read_npz(path)
+    except files.StoredFileMissing:
+        raise ValueError(f"--factors_path={path}: file not found") from None
     if _META_KEY not in arrays:
         raise ValueError(f"--factors_path={path}: not a factors file (no {_META_KEY} entry)")
     meta = json.loads(str(arrays[_META_KEY]))

@@ -10,7 +10,6 @@ sets the self-influence beside the retraining ground truth of the same experimen
 from __future__ import annotations
 
 import dataclasses
-import io
 
 import numpy as np
 import tensorflow as tf
@@ -18,8 +17,9 @@ from scipy import stats as scipy_stats
 
 from heldout.attribution import influence_functions, tracin
 from heldout.data.dataset import Dataset
-from heldout.estimate import estimators
+from heldout.estimate import estimators, export
 from heldout.models import checkpoints as checkpoints_lib
+from heldout.store import layout as layout_lib
 from heldout.store import runs as runs_lib
 
 METHODS = ("tracin", "if_identity", "if_diagonal", "if_kfac", "if_ekfac")
@@ -113,15 +113,9 @@ def attribute_run(run_dir: str, method: str, data: Dataset, eval_indices: np.nda
 
 def save_attribution(attribution: RunAttribution, path: str) -> None:
     """Writes ``self_influence``, ``in_subset``, ``eval_indices`` and ``scores`` to an ``.npz``."""
-    from heldout.store.runs import write_atomically
-
-    arrays = {"self_influence": attribution.self_influence, "in_subset": attribution.in_subset,
-              "eval_indices": attribution.eval_indices}
-    if attribution.scores is not None:
-        arrays["scores"] = attribution.scores
-    buffer = io.BytesIO()
-    np.savez(buffer, **arrays)
-    write_atomically(path, buffer.getvalue())
+    export.save_attribution_scores(
+        path, attribution.self_influence, attribution.in_subset, attribution.eval_indices,
+        attribution.scores, meta={"method": attribution.method, "run_dir": attribution.run_dir})
 
 
 def format_attribution(attribution: RunAttribution, labels: np.ndarray | None = None,
@@ -141,7 +135,7 @@ def format_attribution(attribution: RunAttribution, labels: np.ndarray | None = 
 
 
 def _restore(run_dir: str, arch: str, data: Dataset, width: float, epoch: int) -> tf.Module:
-    prefix = tf.io.gfile.join(run_dir, runs_lib.CHECKPOINT_DIRNAME, f"ckpt-{epoch}")
+    prefix = layout_lib.RunDir(run_dir).checkpoint(epoch)
     return checkpoints_lib.restore_run_model(run_dir, arch, data.num_classes, data.input_shape,
                                              width, prefix=prefix).model
 

@@ -3,9 +3,10 @@ out.
 
 Everything ``estimate.py`` used to decide itself lives here: fetching a published
 tarball first (a path, URL or release name as the experiment directory), where outputs
-go by default (`default_output`), the published defaults of the targeted report
-(log-odds, alpha 0.01, 99% intervals), and `--verify`. Output locations are checked
-writable before anything is computed, so a read-only experiment fails at once.
+go by default (inside the experiment, `layout.ExperimentDir`), the published defaults
+of the targeted report (log-odds, alpha 0.01, 99% intervals), and `--verify`. Output
+locations are checked writable before anything is computed, so a read-only experiment
+fails at once.
 Gradient-based methods (TracIn, influence functions) are scored by the attribution
 layer's front door (`heldout.attribution.api.run_estimate`), which takes the same
 request and uses `prepare` and `check_outputs` from here.
@@ -23,11 +24,11 @@ import tensorflow as tf
 
 from heldout.data import sources
 from heldout.data.dataset import DEFAULT_MAX_CLASSES, Dataset
-from heldout.estimate import compare, merge, pipeline, targeted
-from heldout.store import checks, designs, published, released
+from heldout.estimate import compare, export, merge, pipeline, targeted
+from heldout.store import checks, designs, layout, published, released
 from heldout.store import runs as runs_lib
 from heldout.store import targets as targets_lib
-from heldout.training.experiment import read_experiment_info
+from heldout.store.experiment_info import read_experiment_info
 
 DEFAULT_EXPERIMENT_DIR = "./experiments/digits"
 # Defaults that differ between the estimates and the published targeted analysis.
@@ -61,7 +62,7 @@ class EstimateRequest:
         attribution: gradient methods: settings of their config (`TracInConfig`,
             `InfluenceConfig`) by parameter name; one the method lacks is refused.
         factors_path: influence functions: reuse or save the fitted factors here.
-        output: the .npz written; None: `default_output`.
+        output: the .npz written; None: the experiment's default (`layout.ExperimentDir`).
         csv_dir, plot_dir: also write CSV tables / PNG figures here.
         dataset: data spec for labels and images; None: the experiment's.
         data_dir: TFDS data directory.
@@ -204,15 +205,6 @@ def verify(prepared: Prepared) -> EstimateReport:
                           exit_status=1 if problems else 0)
 
 
-def default_output(experiment_dir: str, kind: str) -> str:
-    """Where an output goes unless the user names one: inside the experiment directory.
-
-    `kind` is ``estimates-<subset>``, ``self_influence-<target set>`` or
-    ``<method>-<subset>-run<id>``.
-    """
-    return tf.io.gfile.join(experiment_dir, f"{kind}.npz")
-
-
 def check_outputs(request: EstimateRequest, output: str) -> None:
     """Every location the request writes to must be writable before work starts."""
     checks.check_writable(output, "output", is_file=True)
@@ -264,17 +256,18 @@ def _estimates(request: EstimateRequest, prepared: Prepared) -> EstimateReport:
         if request.eval_shard else None,
         num_pairs=max(request.top, 100))
     single = [e for e in config.estimators if e != "cscore"]
-    subset = pipeline.choose_subset(experiment_dir, config.subsets) if single else "cscore"
-    output = request.output or default_output(experiment_dir, f"estimates-{subset}")
+    subset = pipeline.choose_subset(experiment_dir, config.subsets) if single else None
+    output = request.output or layout.ExperimentDir(experiment_dir).estimates(
+        subset if single else None)
     check_outputs(request, output)
     data = load_data(request, experiment_dir)
     estimates = pipeline.estimate_experiment(experiment_dir, config, progress=request.progress)
-    pipeline.save_estimates(estimates, output)
+    export.save_estimates(estimates, output)
     labels_train = None if data is None else data.y_train
     labels_test = None if data is None else data.y_test
     written = [output]
     if request.csv_dir:
-        written += pipeline.write_tables(estimates, request.csv_dir, labels_train, labels_test)
+        written += export.write_tables(estimates, request.csv_dir, labels_train, labels_test)
     if request.plot_dir:
         written += pipeline.plot_estimates(estimates, request.plot_dir, data)
     table = pipeline.format_report(estimates, labels_train, labels_test, top=request.top)
@@ -294,15 +287,15 @@ def _merged(request: EstimateRequest, prepared: Prepared) -> EstimateReport:
         if getattr(request, name):
             checks.check_writable(getattr(request, name), name)
     estimates = merge.merge_estimate_files(list(request.merge))
-    output = request.output or default_output(
-        prepared.experiment_dir, f"estimates-{estimates.subset or 'cscore'}")
-    pipeline.save_estimates(estimates, output)
+    output = request.output or layout.ExperimentDir(prepared.experiment_dir).estimates(
+        estimates.subset)
+    export.save_estimates(estimates, output)
     data = load_data(request, prepared.experiment_dir)
     labels_train = None if data is None else data.y_train
     labels_test = None if data is None else data.y_test
     written = [output]
     if request.csv_dir:
-        written += pipeline.write_tables(estimates, request.csv_dir, labels_train, labels_test)
+        written += export.write_tables(estimates, request.csv_dir, labels_train, labels_test)
     table = pipeline.format_report(estimates, labels_train, labels_test, top=request.top)
     comparison, plots = _compare(request, estimates, data)
     merged = f"merged {len(request.merge)} parts into {output}"
@@ -320,8 +313,8 @@ def _compare(request: EstimateRequest, estimates: pipeline.Estimates, data: Data
     if request.plot_dir:
         for comparison in comparisons:
             name = re.sub(r"\W+", "_", comparison.name).strip("_")
-            plots.append(compare.plot_comparison(comparison, tf.io.gfile.join(
-                request.plot_dir, f"compare-{name}.png")))
+            plots.append(compare.plot_comparison(comparison, layout.output_file(
+                request.plot_dir, f"compare-{name}", "png")))
     return "\n".join(compare.summary_lines(comparisons)), plots
 
 
@@ -333,7 +326,7 @@ def _targeted(request: EstimateRequest, prepared: Prepared) -> EstimateReport:
     sections = list(prepared.sections)
     if request.targets:
         name = targets_lib.find_targets(experiment_dir, request.targets).name
-        output = request.output or default_output(experiment_dir, f"self_influence-{name}")
+        output = request.output or layout.ExperimentDir(experiment_dir).targeted_report(name)
         check_outputs(request, output)
     if request.plan:
         indices = None
@@ -349,15 +342,15 @@ def _targeted(request: EstimateRequest, prepared: Prepared) -> EstimateReport:
         request.setting("confidence", True), request.min_runs, progress=request.progress)
     data = load_data(request, experiment_dir)
     labels = None if data is None else data.y_train
-    targeted.save_targeted_report(report, output, alpha)
+    export.save_targeted_report(report, output, alpha)
     written = [output]
     stem = f"self_influence-{report.targets.name}"
     if request.csv_dir:
-        written.append(targeted.write_targeted_csv(
-            report, tf.io.gfile.join(request.csv_dir, f"{stem}.csv"), labels))
+        written.append(export.write_targeted_csv(
+            report, layout.output_file(request.csv_dir, stem, "csv"), labels))
     if request.plot_dir:
         written.append(targeted.plot_targeted_report(
-            report, tf.io.gfile.join(request.plot_dir, f"{stem}.png")))
+            report, layout.output_file(request.plot_dir, stem, "png")))
     sections.append(targeted.format_targeted_report(report, alpha, request.show_all, labels))
     return EstimateReport(tuple(sections), tuple(written))
 

@@ -1,41 +1,23 @@
 """Estimates of one experiment directory: choose runs, estimate, save, tabulate, plot.
 
 This is the job behind ``estimate.py``. `estimate_experiment` reads the runs once and
-computes the chosen estimators (`ESTIMATORS`); `save_estimates` writes them to one
-``.npz``; `write_tables` exports per-example CSV tables; `format_report` prints them;
-`plot_estimates` draws them.
-
-Keys of the saved ``.npz`` (each group present when its estimator ran):
-  * ``run_ids`` ``[runs]`` and ``test_accuracy`` ``[runs]`` of the subset estimated from.
-  * memorization (``mem_``) and self-influence on ``--metric`` (``self_``), each
-    ``[num_train]``: ``score, stderr, ci_low, ci_high, p_value, significant, num_in,
-    num_out, mean_in, mean_out``.
-  * influence (``infl_``): ``eval_indices`` ``[E]`` (test examples estimated, the
-    columns below); ``matrix`` ``[num_train, E]`` (dense output); ``topk_train``,
-    ``topk_score``, ``topk_stderr``, ``topk_p_value`` ``[E, k]`` (most influential
-    training examples of each test example, best first, -1/NaN when undefined);
-    ``above_train``, ``above_test``, ``above_score`` (every pair above ``--threshold``);
-    ``pair_train, pair_test, pair_score, pair_stderr, pair_p_value, pair_ci_low,
-    pair_ci_high, pair_num_in, pair_num_out`` (the highest-influence pairs overall).
-  * C-score (``cscore_``): ``ratios`` ``[R]``, ``train`` ``[num_train]``,
-    ``train_by_ratio`` and ``num_out_by_ratio`` ``[R, num_train]``, ``test``
-    ``[num_test]``, ``test_by_ratio`` ``[R, num_test]``.
+computes the chosen estimators (`ESTIMATORS`); `format_report` prints them;
+`plot_estimates` draws them. Files of estimates (save, load, CSV tables) are in
+`heldout.estimate.export`.
 """
 
 from __future__ import annotations
 
-import csv
 import dataclasses
-import io
 import time
 from collections.abc import Sequence
 
 import numpy as np
-import tensorflow as tf
 
 from heldout.data.dataset import Dataset
 from heldout.estimate import estimators as estimators_lib
 from heldout.estimate import plots, stats
+from heldout.store import layout as layout_lib
 from heldout.store import runs as runs_lib
 
 ESTIMATORS = ("memorization", "self_influence", "influence", "cscore")
@@ -289,91 +271,6 @@ def _cscore(experiment_dir: str, config: EstimateConfig, progress: bool
     return result, {f: e.num_runs for f, e in zip(folders, experiments, strict=True)}
 
 
-def save_estimates(estimates: Estimates, path: str) -> None:
-    """Writes `estimates` to an ``.npz`` at `path` (keys in the module docstring)."""
-    arrays = {"run_ids": estimates.run_ids, "test_accuracy": estimates.test_accuracy}
-    for name, prefix in (("memorization", "mem_"), ("self_influence", "self_")):
-        estimate = getattr(estimates, name)
-        if estimate is not None:
-            for field in dataclasses.fields(estimate):
-                arrays[prefix + field.name] = getattr(estimate, field.name)
-            arrays[prefix + "significant"] = estimates.significant[name]
-    influence = estimates.influence
-    if influence is not None:
-        arrays["infl_eval_indices"] = influence.eval_indices
-        if influence.matrix is not None:
-            arrays["infl_matrix"] = influence.matrix
-        shape = influence.top.train.shape
-        arrays["infl_topk_train"] = influence.top.train
-        arrays["infl_topk_score"] = influence.top.score
-        arrays["infl_topk_stderr"] = influence.top_stats.stderr.reshape(shape)
-        arrays["infl_topk_p_value"] = influence.top_stats.p_value.reshape(shape)
-        if influence.top.above_threshold is not None:
-            train, column, score = influence.top.above_threshold
-            arrays["infl_above_train"] = train
-            arrays["infl_above_test"] = influence.eval_indices[column]
-            arrays["infl_above_score"] = score
-        for field in dataclasses.fields(influence.pairs):
-            key = "test" if field.name == "eval" else field.name
-            arrays[f"infl_pair_{key}"] = getattr(influence.pairs, field.name)
-    if estimates.cscore is not None:
-        for field in dataclasses.fields(estimates.cscore):
-            arrays["cscore_" + field.name] = getattr(estimates.cscore, field.name)
-    buffer = io.BytesIO()
-    np.savez(buffer, **arrays)
-    _makedirs_for(path)
-    runs_lib.write_atomically(path, buffer.getvalue())
-
-
-def write_tables(estimates: Estimates, directory: str, labels_train: np.ndarray | None = None,
-                 labels_test: np.ndarray | None = None) -> list[str]:
-    """Per-example CSV tables, one per estimator; returns their paths."""
-    paths = []
-    for name in ("memorization", "self_influence"):
-        estimate = getattr(estimates, name)
-        if estimate is None:
-            continue
-        header = ["index", "label", "score", "stderr", "ci_low", "ci_high", "p_value",
-                  "significant", "num_in", "num_out", "mean_in", "mean_out"]
-        rows = [[i, _label(labels_train, i), estimate.score[i], estimate.stderr[i],
-                 estimate.ci_low[i], estimate.ci_high[i], estimate.p_value[i],
-                 int(estimates.significant[name][i]), estimate.num_in[i], estimate.num_out[i],
-                 estimate.mean_in[i], estimate.mean_out[i]]
-                for i in range(len(estimate.score))]
-        paths.append(_write_csv(f"{directory}/{name}.csv", header, rows))
-    influence = estimates.influence
-    if influence is not None:
-        top, top_stats = influence.top, influence.top_stats
-        k = top.train.shape[1]
-        header = ["test_index", "test_label", "rank", "train_index", "train_label", "score",
-                  "stderr", "ci_low", "ci_high", "p_value", "num_in", "num_out"]
-        rows = []
-        for position in range(top.train.size):
-            column, rank = divmod(position, k)
-            train = top.train[column, rank]
-            if train < 0:
-                continue
-            test = influence.eval_indices[column]
-            rows.append([test, _label(labels_test, test), rank + 1, train,
-                         _label(labels_train, train), top.score[column, rank],
-                         top_stats.stderr[position], top_stats.ci_low[position],
-                         top_stats.ci_high[position], top_stats.p_value[position],
-                         top_stats.num_in[position], top_stats.num_out[position]])
-        paths.append(_write_csv(f"{directory}/influence_topk.csv", header, rows))
-    cscore = estimates.cscore
-    if cscore is not None:
-        ratio_names = [f"ratio_{r:g}" for r in cscore.ratios]
-        rows = [[i, _label(labels_train, i), cscore.train[i], *cscore.train_by_ratio[:, i]]
-                for i in range(len(cscore.train))]
-        paths.append(_write_csv(f"{directory}/cscore_train.csv",
-                                ["index", "label", "cscore", *ratio_names], rows))
-        rows = [[i, _label(labels_test, i), cscore.test[i], *cscore.test_by_ratio[:, i]]
-                for i in range(len(cscore.test))]
-        paths.append(_write_csv(f"{directory}/cscore_test.csv",
-                                ["index", "label", "cscore", *ratio_names], rows))
-    return paths
-
-
 def summary_lines(estimates: Estimates) -> list[str]:
     """One line per estimator: runs used, mean test accuracy, high scores, time taken."""
     runs = (f"{len(estimates.run_ids)} runs of {estimates.subset}"
@@ -471,14 +368,18 @@ def plot_estimates(estimates: Estimates, plot_dir: str, data: Dataset | None = N
     """
     paths = []
     images = data is not None and plots.is_image_data(data.x_train)
+
+    def figure(name: str) -> str:
+        return layout_lib.output_file(plot_dir, name, "png")
+
     if estimates.memorization is not None:
         paths.append(plots.plot_memorization_histogram(
-            estimates.memorization.score, f"{plot_dir}/memorization_histogram.png",
+            estimates.memorization.score, figure("memorization_histogram"),
             title=f"Memorization, {estimates.subset} subsets, {len(estimates.run_ids)} runs"))
         if images:
             paths.append(plots.plot_top_memorized(
                 data.x_train, data.y_train, estimates.memorization.score,
-                f"{plot_dir}/top_memorized.png"))
+                figure("top_memorized")))
     if estimates.influence is not None and images:
         influence = estimates.influence
         # Test examples in the order of their best pair, each with its own top-k.
@@ -490,30 +391,13 @@ def plot_estimates(estimates: Estimates, plot_dir: str, data: Dataset | None = N
         paths.append(plots.plot_influence_pairs(
             data.x_train, data.y_train, data.x_test, data.y_test, train[defined],
             np.repeat(influence.eval_indices[columns], k).reshape(train.shape)[defined],
-            influence.top.score[columns, :k][defined], f"{plot_dir}/influence_pairs.png",
+            influence.top.score[columns, :k][defined], figure("influence_pairs"),
             per_test=k))
     if estimates.cscore is not None:
         paths.append(plots.plot_cscore_histogram(
-            estimates.cscore.train, estimates.cscore.ratios, f"{plot_dir}/cscore_histogram.png"))
+            estimates.cscore.train, estimates.cscore.ratios, figure("cscore_histogram")))
     return paths
 
 
 def _label(labels: np.ndarray | None, index: int) -> str:
     return "-" if labels is None else str(labels[index])
-
-
-def _write_csv(path: str, header: list[str], rows: list[list]) -> str:
-    buffer = io.StringIO()
-    writer = csv.writer(buffer)
-    writer.writerow(header)
-    for row in rows:
-        writer.writerow([f"{v:.6g}" if isinstance(v, float | np.floating) else v for v in row])
-    _makedirs_for(path)
-    runs_lib.write_atomically(path, buffer.getvalue().encode())
-    return path
-
-
-def _makedirs_for(path: str) -> None:
-    parent = path.rsplit("/", 1)[0] if "/" in path else ""
-    if parent:
-        tf.io.gfile.makedirs(parent)

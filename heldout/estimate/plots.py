@@ -15,6 +15,8 @@ import io
 
 import numpy as np
 
+from heldout.store import files
+
 
 def _pyplot():
     import matplotlib
@@ -121,18 +123,12 @@ def plot_influence_pairs(x_train: np.ndarray, y_train: np.ndarray, x_test: np.nd
 
 
 def _save(fig, path: str) -> str:
-    """Writes `fig` as a PNG through tf.io.gfile (so gs:// works) and closes it."""
-    import tensorflow as tf
-
+    """Writes `fig` as a PNG atomically through tf.io.gfile (so gs:// works), closes it."""
     fig.tight_layout()
     buffer = io.BytesIO()
     fig.savefig(buffer, format="png", dpi=120)
     _pyplot().close(fig)
-    directory = path.rsplit("/", 1)[0] if "/" in path else ""
-    if directory:
-        tf.io.gfile.makedirs(directory)
-    with tf.io.gfile.GFile(path, "wb") as f:
-        f.write(buffer.getvalue())
+    files.write_bytes(path, buffer.getvalue())
     return path
 
 

@@ -9,14 +9,12 @@ including the example raises its own margin. The published finding on CIFAR-10
 
 from __future__ import annotations
 
-import csv
 import dataclasses
-import io
 
 import numpy as np
-import tensorflow as tf
 
 from heldout.estimate import estimators, plots, stats
+from heldout.store import layout as layout_lib
 from heldout.store import runs as runs_lib
 from heldout.store import targets as targets_lib
 
@@ -104,47 +102,6 @@ def format_targeted_report(report: TargetedReport, alpha: float = 0.01, show_all
     return "\n".join(lines + [""] + summary)
 
 
-def save_targeted_report(report: TargetedReport, path: str, alpha: float) -> None:
-    """Writes the report to an ``.npz``: ``index``, ``group``, ``mean_with``,
-    ``mean_without``, ``num_with``, ``num_without``, ``self_influence``, ``stderr``,
-    ``p_value``, ``ci_low``, ``ci_high``, ``significant`` (p < alpha), all per target.
-    """
-    estimate = report.estimate
-    with np.errstate(invalid="ignore"):
-        significant = estimate.p_value < alpha
-    arrays = {"index": report.index, "group": np.array(report.group),
-              "mean_with": estimate.mean_in, "mean_without": estimate.mean_out,
-              "num_with": estimate.num_in, "num_without": estimate.num_out,
-              "self_influence": estimate.score, "stderr": estimate.stderr,
-              "p_value": estimate.p_value, "ci_low": estimate.ci_low,
-              "ci_high": estimate.ci_high, "significant": significant}
-    buffer = io.BytesIO()
-    np.savez(buffer, **arrays)
-    runs_lib.write_atomically(path, buffer.getvalue())
-
-
-def write_targeted_csv(report: TargetedReport, path: str, labels: np.ndarray | None = None
-                       ) -> str:
-    """The report as a CSV table, one row per target example; returns `path`."""
-    estimate = report.estimate
-    buffer = io.StringIO()
-    writer = csv.writer(buffer)
-    writer.writerow(["group", "index", "label", "mean_with", "mean_without", "num_with",
-                     "num_without", "self_influence", "stderr", "ci_low", "ci_high", "p_value"])
-    for r, index in enumerate(report.index):
-        writer.writerow([report.group[r], index, "-" if labels is None else labels[index],
-                         *(f"{v:.6g}" for v in (estimate.mean_in[r], estimate.mean_out[r])),
-                         estimate.num_in[r], estimate.num_out[r],
-                         *(f"{v:.6g}" for v in (estimate.score[r], estimate.stderr[r],
-                                                estimate.ci_low[r], estimate.ci_high[r],
-                                                estimate.p_value[r]))])
-    directory = path.rsplit("/", 1)[0] if "/" in path else ""
-    if directory:
-        tf.io.gfile.makedirs(directory)
-    runs_lib.write_atomically(path, buffer.getvalue().encode())
-    return path
-
-
 def plot_targeted_report(report: TargetedReport, path: str) -> str:
     """Per target example: self-influence with its interval, colored by group."""
     return plots.plot_targeted_self_influence(
@@ -177,7 +134,8 @@ def plan_runs(experiment_dir: str, effect: float, metric: str = "logodds", alpha
     if indices is not None:
         values = values[:, indices]
     if pilot.num_runs < 2:
-        raise ValueError(f"--plan: needs at least 2 pilot runs in {experiment_dir}/{subset}")
+        raise ValueError(f"--plan: needs at least 2 pilot runs in "
+                         f"{layout_lib.ExperimentDir(experiment_dir).subset(subset)}")
     sd = values.std(axis=0, ddof=1)
     return PowerPlan(effect=effect, alpha=alpha, power=power, pilot_runs=pilot.num_runs, sd=sd,
                      runs_needed=stats.runs_per_arm(sd, sd, effect, alpha, power))

@@ -19,6 +19,7 @@ import tensorflow as tf
 from heldout.data.dataset import Dataset
 from heldout.models import ensemble as models_lib
 from heldout.models import predict as predict_lib
+from heldout.store import layout as layout_lib
 from heldout.store import runs as runs_lib
 
 _VARIABLE_SUFFIX = "/.ATTRIBUTES/VARIABLE_VALUE"
@@ -52,7 +53,7 @@ def find_checkpoint(run_dir: str) -> str:
     Raises:
         ValueError: the run has no checkpoint.
     """
-    pattern = tf.io.gfile.join(run_dir, runs_lib.CHECKPOINT_DIRNAME, "ckpt-*.index")
+    pattern = layout_lib.RunDir(run_dir).checkpoint_indexes
     found = sorted(tf.io.gfile.glob(pattern),
                    key=lambda p: int(p.rsplit("ckpt-", 1)[1].split(".")[0]))
     if not found:

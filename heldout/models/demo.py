@@ -19,6 +19,7 @@ import tensorflow as tf
 from heldout.data import sources
 from heldout.data.dataset import DEFAULT_MAX_CLASSES
 from heldout.models import checkpoints, evaluate
+from heldout.store import layout
 from heldout.store import runs as runs_lib
 
 
@@ -87,11 +88,10 @@ def run_demo(request: DemoRequest) -> DemoReport:
         raise ValueError("run_dir: empty; expected a run directory")
     if not runs_lib.run_complete(run_dir):
         raise ValueError(f"run_dir={run_dir}: not a complete run (expected "
-                         f"{runs_lib.AUX_FILENAME} there)")
+                         f"{layout.AUX_FILENAME} there)")
     info = runs_lib.read_run_info(run_dir)
     train_config = info.get("train_config", {})
-    pattern = tf.io.gfile.join(run_dir, runs_lib.CHECKPOINT_DIRNAME, "ckpt-*.index")
-    if info and not tf.io.gfile.glob(pattern):
+    if info and not tf.io.gfile.glob(layout.RunDir(run_dir).checkpoint_indexes):
         parent, run_id = run_dir.rstrip("/").rsplit("/", 1)
         experiment_dir, subset = parent.rsplit("/", 1) if "/" in parent else (".", parent)
         raise ValueError(f"run_dir={run_dir}: no checkpoint; this run was trained without "

@@ -20,6 +20,7 @@ import tensorflow as tf
 
 from heldout.data import imagenet as imagenet_lib
 from heldout.models import checkpoints
+from heldout.store import files
 from heldout.store import runs as runs_lib
 
 # model -> its compiled prediction function, so evaluating several splits traces once.
@@ -172,9 +173,4 @@ def _predictor(model: tf.Module):
 
 
 def _progress_bar(total: int, description: str, enabled: bool):
-    if not enabled:
-        return None
-    from tqdm import tqdm
-
-    return tqdm(total=total, desc=description, unit="img", mininterval=1.0,
-                dynamic_ncols=True)
+    return files.progress_bar(total, description, "img") if enabled else None

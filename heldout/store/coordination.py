@@ -10,7 +10,15 @@ often on preemptible machines. Two mechanisms keep that safe and cheap:
   ``<experiment_dir>/.claims/<subset>/<run_id>.json`` (host, pid, token, expiry). A live claim of
   another worker means "skip it, someone is on it"; a claim whose lease expired, or
   whose process is gone from this host, is stale and may be taken over. Claims are
-  renewed while training (heartbeat), and removed when the run is written.
+  renewed by a background thread (`Claims.heartbeat`) for as long as the worker lives,
+  also while it compiles and writes, and removed when the run is written.
+* **Preemption**: a claim records the scheduler's task identity (`task_identity`: Slurm
+  array job and task, or Kubernetes job and completion index). A scheduler runs one
+  instance of a task at a time, so a requeued task that finds claims of its own task
+  identity takes them over at once instead of waiting for the lease to expire.
+* **Exit status**: a worker that ends with runs of its shard missing because other
+  workers claim them says so, and ``train.py`` exits with
+  `EXIT_RUNS_CLAIMED_ELSEWHERE`, so a scheduler retries the task later.
 
 Why this is safe, also on gs:// (which has no exclusive create through tf.io.gfile):
 completeness never depends on claims. A run is complete exactly when its
@@ -27,17 +35,45 @@ holds.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
-import json
 import os
 import socket
+import threading
 import time
 import uuid
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 
 import tensorflow as tf
 
-CLAIMS_DIRNAME = ".claims"
+from heldout.store import files
+from heldout.store import layout as layout_lib
+from heldout.store.layout import CLAIMS_DIRNAME  # noqa: F401  (kept for readers)
+
+# Exit status of a worker whose shard still has runs missing because other workers hold
+# their claims (live or not yet expired): not done, not failed, retry later.
+EXIT_RUNS_CLAIMED_ELSEWHERE = 3
+
+
+def task_identity(environ: Mapping[str, str] | None = None) -> str | None:
+    """The scheduler's identity of this task, the same after a requeue; None outside one.
+
+    Slurm: ``slurm:<SLURM_ARRAY_JOB_ID>:<SLURM_ARRAY_TASK_ID>`` for array tasks, else
+    ``slurm:<SLURM_JOB_ID>`` (a requeued job keeps its id). Kubernetes Indexed Jobs:
+    ``k8s:<JOB_NAME or the pod's host name prefix>:<JOB_COMPLETION_INDEX>`` (the pods of
+    an Indexed Job are named ``<job name>-<index>-<suffix>``; set ``JOB_NAME`` through
+    the downward API to be exact).
+    """
+    environ = os.environ if environ is None else environ
+    if environ.get("SLURM_ARRAY_JOB_ID") and environ.get("SLURM_ARRAY_TASK_ID"):
+        return f"slurm:{environ['SLURM_ARRAY_JOB_ID']}:{environ['SLURM_ARRAY_TASK_ID']}"
+    if environ.get("SLURM_JOB_ID"):
+        return f"slurm:{environ['SLURM_JOB_ID']}"
+    index = environ.get("JOB_COMPLETION_INDEX")
+    if index:
+        name = environ.get("JOB_NAME") or socket.gethostname().rsplit(f"-{index}-", 1)[0]
+        return f"k8s:{name}:{index}"
+    return None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -108,12 +144,44 @@ class Claims:
     settle_seconds: float = 1.0  # wait between writing a claim and reading it back
     token: str = dataclasses.field(default_factory=lambda: uuid.uuid4().hex)
     held: set[int] = dataclasses.field(default_factory=set)
+    task: str | None = dataclasses.field(default_factory=task_identity)
     _renewed: float = 0.0
+    _lock: threading.Lock = dataclasses.field(default_factory=threading.Lock, repr=False)
+
+    def __post_init__(self):
+        if self.lease_seconds <= 0:
+            raise ValueError(f"lease_seconds={self.lease_seconds}: expected a positive number")
+        if self.settle_seconds < 0:
+            raise ValueError(f"settle_seconds={self.settle_seconds}: expected a number >= 0")
 
     @classmethod
     def for_subset(cls, experiment_dir: str, subset: str, **settings) -> Claims:
         """Claims on the runs of `subset` of an experiment."""
-        return cls(tf.io.gfile.join(experiment_dir, CLAIMS_DIRNAME, subset), **settings)
+        return cls(layout_lib.ExperimentDir(experiment_dir).claims(subset), **settings)
+
+    @contextlib.contextmanager
+    def heartbeat(self) -> Iterator[Claims]:
+        """Renews every held claim from a background thread while the block runs.
+
+        The thread wakes every third of the lease, so claims stay live while the main
+        thread is busy for long (compiling, training an epoch, writing checkpoints).
+        """
+        stop = threading.Event()
+
+        def beat() -> None:
+            while not stop.wait(self.lease_seconds / 3):
+                try:
+                    self.renew(force=True)
+                except tf.errors.OpError:
+                    pass  # a missed beat: the next one, a third of a lease later, retries
+
+        thread = threading.Thread(target=beat, name="claims-heartbeat", daemon=True)
+        thread.start()
+        try:
+            yield self
+        finally:
+            stop.set()
+            thread.join()
 
     def claim(self, run_ids: Iterable[int]) -> list[int]:
         """Claims every run among `run_ids` that nobody else holds; returns the claimed ones."""
@@ -125,24 +193,32 @@ class Claims:
             self._write(run_id)
         time.sleep(self.settle_seconds)
         won = [r for r in wanted if (self._read(r) or {}).get("token") == self.token]
-        self.held.update(won)
-        self._renewed = time.time()
+        with self._lock:
+            self.held.update(won)
+            self._renewed = time.time()
         return won
 
-    def renew(self) -> None:
-        """Extends the lease of every held claim if a third of it has passed (heartbeat)."""
-        if self.held and time.time() - self._renewed > self.lease_seconds / 3:
-            for run_id in self.held:
-                self._write(run_id)
-            self._renewed = time.time()
+    def renew(self, force: bool = False) -> None:
+        """Extends the lease of every held claim if a third of it has passed (or `force`)."""
+        with self._lock:
+            if self.held and (force or time.time() - self._renewed > self.lease_seconds / 3):
+                for run_id in sorted(self.held):
+                    self._write(run_id)
+                self._renewed = time.time()
 
     def release(self, run_ids: Iterable[int]) -> None:
         """Gives up the claims on `run_ids` (after writing them, or on failure)."""
-        for run_id in list(run_ids):
-            if run_id in self.held:
-                self.held.discard(run_id)
-                if (self._read(run_id) or {}).get("token") == self.token:
-                    _remove_quietly(self._path(run_id))
+        with self._lock:
+            for run_id in list(run_ids):
+                if run_id in self.held:
+                    self.held.discard(run_id)
+                    if (self._read(run_id) or {}).get("token") == self.token:
+                        files.remove_quietly(self._path(run_id))
+
+    def holder(self, run_id: int) -> str:
+        """Who holds the claim on `run_id`: its task identity, else host and pid."""
+        claim = self._read(run_id) or {}
+        return claim.get("task") or f"{claim.get('host', '?')}:{claim.get('pid', '?')}"
 
     def _held_by_other(self, run_id: int) -> bool:
         claim = self._read(run_id)
@@ -150,27 +226,26 @@ class Claims:
             return False
         if claim.get("expires", 0) < time.time():
             return False  # lease expired: the worker died or hangs
+        if self.task is not None and claim.get("task") == self.task:
+            return False  # an earlier instance of this very task, preempted and requeued
         if claim.get("host") == socket.gethostname() and not _process_alive(claim.get("pid")):
             return False  # a process of this host that is gone
         return True
 
     def _write(self, run_id: int) -> None:
         content = {"token": self.token, "host": socket.gethostname(), "pid": os.getpid(),
-                   "expires": time.time() + self.lease_seconds}
-        temporary = f"{self._path(run_id)}.tmp-{uuid.uuid4().hex}"
-        with tf.io.gfile.GFile(temporary, "w") as f:
-            f.write(json.dumps(content))
-        tf.io.gfile.rename(temporary, self._path(run_id), overwrite=True)
+                   "task": self.task, "expires": time.time() + self.lease_seconds}
+        files.write_json(self._path(run_id), content)
 
     def _read(self, run_id: int) -> dict | None:
         try:
-            with tf.io.gfile.GFile(self._path(run_id), "r") as f:
-                return json.loads(f.read())
-        except (tf.errors.NotFoundError, ValueError):
+            claim = files.read_json(self._path(run_id))
+        except files.StoredFileError:
             return None
+        return claim if isinstance(claim, dict) else None
 
     def _path(self, run_id: int) -> str:
-        return tf.io.gfile.join(self.directory, f"{run_id}.json")
+        return layout_lib.claim_file(self.directory, run_id)
 
 
 def _process_alive(pid: int | None) -> bool:
@@ -183,10 +258,3 @@ def _process_alive(pid: int | None) -> bool:
     except PermissionError:
         return True
     return True
-
-
-def _remove_quietly(path: str) -> None:
-    try:
-        tf.io.gfile.remove(path)
-    except tf.errors.NotFoundError:
-        pass

@@ -22,6 +22,8 @@ from typing import NamedTuple
 
 import numpy as np
 
+from heldout.store import files
+
 
 def parse_subset_ratio(subset: str) -> float:
     """The training-set fraction of a random-subset design named like ``"0.7"``.
@@ -181,12 +183,13 @@ def read_indices(spec: str, flag: str) -> list[int]:
     A file (local or gs://) holds integers separated by whitespace or commas; lines
     starting with ``#`` are comments.
     """
-    import tensorflow as tf
-
-    if not tf.io.gfile.exists(spec):
+    try:
+        text = files.read_bytes(spec).decode()
+    except files.StoredFileMissing:
         return parse_run_ids(spec, flag)
-    with tf.io.gfile.GFile(spec, "r") as f:
-        lines = [line.split("#", 1)[0] for line in f.read().splitlines()]
+    except UnicodeDecodeError:
+        raise ValueError(f"{flag}={spec}: expected a text file of integer indices") from None
+    lines = [line.split("#", 1)[0] for line in text.splitlines()]
     tokens = " ".join(lines).replace(",", " ").split()
     try:
         indices = [int(t) for t in tokens]

@@ -41,14 +41,13 @@ import time
 import urllib.error
 import urllib.parse
 import urllib.request
-import uuid
 import zlib
 from collections.abc import Callable, Iterable
 from typing import BinaryIO, NamedTuple
 
 import tensorflow as tf
 
-from heldout.store import runs
+from heldout.store import files, runs
 
 _HTTPS_BASE = "https://storage.googleapis.com/gresearch/heldout-training-checkpoints/"
 _GS_BASE = "gs://gresearch/heldout-training-checkpoints/"
@@ -601,20 +600,14 @@ class _Destination:
         if not listing:
             tf.io.gfile.makedirs(folder)
         path = tf.io.gfile.join(folder, parts[-1])
-        temporary = f"{path}.tmp-{uuid.uuid4().hex}"
-        try:
+        with files.open_atomic(path) as (f, _):
             copied = 0
-            with tf.io.gfile.GFile(temporary, "wb") as f:
-                while chunk := content.read(_CHUNK_BYTES):
-                    f.write(chunk)
-                    copied += len(chunk)
+            while chunk := content.read(_CHUNK_BYTES):
+                f.write(chunk)
+                copied += len(chunk)
             if copied != size:
                 raise CorruptReleaseError(f"{path}: the tar member has {copied:,} bytes, its "
                                           f"header says {size:,}")
-            tf.io.gfile.rename(temporary, path, overwrite=True)
-        except BaseException:
-            _remove_quietly(temporary)
-            raise
         listing.add(parts[-1])
         self._written.append(path)
         self.bytes_written += size
@@ -626,23 +619,11 @@ class _Destination:
     def remove_written(self) -> int:
         """Deletes every file this object wrote; returns how many."""
         for path in self._written:
-            _remove_quietly(path)
+            files.remove_quietly(path)
         removed = len(self._written)
         self._written.clear()
         return removed
 
 
-def _remove_quietly(path: str) -> None:
-    try:
-        tf.io.gfile.remove(path)
-    except tf.errors.OpError:
-        pass
-
-
 def _progress_bar(total: int | None, description: str, enabled: bool):
-    if not enabled:
-        return None
-    from tqdm import tqdm
-
-    return tqdm(total=total, desc=description, unit="B", unit_scale=True, unit_divisor=1024,
-                mininterval=1.0, dynamic_ncols=True)
+    return files.progress_bar(total, description, "B", byte_units=True) if enabled else None

@@ -9,27 +9,36 @@ Completeness: a run is complete exactly when its ``aux_arrays.npz`` exists. Ever
 is written under a temporary name and renamed into place, and ``aux_arrays.npz`` is
 written last; a single-object rename is atomic on local disks and on GCS (the object
 appears whole or not at all), so an interrupted writer never leaves a run that a
-reader would take as complete. A directory without ``aux_arrays.npz`` is a leftover
-and is cleared before the run is trained again.
+reader would take as complete. A directory without ``aux_arrays.npz`` is a leftover;
+training the run again overwrites its files. Nothing here deletes a complete run:
+``aux_arrays.npz`` is created only if absent, so concurrent writers of one run leave
+exactly one complete run. Paths come from `layout`, files from `files`.
 """
 
 from __future__ import annotations
 
 import concurrent.futures
 import dataclasses
-import io
-import json
-import time
+import errno
+import os
+import shutil
 import uuid
-from collections.abc import Iterable, Sequence
+from collections import Counter
+from collections.abc import Sequence
 
 import numpy as np
 import tensorflow as tf
 
-AUX_FILENAME = "aux_arrays.npz"
-RUN_INFO_FILENAME = "run.json"
-CHECKPOINT_DIRNAME = "checkpoints"
-CORRUPT_DIRNAME = ".corrupt"  # damaged aux arrays moved aside by `quarantine_run`
+from heldout.store import experiment_info as info_lib
+from heldout.store import files
+from heldout.store import layout as layout_lib
+from heldout.store.layout import (  # noqa: F401  (names readers of runs use)
+    AUX_FILENAME,
+    CHECKPOINT_DIRNAME,
+    CORRUPT_DIRNAME,
+    RUN_INFO_FILENAME,
+)
+
 SPLITS = ("train", "removed", "test")
 SUBSET_INDICES = "subsample_idx"
 # Keys of the released files; every reader needs these and only these.
@@ -44,17 +53,17 @@ _FLOAT_METRICS = {"margin": MARGIN_PREFIX, "logodds": LOGODDS_PREFIX}
 LOGITS_PREFIX = "logits_"
 
 
-class RunFileError(ValueError):
+class RunFileError(files.StoredFileError):
     """A run's files exist but are not a valid run (truncated, wrong keys or lengths)."""
 
 
-class RunMissingError(RunFileError):
+class RunMissingError(RunFileError, files.StoredFileMissing):
     """A run's aux arrays do not exist (not written yet, or removed to be redone)."""
 
 
 def run_dir(experiment_dir: str, subset: str, run_id: int) -> str:
     """Directory of run `run_id` of design `subset`."""
-    return tf.io.gfile.join(experiment_dir, subset, str(run_id))
+    return layout_lib.ExperimentDir(experiment_dir).run(subset, run_id).path
 
 
 def run_complete(directory: str) -> bool:
@@ -109,27 +118,83 @@ def aux_arrays(subset_indices: np.ndarray, correctness_train: np.ndarray,
 
 def save_run(directory: str, arrays: dict[str, np.ndarray], info: dict,
              checkpoint: tf.train.Checkpoint | None = None, epoch: int = 0,
-             checkpoints: Sequence[tuple[int, tf.train.Checkpoint]] = ()) -> None:
-    """Writes one run: checkpoints and ``run.json`` first, ``aux_arrays.npz`` last.
+             checkpoints: Sequence[tuple[int, tf.train.Checkpoint]] = ()) -> bool:
+    """Writes one run unless it is complete: checkpoints, ``run.json``, then the aux arrays.
 
     Checkpoints go to ``checkpoints/ckpt-<epoch>``: `checkpoint` at `epoch`, and every
-    ``(epoch, checkpoint)`` of `checkpoints` (models saved during training).
-    Whatever an earlier, interrupted attempt left in `directory` is removed first.
+    ``(epoch, checkpoint)`` of `checkpoints` (models saved during training). They are
+    written into a folder of this writer's own and moved into place file by file, so
+    writers of one run never share a temporary file. Nothing is ever deleted: files an
+    interrupted attempt left are overwritten, and a complete run is left as it is.
+    The aux arrays are created only if absent, so of concurrent writers of one run
+    exactly one completes it and the others return False without error.
+
+    Returns:
+        True when this call completed the run; False when it was complete already.
     """
-    if tf.io.gfile.exists(directory):
-        tf.io.gfile.rmtree(directory)
+    run = layout_lib.RunDir(directory)
+    if run_complete(directory):
+        return False
     tf.io.gfile.makedirs(directory)
     all_checkpoints = list(checkpoints) + ([(epoch, checkpoint)] if checkpoint else [])
-    for number, saved in all_checkpoints:
-        manager = tf.train.CheckpointManager(
-            saved, tf.io.gfile.join(directory, CHECKPOINT_DIRNAME), max_to_keep=None,
-            checkpoint_name="ckpt")
-        manager.save(checkpoint_number=number)
-    write_atomically(tf.io.gfile.join(directory, RUN_INFO_FILENAME),
-                     json.dumps(info, indent=2, sort_keys=True).encode())
-    buffer = io.BytesIO()
-    np.savez(buffer, **arrays)
-    write_atomically(tf.io.gfile.join(directory, AUX_FILENAME), buffer.getvalue())
+    if all_checkpoints:
+        _save_checkpoints(run, all_checkpoints)
+    if run_complete(directory):
+        return False
+    files.write_json(run.run_info, info)
+    return files.write_npz(run.aux_arrays, arrays, exclusive=True)
+
+
+def _save_checkpoints(run: layout_lib.RunDir,
+                      checkpoints: Sequence[tuple[int, tf.train.Checkpoint]]) -> None:
+    """Saves checkpoints in a folder of this writer's own, then puts the folder in place.
+
+    Locally the folder is renamed as a whole (atomic), replacing what an interrupted or
+    concurrent writer of this incomplete run left, so ``checkpoints/`` always holds one
+    writer's whole set. Elsewhere (``gs://``, no folder rename) the files are renamed one
+    by one, data files first, then indexes, then the ``checkpoint`` state file.
+    """
+    staging = f"{run.checkpoints}{files.TEMPORARY_INFIX}{uuid.uuid4().hex}"
+    try:
+        for number, saved in checkpoints:
+            manager = tf.train.CheckpointManager(saved, staging, max_to_keep=None,
+                                                 checkpoint_name=layout_lib.CHECKPOINT_NAME)
+            manager.save(checkpoint_number=number)
+        if files.is_local(staging):
+            _replace_folder(staging.removeprefix("file://"),
+                            run.checkpoints.removeprefix("file://"))
+            return
+        tf.io.gfile.makedirs(run.checkpoints)
+        names = sorted((e.rstrip("/") for e in tf.io.gfile.listdir(staging)),
+                       key=lambda n: (n == "checkpoint", n.endswith(".index"), n))
+        for name in names:
+            tf.io.gfile.rename(tf.io.gfile.join(staging, name),
+                               tf.io.gfile.join(run.checkpoints, name), overwrite=True)
+    finally:
+        try:
+            tf.io.gfile.rmtree(staging)
+        except tf.errors.OpError:
+            pass
+
+
+def _replace_folder(source: str, target: str, attempts: int = 8) -> None:
+    """Renames local folder `source` to `target`, moving aside and deleting a `target`
+    that exists (what another writer of the same incomplete run put there)."""
+    for _ in range(attempts):
+        try:
+            os.rename(source, target)
+            return
+        except OSError as e:
+            if e.errno not in (errno.ENOTEMPTY, errno.EEXIST):
+                raise
+        aside = f"{target}{files.TEMPORARY_INFIX}{uuid.uuid4().hex}"
+        try:
+            os.rename(target, aside)
+        except FileNotFoundError:
+            continue  # another writer moved it aside first
+        shutil.rmtree(aside, ignore_errors=True)
+    raise OSError(f"{target}: could not put checkpoints in place ({attempts} writers "
+                  "replaced each other's); train the run again")
 
 
 def load_run(directory: str) -> dict[str, np.ndarray]:
@@ -139,15 +204,13 @@ def load_run(directory: str) -> dict[str, np.ndarray]:
         RunFileError: the file is unreadable, lacks a released key, or its arrays
             disagree in length.
     """
-    path = tf.io.gfile.join(directory, AUX_FILENAME)
+    path = layout_lib.RunDir(directory).aux_arrays
     try:
-        with tf.io.gfile.GFile(path, "rb") as f:
-            with np.load(io.BytesIO(f.read()), allow_pickle=False) as npz:
-                arrays = {key: npz[key] for key in npz.files}
-    except tf.errors.NotFoundError:
+        arrays = files.read_npz(path)
+    except files.StoredFileMissing:
         raise RunMissingError(f"{path}: file not found") from None
-    except Exception as e:  # zipfile/np.load raise many types for a damaged file.
-        raise RunFileError(f"{path}: not a readable .npz file ({type(e).__name__}: {e})") from e
+    except files.StoredFileError as e:
+        raise RunFileError(str(e)) from None
     missing = [key for key in RELEASED_KEYS if key not in arrays]
     if missing:
         raise RunFileError(f"{path}: missing key(s) {', '.join(missing)}")
@@ -162,12 +225,20 @@ def load_run(directory: str) -> dict[str, np.ndarray]:
 
 
 def read_run_info(directory: str) -> dict:
-    """The ``run.json`` of a run, or an empty dict for released runs that have none."""
-    path = tf.io.gfile.join(directory, RUN_INFO_FILENAME)
-    if not tf.io.gfile.exists(path):
+    """The ``run.json`` of a run, or an empty dict for released runs that have none.
+
+    Raises:
+        files.StoredFileError: the file is not valid JSON.
+    """
+    try:
+        return files.read_json(layout_lib.RunDir(directory).run_info)
+    except files.StoredFileMissing:
         return {}
-    with tf.io.gfile.GFile(path, "r") as f:
-        return json.load(f)
+
+
+def save_run_info(directory: str, info: dict) -> None:
+    """Writes a run's ``run.json`` atomically (`save_run` does this for new runs)."""
+    files.write_json(layout_lib.RunDir(directory).run_info, info)
 
 
 def list_subsets(experiment_dir: str) -> list[str]:
@@ -177,7 +248,7 @@ def list_subsets(experiment_dir: str) -> list[str]:
     names = []
     for entry in sorted(tf.io.gfile.listdir(experiment_dir)):
         entry = entry.rstrip("/")
-        folder = tf.io.gfile.join(experiment_dir, entry)
+        folder = layout_lib.ExperimentDir(experiment_dir).subset(entry)
         if tf.io.gfile.isdir(folder) and any(
                 e.rstrip("/").isdigit() for e in tf.io.gfile.listdir(folder)):
             names.append(entry)
@@ -186,7 +257,7 @@ def list_subsets(experiment_dir: str) -> list[str]:
 
 def list_runs(experiment_dir: str, subset: str) -> tuple[list[int], list[int]]:
     """Run ids of a subset folder: (complete, incomplete), each sorted."""
-    folder = tf.io.gfile.join(experiment_dir, subset)
+    folder = layout_lib.ExperimentDir(experiment_dir).subset(subset)
     if not tf.io.gfile.isdir(folder):
         return [], []
     ids = sorted(int(e.rstrip("/")) for e in tf.io.gfile.listdir(folder)
@@ -203,9 +274,10 @@ def _complete_run_ids(folder: str, ids: Sequence[int], num_threads: int = 16) ->
     """
     if any(c in folder for c in "*?[]"):
         with concurrent.futures.ThreadPoolExecutor(num_threads) as pool:
-            complete = pool.map(lambda i: run_complete(tf.io.gfile.join(folder, str(i))), ids)
+            complete = pool.map(lambda i: run_complete(run_dir(*folder.rsplit("/", 1), i)), ids)
             return [i for i, done in zip(ids, complete, strict=True) if done]
-    found = tf.io.gfile.glob(tf.io.gfile.join(folder, "*", AUX_FILENAME))
+    experiment_dir, _, subset = folder.rstrip("/").rpartition("/")
+    found = tf.io.gfile.glob(layout_lib.ExperimentDir(experiment_dir).aux_arrays_glob(subset))
     present = {path.rstrip("/").split("/")[-2] for path in found}
     return [i for i in ids if str(i) in present]
 
@@ -269,7 +341,7 @@ def load_experiment(experiment_dir: str, subset: str, num_threads: int = 16,
     """
     complete, incomplete = list_runs(experiment_dir, subset)
     if not complete:
-        where = tf.io.gfile.join(experiment_dir, subset)
+        where = layout_lib.ExperimentDir(experiment_dir).subset(subset)
         raise ValueError(f"--experiment_dir={experiment_dir}: no complete runs in {where} "
                          f"(expected <run_id>/{AUX_FILENAME} folders)")
     directories = [run_dir(experiment_dir, subset, i) for i in complete]
@@ -279,8 +351,8 @@ def load_experiment(experiment_dir: str, subset: str, num_threads: int = 16,
     used = np.zeros(len(directories), dtype=bool)
     with concurrent.futures.ThreadPoolExecutor(num_threads) as pool:
         loaded = pool.map(_load_run_unless_vanished, directories)
-        for r, run in enumerate(_progress(loaded, len(directories), f"reading {subset}",
-                                          progress)):
+        for r, run in enumerate(files.track(loaded, len(directories), f"reading {subset}",
+                                            enabled=progress)):
             if run is None:
                 vanished.append(complete[r])
                 continue
@@ -295,7 +367,7 @@ def load_experiment(experiment_dir: str, subset: str, num_threads: int = 16,
                 raise ValueError(f"{directories[r]}: {sizes[0]} training and {sizes[1]} test "
                                  f"examples, but {directories[0]} has {num_train} and "
                                  f"{num_test}")
-            _check_indices(directories[r], run, num_train, num_test)
+            _raise_on_problem(directories[r], check_run_arrays(run, num_train, num_test))
             matrices["membership"][r, run["index_train"]] = True
             for metric, prefix in _FLOAT_METRICS.items():
                 present[metric] &= all(prefix + split in run for split in SPLITS)
@@ -329,27 +401,88 @@ def _load_run_unless_vanished(directory: str) -> dict[str, np.ndarray] | None:
 
 def verify_runs(experiment_dir: str, subsets: Sequence[str] | None = None,
                 num_threads: int = 16) -> tuple[int, list[tuple[str, str]]]:
-    """Reads every complete run and checks its aux arrays.
+    """Reads every complete run and checks its aux arrays (`check_run_arrays`).
+
+    Sizes are checked against ``num_train``/``num_test`` of ``experiment.json``; for
+    released runs, which have none, against the sizes most runs agree on.
 
     Returns:
         (number of complete runs checked, [(run directory, problem)] for the damaged ones).
+
+    Raises:
+        ValueError: `experiment_dir` is missing, unreachable or holds no complete runs.
     """
+    try:
+        reachable = tf.io.gfile.isdir(experiment_dir)
+    except tf.errors.OpError as e:
+        raise ValueError(f"experiment_dir={experiment_dir}: not reachable ({e.message})") \
+            from None
+    if not reachable:
+        raise ValueError(f"experiment_dir={experiment_dir}: no such directory")
     subsets = list(subsets) if subsets is not None else list_subsets(experiment_dir)
     directories = [run_dir(experiment_dir, subset, i) for subset in subsets
                    for i in list_runs(experiment_dir, subset)[0]]
+    if not directories:
+        raise ValueError(f"experiment_dir={experiment_dir}: no complete runs to verify "
+                         f"(expected <subset>/<run_id>/{AUX_FILENAME})")
+    recorded = info_lib.read_experiment_info(experiment_dir).get("data", {})
+    expected = (recorded.get("num_train"), recorded.get("num_test"))
+    expected = (None, None) if None in expected else tuple(int(n) for n in expected)
 
-    def check(directory: str) -> str | None:
+    def check(directory: str) -> tuple[tuple[int, int] | None, str | None]:
         try:
             run = load_run(directory)
-            num_train = len(run["index_train"]) + len(run["index_removed"])
-            _check_indices(directory, run, num_train, len(run["index_test"]))
         except RunFileError as e:
-            return str(e)
-        return None
+            return None, str(e)
+        sizes = (len(run["index_train"]) + len(run["index_removed"]), len(run["index_test"]))
+        if None not in expected and sizes != expected:
+            return sizes, None  # named below, with the sizes
+        return sizes, check_run_arrays(run, *sizes)
 
     with concurrent.futures.ThreadPoolExecutor(num_threads) as pool:
-        problems = list(pool.map(check, directories))
-    return len(directories), [(d, p) for d, p in zip(directories, problems, strict=True) if p]
+        checked = list(pool.map(check, directories))
+    if None in expected:  # no record: the sizes most runs have
+        expected = Counter(s for s, _ in checked if s is not None).most_common(1)[0][0]
+    problems = []
+    for directory, (sizes, problem) in zip(directories, checked, strict=True):
+        if problem is None and sizes != tuple(expected):
+            problem = (f"{sizes[0]} training and {sizes[1]} test examples, expected "
+                       f"{expected[0]} and {expected[1]}")
+        if problem is not None:
+            if not problem.startswith(directory):
+                problem = f"{layout_lib.RunDir(directory).aux_arrays}: {problem}"
+            problems.append((directory, problem))
+    return len(directories), problems
+
+
+def check_run_arrays(run: dict[str, np.ndarray], num_train: int, num_test: int) -> str | None:
+    """What is wrong with one run's aux arrays, or None.
+
+    Checks dtypes (correctness bool, indices integers, margins and logits floats),
+    ``subsample_idx`` equal to ``index_train`` as sets, train and removed indices
+    covering ``0..num_train-1`` and test indices ``0..num_test-1`` exactly once, and
+    finite margins and log-odds.
+    """
+    for key, value in run.items():
+        if key.startswith("correctness_") and value.dtype != bool:
+            return f"{key} has dtype {value.dtype}, expected bool"
+        if (key.startswith("index_") or key == SUBSET_INDICES) and \
+                not np.issubdtype(value.dtype, np.integer):
+            return f"{key} has dtype {value.dtype}, expected integers"
+        if key.startswith((MARGIN_PREFIX, LOGODDS_PREFIX, LOGITS_PREFIX)):
+            if not np.issubdtype(value.dtype, np.floating):
+                return f"{key} has dtype {value.dtype}, expected floats"
+            if not key.startswith(LOGITS_PREFIX) and not np.isfinite(value).all():
+                return f"{key} has {int((~np.isfinite(value)).sum())} non-finite values"
+    if not np.array_equal(np.unique(run[SUBSET_INDICES]), np.unique(run["index_train"])) \
+            or len(run[SUBSET_INDICES]) != len(run["index_train"]):
+        return f"{SUBSET_INDICES} differs from index_train"
+    train = np.concatenate([run["index_train"], run["index_removed"]])
+    if not (np.array_equal(np.sort(train), np.arange(num_train))
+            and np.array_equal(np.sort(run["index_test"]), np.arange(num_test))):
+        return (f"indices do not cover each of {num_train} training and {num_test} test "
+                "examples exactly once")
+    return None
 
 
 def quarantine_run(directory: str) -> str:
@@ -358,11 +491,10 @@ def quarantine_run(directory: str) -> str:
     It goes to ``<subset>/.corrupt/<run_id>-<time>.npz`` (beside the run folders, where
     readers do not look and redoing the run does not delete it), for inspection.
     """
-    parent, run_id = directory.rstrip("/").rsplit("/", 1)
-    quarantine = tf.io.gfile.join(parent, CORRUPT_DIRNAME)
-    tf.io.gfile.makedirs(quarantine)
-    target = tf.io.gfile.join(quarantine, f"{run_id}-{int(time.time())}.npz")
-    tf.io.gfile.rename(tf.io.gfile.join(directory, AUX_FILENAME), target, overwrite=True)
+    run = layout_lib.RunDir(directory)
+    target = run.corrupt()
+    tf.io.gfile.makedirs(target.rpartition("/")[0])
+    tf.io.gfile.rename(run.aux_arrays, target, overwrite=True)
     return target
 
 
@@ -376,27 +508,11 @@ def _empty_matrices(num_runs: int, num_train: int, num_test: int) -> dict[str, n
                for metric in _FLOAT_METRICS}}
 
 
-def _check_indices(directory: str, run: dict[str, np.ndarray], num_train: int,
-                   num_test: int) -> None:
-    """Raises RunFileError unless train+removed cover 0..num_train-1 and test 0..num_test-1."""
-    train = np.concatenate([run["index_train"], run["index_removed"]])
-    if not (np.array_equal(np.sort(train), np.arange(num_train))
-            and np.array_equal(np.sort(run["index_test"]), np.arange(num_test))):
-        path = tf.io.gfile.join(directory, AUX_FILENAME)
-        raise RunFileError(f"{path}: indices do not cover each example exactly once")
-
-
-def _progress(items: Iterable, total: int, description: str, enabled: bool) -> Iterable:
-    if not enabled:
-        return items
-    from tqdm import tqdm
-
-    return tqdm(items, total=total, desc=description, unit="run", mininterval=1.0)
+def _raise_on_problem(directory: str, problem: str | None) -> None:
+    if problem is not None:
+        raise RunFileError(f"{layout_lib.RunDir(directory).aux_arrays}: {problem}")
 
 
 def write_atomically(path: str, content: bytes) -> None:
-    """Writes `content` to a temporary name beside `path`, then renames it to `path`."""
-    temporary = f"{path}.tmp-{uuid.uuid4().hex}"
-    with tf.io.gfile.GFile(temporary, "wb") as f:
-        f.write(content)
-    tf.io.gfile.rename(temporary, path, overwrite=True)
+    """Writes `content` to `path` atomically (kept for callers of the old name)."""
+    files.write_bytes(path, content)

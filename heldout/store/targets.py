@@ -13,15 +13,15 @@ re-run and cited.
 from __future__ import annotations
 
 import dataclasses
-import json
 
 import numpy as np
 import tensorflow as tf
 
 from heldout.data.dataset import Dataset
 from heldout.store import designs as subsets_lib
-
-TARGETS_DIRNAME = "targets"
+from heldout.store import files
+from heldout.store import layout as layout_lib
+from heldout.store.layout import TARGETS_DIRNAME  # noqa: F401  (kept for readers)
 
 # The target sets of the published negative-self-influence experiment on CIFAR-10, in
 # the original CIFAR-10 training order (data_batch_1..5, as torchvision loads it).
@@ -73,18 +73,16 @@ class TargetSet:
 
 
 def targets_path(experiment_dir: str, name: str) -> str:
-    return tf.io.gfile.join(experiment_dir, TARGETS_DIRNAME, f"{name}.json")
+    """The file of target set `name` of an experiment (``"*"`` for a glob)."""
+    return layout_lib.ExperimentDir(experiment_dir).targets(name)
 
 
 def save_targets(experiment_dir: str, targets: TargetSet) -> str:
     """Writes the target set beside the runs (atomically); returns its path."""
-    from heldout.store import runs as runs_lib
-
     path = targets_path(experiment_dir, targets.name)
-    tf.io.gfile.makedirs(path.rsplit("/", 1)[0])
     content = {"name": targets.name, "provenance": targets.provenance,
                "groups": {g: [int(i) for i in v] for g, v in targets.groups.items()}}
-    runs_lib.write_atomically(path, json.dumps(content, indent=2).encode())
+    files.write_json(path, content, sort_keys=False)  # groups keep their order
     return path
 
 
@@ -94,14 +92,13 @@ def load_targets(path: str) -> TargetSet:
     Raises:
         ValueError: the file is missing or not a target set.
     """
-    if not tf.io.gfile.exists(path):
-        raise ValueError(f"--targets={path}: file not found")
     try:
-        with tf.io.gfile.GFile(path, "r") as f:
-            content = json.load(f)
+        content = files.read_json(path)
         groups = {str(g): tuple(int(i) for i in v) for g, v in content["groups"].items()}
         return TargetSet(name=str(content["name"]), groups=groups,
                          provenance=content.get("provenance", {}))
+    except files.StoredFileMissing:
+        raise ValueError(f"--targets={path}: file not found") from None
     except (ValueError, KeyError, TypeError, AttributeError) as e:
         raise ValueError(f"--targets={path}: not a target set file ({e})") from None
 

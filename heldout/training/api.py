@@ -18,7 +18,6 @@ before any training starts:
 from __future__ import annotations
 
 import dataclasses
-import io
 import os
 from collections.abc import Mapping, Sequence
 
@@ -27,7 +26,7 @@ import tensorflow as tf
 
 from heldout.data import sources
 from heldout.data.dataset import DEFAULT_MAX_CLASSES, Dataset
-from heldout.store import checks, coordination, designs
+from heldout.store import checks, coordination, designs, files, layout
 from heldout.store import runs as runs_lib
 from heldout.training import experiment, presets
 from heldout.training.core import TrainConfig
@@ -35,8 +34,6 @@ from heldout.training.core import TrainConfig
 # Scheduler variables read as shard numbers (`coordination.resolve_shard`).
 _SHARD_VARIABLES = ("SLURM_ARRAY_TASK_ID", "SLURM_ARRAY_TASK_MIN", "SLURM_ARRAY_TASK_COUNT",
                     "JOB_COMPLETION_INDEX")
-# Where the aux arrays of complete runs wait while `retrain_complete` retrains them.
-_RETRAIN_DIRNAME = ".retrain"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -112,8 +109,20 @@ class TrainReport:
     retrained_identical: int = 0  # of those, aux arrays bit-identical to before
 
     @property
-    def claimed_elsewhere(self) -> tuple[int, ...]:
-        return tuple(r for s in self.summaries for r in s.claimed_elsewhere)
+    def exit_status(self) -> int:
+        """0, or `coordination.EXIT_RUNS_CLAIMED_ELSEWHERE` when requested runs are still
+        missing because other workers claim them (a scheduler should retry)."""
+        return max((s.exit_status for s in self.summaries), default=0)
+
+    @property
+    def retry_message(self) -> str:
+        """One line saying which runs other workers still hold (empty when none)."""
+        held = [f"runs {designs.format_run_ids(s.still_claimed)} of "
+                f"{s.experiment_dir}/{s.subset}" for s in self.summaries if s.still_claimed]
+        if not held:
+            return ""
+        return (f"{'; '.join(held)} are claimed by other workers and not complete yet; run "
+                f"again later (exit status {self.exit_status})")
 
     def __str__(self) -> str:
         lines = []
@@ -289,22 +298,15 @@ def _lacking(experiment_dir: str, subset: str, run_ids: Sequence[int], config: T
     for run_id in sorted(complete):
         directory = runs_lib.run_dir(experiment_dir, subset, run_id)
         if request.save_checkpoints:
-            checkpoints = tf.io.gfile.join(directory, runs_lib.CHECKPOINT_DIRNAME)
             saved = {c["epoch"] for c in runs_lib.read_run_info(directory).get("checkpoints", [])}
-            final = tf.io.gfile.join(checkpoints, f"ckpt-{config.epochs}.index")
+            final = layout.RunDir(directory).checkpoint(config.epochs) + ".index"
             if not tf.io.gfile.exists(final) or not snapshots <= saved:
                 lacking.append(run_id)
                 continue
         if request.save_logits and not any(
-                key.startswith(runs_lib.LOGITS_PREFIX) for key in _aux_keys(directory)):
+                key.startswith(runs_lib.LOGITS_PREFIX) for key in runs_lib.load_run(directory)):
             lacking.append(run_id)
     return lacking
-
-
-def _aux_keys(directory: str) -> list[str]:
-    with tf.io.gfile.GFile(tf.io.gfile.join(directory, runs_lib.AUX_FILENAME), "rb") as f:
-        with np.load(io.BytesIO(f.read())) as npz:
-            return list(npz.files)
 
 
 def _refusal(experiment_dir: str, lacking: dict[str, list[int]], request: TrainRequest) -> str:
@@ -326,14 +328,12 @@ def _refusal(experiment_dir: str, lacking: dict[str, list[int]], request: TrainR
 
 def _set_aside(experiment_dir: str, subset: str, run_ids: Sequence[int]) -> dict[int, str]:
     """Moves the aux arrays of runs to be retrained aside; returns run id -> where."""
-    folder = tf.io.gfile.join(experiment_dir, subset, _RETRAIN_DIRNAME)
-    tf.io.gfile.makedirs(folder)
     moved = {}
     for run_id in run_ids:
-        target = tf.io.gfile.join(folder, f"{run_id}.npz")
-        tf.io.gfile.rename(tf.io.gfile.join(runs_lib.run_dir(experiment_dir, subset, run_id),
-                                            runs_lib.AUX_FILENAME), target, overwrite=True)
-        moved[run_id] = target
+        run = layout.RunDir(runs_lib.run_dir(experiment_dir, subset, run_id))
+        files.makedirs_for(run.set_aside)
+        tf.io.gfile.rename(run.aux_arrays, run.set_aside, overwrite=True)
+        moved[run_id] = run.set_aside
     return moved
 
 
@@ -344,10 +344,8 @@ def _compare_and_remove(experiment_dir: str, subset: str, before: Mapping[int, s
         directory = runs_lib.run_dir(experiment_dir, subset, run_id)
         if not runs_lib.run_complete(directory):
             continue  # not retrained (claimed elsewhere): keep the earlier arrays aside
-        new = runs_lib.load_run(directory)
-        with tf.io.gfile.GFile(path, "rb") as f, np.load(io.BytesIO(f.read())) as old:
-            same = all(np.array_equal(old[key], new[key]) and old[key].dtype == new[key].dtype
-                       for key in old.files if key in new)
-        identical += same
+        new, old = runs_lib.load_run(directory), files.read_npz(path)
+        identical += all(np.array_equal(old[key], new[key]) and old[key].dtype == new[key].dtype
+                         for key in old if key in new)
         tf.io.gfile.remove(path)
     return identical

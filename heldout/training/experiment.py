@@ -9,8 +9,8 @@ are redone from scratch with the same seeds, hence the same subsets.
 from __future__ import annotations
 
 import concurrent.futures
+import contextlib
 import dataclasses
-import json
 import os
 import platform
 import socket
@@ -22,16 +22,17 @@ import sonnet as snt
 import tensorflow as tf
 
 from heldout.data import sources as data_lib
-from heldout.store import coordination
+from heldout.store import coordination, files
 from heldout.store import designs as subsets_lib
+from heldout.store import experiment_info as info_lib
+from heldout.store import layout as layout_lib
 from heldout.store import runs as runs_lib
 from heldout.store import targets as targets_lib
+from heldout.store.experiment_info import read_experiment_info  # noqa: F401  (public API)
+from heldout.store.layout import EXPERIMENT_INFO_FILENAME  # noqa: F401  (kept for readers)
 from heldout.training import airbench
 from heldout.training import core as training
 
-EXPERIMENT_INFO_FILENAME = "experiment.json"
-# What must agree between runs written into one experiment directory.
-_SHARED_SETTINGS = ("dataset", "seed", "train_config")
 # Training settings that change speed but not what a run computes.
 _SPEED_ONLY_SETTINGS = ("models_at_once", "xla", "checkpoint_every")
 
@@ -46,7 +47,18 @@ class TrainSummary:
     already_complete: tuple[int, ...]  # run ids skipped because they were complete
     mean_test_accuracy: float  # over the runs trained now (NaN when none)
     seconds: float
-    claimed_elsewhere: tuple[int, ...] = ()  # skipped: another worker holds their claim
+    claimed_elsewhere: tuple[int, ...] = ()  # skipped: another worker held their claim
+    still_claimed: tuple[int, ...] = ()  # of those, not complete when this call ended
+
+    @property
+    def exit_status(self) -> int:
+        """0, or `coordination.EXIT_RUNS_CLAIMED_ELSEWHERE` when runs of `run_ids` are
+        still missing because other workers claim them (retry later)."""
+        return coordination.EXIT_RUNS_CLAIMED_ELSEWHERE if self.still_claimed else 0
+
+
+class NonFiniteRunError(ValueError):
+    """A run's predictions are NaN or infinite: training diverged; it was not written."""
 
 
 def train_experiment(experiment_dir: str, dataset: str, config: training.TrainConfig,
@@ -83,9 +95,22 @@ def train_experiment(experiment_dir: str, dataset: str, config: training.TrainCo
     in both, so the drop arm, whose examples fill fewer batches, continues from the
     start of its shuffled order (a few examples are seen twice in its last batch).
 
+    Settings: the first call records `dataset`, `seed`, `config` (without speed-only
+    fields) and a fingerprint of the data in ``experiment.json`` (create-if-absent, read
+    back and compared, so of racing workers with different settings exactly one
+    proceeds); every later call compares. A directory with runs but no
+    ``experiment.json`` (released runs) is refused: their settings are unknown.
+
+    Returns:
+        A `TrainSummary`; its `exit_status` is non-zero when runs are still missing
+        because other workers claim them.
+
     Raises:
         ValueError: a setting is invalid, or the directory holds runs made with other
-            settings.
+            settings (`experiment_info.SettingsMismatchError`, naming the keys) or
+            without ``experiment.json``.
+        NonFiniteRunError: a run's predictions are not finite (the runs of its group
+            with finite predictions are written first).
     """
     start = time.time()
     subset = subsets_lib.design_name(subset)
@@ -96,7 +121,12 @@ def train_experiment(experiment_dir: str, dataset: str, config: training.TrainCo
     settings = {"dataset": dataset, "seed": seed, "train_config": {
         key: value for key, value in dataclasses.asdict(config).items()
         if key not in _SPEED_ONLY_SETTINGS}}
-    _check_experiment_info(experiment_dir, settings)
+    stored = info_lib.read_experiment_info(experiment_dir)
+    if not stored and runs_lib.list_subsets(experiment_dir):
+        raise ValueError(f"experiment_dir={experiment_dir} holds runs but no "
+                         f"{EXPERIMENT_INFO_FILENAME}, so their settings are unknown (released "
+                         "runs can be read, not added to); train into a new experiment_dir")
+    info_lib.check_settings(experiment_dir, stored, settings)  # before loading the data
     complete = set(runs_lib.list_runs(experiment_dir, subset)[0])
     todo = [r for r in run_ids if r not in complete]
     already = tuple(r for r in run_ids if r in complete)  # grows if others finish runs
@@ -106,7 +136,8 @@ def train_experiment(experiment_dir: str, dataset: str, config: training.TrainCo
 
     data = data or data_lib.load_dataset(dataset, data_dir=data_dir)
     dropped = targets.indices if subset.startswith(subsets_lib.DROP_PREFIX) else None
-    _write_experiment_info(experiment_dir, settings)
+    settings["data"] = info_lib.data_fingerprint(data)
+    info_lib.save_experiment_info(experiment_dir, settings, settle_seconds)
     # Always the full K: every group, padded if short, runs the same compiled program, so
     # a run's numbers do not depend on how many runs were left to train with it.
     trainer = make_trainer(data, config)
@@ -117,8 +148,9 @@ def train_experiment(experiment_dir: str, dataset: str, config: training.TrainCo
               if claim_runs else None)
     accuracies, trained, claimed_elsewhere = [], [], []
     pending = list(todo)
-    bar = _progress_bar(len(todo), progress)
-    with concurrent.futures.ThreadPoolExecutor(8) as writers:
+    bar = files.progress_bar(len(todo), "training", enabled=progress, whole_units=True)
+    with (concurrent.futures.ThreadPoolExecutor(8) as writers,
+          claims.heartbeat() if claims else contextlib.nullcontext()):
         while pending:
             group = []
             while pending and len(group) < group_size:
@@ -142,26 +174,33 @@ def train_experiment(experiment_dir: str, dataset: str, config: training.TrainCo
             try:
                 written = _train_group(
                     trainer, writers, experiment_dir, subset, group, data, config, settings,
-                    seed, dropped, targets, save_checkpoints, save_logits, bar, claims)
+                    seed, dropped, targets, save_checkpoints, save_logits, bar)
                 accuracies += list(written.values())
                 trained += list(written)
             finally:
                 if claims:
                     claims.release(group)
     bar.close()
+    still_claimed = ()
+    if claimed_elsewhere:
+        complete = set(runs_lib.list_runs(experiment_dir, subset)[0])
+        still_claimed = tuple(sorted(set(claimed_elsewhere) - complete))
     return TrainSummary(experiment_dir, subset, tuple(trained), already,
                         float(np.mean(accuracies)) if accuracies else float("nan"),
-                        time.time() - start, tuple(claimed_elsewhere))
+                        time.time() - start, tuple(claimed_elsewhere), still_claimed)
 
 
 def _train_group(trainer, writers: concurrent.futures.Executor, experiment_dir: str,
                  subset: str, group: list[int], data: data_lib.Dataset,
                  config: training.TrainConfig, settings: dict, seed: int,
                  dropped: np.ndarray | None, targets: targets_lib.TargetSet | None,
-                 save_checkpoints: bool, save_logits: bool, bar,
-                 claims: coordination.Claims | None) -> dict[int, float]:
+                 save_checkpoints: bool, save_logits: bool, bar) -> dict[int, float]:
     """Trains one group of runs and writes each; returns run id -> test accuracy of the
-    runs written (not those another worker completed meanwhile)."""
+    runs written (not those another worker completed meanwhile).
+
+    Raises:
+        NonFiniteRunError: some runs predicted NaN or infinity; the others are written.
+    """
     group_start = time.time()
     seeds = [subsets_lib.run_seeds(seed, subset, r) for r in group]
     subsets = [subsets_lib.subset_indices(data.num_train, subset, seed, r, dropped)
@@ -172,17 +211,19 @@ def _train_group(trainer, writers: concurrent.futures.Executor, experiment_dir: 
 
     def after_epoch(steps: int) -> None:
         _advance(bar, len(group) / config.epochs, steps)
-        if claims:
-            claims.renew()
 
     results = trainer.train(
         subsets, [s.init for s in seeds], [s.order for s in seeds],
         save_logits=save_logits, export_models=save_checkpoints,
         steps_per_epoch=equal_steps, on_epoch=after_epoch)
     seconds_per_run = (time.time() - group_start) / len(group)
-    pending, accuracies = [], {}
+    pending, accuracies, diverged = [], {}, {}
     for run_id, subset_indices, result in zip(group, subsets, results, strict=True):
         directory = runs_lib.run_dir(experiment_dir, subset, run_id)
+        non_finite = _count_non_finite(result)
+        if non_finite:
+            diverged[run_id] = non_finite
+            continue
         if runs_lib.run_complete(directory):
             continue  # another worker finished it meanwhile: never overwrite a complete run
         info = _run_info(settings, data, subset, run_id, subset_indices, result,
@@ -190,7 +231,6 @@ def _train_group(trainer, writers: concurrent.futures.Executor, experiment_dir: 
         if dropped is not None:
             info["targets"] = {"name": targets.name, "groups": {
                 g: list(v) for g, v in targets.groups.items()}}
-        accuracies[run_id] = info["accuracy"]["test"]
         checkpoints = []  # (epoch, tf.train.Checkpoint), saved as ckpt-<epoch>
         if result.model is not None:
             final = training.Snapshot(config.epochs, result.steps, float("nan"), result.model)
@@ -206,11 +246,28 @@ def _train_group(trainer, writers: concurrent.futures.Executor, experiment_dir: 
             margin_train=result.train.margin, margin_test=result.test.margin,
             logodds_train=result.train.logodds, logodds_test=result.test.logodds,
             logits_train=result.train.logits, logits_test=result.test.logits)
-        pending.append(writers.submit(runs_lib.save_run, directory, arrays, info,
-                                      checkpoints=checkpoints))
-    for future in pending:
-        future.result()
+        pending.append((run_id, info["accuracy"]["test"], writers.submit(
+            runs_lib.save_run, directory, arrays, info, checkpoints=checkpoints)))
+    for run_id, accuracy, future in pending:
+        if future.result():  # False: another writer completed the run first
+            accuracies[run_id] = accuracy
+    if diverged:
+        run_id, count = next(iter(diverged.items()))
+        others = f" (and runs {subsets_lib.format_run_ids(list(diverged)[1:])})" \
+            if len(diverged) > 1 else ""
+        folder = layout_lib.ExperimentDir(experiment_dir).subset(subset)
+        raise NonFiniteRunError(
+            f"run {run_id}{others} of {folder}: {count} non-finite "
+            f"predictions (margins or log-odds are NaN or infinite), not written: training "
+            f"diverged; the learning_rate ({config.learning_rate:g}) is likely too high")
     return accuracies
+
+
+def _count_non_finite(result: training.TrainedRun) -> int:
+    """How many margins and log-odds of a trained run are NaN or infinite."""
+    return sum(int(np.size(values) - np.isfinite(values).sum())
+               for predictions in (result.train, result.test)
+               for values in (predictions.margin, predictions.logodds) if values is not None)
 
 
 def resolve_targets(experiment_dir: str, data: data_lib.Dataset, name: str,
@@ -302,35 +359,6 @@ def train_targeted_experiment(experiment_dir: str, dataset: str, config: trainin
     return summaries
 
 
-def read_experiment_info(experiment_dir: str) -> dict:
-    """The settings an experiment directory was created with, or {} (released runs)."""
-    path = tf.io.gfile.join(experiment_dir, EXPERIMENT_INFO_FILENAME)
-    if not tf.io.gfile.exists(path):
-        return {}
-    with tf.io.gfile.GFile(path, "r") as f:
-        return json.load(f)
-
-
-def _check_experiment_info(experiment_dir: str, settings: dict) -> None:
-    """Refuses to mix runs of different settings in one directory."""
-    existing = read_experiment_info(experiment_dir)
-    for key in _SHARED_SETTINGS:
-        if existing and existing.get(key) != settings[key]:
-            raise ValueError(
-                f"--experiment_dir={experiment_dir} holds runs made with another {key} "
-                f"({json.dumps(existing.get(key), sort_keys=True)}); use a new directory "
-                "or the same settings")
-
-
-def _write_experiment_info(experiment_dir: str, settings: dict) -> None:
-    """Records the settings of an experiment directory, once."""
-    if read_experiment_info(experiment_dir):
-        return
-    tf.io.gfile.makedirs(experiment_dir)
-    runs_lib.write_atomically(tf.io.gfile.join(experiment_dir, EXPERIMENT_INFO_FILENAME),
-                              json.dumps(settings, indent=2, sort_keys=True).encode())
-
-
 def _run_info(settings: dict, data: data_lib.Dataset, subset: str, run_id: int,
               subset_indices: np.ndarray, result: training.TrainedRun,
               seconds_per_run: float, group_size: int) -> dict:
@@ -362,14 +390,6 @@ def _run_info(settings: dict, data: data_lib.Dataset, subset: str, run_id: int,
 def _advance(bar, runs: float, _steps: int) -> None:
     """Moves the progress bar by the fraction of runs one epoch of a group stands for."""
     bar.update(runs)
-
-
-def _progress_bar(total_runs: int, enabled: bool):
-    from tqdm import tqdm
-
-    return tqdm(total=total_runs, desc="training", unit="run", disable=not enabled,
-                mininterval=1.0, bar_format="{l_bar}{bar}| {n:.0f}/{total} runs "
-                "[{elapsed}<{remaining}, {rate_fmt}]")
 
 
 def make_trainer(dataset: data_lib.Dataset, config: training.TrainConfig):

@@ -9,7 +9,6 @@ import pytest
 import heldout
 from heldout.attribution import api as attribution_api
 from heldout.attribution import influence_functions, tracin
-from heldout.estimate import api as estimate_api
 from tests.cli.runner import assert_one_line_error, run_cli, run_many
 
 
@@ -132,11 +131,6 @@ def test_verify_refuses_a_missing_or_empty_directory(tmp_path, where):
     with pytest.raises(ValueError, match="not a directory|no runs found"):
         heldout.run_estimate(heldout.EstimateRequest(experiment_dir=str(directory),
                                                      verify=True))
-
-
-def test_default_outputs_live_in_the_experiment_directory():
-    assert estimate_api.default_output("gs://b/exp", "estimates-0.7") == \
-        "gs://b/exp/estimates-0.7.npz"
 
 
 @pytest.mark.slow

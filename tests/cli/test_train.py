@@ -52,7 +52,7 @@ def test_rerun_is_idempotent_and_redoes_a_partial_run(experiment):
         path = os.path.join(experiment, "0.7", str(r), "aux_arrays.npz")
         assert os.path.getmtime(path) == before[r]
     redone = load_aux(os.path.join(experiment, "0.7", "2", "aux_arrays.npz"))
-    assert not os.path.exists(os.path.join(experiment, "0.7", "2", "aux_arrays.npz.tmp-dead"))
+    # The stray temporary file may belong to a live writer, so it is left alone, unread.
     np.testing.assert_array_equal(redone["subsample_idx"], original["subsample_idx"])
     np.testing.assert_array_equal(redone["correctness_test"], original["correctness_test"])
     np.testing.assert_allclose(redone["margin_test"], original["margin_test"], atol=1e-4)
@@ -102,7 +102,7 @@ def test_subset_ratio_outside_unit_interval_is_a_one_line_error(tmp_path):
 
 def test_other_settings_in_the_same_directory_are_refused(experiment):
     result = run_cli("train.py", f"--experiment_dir={experiment}", *TINY, "--seed=7")
-    assert_one_line_error(result, "--experiment_dir", "seed")
+    assert_one_line_error(result, "experiment_dir", "seed (stored 0, given 7)")
 
 
 # --- the front door, in process: every request checked before any training -------------

@@ -20,6 +20,7 @@ import pytest
 from scipy import stats as scipy_stats
 
 from heldout.data.dataset import Dataset
+from heldout.estimate import export
 from heldout.estimate import pipeline as analysis
 from heldout.estimate.pipeline import EstimateConfig, estimate_experiment
 from heldout.store import runs
@@ -483,7 +484,9 @@ DOCUMENTED_KEYS = {
     *(f"mem_{f}" for f in SELF_FIELDS), *(f"self_{f}" for f in SELF_FIELDS),
     "infl_eval_indices", "infl_matrix", "infl_topk_train", "infl_topk_score",
     "infl_topk_stderr", "infl_topk_p_value", "infl_above_train", "infl_above_test",
-    "infl_above_score",
+    "infl_above_score", "infl_above_column", "meta",
+    *(f"infl_topstat_{f}" for f in ("train", "eval", "score", "num_in", "num_out", "stderr",
+                                    "p_value", "ci_low", "ci_high")),
     *(f"infl_pair_{f}" for f in ("train", "test", "score", "stderr", "p_value", "ci_low",
                                  "ci_high", "num_in", "num_out")),
     "cscore_ratios", "cscore_train", "cscore_train_by_ratio", "cscore_num_out_by_ratio",
@@ -492,7 +495,7 @@ DOCUMENTED_KEYS = {
 
 
 def test_documented_keys_are_in_the_module_docstring():
-    doc = re.sub(r"\s+", " ", analysis.__doc__)
+    doc = re.sub(r"\s+", " ", export.__doc__)
     for prefix in ("mem_", "self_", "infl_", "cscore_"):
         assert f"``{prefix}``" in doc
     for key in DOCUMENTED_KEYS:
@@ -511,7 +514,7 @@ def _load_npz(path):
 
 def test_save_estimates_writes_documented_keys_and_values(all_estimates, tmp_path):
     path = str(tmp_path / "out" / "estimates.npz")
-    analysis.save_estimates(all_estimates, path)
+    export.save_estimates(all_estimates, path)
     saved = _load_npz(path)
     assert set(saved) == DOCUMENTED_KEYS
     est = all_estimates
@@ -525,7 +528,10 @@ def test_save_estimates_writes_documented_keys_and_values(all_estimates, tmp_pat
                 "infl_above_train": est.influence.top.above_threshold[0],
                 "infl_above_test": est.influence.eval_indices[
                     est.influence.top.above_threshold[1]],
-                "infl_above_score": est.influence.top.above_threshold[2]}
+                "infl_above_score": est.influence.top.above_threshold[2],
+                "infl_above_column": est.influence.top.above_threshold[1]}
+    for field in dataclasses.fields(est.influence.top_stats):
+        expected["infl_topstat_" + field.name] = getattr(est.influence.top_stats, field.name)
     for name, prefix in (("memorization", "mem_"), ("self_influence", "self_")):
         for field in SELF_FIELDS:
             expected[prefix + field] = (est.significant[name] if field == "significant"
@@ -537,12 +543,58 @@ def test_save_estimates_writes_documented_keys_and_values(all_estimates, tmp_pat
     for field in ("ratios", "train", "train_by_ratio", "num_out_by_ratio", "test",
                   "test_by_ratio"):
         expected["cscore_" + field] = getattr(est.cscore, field)
-    assert set(expected) == DOCUMENTED_KEYS
+    assert set(expected) == DOCUMENTED_KEYS - {"meta"}
+    assert json.loads(str(saved["meta"]))["config"]["top_k"] == est.config.top_k
     for key, value in expected.items():
         np.testing.assert_array_equal(saved[key], value, err_msg=key)
     assert saved["infl_matrix"].shape == (NUM_TRAIN, NUM_TEST)
     assert len(saved["infl_pair_score"]) == 12
     assert len(saved["infl_above_score"]) > 0
+
+
+def _assert_same(got, expected, where="estimates"):
+    """Equal dataclasses, dicts, tuples and arrays, field by field (NaN equal to NaN)."""
+    if dataclasses.is_dataclass(expected):
+        assert type(got) is type(expected), where
+        for field in dataclasses.fields(expected):
+            _assert_same(getattr(got, field.name), getattr(expected, field.name),
+                         f"{where}.{field.name}")
+    elif isinstance(expected, dict):
+        assert sorted(got) == sorted(expected), where
+        for key in expected:
+            _assert_same(got[key], expected[key], f"{where}[{key}]")
+    elif isinstance(expected, np.ndarray) or (isinstance(expected, tuple) and expected
+                                              and isinstance(expected[0], np.ndarray)):
+        if isinstance(expected, tuple):
+            assert len(got) == len(expected), where
+            for position, (a, b) in enumerate(zip(got, expected, strict=True)):
+                _assert_same(a, b, f"{where}[{position}]")
+            return
+        assert got.dtype == expected.dtype and got.shape == expected.shape, where
+        np.testing.assert_array_equal(got, expected, err_msg=where)
+    else:
+        assert got == expected, where
+
+
+@pytest.mark.parametrize("config", [
+    EstimateConfig(estimators=("memorization", "self_influence", "influence", "cscore"),
+                   metric="margin", min_runs=3, threshold=0.2, top_k=4, fdr=True),
+    EstimateConfig(estimators=("influence",), influence_output="topk", top_k=2,
+                   eval_indices=(9, 2, 5)),
+])
+def test_load_estimates_returns_what_save_estimates_wrote(main_experiment, tmp_path, config):
+    directory, _ = main_experiment
+    estimates = estimate_experiment(directory, config, progress=False)
+    path = str(tmp_path / "out" / "estimates.npz")
+    export.save_estimates(estimates, path)
+    _assert_same(export.load_estimates(path), estimates)
+
+
+def test_load_estimates_of_another_file_names_it(tmp_path):
+    path = str(tmp_path / "other.npz")
+    np.savez(path, x=np.zeros(3))
+    with pytest.raises(ValueError, match=r"other\.npz: not an estimates file"):
+        export.load_estimates(path)
 
 
 def test_save_estimates_topk_without_threshold_has_no_matrix_or_above(main_experiment,
@@ -551,9 +603,9 @@ def test_save_estimates_topk_without_threshold_has_no_matrix_or_above(main_exper
     config = EstimateConfig(estimators=("influence",), influence_output="topk", top_k=2)
     estimates = estimate_experiment(directory, config, progress=False)
     path = str(tmp_path / "topk.npz")
-    analysis.save_estimates(estimates, path)
+    export.save_estimates(estimates, path)
     saved = _load_npz(path)
-    assert set(saved) == {"run_ids", "test_accuracy"} | {
+    assert set(saved) == {"run_ids", "test_accuracy", "meta"} | {
         k for k in DOCUMENTED_KEYS if k.startswith("infl_")
         and k != "infl_matrix" and not k.startswith("infl_above_")}
     np.testing.assert_array_equal(saved["infl_topk_train"], estimates.influence.top.train)
@@ -566,7 +618,7 @@ def test_saved_influence_uses_test_indices_of_chosen_examples(main_experiment, t
                             eval_indices=tuple(chosen), threshold=0.2, top_k=3)
     estimates = estimate_experiment(directory, config, progress=False)
     path = str(tmp_path / "chosen.npz")
-    analysis.save_estimates(estimates, path)
+    export.save_estimates(estimates, path)
     saved = _load_npz(path)
     brute = _brute_influence(syn.membership, syn.margin_test, 3)
     np.testing.assert_array_equal(saved["infl_eval_indices"], chosen)
@@ -601,7 +653,7 @@ def test_write_tables_round_trip(all_estimates, tmp_path):
     est = all_estimates
     labels_train = np.arange(NUM_TRAIN) % 3
     labels_test = (np.arange(NUM_TEST) + 1) % 3
-    paths = analysis.write_tables(est, str(tmp_path / "csv"), labels_train, labels_test)
+    paths = export.write_tables(est, str(tmp_path / "csv"), labels_train, labels_test)
     assert sorted(os.path.basename(p) for p in paths) == sorted(
         ["memorization.csv", "self_influence.csv", "influence_topk.csv", "cscore_train.csv",
          "cscore_test.csv"])

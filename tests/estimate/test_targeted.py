@@ -22,7 +22,7 @@ import pytest
 from scipy import stats as sp_stats
 
 import heldout
-from heldout.estimate import stats, targeted
+from heldout.estimate import export, stats, targeted
 from heldout.store import runs, targets
 from heldout.store.targets import TargetSet
 from heldout.training.core import TrainConfig
@@ -258,7 +258,7 @@ def test_table_group_averages(synthetic, report):
 def test_save_report_npz_round_trip(synthetic, report, tmp_path):
     path = str(tmp_path / "out" / "report.npz")
     os.makedirs(tmp_path / "out")
-    targeted.save_targeted_report(report, path, alpha=0.01)
+    export.save_targeted_report(report, path, alpha=0.01)
     with np.load(path) as npz:
         saved = {key: npz[key] for key in npz.files}
     estimate = report.estimate
@@ -276,9 +276,24 @@ def test_save_report_npz_round_trip(synthetic, report, tmp_path):
                                [synthetic.with_(i).mean() for i in ROW_INDEX], rtol=1e-9)
 
 
+def test_load_targeted_report_returns_what_was_saved(report, tmp_path):
+    path = str(tmp_path / "report.npz")
+    export.save_targeted_report(report, path, alpha=0.01)
+    loaded = export.load_targeted_report(path)
+    assert loaded.targets == report.targets and loaded.group == report.group
+    assert (loaded.metric, loaded.test, loaded.confidence, loaded.runs_with,
+            loaded.runs_without) == (report.metric, report.test, report.confidence,
+                                     report.runs_with, report.runs_without)
+    np.testing.assert_array_equal(loaded.index, report.index)
+    for field in ("score", "mean_in", "mean_out", "num_in", "num_out", "stderr", "p_value",
+                  "ci_low", "ci_high"):
+        np.testing.assert_array_equal(getattr(loaded.estimate, field),
+                                      getattr(report.estimate, field), err_msg=field)
+
+
 def test_csv_round_trip(synthetic, report, tmp_path):
     path = str(tmp_path / "tables" / "t.csv")
-    assert targeted.write_targeted_csv(report, path, synthetic.labels) == path
+    assert export.write_targeted_csv(report, path, synthetic.labels) == path
     with open(path, newline="") as f:
         rows = list(csv.DictReader(f))
     assert [int(row["index"]) for row in rows] == ROW_INDEX
@@ -293,7 +308,7 @@ def test_csv_round_trip(synthetic, report, tmp_path):
                               ("ci_high", estimate.ci_high), ("p_value", estimate.p_value)):
             assert float(row[column]) == pytest.approx(value[r], rel=1e-5)
     no_labels = str(tmp_path / "t2.csv")
-    targeted.write_targeted_csv(report, no_labels)
+    export.write_targeted_csv(report, no_labels)
     with open(no_labels, newline="") as f:
         assert {row["label"] for row in csv.DictReader(f)} == {"-"}
 

@@ -166,32 +166,62 @@ def test_save_then_load_round_trips_every_key(base):
     assert runs.list_subsets(base) == ["0.7"]
 
 
-def test_save_run_clears_leftover_directory(base):
+def test_save_run_completes_over_leftovers_of_an_interrupted_attempt(base):
     directory = runs.run_dir(base, "0.7", 0)
     tf.io.gfile.makedirs(tf.io.gfile.join(directory, "checkpoints"))
-    _write_bytes(tf.io.gfile.join(directory, "junk.txt"), b"junk")
+    _write_bytes(tf.io.gfile.join(directory, "run.json"), b"{half a")
     if not base.startswith("ram://"):
         # Not on ram://: TensorFlow's RAM file system answers exists() by prefix, so
         # there "aux_arrays.npz" would seem to exist beside "aux_arrays.npz.tmp-0123".
         _write_bytes(tf.io.gfile.join(directory, "aux_arrays.npz.tmp-0123"), b"half a file")
-    _write_bytes(tf.io.gfile.join(directory, "checkpoints", "ckpt-9.index"), b"stale")
     assert not runs.run_complete(directory)
     assert runs.list_runs(base, "0.7") == ([], [0])
     arrays = _arrays(_truth(0))
-    runs.save_run(directory, arrays, {"attempt": 2})
-    assert sorted(tf.io.gfile.listdir(directory)) == ["aux_arrays.npz", "run.json"]
-    assert not any(".tmp-" in name for name in tf.io.gfile.listdir(directory))
+    assert runs.save_run(directory, arrays, {"attempt": 2})
     _assert_same_arrays(runs.load_run(directory), arrays)
+    assert runs.read_run_info(directory) == {"attempt": 2}
     assert runs.list_runs(base, "0.7") == ([0], [])
 
 
-def test_save_run_replaces_a_complete_run(base):
+def test_save_run_never_replaces_a_complete_run(base):
     directory = runs.run_dir(base, "0.7", 1)
-    runs.save_run(directory, _arrays(_truth(1)), {"attempt": 1})
-    second = _arrays(_truth(2), margins=False)
-    runs.save_run(directory, second, {"attempt": 2})
-    _assert_same_arrays(runs.load_run(directory), second)
-    assert runs.read_run_info(directory) == {"attempt": 2}
+    first = _arrays(_truth(1))
+    assert runs.save_run(directory, first, {"attempt": 1})
+    assert not runs.save_run(directory, _arrays(_truth(2), margins=False), {"attempt": 2})
+    _assert_same_arrays(runs.load_run(directory), first)
+    assert runs.read_run_info(directory) == {"attempt": 1}
+
+
+def test_concurrent_saves_of_one_run_leave_one_complete_valid_run(tmp_path):
+    """Case 5 of issue 13: writers of one run (claims off or expired) never crash each
+    other, and exactly one of them completes the run."""
+    import concurrent.futures
+    import threading
+
+    writers = 8
+    for attempt in range(10):
+        directory = runs.run_dir(str(tmp_path / "exp"), "0.7", attempt)
+        candidates = [_arrays(_truth(attempt * writers + w)) for w in range(writers)]
+        start = threading.Barrier(writers)
+
+        def save(w, directory=directory, candidates=candidates, start=start):
+            variable = tf.Variable([float(w)] * 3)
+            start.wait()
+            return runs.save_run(directory, candidates[w], {"writer": w},
+                                 tf.train.Checkpoint(v=variable), epoch=1)
+
+        with concurrent.futures.ThreadPoolExecutor(writers) as pool:
+            completed = list(pool.map(save, range(writers)))  # re-raises any writer's error
+        assert sum(completed) == 1, completed
+        winner = completed.index(True)
+        _assert_same_arrays(runs.load_run(directory), candidates[winner])
+        assert isinstance(runs.read_run_info(directory)["writer"], int)
+        assert runs.check_run_arrays(runs.load_run(directory), NUM_TRAIN, NUM_TEST) is None
+        restored = tf.Variable([0.0] * 3)
+        tf.train.Checkpoint(v=restored).restore(
+            tf.io.gfile.join(directory, "checkpoints", "ckpt-1")).assert_consumed()
+        assert len(set(restored.numpy().tolist())) == 1  # one writer's whole checkpoint
+        assert not [n for n in tf.io.gfile.listdir(directory) if ".tmp-" in n]
 
 
 def test_save_run_with_checkpoint(tmp_path):
@@ -422,3 +452,84 @@ def test_load_run_of_missing_file_raises_run_file_error(tmp_path):
     directory = str(tmp_path / "0.7" / "0")
     with pytest.raises(runs.RunFileError, match=re.escape(directory)):
         runs.load_run(directory)
+
+
+# --- verify_runs: wrong but readable runs (issue 13, case 3) ----------------------------
+
+def _as_float(key):
+    def change(arrays):
+        arrays[key] = arrays[key].astype(np.float32) * 0.5
+    return change
+
+
+def _other_subsample(arrays):
+    arrays["subsample_idx"] = np.sort(arrays["index_removed"])[:len(arrays["subsample_idx"])]
+
+
+def _fewer_test_examples(arrays):
+    """A run of another data set: a consistent file with one test example fewer."""
+    keep = arrays["index_test"] < NUM_TEST - 1
+    for prefix in ("correctness_", "index_", "margin_"):
+        arrays[prefix + "test"] = arrays[prefix + "test"][keep]
+
+
+def _nan_margin(arrays):
+    arrays["margin_test"] = arrays["margin_test"].copy()
+    arrays["margin_test"][1] = np.nan
+
+
+WRONG_BUT_READABLE = {
+    "float_correctness": (_as_float("correctness_train"), "correctness_train has dtype"),
+    "float_index": (_as_float("index_test"), "index_test has dtype"),
+    "integer_margin": (lambda a: a.update(margin_train=a["margin_train"].astype(np.int64)),
+                       "margin_train has dtype int64, expected floats"),
+    "subsample_idx_differs": (_other_subsample, "subsample_idx differs from index_train"),
+    "fewer_test_examples": (_fewer_test_examples,
+                            f"{NUM_TRAIN} training and {NUM_TEST - 1} test examples, "
+                            f"expected {NUM_TRAIN} and {NUM_TEST}"),
+    "nan_margin": (_nan_margin, "margin_test has 1 non-finite values"),
+}
+
+
+@pytest.mark.parametrize("damage", sorted(WRONG_BUT_READABLE))
+def test_verify_names_exactly_the_wrong_but_readable_run(tmp_path, damage):
+    change, message = WRONG_BUT_READABLE[damage]
+    base = str(tmp_path / "exp")
+    path = _experiment_with_damaged_run(base, 1, lambda d: _rewrite(d, change))
+    checked, problems = runs.verify_runs(base, num_threads=2)
+    assert checked == 3
+    assert [d for d, _ in problems] == [runs.run_dir(base, "0.7", 1)]
+    assert problems[0][1].startswith(path) and message in problems[0][1], problems
+    if damage != "fewer_test_examples":  # a consistent smaller run is a size mismatch
+        with pytest.raises(runs.RunFileError, match=re.escape(path)):
+            runs.load_experiment(base, "0.7", num_threads=2, progress=False)
+
+
+def test_verify_checks_sizes_against_experiment_json(tmp_path):
+    from heldout.store import files, layout
+
+    base = str(tmp_path / "exp")
+    for r in range(2):
+        runs.save_run(runs.run_dir(base, "0.7", r), _arrays(_truth(r)), {})
+    assert runs.verify_runs(base) == (2, [])
+    files.write_json(layout.ExperimentDir(base).experiment_info,
+                     {"data": {"num_train": NUM_TRAIN, "num_test": NUM_TEST + 1}})
+    checked, problems = runs.verify_runs(base)
+    assert checked == 2 and len(problems) == 2
+    assert all(f"expected {NUM_TRAIN} and {NUM_TEST + 1}" in p for _, p in problems)
+
+
+def test_verify_of_missing_or_empty_directory_raises(tmp_path):
+    with pytest.raises(ValueError, match="experiment_dir=.*nowhere: no such directory"):
+        runs.verify_runs(str(tmp_path / "nowhere"))
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(ValueError, match="empty: no complete runs to verify"):
+        runs.verify_runs(str(tmp_path / "empty"))
+
+
+def test_run_info_round_trip(tmp_path):
+    directory = runs.run_dir(str(tmp_path), "0.7", 0)
+    assert runs.read_run_info(directory) == {}
+    info = {"seed": 3, "accuracy": {"test": 0.5, "removed": None}, "checkpoints": [1, 2]}
+    runs.save_run_info(directory, info)
+    assert runs.read_run_info(directory) == info

@@ -1,0 +1,157 @@
+"""Every path of an experiment directory, in one place (SPEC §3).
+
+```
+<experiment_dir>/
+  experiment.json                     settings and data fingerprint (experiment_info.py)
+  <subset>/                           "0.7", "full" or "drop-<name>"
+    <run_id>/aux_arrays.npz           complete exactly when this exists
+    <run_id>/run.json
+    <run_id>/checkpoints/ckpt-<epoch>.index, .data-*
+    .corrupt/<run_id>-<time>.npz      damaged aux arrays moved aside
+  targets/<name>.json                 target sets of targeted experiments
+  .claims/<subset>/<run_id>.json      which worker trains which run now
+  estimates-<subset>.npz              default outputs of estimate.py
+  self_influence-<name>.npz
+  <method>-<subset>-run<id>.npz
+  plots/, tables/                     default folders of figures and CSV tables
+```
+No other module builds these paths; they ask `ExperimentDir` and `RunDir`. Paths are
+joined with ``tf.io.gfile.join`` so ``gs://`` roots work.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+
+import tensorflow as tf
+
+EXPERIMENT_INFO_FILENAME = "experiment.json"
+AUX_FILENAME = "aux_arrays.npz"
+RUN_INFO_FILENAME = "run.json"
+CHECKPOINT_DIRNAME = "checkpoints"
+CHECKPOINT_NAME = "ckpt"  # checkpoints are ckpt-<epoch>
+CORRUPT_DIRNAME = ".corrupt"
+RETRAIN_DIRNAME = ".retrain"  # aux arrays of complete runs set aside while retrained
+CLAIMS_DIRNAME = ".claims"
+TARGETS_DIRNAME = "targets"
+PLOTS_DIRNAME = "plots"
+TABLES_DIRNAME = "tables"
+
+
+@dataclasses.dataclass(frozen=True)
+class RunDir:
+    """The paths of one run folder."""
+
+    path: str
+
+    @property
+    def aux_arrays(self) -> str:
+        return tf.io.gfile.join(self.path, AUX_FILENAME)
+
+    @property
+    def run_info(self) -> str:
+        return tf.io.gfile.join(self.path, RUN_INFO_FILENAME)
+
+    @property
+    def checkpoints(self) -> str:
+        """Folder of the run's checkpoints."""
+        return tf.io.gfile.join(self.path, CHECKPOINT_DIRNAME)
+
+    def checkpoint(self, epoch: int | str) -> str:
+        """Prefix of the checkpoint saved after `epoch` (``"*"`` for a glob)."""
+        return tf.io.gfile.join(self.checkpoints, f"{CHECKPOINT_NAME}-{epoch}")
+
+    @property
+    def checkpoint_indexes(self) -> str:
+        """Glob pattern of every checkpoint's ``.index`` file."""
+        return self.checkpoint("*") + ".index"
+
+    @property
+    def subset_dir(self) -> str:
+        return self.path.rstrip("/").rpartition("/")[0]
+
+    @property
+    def run_id(self) -> str:
+        return self.path.rstrip("/").rpartition("/")[2]
+
+    @property
+    def set_aside(self) -> str:
+        """Where ``train.py --retrain_complete`` keeps this run's earlier aux arrays while
+        it is retrained: ``<subset>/.retrain/<id>.npz``."""
+        return tf.io.gfile.join(self.subset_dir, RETRAIN_DIRNAME, f"{self.run_id}.npz")
+
+    def corrupt(self) -> str:
+        """Where damaged aux arrays of this run are moved: ``<subset>/.corrupt/<id>-<time>``."""
+        return tf.io.gfile.join(self.subset_dir, CORRUPT_DIRNAME,
+                                f"{self.run_id}-{int(time.time())}.npz")
+
+
+@dataclasses.dataclass(frozen=True)
+class ExperimentDir:
+    """The paths of one experiment directory (local or gs://)."""
+
+    root: str
+
+    def __post_init__(self):
+        if not str(self.root).strip():
+            raise ValueError("experiment_dir: expected a directory, got an empty path")
+
+    @property
+    def experiment_info(self) -> str:
+        return tf.io.gfile.join(self.root, EXPERIMENT_INFO_FILENAME)
+
+    def subset(self, subset: str) -> str:
+        """Folder of the runs of design `subset`."""
+        return tf.io.gfile.join(self.root, subset)
+
+    def run(self, subset: str, run_id: int) -> RunDir:
+        return RunDir(tf.io.gfile.join(self.root, subset, str(run_id)))
+
+    def aux_arrays_glob(self, subset: str) -> str:
+        """Glob pattern of the aux arrays of every run of `subset`."""
+        return tf.io.gfile.join(self.root, subset, "*", AUX_FILENAME)
+
+    @property
+    def targets_dir(self) -> str:
+        return tf.io.gfile.join(self.root, TARGETS_DIRNAME)
+
+    def targets(self, name: str) -> str:
+        """File of the target set `name` (``"*"`` for a glob)."""
+        return tf.io.gfile.join(self.targets_dir, f"{name}.json")
+
+    def claims(self, subset: str) -> str:
+        """Folder of the claim files of the runs of `subset`."""
+        return tf.io.gfile.join(self.root, CLAIMS_DIRNAME, subset)
+
+    def estimates(self, subset: str | None) -> str:
+        """Default output of ``estimate.py`` (``cscore`` when estimated across subsets)."""
+        return tf.io.gfile.join(self.root, f"estimates-{subset or 'cscore'}.npz")
+
+    def targeted_report(self, targets: str) -> str:
+        """Default output of the targeted self-influence report of target set `targets`."""
+        return tf.io.gfile.join(self.root, f"self_influence-{targets}.npz")
+
+    def attribution(self, method: str, subset: str, run_id: int) -> str:
+        """Default output of a gradient-based method on one run."""
+        return tf.io.gfile.join(self.root, f"{method}-{subset}-run{run_id}.npz")
+
+    @property
+    def plots(self) -> str:
+        """Default folder of figures."""
+        return tf.io.gfile.join(self.root, PLOTS_DIRNAME)
+
+    @property
+    def tables(self) -> str:
+        """Default folder of CSV tables."""
+        return tf.io.gfile.join(self.root, TABLES_DIRNAME)
+
+
+def claim_file(claims_dir: str, run_id: int) -> str:
+    """The claim file of `run_id` in a folder of `ExperimentDir.claims`."""
+    return tf.io.gfile.join(claims_dir, f"{run_id}.json")
+
+
+def output_file(directory: str, name: str, extension: str) -> str:
+    """``<directory>/<name>.<extension>``: a file of an output folder (tables, figures)."""
+    return tf.io.gfile.join(directory, f"{name}.{extension}")
