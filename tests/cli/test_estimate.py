@@ -204,3 +204,33 @@ def test_fetched_tarball_md5_is_checked(tmp_path):
     with pytest.raises(ValueError, match=f"differs from the expected {'0' * 32}"):
         heldout.run_estimate(heldout.EstimateRequest(
             **request, md5="0" * 32, fetch_dir=str(tmp_path / "bad")))
+
+
+def test_merged_shards_equal_the_one_machine_estimates(tmp_path):
+    """--eval_shard=i/n parts merged with --merge give the arrays of one unsharded run."""
+    from heldout.estimate import export
+    from heldout.store import runs
+
+    rng = np.random.default_rng(4)
+    for r in range(8):
+        subset = np.sort(rng.choice(20, 10, replace=False))
+        runs.save_run(runs.run_dir(str(tmp_path / "exp"), "0.5", r),
+                      runs.aux_arrays(subset, rng.random(20) < 0.6, rng.random(6) < 0.6), {})
+    common = dict(experiment_dir=str(tmp_path / "exp"), min_runs=1, progress=False)
+    whole = tmp_path / "whole.npz"
+    heldout.run_estimate(heldout.EstimateRequest(**common, output=str(whole)))
+    parts = []
+    for i in range(2):
+        parts.append(str(tmp_path / f"part{i}.npz"))
+        heldout.run_estimate(heldout.EstimateRequest(**common, eval_shard=f"{i}/2",
+                                                     output=parts[-1]))
+    report = heldout.run_estimate(heldout.EstimateRequest(**common, merge=tuple(parts)))
+    merged_path = str(tmp_path / "exp" / "estimates-0.5.npz")
+    assert f"merged 2 parts into {merged_path}" in str(report)
+    expected, merged = export.load_estimates(str(whole)), export.load_estimates(merged_path)
+    np.testing.assert_array_equal(merged.memorization.score, expected.memorization.score)
+    np.testing.assert_array_equal(merged.influence.matrix, expected.influence.matrix)
+    np.testing.assert_array_equal(merged.influence.eval_indices,
+                                  expected.influence.eval_indices)
+    with pytest.raises(ValueError, match="merge: empty"):
+        heldout.run_estimate(heldout.EstimateRequest(**common, merge=()))
