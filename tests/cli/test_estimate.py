@@ -234,3 +234,19 @@ def test_merged_shards_equal_the_one_machine_estimates(tmp_path):
                                   expected.influence.eval_indices)
     with pytest.raises(ValueError, match="merge: empty"):
         heldout.run_estimate(heldout.EstimateRequest(**common, merge=()))
+
+
+def test_invalid_experiment_json_is_one_line_naming_it(tmp_path):
+    """Issue 13 case 6: an unreadable experiment.json names the file, before any work."""
+    from heldout.store import runs
+
+    rng = np.random.default_rng(0)
+    for r in range(3):
+        runs.save_run(runs.run_dir(str(tmp_path), "0.5", r),
+                      runs.aux_arrays(np.arange(5), rng.random(10) < 0.5, rng.random(3) < 0.5),
+                      {})
+    (tmp_path / "experiment.json").write_text("{ not json")
+    with pytest.raises(ValueError, match=r"experiment\.json: not a valid JSON file"):
+        heldout.run_estimate(heldout.EstimateRequest(experiment_dir=str(tmp_path), min_runs=1,
+                                                     progress=False))
+    assert not (tmp_path / "estimates-0.5.npz").exists()
