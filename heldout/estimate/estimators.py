@@ -1,4 +1,7 @@
-"""Estimates from membership masks and per-run metrics (SPEC §4): pure NumPy, no I/O.
+"""Estimates from membership masks and per-run metrics (SPEC §4): arrays in, arrays out.
+
+NumPy throughout, no I/O; only `top_influences`'s ``"bfloat16"`` engine (0/1 metrics at
+scale) hands its matrix products to TensorFlow, imported when that engine runs.
 
 Notation: ``membership[r, i]`` is True when run r trained on training example i, and
 ``values[r, j]`` is a per-run metric on example j (correctness 0/1, or a margin).
@@ -209,21 +212,60 @@ class TopInfluences:
     dense: np.ndarray | None = None
 
 
+ENGINES = ("auto", "numpy", "bfloat16")
+# Runs per bfloat16 product: sums of <= 256 zeros and ones are exact in bfloat16.
+_BF16_EXACT_RUNS = 256
+
+
 def top_influences(membership: np.ndarray, values: np.ndarray, k: int,
                    threshold: float | None = None, block_size: int = 4096,
-                   min_runs: int = DEFAULT_MIN_RUNS, keep_dense: bool = False
-                   ) -> TopInfluences:
+                   min_runs: int = DEFAULT_MIN_RUNS, keep_dense: bool = False,
+                   engine: str = "auto") -> TopInfluences:
     """Top-k training examples per evaluation example, plus all pairs above `threshold`.
 
     Streams over blocks of training examples keeping a running top-k per column, so
     memory is ``O(block_size * num_eval)`` whatever ``num_train`` is (plus the whole
     matrix when `keep_dense`).
+
+    Two engines give the same scores (to one float32 rounding) and the same top-k up to
+    the order of tied scores:
+
+    * ``"numpy"``: float32 matrix product, float64 means (`influence_blocks`).
+    * ``"bfloat16"``, for 0/1 values (correctness) and at most 4096 runs only: TensorFlow
+      matrix products of the 0/1 masks and values in bfloat16, 256 runs at a time (each
+      partial count <= 256 is exact in bfloat16, and they are summed in float32), so the
+      in-counts are exact integers; the score is then formed as
+      ``(num_runs * sum_in - column_sum * num_in) / (num_in * num_out)``, whose numerator
+      and denominator are integers below 2^24, so the float32 score is the exact influence
+      correctly rounded. Top-k per block with `tf.math.top_k` merged into a running top-k
+      of ``[num_eval, k]``; ties go to the lower training index.
+    * ``"auto"`` (default): ``"bfloat16"`` where it applies, else ``"numpy"``. The choice
+      depends on the values and the number of runs only, never on the number of examples,
+      so shards of the eval examples (`heldout.estimate.merge`) take the same path as the
+      whole and merge to the same result.
+
+    Raises:
+        ValueError: on ``k < 1``, an unknown `engine`, or ``engine="bfloat16"`` for
+            values other than 0/1 or more than 4096 runs.
     """
     if k < 1:
         raise ValueError(f"--top_k={k}: expected a positive number")
+    if engine not in ENGINES:
+        raise ValueError(f"engine={engine!r}: expected one of {ENGINES}")
     membership = _check_membership(membership)
     values = _check_values(membership, values)
     num_eval = values.shape[1]
+    binary = bool(np.isin(values, (0.0, 1.0)).all())
+    exact_runs = membership.shape[0] ** 2 < 2**24
+    if engine == "bfloat16" and not (binary and exact_runs):
+        raise ValueError(f"engine='bfloat16' needs 0/1 values and at most 4096 runs, got "
+                         f"{'0/1' if binary else 'non-0/1'} values and "
+                         f"{membership.shape[0]} runs")
+    if engine == "auto":
+        engine = "bfloat16" if binary and exact_runs else "numpy"
+    if engine == "bfloat16":
+        return _top_influences_bfloat16(membership, values, k, threshold, block_size,
+                                        min_runs, keep_dense)
     dense = np.empty((membership.shape[1], num_eval), np.float32) if keep_dense else None
     best_score = np.full((0, num_eval), -np.inf, np.float32)
     best_train = np.zeros((0, num_eval), np.int64)
@@ -244,27 +286,98 @@ def top_influences(membership: np.ndarray, values: np.ndarray, k: int,
         top = np.argpartition(-candidates, keep - 1, axis=0)[:keep]
         best_score = np.take_along_axis(candidates, top, axis=0)
         best_train = np.take_along_axis(owners, top, axis=0)
-    if len(best_score) < k:  # fewer training examples than k: pad
-        padding = k - len(best_score)
-        best_score = np.concatenate([best_score, np.full((padding, num_eval), -np.inf,
-                                                         np.float32)])
-        best_train = np.concatenate([best_train, np.full((padding, num_eval), -1)])
     order = np.argsort(-best_score, axis=0, kind="stable")
     best_score = np.take_along_axis(best_score, order, axis=0).T
     best_train = np.take_along_axis(best_train, order, axis=0).T
+    return _pack_top(best_train, best_score, k, threshold,
+                     (above_train, above_eval, above_score), dense)
+
+
+def _pack_top(best_train: np.ndarray, best_score: np.ndarray, k: int,
+              threshold: float | None, above: tuple[list, list, list],
+              dense: np.ndarray | None) -> TopInfluences:
+    """`TopInfluences` from a sorted ``[num_eval, <= k]`` top list (-inf: no score)."""
+    num_eval = best_score.shape[0]
+    if best_score.shape[1] < k:  # fewer training examples than k: pad
+        padding = k - best_score.shape[1]
+        best_score = np.concatenate([best_score, np.full((num_eval, padding), -np.inf,
+                                                         np.float32)], axis=1)
+        best_train = np.concatenate([best_train, np.full((num_eval, padding), -1)], axis=1)
     undefined = ~np.isfinite(best_score)
     best_score = np.where(undefined, np.nan, best_score).astype(np.float32)
-    best_train = np.where(undefined, -1, best_train)
-    above = None
+    best_train = np.where(undefined, -1, best_train).astype(np.int64)
+    pairs = None
     if threshold is not None:
+        above_train, above_eval, above_score = above
         train_idx = np.concatenate(above_train) if above_train else np.zeros(0, np.int64)
         eval_idx = np.concatenate(above_eval) if above_eval else np.zeros(0, np.int64)
         scores = np.concatenate(above_score) if above_score else np.zeros(0, np.float32)
         order = np.lexsort((train_idx, eval_idx))
-        above = (train_idx[order].astype(np.int64), eval_idx[order].astype(np.int64),
+        pairs = (train_idx[order].astype(np.int64), eval_idx[order].astype(np.int64),
                  scores[order])
-    return TopInfluences(train=best_train, score=best_score, above_threshold=above,
+    return TopInfluences(train=best_train, score=best_score, above_threshold=pairs,
                          dense=dense)
+
+
+def _top_influences_bfloat16(membership: np.ndarray, values: np.ndarray, k: int,
+                             threshold: float | None, block_size: int, min_runs: int,
+                             keep_dense: bool) -> TopInfluences:
+    """`top_influences` for 0/1 values through exact bfloat16 TensorFlow products.
+
+    Works on the transposed block ``[num_eval, block]`` so that the top-k runs along
+    contiguous rows; see `top_influences` for why every step is exact.
+    """
+    import tensorflow as tf  # only this engine needs it
+
+    num_runs, num_train = membership.shape
+    num_eval = values.shape[1]
+    chunks = -(-num_runs // _BF16_EXACT_RUNS)
+    padded = chunks * _BF16_EXACT_RUNS
+    # values^T in chunks of runs: [chunks, num_eval, 256], zero rows for padding runs.
+    values_t = np.zeros((padded, num_eval), np.float32)
+    values_t[:num_runs] = values
+    values_t = tf.cast(tf.constant(values_t.reshape(chunks, _BF16_EXACT_RUNS, num_eval)
+                                   .transpose(0, 2, 1)), tf.bfloat16)
+    column_sums = tf.constant(values.sum(axis=0, dtype=np.float64).astype(np.float32))
+    least = max(min_runs, 1)
+    dense = np.empty((num_train, num_eval), np.float32) if keep_dense else None
+    above: tuple[list, list, list] = ([], [], [])
+    best_score = tf.zeros((num_eval, 0), tf.float32)
+    best_train = tf.zeros((num_eval, 0), tf.int64)
+    for start in range(0, num_train, block_size):
+        stop = min(start + block_size, num_train)
+        mask = np.zeros((padded, stop - start), np.float32)
+        mask[:num_runs] = membership[:, start:stop]
+        mask = tf.cast(tf.constant(mask.reshape(chunks, _BF16_EXACT_RUNS, -1)), tf.bfloat16)
+        sum_in = tf.zeros((num_eval, stop - start), tf.float32)
+        for chunk in range(chunks):
+            sum_in += tf.cast(tf.matmul(values_t[chunk], mask[chunk]), tf.float32)
+        num_in = membership[:, start:stop].sum(axis=0)
+        num_out = num_runs - num_in
+        numerator = (float(num_runs) * sum_in
+                     - column_sums[:, None] * tf.constant(num_in, tf.float32)[None, :])
+        defined = (num_in >= least) & (num_out >= least)
+        # Undefined rows divide by 0 or a positive number: replaced below either way.
+        denominator = np.where(defined, num_in * num_out, 1).astype(np.float32)
+        score = numerator / tf.constant(denominator)[None, :]
+        score = tf.where(tf.constant(defined)[None, :], score, -np.inf)
+        if dense is not None or threshold is not None:
+            block = np.where(defined[None, :], score.numpy(), np.nan)
+            if dense is not None:
+                dense[start:stop] = block.T
+            if threshold is not None:
+                hit_eval, hit_train = np.nonzero(block > threshold)
+                above[0].append(hit_train + start)
+                above[1].append(hit_eval)
+                above[2].append(block[hit_eval, hit_train])
+        top = tf.math.top_k(score, min(k, stop - start))
+        # Earlier blocks first, so ties keep going to the lower training index.
+        candidates = tf.concat([best_score, top.values], axis=1)
+        owners = tf.concat([best_train, tf.cast(top.indices, tf.int64) + start], axis=1)
+        merged = tf.math.top_k(candidates, min(k, candidates.shape[1]))
+        best_score = merged.values
+        best_train = tf.gather(owners, merged.indices, batch_dims=1)
+    return _pack_top(best_train.numpy(), best_score.numpy(), k, threshold, above, dense)
 
 
 def top_influence_pairs(membership: np.ndarray, values: np.ndarray, num_pairs: int,

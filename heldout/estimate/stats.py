@@ -195,3 +195,23 @@ def runs_per_arm(sd_in: npt.ArrayLike, sd_out: npt.ArrayLike, effect: float,
     z = special.ndtri(1 - alpha / 2) + special.ndtri(power)
     variance = np.asarray(sd_in, np.float64) ** 2 + np.asarray(sd_out, np.float64) ** 2
     return np.ceil(z * z * variance / effect**2)
+
+
+def bootstrap_interval(values: np.ndarray, num_bootstrap: int, seed: int,
+                       confidence: float, chunk: int = 100) -> tuple[float, float]:
+    """Percentile bootstrap interval of the mean of `values` (``[n]``, finite).
+
+    Returns ``(nan, nan)`` when there is nothing to resample or `num_bootstrap` is 0.
+    Resamples are drawn ``chunk`` at a time, so memory is ``O(chunk * n)``.
+    """
+    if num_bootstrap == 0 or len(values) == 0:
+        return np.nan, np.nan
+    rng = np.random.default_rng(seed)
+    means = np.empty(num_bootstrap)
+    for start in range(0, num_bootstrap, chunk):
+        size = min(chunk, num_bootstrap - start)
+        means[start:start + size] = values[rng.integers(0, len(values),
+                                                        (size, len(values)))].mean(axis=1)
+    tail = (1.0 - confidence) / 2.0
+    low, high = np.quantile(means, [tail, 1.0 - tail])
+    return float(low), float(high)

@@ -412,3 +412,67 @@ def test_cscore_rejects_mismatched_inputs():
         estimators.cscore(ratios[:2], memberships, train, test)
     with pytest.raises(ValueError):
         estimators.cscore([], [], [], [])
+
+
+# --- the bfloat16 engine -----------------------------------------------------------------
+
+@pytest.mark.parametrize("k", [1, 3, NUM_TRAIN + 2])
+@pytest.mark.parametrize("block_size", [1, 7, 4096])
+@pytest.mark.parametrize("min_runs", [1, 5])
+def test_bfloat16_engine_matches_brute_force(k, block_size, min_runs):
+    membership, values, brute = _case("correctness", 1, min_runs)
+    top = estimators.top_influences(membership, values, k, block_size=block_size,
+                                    min_runs=min_runs, engine="bfloat16")
+    _assert_top_matches(top, brute, k)
+    # Ties go to the lower training index: the brute-force stable order, exactly.
+    for j in range(NUM_EVAL):
+        count = min(k, NUM_TRAIN)
+        order = np.argsort(-brute[:, j], kind="stable")[:count]
+        np.testing.assert_array_equal(top.train[j, :count], order)
+
+
+@pytest.mark.parametrize("num_runs", [255, 256, 300, 700])
+def test_bfloat16_engine_is_exact_beyond_bfloat16_counts(num_runs):
+    """Counts far above 256 (bfloat16's exact integers), and full chunks of ones."""
+    rng = np.random.default_rng(num_runs)
+    membership = rng.random((num_runs, 30)) < 0.9
+    membership[:, 0] = np.arange(num_runs) % 3 != 0
+    values = rng.random((num_runs, 12)) < 0.95
+    values[:, 0] = True  # every chunk sums to its length
+    reference = estimators.influence(membership, values, min_runs=1)
+    exact = (membership.T.astype(np.float64) @ values / membership.sum(0)[:, None]
+             - (~membership).T.astype(np.float64) @ values / (~membership).sum(0)[:, None])
+    top = estimators.top_influences(membership, values, 30, min_runs=1, keep_dense=True,
+                                    threshold=0.0, engine="bfloat16")
+    # The float32 score is the exact influence correctly rounded.
+    np.testing.assert_array_equal(top.dense, exact.astype(np.float32))
+    np.testing.assert_allclose(top.dense, reference, atol=1e-6, rtol=0)
+    np.testing.assert_array_equal(top.dense[:, 0], 0.0)  # equal means: exactly zero
+    assert not np.isin(0, top.above_threshold[1])
+
+
+@pytest.mark.parametrize("block_size", [3, 41])
+def test_bfloat16_engine_agrees_with_numpy_engine(block_size):
+    membership, values, _ = _case("correctness", 5, 1)
+    membership = membership.copy()
+    membership[:, 8] = True  # never held out: NaN row
+    membership[:, 9] = False  # never trained on: NaN row
+    kwargs = dict(threshold=0.05, block_size=block_size, min_runs=1, keep_dense=True)
+    fast = estimators.top_influences(membership, values, 4, engine="bfloat16", **kwargs)
+    slow = estimators.top_influences(membership, values, 4, engine="numpy", **kwargs)
+    np.testing.assert_allclose(fast.dense, slow.dense, atol=1e-6, rtol=0, equal_nan=True)
+    np.testing.assert_allclose(fast.score, slow.score, atol=1e-6, rtol=0)
+    for a, b in zip(fast.above_threshold, slow.above_threshold, strict=True):
+        np.testing.assert_allclose(a, b, atol=1e-6, rtol=0)
+    assert not np.isin(fast.train, [8, 9]).any()
+
+
+def test_bfloat16_engine_refuses_what_it_cannot_do_exactly():
+    membership, values, _ = _case("margin", 1, 1)
+    with pytest.raises(ValueError, match="engine='bfloat16' needs 0/1 values"):
+        estimators.top_influences(membership, values, 2, engine="bfloat16")
+    with pytest.raises(ValueError, match="engine='bfloat16' needs 0/1 values and at most"):
+        estimators.top_influences(np.ones((4097, 2), bool), np.ones((4097, 1), bool), 1,
+                                  engine="bfloat16")
+    with pytest.raises(ValueError, match="engine"):
+        estimators.top_influences(membership, values, 2, engine="tf32")

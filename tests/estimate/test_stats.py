@@ -284,3 +284,16 @@ def test_benjamini_hochberg_edge_shapes_and_errors():
     for alpha in (0.0, 1.5, float("nan")):
         with pytest.raises(ValueError, match="alpha"):
             stats.benjamini_hochberg([0.1], alpha=alpha)
+
+
+def test_bootstrap_interval_edge_cases_and_a_plain_loop():
+    assert all(np.isnan(stats.bootstrap_interval(np.zeros(0), 10, 0, 0.9)))
+    assert all(np.isnan(stats.bootstrap_interval(np.ones(5), 0, 0, 0.9)))
+    assert stats.bootstrap_interval(np.full(7, 0.25), 50, 0, 0.9) == (0.25, 0.25)
+    values = np.random.default_rng(2).normal(size=40)
+    rng = np.random.default_rng(3)
+    means = [float(np.mean([values[i] for i in row]))
+             for row in rng.integers(0, 40, (150, 40))]  # one chunk of 150 resamples
+    low, high = np.quantile(means, [0.025, 0.975])
+    got = stats.bootstrap_interval(values, 150, 3, 0.95, chunk=150)
+    np.testing.assert_allclose(got, (low, high), atol=1e-12)

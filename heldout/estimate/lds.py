@@ -1,0 +1,151 @@
+"""Linear datamodeling score (LDS, SPEC §9): how well a score matrix predicts retraining.
+
+An attribution method gives a score matrix ``tau[num_train, num_eval]``. On ``k``
+evaluation runs with membership ``masks[k, num_train]`` (0/1) and outputs
+``outputs[k, num_eval]``, the method predicts run r's output on eval example j as
+``(masks @ tau)[r, j]``; ``LDS_j`` is the Spearman rank correlation over the k runs
+between those predictions and the real outputs ``outputs[:, j]``. The score of the method
+is the mean of ``LDS_j`` over eval examples, with a bootstrap interval over eval examples.
+
+Evaluation runs must not be runs the method was fit on (`check_disjoint`), else a
+method that memorizes its fit runs looks perfect.
+
+Pure NumPy and SciPy; ranks and correlations are vectorized over eval examples and
+computed in blocks of eval examples, so memory stays ``O(k * block_size)``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Iterable
+
+import numpy as np
+from scipy import stats as scipy_stats
+
+from heldout.estimate import stats
+
+
+@dataclasses.dataclass(frozen=True)
+class LDSResult:
+    """LDS of one score matrix on one set of evaluation runs.
+
+    Attributes:
+        mean: mean of ``per_example`` over the eval examples where it is defined.
+        ci_low: lower end of the percentile bootstrap interval of ``mean`` (resampling
+            eval examples with replacement).
+        ci_high: upper end of that interval.
+        per_example: float64 ``[num_eval]`` Spearman correlation of each eval example;
+            NaN where the outputs or the predictions are constant over the runs (a rank
+            correlation is undefined there, as in `scipy.stats.spearmanr`).
+        num_runs: number of evaluation runs ``k``.
+    """
+
+    mean: float
+    ci_low: float
+    ci_high: float
+    per_example: np.ndarray
+    num_runs: int
+
+
+def lds(scores: np.ndarray, masks: np.ndarray, outputs: np.ndarray, *,
+        num_bootstrap: int = 1000, seed: int = 0, confidence: float = 0.95,
+        block_size: int = 1024) -> LDSResult:
+    """Linear datamodeling score of `scores` on evaluation runs (`masks`, `outputs`).
+
+    Args:
+        scores: ``[num_train, num_eval]`` score matrix ``tau`` of an attribution method
+            (higher: including the training example raises the eval example's output).
+        masks: ``[k, num_train]`` membership of the evaluation runs (bool or 0/1).
+        outputs: ``[k, num_eval]`` output of each evaluation run on each eval example
+            (the log-odds margin in the published protocol).
+        num_bootstrap: bootstrap resamples of the eval examples for the interval (0: no
+            interval, ``ci_low`` and ``ci_high`` are NaN).
+        seed: seed of the bootstrap resampling.
+        confidence: coverage of the percentile interval, in ``(0, 1)``.
+        block_size: eval examples per block of the rank computation (memory
+            ``O(k * block_size)``).
+
+    Returns:
+        An `LDSResult`. ``mean`` is over eval examples with a defined (non-NaN) value,
+        NaN if there are none.
+    """
+    scores = np.asarray(scores, dtype=np.float64)
+    masks = np.asarray(masks)
+    outputs = np.asarray(outputs, dtype=np.float64)
+    if scores.ndim != 2:
+        raise ValueError(f"scores has shape {scores.shape}, expected [num_train, num_eval]")
+    if masks.ndim != 2 or masks.shape[1] != scores.shape[0]:
+        raise ValueError(f"masks has shape {masks.shape}, expected [k, {scores.shape[0]}] "
+                         "(num_train of scores)")
+    if not np.isin(masks, (0, 1)).all():
+        raise ValueError("masks must hold only 0/1 (or bool) membership")
+    if outputs.shape != (masks.shape[0], scores.shape[1]):
+        raise ValueError(f"outputs has shape {outputs.shape}, expected "
+                         f"[{masks.shape[0]}, {scores.shape[1]}] (runs of masks, num_eval "
+                         "of scores)")
+    if masks.shape[0] < 2:
+        raise ValueError(f"masks has {masks.shape[0]} runs, a rank correlation needs >= 2")
+    if num_bootstrap < 0:
+        raise ValueError(f"num_bootstrap={num_bootstrap}: expected >= 0")
+    if not 0.0 < confidence < 1.0:
+        raise ValueError(f"confidence={confidence}: expected a number in (0, 1)")
+    if block_size < 1:
+        raise ValueError(f"block_size={block_size}: expected a positive number")
+    masks = masks.astype(np.float64)
+    num_eval = scores.shape[1]
+    per_example = np.empty(num_eval)
+    for start in range(0, num_eval, block_size):
+        columns = slice(start, min(start + block_size, num_eval))
+        predictions = masks @ scores[:, columns]
+        per_example[columns] = spearman_columns(outputs[:, columns], predictions)
+    defined = per_example[np.isfinite(per_example)]
+    mean = float(defined.mean()) if len(defined) else np.nan
+    ci_low, ci_high = stats.bootstrap_interval(defined, num_bootstrap, seed, confidence)
+    return LDSResult(mean=mean, ci_low=ci_low, ci_high=ci_high, per_example=per_example,
+                     num_runs=masks.shape[0])
+
+
+def spearman_columns(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Spearman correlation of each column of `a` with the same column of `b`.
+
+    Ranks with ties averaged (`scipy.stats.rankdata`), then the Pearson correlation of
+    the ranks, as `scipy.stats.spearmanr` does; NaN where either column is constant.
+
+    Args:
+        a: ``[k, n]``.
+        b: ``[k, n]``.
+
+    Returns:
+        float64 ``[n]``.
+    """
+    rank_a = _centered_ranks(a)
+    rank_b = _centered_ranks(b)
+    numerator = np.einsum("kn,kn->n", rank_a, rank_b)
+    denominator = np.sqrt(np.einsum("kn,kn->n", rank_a, rank_a)
+                          * np.einsum("kn,kn->n", rank_b, rank_b))
+    with np.errstate(invalid="ignore", divide="ignore"):
+        correlation = numerator / denominator
+    # Constant columns have all ranks equal to (k + 1) / 2 exactly, so zero spread.
+    correlation[denominator == 0] = np.nan
+    return np.clip(correlation, -1.0, 1.0)
+
+
+def _centered_ranks(x: np.ndarray) -> np.ndarray:
+    ranks = scipy_stats.rankdata(x, axis=0)
+    return ranks - (x.shape[0] + 1) / 2.0  # the mean of ranks 1..k, ties averaged or not
+
+
+def check_disjoint(fit_run_ids: Iterable[int], lds_run_ids: Iterable[int]) -> None:
+    """Raises ValueError if any evaluation run was also a run the scores were fit on.
+
+    Args:
+        fit_run_ids: ids of the runs an attribution method used.
+        lds_run_ids: ids of the runs LDS evaluates on (same id space, e.g. run
+            directories of one subset folder).
+    """
+    overlap = sorted(set(fit_run_ids) & set(lds_run_ids))
+    if overlap:
+        shown = ", ".join(str(i) for i in overlap[:20])
+        more = f" and {len(overlap) - 20} more" if len(overlap) > 20 else ""
+        raise ValueError(f"lds_run_ids overlap fit_run_ids in {len(overlap)} runs: "
+                         f"{shown}{more}; LDS needs evaluation runs the method was not fit on")
