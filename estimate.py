@@ -11,6 +11,7 @@ Usage:
       --estimator=influence --influence_output=topk --top_k=20 --eval_shard=0/8
   python estimate.py --estimator=cscore --subset=0.1,0.3,0.5,0.7,0.9
   python estimate.py --merge=part0.npz,part1.npz --compare_to=cifar100_infl_matrix.npz
+  python estimate.py --estimator=datamodel --eval_indices=0-99 --lds_subset=0.5
   python estimate.py --experiment_dir=experiments/digits_nsi --estimator=self_influence \
       --targets=nsi [--all] [--plan --effect=0.25]
 
@@ -53,8 +54,9 @@ _MD5 = flags.DEFINE_string("md5", None, "Expected MD5 of a fetched tarball (defa
                            "published one, for the known releases).")
 _ESTIMATOR = flags.DEFINE_list(
     "estimator", ["memorization", "influence"],
-    "Estimators: memorization, self_influence, influence, cscore, or all; or a gradient "
-    "method on one run (--run_id): tracin, if_identity, if_diagonal, if_kfac, if_ekfac.")
+    "Estimators: memorization, self_influence, influence, cscore, or all; datamodel (ridge "
+    "datamodels of the test examples' log-odds); or a gradient method on one run "
+    "(--run_id): tracin, if_identity, if_diagonal, if_kfac, if_ekfac.")
 _SUBSET = flags.DEFINE_list(
     "subset", None, "Subset folder to estimate from (e.g. 0.7); default: the only one. "
     "For cscore, the ratio folders to average over (default: all).")
@@ -128,6 +130,12 @@ _OUTPUT = flags.DEFINE_string(
 _CSV_DIR = flags.DEFINE_string("csv_dir", None, "Also write per-example CSV tables here.")
 _PLOT_DIR = flags.DEFINE_string(
     "plot_dir", None, "Write PNG figures here (histograms, top memorized, influence pairs).")
+_LDS_SUBSET = flags.DEFINE_string(
+    "lds_subset", None, "Judge the score matrix (influence, datamodel, gradient methods) by "
+    "its linear datamodeling score on the runs of this subset folder (e.g. 0.5), with the "
+    "log-odds margin as output; runs the scores were fit on are refused.")
+_LDS_RUNS = flags.DEFINE_string("lds_runs", None, "Only these runs of --lds_subset, e.g. "
+                                "0-199 (default: all complete ones).")
 _MERGE = flags.DEFINE_list(
     "merge", None, "Instead of estimating: merge the estimate files of the parts of a "
     "sharded job (--eval_shard=i/n) into one, saved to --output (default: the experiment's "
@@ -162,7 +170,8 @@ _FLAG_OF = {
         "metric", "min_runs", "test", "confidence", "alpha", "fdr", "influence_output",
         "top_k", "threshold", "eval_indices", "eval_shard", "targets", "plan", "effect",
         "power", "run_id", "factors_path", "output", "csv_dir", "plot_dir", "dataset",
-        "data_dir", "max_classes", "top", "verify", "merge", "compare_to")},
+        "data_dir", "max_classes", "top", "verify", "merge", "compare_to", "lds_subset",
+        "lds_runs")},
     **{parameter: f"--{holder.name}" for holder, parameter in _ATTRIBUTION_FLAGS},
     "estimators": "--estimator", "subsets": "--subset", "show_all": "--all",
     "strategy": "--estimator"}
@@ -193,7 +202,8 @@ def main(argv):
             plot_dir=_PLOT_DIR.value, dataset=_DATASET.value, data_dir=_DATA_DIR.value,
             max_classes=_MAX_CLASSES.value, top=_TOP.value, verify=_VERIFY.value,
             progress=_PROGRESS.value, merge=_tuple(_MERGE.value),
-            compare_to=_COMPARE_TO.value)
+            compare_to=_COMPARE_TO.value, lds_subset=_LDS_SUBSET.value,
+            lds_runs=_LDS_RUNS.value)
         report = heldout.run_estimate(request)
     except checks.cli_errors() as e:
         sys.exit(f"estimate.py: error: {checks.one_line_error(e, _FLAG_OF)}")

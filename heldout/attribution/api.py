@@ -13,6 +13,7 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Mapping
 
+import numpy as np
 import tensorflow as tf
 
 from heldout.attribution import influence_functions, runs_attribution, tracin
@@ -62,7 +63,11 @@ def run_estimate(request: EstimateRequest) -> EstimateReport:
         retraining=retraining if retraining.num_runs >= 2 else None)
     runs_attribution.save_attribution(attribution, output)
     table = runs_attribution.format_attribution(attribution, data.y_train, top=request.top)
-    return EstimateReport((*prepared.sections, table), (output,))
+    lds_text = ""
+    if request.lds_subset:
+        lds_text = estimate_api.lds_section(request, experiment_dir, attribution.scores,
+                                            eval_indices, subset, np.asarray([request.run_id]))
+    return EstimateReport((*prepared.sections, table, lds_text), (output,))
 
 
 def method_config(method: str, settings: Mapping[str, object]

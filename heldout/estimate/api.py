@@ -25,7 +25,9 @@ import tensorflow as tf
 from heldout.data import sources
 from heldout.data.dataset import DEFAULT_MAX_CLASSES, Dataset
 from heldout.estimate import compare, export, merge, pipeline, targeted
-from heldout.store import checks, designs, layout, published, released
+from heldout.estimate import datamodels as datamodels_lib
+from heldout.estimate import lds as lds_lib
+from heldout.store import checks, designs, files, layout, published, released
 from heldout.store import runs as runs_lib
 from heldout.store import targets as targets_lib
 from heldout.store.experiment_info import read_experiment_info
@@ -75,6 +77,10 @@ class EstimateRequest:
             experiment's estimates file).
         compare_to: a published file (memorization/influence or C-scores) to compare
             the estimates with (`compare.compare_to_published`).
+        lds_subset: judge the score matrix (influence, datamodels, gradient methods) by
+            its LDS on the runs of this subset folder (SPEC §9); runs it was fit on are
+            refused.
+        lds_runs: only these runs of `lds_subset` (``0-199``); None: all complete ones.
     """
 
     experiment_dir: str = DEFAULT_EXPERIMENT_DIR
@@ -114,6 +120,8 @@ class EstimateRequest:
     progress: bool = True
     merge: tuple[str, ...] | None = None
     compare_to: str | None = None
+    lds_subset: str | None = None
+    lds_runs: str | None = None
 
     def setting(self, name: str, targeted_report: bool) -> object:
         """`metric`, `alpha` or `confidence`: the value given, else the report's default."""
@@ -164,6 +172,8 @@ def run_estimate(request: EstimateRequest) -> EstimateReport:
         published.detect_kind(request.compare_to)  # a file it can compare, before any work
     if request.merge is not None:
         return _merged(request, prepared)
+    if request.estimators == ("datamodel",):
+        return _datamodels(request, prepared)
     return _estimates(request, prepared)
 
 
@@ -272,7 +282,16 @@ def _estimates(request: EstimateRequest, prepared: Prepared) -> EstimateReport:
         written += pipeline.plot_estimates(estimates, request.plot_dir, data)
     table = pipeline.format_report(estimates, labels_train, labels_test, top=request.top)
     comparison, plots = _compare(request, estimates, data)
-    return EstimateReport((*prepared.sections, table, comparison), tuple(written + plots))
+    lds_text = ""
+    if request.lds_subset:
+        if estimates.influence is None or estimates.influence.matrix is None:
+            raise ValueError("lds_subset: needs the dense influence matrix (estimators "
+                             "influence, influence_output=dense)")
+        lds_text = lds_section(request, experiment_dir, estimates.influence.matrix,
+                               estimates.influence.eval_indices, estimates.subset,
+                               estimates.run_ids)
+    return EstimateReport((*prepared.sections, table, comparison, lds_text),
+                          tuple(written + plots))
 
 
 def _merged(request: EstimateRequest, prepared: Prepared) -> EstimateReport:
@@ -366,3 +385,70 @@ def _release_name(source: str) -> str:
     for suffix in (".tar.gz", ".tgz"):
         name = name.removesuffix(suffix)
     return name
+
+
+def lds_section(request: EstimateRequest, experiment_dir: str, scores: np.ndarray,
+                 eval_indices: np.ndarray, fit_subset: str | None,
+                 fit_run_ids: np.ndarray) -> str:
+    """LDS of `scores` ``[num_train, num_eval]`` on evaluation runs disjoint from the fit.
+
+    The evaluation runs are those of ``lds_subset`` (``lds_runs`` of them, if given);
+    their output is the log-odds margin on the eval examples (SPEC §9). When they share
+    the fit runs' folder, an id in both is refused (`lds.check_disjoint`).
+    """
+    if not request.lds_subset:
+        return ""
+    runs = runs_lib.load_experiment(experiment_dir, request.lds_subset,
+                                    progress=request.progress)
+    rows = np.arange(runs.num_runs)
+    if request.lds_runs:
+        wanted = designs.parse_run_ids(request.lds_runs, "lds_runs")
+        missing = sorted(set(wanted) - set(runs.run_ids.tolist()))
+        if missing:
+            raise ValueError(f"lds_runs={request.lds_runs}: runs "
+                             f"{designs.format_run_ids(missing)} of {request.lds_subset} "
+                             "are not complete")
+        rows = np.flatnonzero(np.isin(runs.run_ids, wanted))
+    if request.lds_subset == fit_subset:
+        lds_lib.check_disjoint(fit_run_ids.tolist(), runs.run_ids[rows].tolist())
+    if runs.logodds_test is None:
+        raise ValueError(f"lds_subset={request.lds_subset}: its runs have no logodds_test "
+                         "arrays (the LDS output); train them with this toolkit")
+    result = lds_lib.lds(scores, runs.membership[rows],
+                         runs.logodds_test[rows][:, eval_indices])
+    return (f"LDS on {result.num_runs} runs of {request.lds_subset} (log-odds, "
+            f"{len(eval_indices)} eval examples): {result.mean:.3f} "
+            f"[{result.ci_low:.3f}, {result.ci_high:.3f}]")
+
+
+def _datamodels(request: EstimateRequest, prepared: Prepared) -> EstimateReport:
+    """Ridge datamodels of the eval examples from the fit runs (SPEC §9), saved; with
+    ``lds_subset``, their LDS on disjoint evaluation runs."""
+    experiment_dir = prepared.experiment_dir
+    subset = pipeline.choose_subset(experiment_dir, request.subsets)
+    output = request.output or layout.output_file(experiment_dir, f"datamodels-{subset}",
+                                                  "npz")
+    check_outputs(request, output)
+    fit = runs_lib.load_experiment(experiment_dir, subset, progress=request.progress)
+    chosen = eval_indices(request, fit.correctness_test.shape[1])
+    metric = request.metric or "logodds"  # the published output function
+    outputs = fit.metric(metric, "test")[:, chosen]
+    top_k = request.top_k if request.influence_output == "topk" else None
+    fitted = datamodels_lib.fit_datamodels(fit.membership, outputs, top_k=top_k)
+    arrays = {"eval_indices": chosen, "intercept": fitted.intercept, "lam": fitted.lam,
+              "run_ids": fit.run_ids}
+    if fitted.weights is not None:
+        arrays["weights"] = fitted.weights
+    else:
+        arrays.update(top_train=fitted.top_train, top_weights=fitted.top_weights)
+    files.write_npz(output, arrays)
+    lines = [f"datamodels: {fit.num_runs} runs of {subset}, output {metric}, "
+             f"{len(chosen)} eval examples, ridge lambda median "
+             f"{float(np.median(fitted.lam)):.3g} ({fitted.selection})"]
+    if request.lds_subset:
+        if fitted.weights is None:
+            raise ValueError("lds_subset: needs the dense datamodel weights "
+                             "(influence_output=dense)")
+        lines.append(lds_section(request, experiment_dir, fitted.weights, chosen, subset,
+                                  fit.run_ids))
+    return EstimateReport((*prepared.sections, "\n".join(lines)), (output,))

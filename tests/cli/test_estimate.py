@@ -250,3 +250,52 @@ def test_invalid_experiment_json_is_one_line_naming_it(tmp_path):
         heldout.run_estimate(heldout.EstimateRequest(experiment_dir=str(tmp_path), min_runs=1,
                                                      progress=False))
     assert not (tmp_path / "estimates-0.5.npz").exists()
+
+
+def _linear_experiment(directory, rng, theta, folders):
+    """Runs whose test log-odds are a linear function of membership plus noise."""
+    from heldout.store import runs
+
+    num_train = theta.shape[0]
+    for subset, (ratio, num_runs) in folders.items():
+        for r in range(num_runs):
+            chosen = np.sort(rng.choice(num_train, int(ratio * num_train), replace=False))
+            member = np.isin(np.arange(num_train), chosen)
+            logodds = member @ theta + 0.1 * rng.standard_normal(theta.shape[1])
+            runs.save_run(runs.run_dir(str(directory), subset, r), runs.aux_arrays(
+                chosen, rng.random(num_train) < 0.5, logodds > 0,
+                logodds_train=rng.standard_normal(num_train).astype(np.float32),
+                logodds_test=logodds.astype(np.float32)), {})
+
+
+def test_datamodels_and_their_lds_on_disjoint_runs(tmp_path):
+    """--estimator=datamodel fits the fit folder; --lds_subset judges the weights on the
+    other folder: the printed LDS equals a scipy.stats.spearmanr loop over the saved
+    weights, and LDS on the fit folder itself is refused naming the shared runs."""
+    from scipy import stats as scipy_stats
+
+    from heldout.store import files
+
+    rng = np.random.default_rng(6)
+    theta = rng.standard_normal((16, 5))
+    _linear_experiment(tmp_path / "exp", rng, theta, {"0.7": (0.7, 60), "0.5": (0.5, 40)})
+    exp = str(tmp_path / "exp")
+    report = heldout.run_estimate(heldout.EstimateRequest(
+        experiment_dir=exp, subsets=("0.7",), estimators=("datamodel",), lds_subset="0.5",
+        progress=False))
+    saved = files.read_npz(f"{exp}/datamodels-0.7.npz")
+    lds_runs = heldout.load_experiment(exp, "0.5", progress=False)
+    predicted = lds_runs.membership @ saved["weights"]
+    brute = [scipy_stats.spearmanr(lds_runs.logodds_test[:, j], predicted[:, j]).statistic
+             for j in range(5)]
+    assert f"LDS on 40 runs of 0.5 (log-odds, 5 eval examples): {np.mean(brute):.3f}" in \
+        str(report), str(report)
+    assert np.mean(brute) > 0.8  # the outputs are linear in membership
+    with pytest.raises(ValueError, match=r"lds_run_ids overlap fit_run_ids in 60 runs"):
+        heldout.run_estimate(heldout.EstimateRequest(
+            experiment_dir=exp, subsets=("0.7",), estimators=("datamodel",),
+            lds_subset="0.7", output=str(tmp_path / "x.npz"), progress=False))
+    influence = heldout.run_estimate(heldout.EstimateRequest(
+        experiment_dir=exp, subsets=("0.7",), estimators=("influence",), min_runs=1,
+        lds_subset="0.5", lds_runs="0-19", output=str(tmp_path / "i.npz"), progress=False))
+    assert "LDS on 20 runs of 0.5" in str(influence)
