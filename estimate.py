@@ -21,8 +21,8 @@ per target example, the mean metric over runs with it (full arm) and without it
 intervals by default, as in the published negative-self-influence analysis.
 
 Gradient methods score one run's checkpoints (--run_id) with every setting of their
-config as a flag (--fisher, --fisher_seed, --damping, --damping_factor, --layers,
---gradient_batch_size, --projection_dim, --projection_seed, --measurement):
+config as a flag (--fisher, --fisher_seed, --fisher_draws, --damping, --damping_factor,
+--layers, --gradient_batch_size, --projection_dim, --projection_seed, --measurement):
   python estimate.py --estimator=tracin --run_id=0
   python estimate.py --estimator=if_ekfac --fisher=empirical --damping=0.01
 
@@ -100,8 +100,9 @@ _EFFECT = flags.DEFINE_float("effect", 0.25, "--plan: smallest self-influence to
 _POWER = flags.DEFINE_float("power", 0.8, "--plan: probability of detecting it.")
 _RUN_ID = flags.DEFINE_integer(
     "run_id", 0, "Gradient methods: the run (of --subset) whose checkpoints to use.")
-_MEASUREMENT = flags.DEFINE_enum("measurement", "loss", ["loss", "margin"],
-                                 "Gradient methods: what is measured on the queries.")
+_MEASUREMENT = flags.DEFINE_string(
+    "measurement", None, "Gradient methods: what is measured on the queries: loss (the "
+    "default), margin or logodds.")
 _DAMPING = flags.DEFINE_float(
     "damping", None, "Influence functions: absolute damping per layer; default "
     "--damping_factor x each layer's mean eigenvalue.")
@@ -113,6 +114,9 @@ _FISHER = flags.DEFINE_string(
     "model, the default), empirical (the data's labels) or expected.")
 _FISHER_SEED = flags.DEFINE_integer(
     "fisher_seed", None, "Influence functions: seed of the sampled labels of the true Fisher.")
+_FISHER_DRAWS = flags.DEFINE_integer(
+    "fisher_draws", None, "Influence functions, true Fisher: average its moments over this "
+    "many draws of sampled labels (default 1).")
 _LAYERS = flags.DEFINE_list(
     "layers", None, "Gradient methods: only these layers (attribute paths); default all.")
 _GRADIENT_BATCH_SIZE = flags.DEFINE_integer(
@@ -160,7 +164,8 @@ _PROGRESS = flags.DEFINE_bool("progress", True, "Show a progress bar.")
 # Gradient methods: flag -> the parameter of their configs (TracInConfig, InfluenceConfig).
 _ATTRIBUTION_FLAGS = ((_MEASUREMENT, "measurement"), (_DAMPING, "damping"),
                       (_DAMPING_FACTOR, "damping_factor"), (_FISHER, "fisher"),
-                      (_FISHER_SEED, "seed"), (_LAYERS, "layers"),
+                      (_FISHER_SEED, "fisher_seed"), (_FISHER_DRAWS, "fisher_draws"),
+                      (_LAYERS, "layers"),
                       (_GRADIENT_BATCH_SIZE, "batch_size"), (_PROJECTION_DIM, "projection_dim"),
                       (_PROJECTION_SEED, "projection_seed"))
 # Library parameter -> flag, for error messages (one table).

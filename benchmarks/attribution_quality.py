@@ -22,7 +22,11 @@ The single model is trained with `EnsembleTrainer` (one model, the whole trainin
 set, the same `TrainConfig` as the heldout runs). Its checkpoints are taken after
 every epoch through the trainer's ``on_epoch`` callback, each weighted in TracIn by
 the mean learning rate of the epoch that ended there (`learning_rate_at` over that
-epoch's steps); the last one is the model the influence functions and the loss use.
+epoch's steps); the last one is the final model, which the influence functions and the
+loss use. These are the checkpoints ``estimate.py --estimator=tracin`` uses on a run
+trained with ``checkpoint_every=1`` (`runs_attribution.tracin_checkpoints`: those saved
+during training and the final model). Influence functions use the true Fisher with
+one draw of sampled labels (``fisher_seed=0``, ``fisher_draws=1``, the defaults).
 
 Usage:
   python benchmarks/attribution_quality.py [--num_runs=1000] [--work_dir=/tmp/attribution]
@@ -47,6 +51,7 @@ from heldout import attribution
 from heldout.data import sources as data
 from heldout.store import designs as subsets
 from heldout.training import core as training  # noqa: E402
+from heldout.training.ensemble import EnsembleTrainer  # noqa: E402
 
 _NUM_RUNS = flags.DEFINE_integer("num_runs", 1000, "Heldout retrainings per data set.")
 _FLIP_FRACTION = flags.DEFINE_float("flip_fraction", 0.1, "Fraction of labels flipped.")
@@ -90,7 +95,7 @@ def retrain(experiment_dir: str, dataset_spec: str, config: training.TrainConfig
 def train_with_checkpoints(dataset: data.Dataset, config: training.TrainConfig, seed: int
                            ) -> list[attribution.Checkpoint]:
     """One model on the whole training set, with a checkpoint after every epoch."""
-    trainer = training.EnsembleTrainer(dataset, dataclasses.replace(config, models_at_once=1))
+    trainer = EnsembleTrainer(dataset, dataclasses.replace(config, models_at_once=1))
     steps = trainer.steps_per_epoch(dataset.num_train)
     total, warmup = steps * config.epochs, round(config.warmup_epochs * steps)
     checkpoints = []

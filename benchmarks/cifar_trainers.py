@@ -46,9 +46,8 @@ from absl import app, flags  # noqa: E402
 
 from heldout.data.dataset import Dataset  # noqa: E402
 from heldout.models import airbench as airbench_net
-from heldout.training import airbench
+from heldout.training import airbench, select
 from heldout.training import core as training
-from heldout.training import experiment as experiment_lib
 from heldout.training import recipes as recipes_lib  # noqa: E402
 
 tf.get_logger().setLevel("ERROR")  # retracing notes of the many trainers built here
@@ -143,22 +142,19 @@ def sonnet_trainer(model: str, batch_size: int, xla: bool, models_at_once: int =
               "models_at_once": models_at_once, "model_width": width}
     config = recipes_lib.apply_recipe(training.TrainConfig(**chosen), model, keep=list(chosen))
     data = _synthetic(batch_size * 2)
-    trainer = experiment_lib.make_trainer(data, config)
+    trainer = select.make_trainer(data, config)
     k = trainer.num_models
     subsets = [np.arange(data.num_train)] * k
-    if model == "airbench":
-        trainer._reset(subsets, [np.random.SeedSequence(i) for i in range(k)])
+    trainer._initialize(subsets, [np.random.SeedSequence(i) for i in range(k)])
     rng = np.random.default_rng(0)
-    seeds = tf.constant(rng.integers(0, 2**31 - 1, (k, 2)), tf.int32)
+    seed_values = rng.integers(0, 2**31 - 1, (k, 2)).astype(np.int32)
+    seeds, phases = tf.constant(seed_values), trainer._flip_phases(seed_values)
     epoch, per_epoch, warmup = (tf.constant(5), tf.constant([1000] * k),
                                 tf.constant([1] * k))
 
     def run(n):
         batches = tf.constant(training._epoch_batches(subsets, [rng] * k, n, batch_size))
-        if model == "airbench":
-            trainer._train_epoch(batches, epoch, per_epoch, warmup, seeds)
-        else:
-            trainer._train_epoch(batches[:, 0], epoch, per_epoch[0], warmup[0], seeds[0])
+        trainer._train_epoch(batches, epoch, per_epoch, warmup, seeds, phases)
         trainer.model.trainable_variables[0].numpy()  # waits for the program
 
     return run

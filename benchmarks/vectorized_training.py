@@ -11,6 +11,11 @@ initial weights, through the same sequence of batches, for the same number of st
 Prints seconds per model for each and their ratio, and mean test accuracy of both
 over the same runs. The target is (b) at least 10x faster per model at equal accuracy.
 
+Roofline: the machine's rate for the batched matrix products of K-at-once training
+(``[K, 64, 64] x [K, 64, 128]`` float32 under XLA) is measured in the same process; the
+arithmetic of one model's training (forward, weight gradients, and input gradients of
+every layer but the first) divided by that rate is the floor printed beside (b).
+
 Usage:
   python benchmarks/vectorized_training.py [--models_at_once=250] [--sequential_runs=10]
 """
@@ -28,8 +33,10 @@ from absl import app, flags  # noqa: E402
 
 from heldout.data import sources as data_lib  # noqa: E402
 from heldout.models import ensemble as models_lib  # noqa: E402
+from heldout.models import registry  # noqa: E402
 from heldout.store import designs as subsets_lib  # noqa: E402
 from heldout.training import core as training  # noqa: E402
+from heldout.training.ensemble import EnsembleTrainer  # noqa: E402
 
 _MODELS_AT_ONCE = flags.DEFINE_integer("models_at_once", 250, "K of the vectorized arm.")
 _SEQUENTIAL_RUNS = flags.DEFINE_integer(
@@ -44,7 +51,7 @@ def train_one_at_a_time(dataset, config, subset, seeds) -> tuple[float, float, f
         (seconds, seconds of the first step, which traces and compiles, test accuracy).
     """
     start = time.time()
-    ensemble = models_lib.make_ensemble(config.model, dataset.num_classes, 1)
+    ensemble = registry.build_ensemble(config.model, dataset.num_classes, 1)
     ensemble(tf.zeros([1, 1, *dataset.input_shape]))
     init_rng = np.random.default_rng(seeds.init)
     for variable in ensemble.trainable_variables:
@@ -92,6 +99,36 @@ def train_one_at_a_time(dataset, config, subset, seeds) -> tuple[float, float, f
     return time.time() - start, first_step_seconds, accuracy
 
 
+def batched_matmul_rate(k: int, repeats: int = 50) -> float:
+    """FLOP/s of ``[k, 64, 64] x [k, 64, 128]`` float32 products in one XLA program."""
+    a = tf.random.normal([k, 64, 64])
+    b = tf.random.normal([k, 64, 128])
+
+    @tf.function(jit_compile=True)
+    def products(a, b):
+        total = tf.zeros([])
+        for _ in tf.range(repeats):
+            total += tf.reduce_sum(tf.matmul(a + total * 0.0, b)[:, :1, :1])
+        return total
+
+    products(a, b).numpy()
+    best = float("inf")
+    for _ in range(5):
+        start = time.perf_counter()
+        products(a, b).numpy()
+        best = min(best, time.perf_counter() - start)
+    return 2 * k * 64 * 64 * 128 * repeats / best
+
+
+def mlp_training_flop(config, input_size: int, num_classes: int, steps: int) -> float:
+    """Multiply-add FLOP of training one MLP for `steps` optimizer steps."""
+    sizes = [input_size, *registry.MLP_HIDDEN, num_classes]
+    layers = list(zip(sizes[:-1], sizes[1:], strict=True))
+    forward = sum(2 * config.batch_size * m * n for m, n in layers)
+    input_grads = sum(2 * config.batch_size * m * n for m, n in layers[1:])
+    return steps * (2 * forward + input_grads)  # forward, weight grads, input grads
+
+
 def main(argv):
     del argv
     dataset = data_lib.load_digits()
@@ -115,7 +152,7 @@ def main(argv):
     seq_accuracy = np.mean([a for _, _, a in sequential])
 
     start = time.time()
-    trainer = training.EnsembleTrainer(dataset, config)
+    trainer = EnsembleTrainer(dataset, config)
     results = trainer.train(subsets, [s.init for s in seeds], [s.order for s in seeds])
     vec_seconds = (time.time() - start) / k
     vec_accuracy_same = np.mean([r.test.correctness.mean()
@@ -128,6 +165,14 @@ def main(argv):
     print(f"(b) {k} at once   : {vec_seconds * 1000:8.1f} ms per model, "
           f"test accuracy {vec_accuracy_same:.4f} (same runs), {vec_accuracy_all:.4f} "
           f"(all {k})")
+    rate = batched_matmul_rate(k)
+    steps = -(-len(subsets[0]) // config.batch_size) * config.epochs
+    flop = mlp_training_flop(config, int(np.prod(dataset.input_shape)), dataset.num_classes,
+                             steps)
+    floor = flop / rate
+    print(f"roofline: batched matmul {rate / 1e9:.0f} GFLOP/s in this process; "
+          f"{flop / 1e9:.2f} GFLOP per model -> floor {floor * 1000:.1f} ms per model; "
+          f"(b) reaches {floor / vec_seconds:.0%} of it")
     print(f"speed-up per model: {seq_seconds / vec_seconds:.1f}x "
           f"({seq_seconds_no_compile / vec_seconds:.1f}x against (a) without compilation) "
           f"(target >= 10x); accuracy difference "

@@ -71,7 +71,8 @@ from heldout.store.runs import (
     save_run,
 )
 from heldout.training.api import TrainReport, TrainRequest, train
-from heldout.training.core import EnsembleTrainer, TrainConfig
+from heldout.training.core import TrainConfig
+from heldout.training.ensemble import EnsembleTrainer
 from heldout.training.experiment import (
     TrainSummary,
     resolve_targets,

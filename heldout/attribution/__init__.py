@@ -1,4 +1,4 @@
-"""Gradient-based attribution (TracIn, influence functions), to set beside retraining estimates.
+"""Gradient-based attribution (TracIn, influence functions, TRAK), beside retraining.
 
 Front doors, each one call from arrays to NumPy scores:
 
@@ -8,6 +8,9 @@ Front doors, each one call from arrays to NumPy scores:
 * `score_influence_functions(model, x_train, y_train, x_query, y_query, InfluenceConfig(...),
   factors_path=...)`: influence functions with ``identity``, ``diagonal``, ``kfac`` or
   ``ekfac`` factors, with a table of seconds per phase.
+* `score_trak(models, x_train, y_train, x_query, y_query, TRAKConfig(...))`: TRAK scores
+  ``[num_train, num_query]`` of an ensemble (projected log-odds gradients, regularized
+  kernel, ``1 - p`` reweighting), with lambda_reg chosen by LDS on selection runs.
 * `per_example_gradients(model, x, y)`: per-example gradients of every Linear/Conv2D
   variable, vectorized over examples.
 
@@ -41,7 +44,7 @@ from heldout.attribution.influence_functions import (
     score_influence_functions,
     scores_from_factors,
 )
-from heldout.attribution.projection import GaussianProjection
+from heldout.attribution.projection import GaussianProjection, RandomProjection
 from heldout.attribution.tracin import (
     Checkpoint,
     TracInConfig,
@@ -50,12 +53,25 @@ from heldout.attribution.tracin import (
     tracin_scores,
     tracin_self_influence,
 )
+from heldout.attribution.trak import (
+    Kernel,
+    TRAKConfig,
+    TRAKFeatures,
+    TRAKResult,
+    ensemble_features,
+    score_trak,
+    select_lambda,
+    trak_features,
+    trak_scores,
+)
 
 __all__ = [
     "FISHERS", "MEASUREMENTS", "PHASES", "STRATEGIES", "Checkpoint", "Factors",
-    "GaussianProjection", "InfluenceConfig", "InfluenceResult", "LayerFactors",
-    "LayerGradients", "LayerSpec", "Timings", "TracInConfig", "TracInResult",
+    "GaussianProjection", "InfluenceConfig", "InfluenceResult", "Kernel", "LayerFactors",
+    "LayerGradients", "LayerSpec", "RandomProjection", "TRAKConfig", "TRAKFeatures",
+    "TRAKResult", "Timings", "TracInConfig", "TracInResult",
     "factors_exist", "find_layers", "fit_factors", "layer_damping", "load_factors", "measure",
     "per_example_gradients", "precondition", "save_factors", "score_influence_functions",
-    "score_tracin", "scores_from_factors", "tracin_scores", "tracin_self_influence",
+    "ensemble_features", "score_tracin", "score_trak", "scores_from_factors", "select_lambda",
+    "tracin_scores", "tracin_self_influence", "trak_features", "trak_scores",
 ]

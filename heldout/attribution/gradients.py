@@ -33,7 +33,7 @@ import numpy as np
 import sonnet as snt
 import tensorflow as tf
 
-MEASUREMENTS = ("loss", "margin")
+MEASUREMENTS = ("loss", "margin", "logodds")
 # Costs whose gradients the engine takes: a measurement, or the labels of a Fisher
 # (sampled from the model's predictive distribution, or all classes weighted by
 # the square roots of their probabilities, whose outer products average to the
@@ -48,15 +48,20 @@ def measure(logits: tf.Tensor, labels: tf.Tensor, measurement: str) -> tf.Tensor
 
     ``loss``: softmax cross-entropy with `labels`. ``margin``: the label's logit minus
     the largest other logit (positive exactly when the prediction is right).
+    ``logodds``: the label's logit minus the logsumexp of the other logits, which is
+    ``log(p / (1 - p))`` for the label's probability p (TRAK's output function, and the
+    output LDS judges by).
     """
     if measurement == "loss":
         return tf.nn.sparse_softmax_cross_entropy_with_logits(labels, logits)
-    if measurement == "margin":
+    if measurement in ("margin", "logodds"):
         is_label = tf.one_hot(labels, tf.shape(logits)[-1], on_value=True, off_value=False)
         correct = tf.reduce_sum(tf.where(is_label, logits, tf.zeros_like(logits)), axis=-1)
         others = tf.where(is_label, tf.fill(tf.shape(logits), logits.dtype.min), logits)
-        return correct - tf.reduce_max(others, axis=-1)
-    raise ValueError(f"--measurement={measurement!r}: expected one of {', '.join(MEASUREMENTS)}")
+        if measurement == "margin":
+            return correct - tf.reduce_max(others, axis=-1)
+        return correct - tf.reduce_logsumexp(others, axis=-1)
+    raise ValueError(f"measurement={measurement!r}: expected one of {', '.join(MEASUREMENTS)}")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -109,7 +114,7 @@ def find_layers(model: snt.Module, names: Sequence[str] | None = None) -> dict[s
         return found
     unknown = [n for n in names if n not in found]
     if unknown:
-        raise ValueError(f"--layers={','.join(names)}: no layer {', '.join(unknown)} in model "
+        raise ValueError(f"layers={','.join(names)}: no layer {', '.join(unknown)} in model "
                          f"{model.name!r}; its layers are {', '.join(found)}")
     return {name: found[name] for name in names}
 
@@ -239,7 +244,7 @@ class LayerGradients:
                  layers: Sequence[str] | None = None, batch_size: int = DEFAULT_BATCH_SIZE,
                  jit_compile: bool = False):
         if batch_size < 1:
-            raise ValueError(f"--gradient_batch_size={batch_size}: expected a positive number")
+            raise ValueError(f"batch_size={batch_size}: expected a positive number")
         self.model = model
         self.input_shape = tuple(int(d) for d in input_shape)
         self.batch_size = batch_size
@@ -437,5 +442,27 @@ def per_example_gradients(model: snt.Module, x: np.ndarray, labels: np.ndarray,
 
 def _check_measurement(measurement: str) -> None:
     if measurement not in MEASUREMENTS:
-        raise ValueError(f"--measurement={measurement!r}: expected one of "
+        raise ValueError(f"measurement={measurement!r}: expected one of "
                          f"{', '.join(MEASUREMENTS)}")
+
+
+def copy_weights(source: snt.Module, target: snt.Module, input_shape: Sequence[int],
+                 name: str = "model") -> None:
+    """Assigns the variables of `source` to those of `target` (one architecture).
+
+    Lets one model's compiled gradient functions serve other checkpoints or models.
+
+    Raises:
+        ValueError: the two models' variables differ in number or shape (`name` says
+            which source).
+    """
+    if source is target:
+        return
+    source(tf.zeros([1, *input_shape]), is_training=False)  # creates lazy variables
+    sources, targets = source.variables, target.variables
+    shapes = [tuple(v.shape) for v in sources]
+    if shapes != [tuple(v.shape) for v in targets]:
+        raise ValueError(f"{name}: its variables {shapes} differ from those of the first "
+                         "model; one architecture is needed")
+    for s, t in zip(sources, targets, strict=True):
+        t.assign(s)

@@ -23,9 +23,12 @@ kronfluence; a layer's gradient is the matrix ``G = sum_t a_t s_t^T`` of
 
 Fisher labels (``fisher``): ``true`` samples each example's label from the model's own
 predictive distribution (the true Fisher; batch b of the fitting data uses the
-stateless seed ``(seed, b)``); ``empirical`` takes the data set's labels; ``expected``
-averages exactly over all classes weighted by their probabilities (one backward pass
-per class).
+stateless seed ``(fisher_seed, b)``); ``empirical`` takes the data set's labels;
+``expected`` averages exactly over all classes weighted by their probabilities (one
+backward pass per class). With one draw, true-Fisher scores depend on the seed (issue
+15 saw seed-to-seed Spearman correlations of about 0.5 on digits); ``fisher_draws=n``
+averages the Fisher's moments over n draws with seeds ``fisher_seed + k``, the Monte
+Carlo estimate of the true Fisher with n sampled labels per example.
 
 Damping is per layer: `damping` if given, else `damping_factor` (0.1) x the mean
 eigenvalue of that layer's approximate Fisher. Factors are fitted once on the
@@ -65,33 +68,42 @@ _META_KEY = "__meta__"
 
 @dataclasses.dataclass(frozen=True)
 class InfluenceConfig:
-    """How the Fisher is approximated and the scores computed."""
+    """How the Fisher is approximated and the scores computed.
+
+    Errors name these fields; the CLI (``estimate.py``) maps them to its flags, shown
+    in the comments.
+    """
 
     strategy: str = "ekfac"  # --factor_strategy: one of STRATEGIES
     damping: float | None = None  # --damping: absolute, per layer; None: heuristic below
     damping_factor: float = 0.1  # --damping_factor: x the layer's mean eigenvalue
     fisher: str = "true"  # --fisher: labels of the Fisher, one of FISHERS
-    measurement: str = "loss"  # --measurement: of the queries (loss or margin)
+    measurement: str = "loss"  # --measurement: of the queries (loss, margin or logodds)
     layers: tuple[str, ...] | None = None  # --layers: attribute paths; None: all layers
     batch_size: int = gradients_lib.DEFAULT_BATCH_SIZE  # --gradient_batch_size: examples
-    seed: int = 0  # --fisher_seed: of the sampled labels of the true Fisher
+    fisher_seed: int = 0  # --fisher_seed: of the sampled labels of the true Fisher
+    fisher_draws: int = 1  # --fisher_draws: sampled labels per example (true Fisher only)
 
     def __post_init__(self):
-        choices = {"factor_strategy": (self.strategy, STRATEGIES),
+        choices = {"strategy": (self.strategy, STRATEGIES),
                    "fisher": (self.fisher, FISHERS),
                    "measurement": (self.measurement, gradients_lib.MEASUREMENTS)}
-        for flag, (value, allowed) in choices.items():
+        for name, (value, allowed) in choices.items():
             if value not in allowed:
-                raise ValueError(f"--{flag}={value!r}: expected one of {', '.join(allowed)}")
+                raise ValueError(f"{name}={value!r}: expected one of {', '.join(allowed)}")
         if self.damping is not None and not (np.isfinite(self.damping) and self.damping >= 0):
-            raise ValueError(f"--damping={self.damping}: expected a finite number >= 0 "
-                             "(or none, for damping_factor x mean eigenvalue)")
+            raise ValueError(f"damping={self.damping}: expected a finite number >= 0 "
+                             "(or None, for damping_factor x mean eigenvalue)")
         if not (np.isfinite(self.damping_factor) and self.damping_factor > 0):
-            raise ValueError(f"--damping_factor={self.damping_factor}: expected a positive "
+            raise ValueError(f"damping_factor={self.damping_factor}: expected a positive "
                              "number")
         if self.batch_size < 1:
-            raise ValueError(f"--gradient_batch_size={self.batch_size}: expected a positive "
-                             "number")
+            raise ValueError(f"batch_size={self.batch_size}: expected a positive number")
+        if self.fisher_draws < 1:
+            raise ValueError(f"fisher_draws={self.fisher_draws}: expected a positive number")
+        if self.fisher_draws > 1 and self.fisher != "true":
+            raise ValueError(f"fisher_draws={self.fisher_draws}: only fisher='true' samples "
+                             f"labels; fisher={self.fisher!r} takes exactly 1 draw")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -283,18 +295,19 @@ def _fit(engine: gradients_lib.LayerGradients, x: np.ndarray, y: np.ndarray,
     seconds = dict.fromkeys(_FIT_PHASES, 0.0)
     names = [spec.name for spec in engine.specs]
     fields: dict[str, dict[str, np.ndarray]] = {name: {} for name in names}
+    draws = config.fisher_draws
     if config.strategy == "diagonal":
         start = time.time()
-        sums = engine.accumulate(x, y, _diagonal_sums, "diagonal", target, config.seed)
+        sums = _accumulate_draws(engine, x, y, _diagonal_sums, "diagonal", target, config)
         for name, total in zip(names, sums, strict=True):
-            fields[name]["diagonal"] = total / n
+            fields[name]["diagonal"] = total / (n * draws)
         seconds["fit covariance"] = time.time() - start
     elif config.strategy in ("kfac", "ekfac"):
         start = time.time()
-        sums = engine.accumulate(x, y, _covariance_sums, "covariance", target, config.seed)
+        sums = _accumulate_draws(engine, x, y, _covariance_sums, "covariance", target, config)
         for i, name in enumerate(names):
-            fields[name]["activation_covariance"] = sums[2 * i] / n
-            fields[name]["gradient_covariance"] = sums[2 * i + 1] / n
+            fields[name]["activation_covariance"] = sums[2 * i] / (n * draws)
+            fields[name]["gradient_covariance"] = sums[2 * i + 1] / (n * draws)
         seconds["fit covariance"] = time.time() - start
         start = time.time()
         for name in names:
@@ -307,14 +320,31 @@ def _fit(engine: gradients_lib.LayerGradients, x: np.ndarray, y: np.ndarray,
         if config.strategy == "ekfac":
             start = time.time()
             bases = _bases(fields, names)
-            sums = engine.accumulate(x, y, _lambda_sums, "lambda", target, config.seed, bases)
+            sums = _accumulate_draws(engine, x, y, _lambda_sums, "lambda", target, config,
+                                     bases)
             for name, total in zip(names, sums, strict=True):
-                fields[name]["lambdas"] = total / n
+                fields[name]["lambdas"] = total / (n * draws)
             seconds["fit lambda"] = time.time() - start
     return Factors(strategy=config.strategy, fisher=config.fisher, num_examples=n,
                    layers={name: LayerFactors(**fields[name]) for name in names},
                    shapes={s.name: (s.rows, s.columns) for s in engine.specs},
                    seconds=seconds)
+
+
+def _accumulate_draws(engine: gradients_lib.LayerGradients, x: np.ndarray, y: np.ndarray,
+                      fn, key: str, target: str, config: InfluenceConfig,
+                      constants: Sequence[tf.Tensor] = ()) -> list[np.ndarray]:
+    """Batch sums of `fn`, summed over the Fisher's label draws.
+
+    Draw k of the true Fisher samples labels with seed ``fisher_seed + k``, so the Fisher
+    of n draws is the mean of the n single-draw Fishers with seeds ``fisher_seed``, ...,
+    ``fisher_seed + n - 1``. Other Fishers have one draw.
+    """
+    totals = None
+    for draw in range(config.fisher_draws):
+        sums = engine.accumulate(x, y, fn, key, target, config.fisher_seed + draw, constants)
+        totals = sums if totals is None else [t + s for t, s in zip(totals, sums, strict=True)]
+    return totals
 
 
 def layer_damping(factors: Factors, config: InfluenceConfig = InfluenceConfig()
@@ -494,13 +524,13 @@ def _lambda_sums(a: list[tf.Tensor], s: list[tf.Tensor], *bases: tf.Tensor) -> l
 def _check_factors(factors: Factors, engine: gradients_lib.LayerGradients,
                    config: InfluenceConfig, path: str | None) -> None:
     """Raises ValueError unless `factors` fit the config and the model's chosen layers."""
-    source = f"--factors_path={path}: " if path else "factors: "
+    source = f"factors_path={path}: " if path else "factors: "
     if factors.strategy != config.strategy:
-        raise ValueError(f"{source}fitted for --factor_strategy={factors.strategy}, but "
-                         f"--factor_strategy={config.strategy} was asked for")
+        raise ValueError(f"{source}fitted for strategy={factors.strategy}, but "
+                         f"strategy={config.strategy} was asked for")
     if factors.fisher != config.fisher and config.strategy != "identity":
-        raise ValueError(f"{source}fitted with --fisher={factors.fisher}, but "
-                         f"--fisher={config.fisher} was asked for")
+        raise ValueError(f"{source}fitted with fisher={factors.fisher}, but "
+                         f"fisher={config.fisher} was asked for")
     expected = {s.name: (s.rows, s.columns) for s in engine.specs}
     if factors.shapes != expected:
         raise ValueError(f"{source}fitted for layers {factors.shapes}, but the model's chosen "
@@ -531,9 +561,9 @@ def load_factors(path: str) -> Factors:
     try:
         arrays = files.read_npz(path)
     except files.StoredFileMissing:
-        raise ValueError(f"--factors_path={path}: file not found") from None
+        raise ValueError(f"factors_path={path}: file not found") from None
     if _META_KEY not in arrays:
-        raise ValueError(f"--factors_path={path}: not a factors file (no {_META_KEY} entry)")
+        raise ValueError(f"factors_path={path}: not a factors file (no {_META_KEY} entry)")
     meta = json.loads(str(arrays[_META_KEY]))
     field_names = [f.name for f in dataclasses.fields(LayerFactors)]
     layers = {name: LayerFactors(**{field: arrays.get(f"{name}/{field}")

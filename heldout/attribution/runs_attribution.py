@@ -1,26 +1,34 @@
 """Gradient-based attribution of one trained run, read from its run directory.
 
 The front door of ``estimate.py --estimator=tracin|if_<strategy>``: restores the
-run's checkpoints (TracIn: every checkpoint saved during training, with the learning
-rate recorded in ``run.json``; influence functions: the final model), scores every
-training example (self-influence) and the chosen test examples (train x test), and
-sets the self-influence beside the retraining ground truth of the same experiment.
+run's checkpoints, scores every training example (self-influence) and the chosen test
+examples (train x test), and sets the self-influence beside the retraining ground truth
+of the same experiment. Influence functions use the final model. TracIn uses every
+checkpoint saved during training (``checkpoint_every``) AND the final model, each
+weighted by the mean learning rate of the stretch of steps that ended there: the same
+checkpoints as ``benchmarks/attribution_quality.py`` (one after every epoch, the last
+being the final model), which TracIn-CP's sum over the whole training path asks for.
+``run.json`` lists only the checkpoints saved during training; the final model's
+learning rate is the mean of the run's schedule (`training.core.learning_rate_at`)
+over the steps after the last of them.
 """
 
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Sequence
 
 import numpy as np
 import tensorflow as tf
 from scipy import stats as scipy_stats
 
-from heldout.attribution import influence_functions, tracin
+from heldout.attribution import influence_functions, tracin, trak
 from heldout.data.dataset import Dataset
 from heldout.estimate import estimators, export
 from heldout.models import checkpoints as checkpoints_lib
 from heldout.store import layout as layout_lib
 from heldout.store import runs as runs_lib
+from heldout.training import core as training_core
 
 METHODS = ("tracin", "if_identity", "if_diagonal", "if_kfac", "if_ekfac")
 
@@ -42,7 +50,8 @@ class RunAttribution:
 def attribute_run(run_dir: str, method: str, data: Dataset, eval_indices: np.ndarray | None,
                   measurement: str = "loss", damping: float | None = None,
                   projection_dim: int | None = None, factors_path: str | None = None,
-                  retraining: runs_lib.Experiment | None = None,
+                  retraining: runs_lib.Experiment | None = None, fisher: str = "true",
+                  fisher_seed: int = 0, fisher_draws: int = 1,
                   config: tracin.TracInConfig | influence_functions.InfluenceConfig | None = None
                   ) -> RunAttribution:
     """Scores the training examples of `data` with `method` using the run's checkpoints.
@@ -59,21 +68,24 @@ def attribute_run(run_dir: str, method: str, data: Dataset, eval_indices: np.nda
         factors_path: influence functions: reuse / save the fitted factors here.
         retraining: the experiment's runs, to compare self-influence with memorization
             and margin self-influence (Spearman correlation).
+        fisher: influence functions: labels of the Fisher (``true``, ``empirical``,
+            ``expected``).
+        fisher_seed: seed of the true Fisher's sampled labels.
+        fisher_draws: true Fisher: average its moments over this many label draws.
         config: the method's whole config (`TracInConfig` / `InfluenceConfig` with the
-            method's strategy); when given, `measurement`, `damping` and
-            `projection_dim` are not used.
+            method's strategy); when given, the single settings above are not used.
 
     Raises:
         ValueError: unknown method, or the run lacks the checkpoints the method needs.
     """
     if method not in METHODS:
-        raise ValueError(f"--estimator={method}: expected one of {', '.join(METHODS)}")
+        raise ValueError(f"method={method}: expected one of {', '.join(METHODS)}")
     info = runs_lib.read_run_info(run_dir)
     arch = info.get("train_config", {}).get("model")
     width = info.get("train_config", {}).get("model_width", 1.0)
     if not arch:
         raise ValueError(f"{run_dir}: no run.json naming the model; gradient methods need "
-                         "runs trained by train.py with --save_checkpoints")
+                         "runs trained by train.py with save_checkpoints")
     arrays = runs_lib.load_run(run_dir)
     in_subset = np.zeros(data.num_train, dtype=bool)
     in_subset[arrays[runs_lib.SUBSET_INDICES]] = True
@@ -84,9 +96,9 @@ def attribute_run(run_dir: str, method: str, data: Dataset, eval_indices: np.nda
         saved = info.get("checkpoints", [])
         if not saved:
             raise ValueError(f"{run_dir}: TracIn needs checkpoints saved during training "
-                             "(train with --save_checkpoints --checkpoint_every=N)")
-        models = [tracin.Checkpoint(_restore(run_dir, arch, data, width, s["epoch"]),
-                                    s["learning_rate"]) for s in saved]
+                             "(train with save_checkpoints checkpoint_every=N)")
+        models = [tracin.Checkpoint(_restore(run_dir, arch, data, width, epoch), rate)
+                  for epoch, rate in tracin_checkpoints(info)]
         result = tracin.score_tracin(
             models, data.x_train, data.y_train, x_query, y_query,
             config or tracin.TracInConfig(measurement=measurement,
@@ -98,7 +110,8 @@ def attribute_run(run_dir: str, method: str, data: Dataset, eval_indices: np.nda
         result = influence_functions.score_influence_functions(
             model, data.x_train, data.y_train, x_query, y_query,
             config or influence_functions.InfluenceConfig(
-                strategy=method[len("if_"):], damping=damping, measurement=measurement),
+                strategy=method[len("if_"):], damping=damping, measurement=measurement,
+                fisher=fisher, fisher_seed=fisher_seed, fisher_draws=fisher_draws),
             factors_path=factors_path)
         timings = result.timings.format()
     agreement = {}
@@ -109,6 +122,73 @@ def attribute_run(run_dir: str, method: str, data: Dataset, eval_indices: np.nda
                           in_subset=in_subset, scores=result.scores,
                           eval_indices=np.zeros(0, np.int64) if eval_indices is None
                           else np.asarray(eval_indices), timings=timings, agreement=agreement)
+
+
+def restore_final_models(run_dirs: Sequence[str], data: Dataset) -> list[tf.Module]:
+    """The final model of each run (trained with ``save_checkpoints``), e.g. for TRAK."""
+    models = []
+    for run_dir in run_dirs:
+        config = runs_lib.read_run_info(run_dir).get("train_config", {})
+        if not config.get("model"):
+            raise ValueError(f"run_dirs: {run_dir} has no run.json naming the model")
+        models.append(checkpoints_lib.restore_run_model(
+            run_dir, config["model"], data.num_classes, data.input_shape,
+            config.get("model_width", 1.0)).model)
+    return models
+
+
+def trak_of_runs(run_dirs: Sequence[str], data: Dataset, eval_indices: np.ndarray,
+                 config: trak.TRAKConfig | None = None,
+                 selection: runs_lib.Experiment | None = None) -> trak.TRAKResult:
+    """TRAK scores ``[num_train, num_eval]`` of the final models of `run_dirs`.
+
+    Args:
+        run_dirs: the runs whose final checkpoints form the ensemble.
+        data: their data set; every training example is scored.
+        eval_indices: test examples to attribute.
+        config: TRAK settings (default `TRAKConfig()`); a grid of lambda_reg is chosen
+            on `selection`.
+        selection: runs (with ``logodds_test``) to choose lambda_reg on; never the runs
+            TRAK is judged on, and best not the ensemble's own runs.
+    """
+    eval_indices = np.asarray(eval_indices)
+    config = config or trak.TRAKConfig()
+    masks = outputs = None
+    if selection is not None:
+        if selection.logodds_test is None:
+            raise ValueError("selection: its runs have no logodds_test arrays")
+        masks, outputs = selection.membership, selection.logodds_test[:, eval_indices]
+    return trak.score_trak(restore_final_models(run_dirs, data), data.x_train, data.y_train,
+                           data.x_test[eval_indices], data.y_test[eval_indices], config,
+                           masks, outputs)
+
+
+def tracin_checkpoints(info: dict) -> list[tuple[int, float]]:
+    """``(epoch, learning rate)`` of every checkpoint TracIn uses, the final model last.
+
+    Args:
+        info: the run's ``run.json``: ``checkpoints`` (saved during training, each with
+            ``epoch``, ``global_step``, ``learning_rate``), ``optimizer_steps`` and
+            ``train_config`` (``epochs``, ``learning_rate``, ``lr_schedule``,
+            ``warmup_epochs``).
+
+    The final model (epoch ``train_config["epochs"]``) weighs the mean learning rate over
+    the steps after the last saved checkpoint, unless ``run.json`` lists it already.
+    """
+    saved = sorted(info.get("checkpoints", []), key=lambda c: c["epoch"])
+    result = [(int(c["epoch"]), float(c["learning_rate"])) for c in saved]
+    config = info["train_config"]
+    epochs = int(config["epochs"])
+    if result and result[-1][0] == epochs:
+        return result
+    total = int(info["optimizer_steps"])
+    warmup = round(float(config.get("warmup_epochs", 0.0)) * total / epochs)
+    first = int(saved[-1]["global_step"]) if saved else 0
+    rates = training_core.learning_rate_at(np.arange(first, total), total, warmup,
+                                           float(config["learning_rate"]),
+                                           config.get("lr_schedule", "cosine"))
+    result.append((epochs, float(np.mean(rates))))
+    return result
 
 
 def save_attribution(attribution: RunAttribution, path: str) -> None:

@@ -58,13 +58,13 @@ class TracInConfig:
 
     def __post_init__(self):
         if self.measurement not in gradients_lib.MEASUREMENTS:
-            raise ValueError(f"--measurement={self.measurement!r}: expected one of "
+            raise ValueError(f"measurement={self.measurement!r}: expected one of "
                              f"{', '.join(gradients_lib.MEASUREMENTS)}")
         if self.projection_dim is not None and self.projection_dim < 1:
-            raise ValueError(f"--projection_dim={self.projection_dim}: expected a positive "
+            raise ValueError(f"projection_dim={self.projection_dim}: expected a positive "
                              "number (or no projection)")
         if self.batch_size < 1:
-            raise ValueError(f"--gradient_batch_size={self.batch_size}: expected a positive "
+            raise ValueError(f"batch_size={self.batch_size}: expected a positive "
                              "number")
 
 
@@ -123,7 +123,8 @@ def score_tracin(checkpoints: Sequence[Checkpoint], x_train: np.ndarray, y_train
     saved = [v.numpy() for v in template.variables]
     try:
         for i, checkpoint in enumerate(checkpoints):
-            _copy_weights(checkpoint.model, template, engine.input_shape, i)
+            gradients_lib.copy_weights(checkpoint.model, template, engine.input_shape,
+                                       f"checkpoint {i}")
             lr = checkpoint.learning_rate
             query = None
             if scores is not None:
@@ -164,35 +165,4 @@ def _features(engine: gradients_lib.LayerGradients, projection: GaussianProjecti
 def _batched_features(engine: gradients_lib.LayerGradients,
                       projection: GaussianProjection | None, x: np.ndarray, y: np.ndarray,
                       measurement: str = "loss"):
-    if projection is None:
-        batches = engine.map_batches(x, y, _flat_gradients, "flat", measurement)
-    else:
-        batches = engine.map_batches(x, y, _projected_gradients, "projected", measurement,
-                                     constants=projection.matrices)
-    for rows, (features,) in batches:
-        yield rows, features
-
-
-def _flat_gradients(a, s):
-    return [gradients_lib.flatten([gradients_lib.outer_gradients(a_l, s_l)[0]
-                                   for a_l, s_l in zip(a, s, strict=True)])]
-
-
-def _projected_gradients(a, s, *matrices):
-    grads = [gradients_lib.outer_gradients(a_l, s_l)[0] for a_l, s_l in zip(a, s, strict=True)]
-    return [projection_lib.project(grads, matrices)]
-
-
-def _copy_weights(source: snt.Module, target: snt.Module, input_shape: tuple[int, ...],
-                  index: int) -> None:
-    """Assigns the variables of `source` (checkpoint `index`) to those of `target`."""
-    if source is target:
-        return
-    source(tf.zeros([1, *input_shape]), is_training=False)  # creates lazy variables
-    sources, targets = source.variables, target.variables
-    shapes = [tuple(v.shape) for v in sources]
-    if shapes != [tuple(v.shape) for v in targets]:
-        raise ValueError(f"checkpoint {index}: its model's variables {shapes} differ from "
-                         "those of checkpoint 0; TracIn needs one architecture")
-    for s, t in zip(sources, targets, strict=True):
-        t.assign(s)
+    return projection_lib.gradient_features(engine, projection, x, y, measurement)

@@ -17,8 +17,8 @@ import sonnet as snt
 import tensorflow as tf
 
 from heldout.data.dataset import Dataset
-from heldout.models import ensemble as models_lib
 from heldout.models import predict as predict_lib
+from heldout.models import registry
 from heldout.store import layout as layout_lib
 from heldout.store import runs as runs_lib
 
@@ -145,7 +145,7 @@ def restore_run_model(run_dir: str, arch: str, num_classes: int,
     prefix = prefix or find_checkpoint(run_dir)
     if not tf.io.gfile.exists(prefix + ".index"):
         raise ValueError(f"{prefix}: no such checkpoint")
-    model = models_lib.make_single(arch, num_classes, width)
+    model = registry.build_single(arch, num_classes, width)
     model(tf.zeros([1, *input_shape]), is_training=False)
     mismatch = [line for line in describe_shape_mismatch(checkpoint_variable_shapes(model),
                                                          checkpoint_shapes(prefix))

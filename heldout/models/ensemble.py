@@ -17,7 +17,7 @@ model (plain ``snt.Linear``/``snt.Conv2D``), which is what checkpoints store.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 
 import numpy as np
 import sonnet as snt
@@ -209,75 +209,6 @@ class EnsembleCNN(snt.Module):
         self._hidden.export_to(model._hidden, k)
         self._head.export_to(model._head, k)
         return model
-
-
-# Model name -> constructor of the ensemble form, given (num_classes, num_models).
-ENSEMBLE_MODELS: dict[str, Callable[[int, int], snt.Module]] = {
-    "mlp": lambda num_classes, num_models: EnsembleMLP((128,), num_classes, num_models),
-    "cnn": lambda num_classes, num_models: EnsembleCNN((16, 32), 128, num_classes, num_models),
-}
-
-
-def _small_inception(num_classes: int, width: float) -> snt.Module:
-    from heldout.models.small_inception import SmallInception
-
-    return SmallInception(num_classes, width_multiplier=width)
-
-
-def _resnet50(num_classes: int, width: float) -> snt.Module:
-    if width != 1.0:
-        raise ValueError(f"--model_width={width}: resnet50 has only the published width 1")
-    return snt.nets.ResNet50(num_classes=num_classes)
-
-
-def _airbench(num_classes: int, width: float) -> snt.Module:
-    from heldout.models.airbench import Airbench
-
-    return Airbench(num_classes, width_multiplier=width)
-
-
-# Large models trained one per program: name -> constructor given (num_classes, width
-# multiplier). At width 1 their object graphs are those of the published checkpoints.
-# airbench (the airbench94 network) has its own trainer, which also trains K at once.
-SINGLE_MODELS: dict[str, Callable[[int, float], snt.Module]] = {
-    "small_inception": _small_inception,
-    "resnet50": _resnet50,
-    "airbench": _airbench,
-}
-
-# The single-model form of each ensemble model, as its checkpoints hold it.
-_SINGLE_FORMS: dict[str, Callable[[int], snt.Module]] = {
-    "mlp": lambda num_classes: MLP((128,), num_classes),
-    "cnn": lambda num_classes: CNN((16, 32), 128, num_classes),
-}
-
-
-def make_ensemble(model: str, num_classes: int, num_models: int) -> snt.Module:
-    """The ensemble form of the model registered as `model`.
-
-    Raises:
-        ValueError: `model` is not a registered model name.
-    """
-    if model not in ENSEMBLE_MODELS:
-        raise ValueError(f"--model={model!r} is not a known model: expected one of "
-                         f"{', '.join(sorted(ENSEMBLE_MODELS | SINGLE_MODELS))}")
-    return ENSEMBLE_MODELS[model](num_classes, num_models)
-
-
-def make_single(model: str, num_classes: int, width: float = 1.0) -> snt.Module:
-    """One model of any registered name, called as ``model(images, is_training)``.
-
-    For ensemble models this is the single form their checkpoints hold (`MLP`, `CNN`).
-
-    Raises:
-        ValueError: `model` is not a registered model name.
-    """
-    if model in SINGLE_MODELS:
-        return SINGLE_MODELS[model](num_classes, width)
-    if model in _SINGLE_FORMS:
-        return _SINGLE_FORMS[model](num_classes)
-    raise ValueError(f"--model={model!r} is not a known model: expected one of "
-                     f"{', '.join(sorted(ENSEMBLE_MODELS | SINGLE_MODELS))}")
 
 
 def initial_values(variable: tf.Variable, rngs: Sequence[np.random.Generator]) -> np.ndarray:

@@ -1,42 +1,51 @@
-"""Training runs: K small models at once, or one large model at a time.
+"""The one training skeleton that every trainer kind runs.
 
-Small models (`models.ENSEMBLE_MODELS`): one `EnsembleTrainer` holds one compiled
-TensorFlow program for a fixed number of models K. It is reused for every group of K
-runs: variables and optimizer state are re-assigned, not re-created, so the program is
-traced and compiled once per process.
-Each model sees only its own training subset, in its own shuffled order, and starts
-from weights drawn from its own run seed, so a run's result does not depend on which
-runs share its group.
+`Trainer` holds, once for every model: group padding (a short group is filled with
+copies of its last run, so one compiled program serves every group), steps per epoch
+and warm-up, the epoch loop with checkpoint snapshots, augmentation of image batches,
+label smoothing, precision and loss scaling, the SGD step with heavy-ball or Nesterov
+momentum and weight decay, and prediction. The trainer kinds
+(`heldout.models.registry.TRAINER_KINDS`) supply only what differs:
 
-Optimizer: SGD with (heavy-ball) momentum and L2 weight decay on weights (not biases),
-learning rate warmed up linearly and then decayed by the chosen schedule, all per
-optimizer step. The loss is each model's mean cross-entropy, summed over models, so
-every model gets exactly the gradient it would get if trained alone.
+* `heldout.training.ensemble.EnsembleTrainer`: K small models in one program (stacked
+  weights), the whole epoch loop compiled with XLA.
+* `heldout.training.single.SingleModelTrainer`: one large model (batch normalization) at a
+  time, re-initialized in place for every run; XLA compiles one step.
+* `heldout.training.airbench.AirbenchTrainer`: K airbench94 networks side by side, with
+  airbench's whitening, bias learning rate and lookahead averaging.
 
-Large models with batch normalization (`models.SINGLE_MODELS`: SmallInception,
-ResNet-50): one `SingleModelTrainer` trains one run at a time with one compiled
-program, re-initializing the same variables for every run; batches are gathered and
-augmented on the device.
+Each model sees only its own training subset, in its own shuffled order, starts from
+weights drawn from its own run seed, and is augmented from its own seed, so a run's
+result does not depend on which runs share its group. Model k takes only its own
+``steps_per_epoch[k]`` steps; in the remaining steps of the group its weights, momentum
+and statistics stay as they are.
 
-The airbench94 network (`--model=airbench`) has its own `airbench.AirbenchTrainer`
-(K runs at once with grouped convolutions); `make_trainer` picks it.
+Optimizer, per optimizer step: the loss is each model's mean (``loss_reduction = "sum"``:
+summed) cross-entropy over its batch, against targets smoothed by
+``label_smoothing``, summed over models, so every model gets exactly the gradient it
+would get alone. Then, per variable, `momentum_step`: the gradient plus weight decay,
+velocity ``v <- momentum * v + g``, and ``w <- w - lr * v`` (heavy-ball) or
+``w <- w - lr * (g + momentum * v)`` (Nesterov). The learning rate is warmed up linearly
+and then decayed by the schedule (`learning_rate_at`).
 
-All return, per run, predictions on the whole train and test splits: correctness,
-the max-margin (correct logit minus the largest other logit) and the log-odds margin
-(correct logit minus the logsumexp of the other logits).
+Weight decay, the one rule: a variable decays when Sonnet names it ``w`` (the weights
+of linear and convolution layers); biases ``b``, batch-norm offsets and scales and
+moving statistics do not. The airbench trainer keeps its published recipe instead:
+every trainable variable decays, batch-norm offsets at ``1 / BIAS_LR_SCALE`` of the
+coefficient and ``BIAS_LR_SCALE`` times the learning rate.
 
 Precision (`TrainConfig.precision`): ``float32``, or ``mixed_bfloat16`` /
 ``mixed_float16``, where variables stay float32 (the master weights) and the forward
 and backward passes of the training step compute in the 16-bit type: images are cast
 on entry and every module except batch normalization reads its variables cast
 (`compute_precision`, a `snt.custom_variable_getter`); batch normalization gets
-16-bit activations but float32 scale, offset and statistics (the fused kernel's
-mixed mode), and logits and loss are float32. ``mixed_float16`` scales the loss
-dynamically (`DynamicLossScale`). Predictions are always computed in float32, so a
-checkpoint restored by ``demo.py`` reproduces the recorded arrays.
+16-bit activations but float32 scale, offset and statistics, and logits and loss are
+float32. ``mixed_float16`` scales the loss dynamically (`DynamicLossScale`).
+Predictions are always computed in float32, so a restored checkpoint reproduces the
+recorded arrays.
 
-Published recipes (`RECIPES`, `apply_recipe`): the settings `small_inception` and
-`airbench` are meant to be trained with; ``train.py`` applies them by default.
+Every trainer returns, per run, predictions on the whole train and test splits:
+correctness, the max-margin and the log-odds margin (`heldout.models.predict`).
 """
 
 from __future__ import annotations
@@ -52,93 +61,28 @@ import tensorflow as tf
 
 from heldout.data import augment as augment_lib
 from heldout.data.dataset import Dataset
-from heldout.models import ensemble as models_lib
 from heldout.models.predict import (  # noqa: F401
     Predictions,
     predict_in_chunks,
     prediction_arrays,
 )
+from heldout.training.config import (  # noqa: F401
+    ALL_LR_SCHEDULES,
+    COMPUTE_DTYPES,
+    LR_SCHEDULES,
+    PRECISIONS,
+    TRIANGLE_END,
+    TRIANGLE_START,
+    TrainConfig,
+)
 
-LR_SCHEDULES = ("cosine", "linear", "constant")  # decays after a warm-up from zero
-# All schedules: those, and airbench94's "triangle": linear from TRIANGLE_START * peak at
-# step 0 to the peak at the end of warm-up, then linear to TRIANGLE_END * peak at the end.
-ALL_LR_SCHEDULES = (*LR_SCHEDULES, "triangle")
-TRIANGLE_START = 0.2
-TRIANGLE_END = 0.07
-
-PRECISIONS = ("float32", "mixed_bfloat16", "mixed_float16")
-COMPUTE_DTYPES = {"float32": tf.float32, "mixed_bfloat16": tf.bfloat16,
-                  "mixed_float16": tf.float16}
 # Stateless-seed stream of a run's alternating-flip phase (steps use streams 0, 1, ...).
 FLIP_PHASE_STREAM = 2**31 - 1
-
-
-@dataclasses.dataclass(frozen=True)
-class TrainConfig:
-    """How every run of an experiment is trained."""
-
-    model: str = "mlp"  # a name in models.ENSEMBLE_MODELS or models.SINGLE_MODELS
-    model_width: float = 1.0  # channel multiplier of SINGLE_MODELS (1: published widths)
-    epochs: int = 20  # passes over each run's own subset
-    batch_size: int = 64  # examples per model per optimizer step
-    learning_rate: float = 0.1  # peak learning rate, per optimizer step
-    momentum: float = 0.9
-    nesterov: bool = False  # Nesterov momentum instead of heavy-ball
-    weight_decay: float = 5e-4  # L2 coefficient on weights, added to the gradient
-    lr_schedule: str = "cosine"  # decay after warm-up: one of ALL_LR_SCHEDULES
-    warmup_epochs: float = 1.0  # linear warm-up from 0 to learning_rate
-    label_smoothing: float = 0.0  # weight of the uniform distribution in the targets
-    augment: str = "none"  # batch augmentation: one of augment.AUGMENTATIONS
-    checkpoint_every: int = 0  # with checkpoints: also save every this many epochs (TracIn)
-    models_at_once: int = 250  # K: small models trained together in one program
-    xla: bool = True  # compile the training program with XLA
-    precision: str = "float32"  # compute type of training steps: one of PRECISIONS
-    test_time_flip: bool = False  # record predictions averaged with the mirrored image's
-
-    def __post_init__(self):
-        positive = {"epochs": self.epochs, "batch_size": self.batch_size,
-                    "learning_rate": self.learning_rate,
-                    "models_at_once": self.models_at_once}
-        for name, value in positive.items():
-            if not value > 0:
-                raise ValueError(f"--{name}={value}: expected a positive number")
-        if not 0.0 <= self.momentum < 1.0:
-            raise ValueError(f"--momentum={self.momentum}: expected a number in [0, 1)")
-        if self.weight_decay < 0:
-            raise ValueError(f"--weight_decay={self.weight_decay}: expected >= 0")
-        if self.warmup_epochs < 0 or self.warmup_epochs > self.epochs:
-            raise ValueError(f"--warmup_epochs={self.warmup_epochs}: expected a number "
-                             f"in [0, epochs={self.epochs}]")
-        if self.lr_schedule not in ALL_LR_SCHEDULES:
-            raise ValueError(f"--lr_schedule={self.lr_schedule!r}: expected one of "
-                             f"{', '.join(ALL_LR_SCHEDULES)}")
-        if self.checkpoint_every < 0:
-            raise ValueError(f"--checkpoint_every={self.checkpoint_every}: expected >= 0")
-        if not 0.0 <= self.label_smoothing < 1.0:
-            raise ValueError(f"--label_smoothing={self.label_smoothing}: expected a number "
-                             "in [0, 1)")
-        if self.augment not in augment_lib.AUGMENTATIONS:
-            raise ValueError(f"--augment={self.augment}: expected one of "
-                             f"{', '.join(augment_lib.AUGMENTATIONS)}")
-        if self.model not in models_lib.ENSEMBLE_MODELS | models_lib.SINGLE_MODELS:
-            models_lib.make_ensemble(self.model, 1, 1)  # raises the ValueError
-        if not self.model_width > 0:
-            raise ValueError(f"--model_width={self.model_width}: expected a positive number")
-        if self.precision not in PRECISIONS:
-            raise ValueError(f"--precision={self.precision}: expected one of "
-                             f"{', '.join(PRECISIONS)}")
-        if self.model in models_lib.ENSEMBLE_MODELS and self.precision != "float32":
-            raise ValueError(f"--precision={self.precision}: the K-at-once models "
-                             f"({', '.join(models_lib.ENSEMBLE_MODELS)}) train in float32; "
-                             "mixed precision is for small_inception, resnet50 and airbench")
-        if self.model in models_lib.ENSEMBLE_MODELS and self.test_time_flip:
-            raise ValueError(f"--test_time_flip: only for image models (small_inception, "
-                             f"resnet50, airbench), not --model={self.model}")
-
-    @property
-    def one_model_at_a_time(self) -> bool:
-        """Whether the model trains one run per program (`SingleModelTrainer`)."""
-        return self.model in models_lib.SINGLE_MODELS
+# Spawn key that derives a run's augmentation seed from its order seed, without drawing
+# from the order's generator (so batch orders do not depend on the augmentation).
+AUGMENT_SPAWN_KEY = 0x61756700
+# Up to this many models, augmentation is unrolled per model; above, a `tf.map_fn`.
+_UNROLLED_AUGMENT_MODELS = 8
 
 
 @contextlib.contextmanager
@@ -238,7 +182,7 @@ class Snapshot:
 
     epoch: int  # epochs completed
     steps: int  # optimizer steps taken
-    learning_rate: float  # mean learning rate over the steps of that epoch
+    learning_rate: float  # mean learning rate over the steps since the previous snapshot
     model: tf.Module
 
 
@@ -252,29 +196,121 @@ class TrainedRun:
     model: tf.Module | None = None  # the single model, if exported for checkpoints
     snapshots: tuple[Snapshot, ...] = ()  # models during training, if exported
     test_accuracy_tta: float | None = None  # with flip test-time augmentation (airbench)
+    final_learning_rate: float = float("nan")  # mean rate since the last snapshot (or start)
 
 
-class EnsembleTrainer:
-    """Trains groups of `config.models_at_once` runs on one data set with one program."""
+class Trainer:
+    """The skeleton: trains groups of up to K runs on one data set with one program.
 
-    def __init__(self, dataset: Dataset, config: TrainConfig, eval_batch_size: int = 512):
+    Subclasses set the class attributes and override the hooks (`_build_model`,
+    `_initialize`, and where they differ `_apply`, `_export`, `_variable_rule`,
+    `_moving_statistics`, `_moving`, `_after_step`, `_after_epoch`).
+    """
+
+    kind = ""  # the registry's trainer kind this class trains
+    whole_epoch_xla = True  # XLA compiles the whole epoch loop (else one step)
+    loss_reduction = "mean"  # of each model's per-example losses: "mean" or "sum"
+    model_axis = True  # whether every variable has the K models on its leading axis
+    reports_flip_accuracy = False  # also report flip-averaged test accuracy per run
+    keep_float32: tuple[type, ...] = (snt.BaseBatchNorm,)  # modules kept float32 (mixed)
+    default_eval_batch_size = 512
+
+    def __init__(self, dataset: Dataset, config: TrainConfig,
+                 eval_batch_size: int | None = None):
+        spec = config.spec
+        if spec.trainer != self.kind:
+            raise ValueError(f"model={config.model!r} is trained by the {spec.trainer!r} "
+                             f"trainer, not {type(self).__name__}")
+        images = len(dataset.input_shape) == 3
+        if spec.needs_images and not images:
+            raise ValueError(f"--model={config.model} needs images [H, W, C], got examples "
+                             f"of shape {tuple(dataset.input_shape)}")
+        if config.augment != "none" and not images:
+            raise ValueError(f"--augment={config.augment}: image augmentation needs images "
+                             f"[H, W, C], got examples of shape {tuple(dataset.input_shape)}")
         self.dataset = dataset
         self.config = config
-        self.num_models = config.models_at_once
-        self.eval_batch_size = eval_batch_size
-        self.model = models_lib.make_ensemble(config.model, dataset.num_classes,
-                                              self.num_models)
+        self.eval_batch_size = eval_batch_size or self.default_eval_batch_size
+        self.num_models = self._group_size()
+        self.model = self._build_model()
         self._x_train = tf.constant(dataset.x_train)
         self._y_train = tf.constant(dataset.y_train, tf.int32)
-        self.model(tf.zeros([1, 1, *dataset.input_shape]))  # creates the variables
         self._variables = list(self.model.trainable_variables)
         self._velocity = [tf.Variable(tf.zeros_like(v), trainable=False)
                           for v in self._variables]
-        self._decays = [0.0 if v.name.split("/")[-1].startswith("b") else 1.0
-                        for v in self._variables]
-        self._train_steps = tf.function(self._train_steps_eager, jit_compile=config.xla,
-                                        reduce_retracing=True)
+        rules = [self._variable_rule(v) for v in self._variables]
+        self._rate_scales = [scale for scale, _ in rules]
+        self._decays = [decay for _, decay in rules]
+        self._statistics = self._moving_statistics()
+        self._loss_scale = DynamicLossScale(config.precision == "mixed_float16",
+                                            self.num_models)
+        if self.whole_epoch_xla:
+            self._step = self._train_step_eager
+            self._train_epoch = tf.function(self._train_epoch_eager, jit_compile=config.xla,
+                                            reduce_retracing=True)
+        else:
+            # XLA compiles one optimizer step; the loop over an epoch's steps stays a plain
+            # TensorFlow loop (XLA:CPU runs convolutions inside its own loops ~50x slower).
+            self._step = tf.function(self._train_step_eager, jit_compile=config.xla,
+                                     reduce_retracing=True)
+            self._train_epoch = tf.function(self._train_epoch_eager, reduce_retracing=True)
         self._logits = tf.function(self._logits_eager, jit_compile=config.xla)
+        self._logits_with_flip = tf.function(self._logits_with_flip_eager,
+                                             jit_compile=config.xla)
+
+    # --- hooks ----------------------------------------------------------------------
+
+    def _group_size(self) -> int:
+        """K, the runs of one program."""
+        return self.config.models_at_once
+
+    def _build_model(self) -> tf.Module:
+        """The model the program trains, its variables created."""
+        raise NotImplementedError
+
+    def _initialize(self, subsets: Sequence[np.ndarray],
+                    init_seeds: Sequence[np.random.SeedSequence]) -> None:
+        """Sets the model's variables to the initial values of the group's K runs."""
+        raise NotImplementedError
+
+    def _apply(self, images: tf.Tensor, is_training: bool) -> tf.Tensor:
+        """Logits ``[K, batch, classes]`` of images ``[K|1, batch, ...]``."""
+        return self.model(images, is_training=is_training)
+
+    def _export(self, k: int) -> tf.Module:
+        """Model k of the group as a single model (what a checkpoint holds)."""
+        return self.model.export(k, self.dataset.input_shape)
+
+    def _variable_rule(self, variable: tf.Variable) -> tuple[float, float]:
+        """(learning-rate multiplier, weight-decay coefficient) of a trainable variable.
+
+        The one rule: variables named ``w`` decay by ``config.weight_decay``, the others
+        (biases, batch-norm offsets and scales) do not; every rate is the scheduled one.
+        """
+        decays = variable.name.split("/")[-1].startswith("w")
+        return 1.0, self.config.weight_decay if decays else 0.0
+
+    def _moving_statistics(self) -> list[tf.Variable]:
+        """Variables a training step changes besides the trainable ones (batch-norm
+        statistics), restored for the models that take no step."""
+        return []
+
+    def _moving(self, index: int, moving: tf.Tensor | None, epoch: tf.Tensor
+                ) -> tf.Tensor | None:
+        """Which models update trainable variable `index` now (bool ``[K]``; None: all)."""
+        del index, epoch
+        return moving
+
+    def _after_step(self, step: tf.Tensor, active: tf.Tensor, epoch: tf.Tensor,
+                    total_steps: tf.Tensor) -> None:
+        """Called after every optimizer step (``step``: 0-based, ``[K]``)."""
+        del step, active, epoch, total_steps  # nothing by default
+
+    def _after_epoch(self) -> None:
+        """Called at the end of every epoch, inside the epoch program."""
+        return  # nothing by default
+
+    # --- training ---------------------------------------------------------------------
 
     def train(self, subsets: Sequence[np.ndarray], init_seeds: Sequence[np.random.SeedSequence],
               order_seeds: Sequence[np.random.SeedSequence], save_logits: bool = False,
@@ -285,9 +321,10 @@ class EnsembleTrainer:
         Args:
             subsets: per run, the sorted training indices it trains on.
             init_seeds: per run, the seed of its initial weights.
-            order_seeds: per run, the seed of its batch order.
+            order_seeds: per run, the seed of its batch order (and augmentation).
             save_logits: also return every model's logits.
-            export_models: also return each run as a single Sonnet model (for checkpoints).
+            export_models: also return each run as a single Sonnet model (for
+                checkpoints), and with ``config.checkpoint_every`` its snapshots.
             steps_per_epoch: per run, optimizer steps per epoch; by default enough to
                 visit its subset once (`steps_per_epoch(len(subset))`). Designs that
                 compare subsets of different sizes at equal steps set it.
@@ -295,44 +332,61 @@ class EnsembleTrainer:
 
         Returns:
             One `TrainedRun` per given subset, in order.
+
+        Raises:
+            ValueError: no runs, or more than K.
         """
         num_runs = len(subsets)
         if not 0 < num_runs <= self.num_models:
             raise ValueError(f"a group holds 1 to {self.num_models} runs, got {num_runs}")
-        # Pad a short group with copies of its last run so the compiled program fits.
+        config = self.config
         padding = self.num_models - num_runs
         subsets = list(subsets) + [subsets[-1]] * padding
         init_seeds = list(init_seeds) + [init_seeds[-1]] * padding
         order_seeds = list(order_seeds) + [order_seeds[-1]] * padding
         order_rngs = [np.random.default_rng(s) for s in order_seeds]
-        self._reset([np.random.default_rng(s) for s in init_seeds])
+        augment_seeds = np.stack([augment_seed(s) for s in order_seeds])
+        self._initialize(subsets, init_seeds)
+        for velocity in self._velocity:
+            velocity.assign(tf.zeros_like(velocity))
+        self._loss_scale.reset()
 
-        config = self.config
         steps = np.array([self.steps_per_epoch(len(s)) for s in subsets], np.int32)
         if steps_per_epoch is not None:
             steps[:num_runs] = steps_per_epoch
             steps[num_runs:] = steps[num_runs - 1]
         warmup_steps = np.round(config.warmup_epochs * steps).astype(np.int32)
+        phases = self._flip_phases(augment_seeds)
+        # Every model takes a step at every step of the group: the program skips masking.
+        all_active = bool((steps == steps.max()).all())
         snapshots: list[list[Snapshot]] = [[] for _ in range(num_runs)]
+        last_snapshot = 0  # epochs completed at the previous snapshot
+
+        def stretch_rate(k: int, end_epoch: int) -> float:
+            return stretch_learning_rate(config, last_snapshot * int(steps[k]),
+                                         end_epoch * int(steps[k]), int(steps[k]),
+                                         int(warmup_steps[k]))
+
         for epoch in range(config.epochs):
             batches = _epoch_batches(subsets, order_rngs, int(steps.max()), config.batch_size)
-            self._train_steps(tf.constant(batches), tf.constant(epoch, tf.int32),
-                              tf.constant(steps), tf.constant(warmup_steps))
+            self._train_epoch(tf.constant(batches), tf.constant(epoch, tf.int32),
+                              tf.constant(steps), tf.constant(warmup_steps),
+                              tf.constant(augment_seeds), phases, all_active)
             if export_models and _snapshot_due(config, epoch):
                 for k in range(num_runs):
-                    snapshots[k].append(Snapshot(
-                        epoch + 1, int(steps[k]) * (epoch + 1),
-                        epoch_learning_rate(config, epoch, int(steps[k]), int(warmup_steps[k])),
-                        self.model.export(k, self.dataset.input_shape)))
+                    snapshots[k].append(Snapshot(epoch + 1, int(steps[k]) * (epoch + 1),
+                                                 stretch_rate(k, epoch + 1), self._export(k)))
+                last_snapshot = epoch + 1
             if on_epoch is not None:
                 on_epoch(int(steps.max()))
 
-        train = self.predict(self.dataset.x_train, self.dataset.y_train, save_logits)
-        test = self.predict(self.dataset.x_test, self.dataset.y_test, save_logits)
+        train, test, flip_accuracy = self._predict_splits(save_logits)
         return [TrainedRun(
             train=train[k], test=test[k], steps=int(steps[k]) * config.epochs,
-            model=self.model.export(k, self.dataset.input_shape) if export_models else None,
+            model=self._export(k) if export_models else None,
             snapshots=tuple(snapshots[k]),
+            test_accuracy_tta=None if flip_accuracy is None else flip_accuracy[k],
+            final_learning_rate=stretch_rate(k, config.epochs),
         ) for k in range(num_runs)]
 
     def steps_per_epoch(self, subset_size: int) -> int:
@@ -344,192 +398,166 @@ class EnsembleTrainer:
         """Predictions of every model of the group on ``x``, one `Predictions` per model."""
         return predict_in_chunks(self._logits, x, y, self.eval_batch_size, save_logits)
 
-    def _reset(self, init_rngs: Sequence[np.random.Generator]) -> None:
-        for variable, velocity in zip(self._variables, self._velocity, strict=True):
-            variable.assign(models_lib.initial_values(variable, init_rngs))
-            velocity.assign(tf.zeros_like(velocity))
+    def _predict_splits(self, save_logits: bool
+                        ) -> tuple[list[Predictions], list[Predictions], list[float] | None]:
+        """Train and test predictions of the K models, and their flip-averaged test
+        accuracies when the trainer reports them."""
+        data = self.dataset
+        train = self.predict(data.x_train, data.y_train, save_logits)
+        if not self.reports_flip_accuracy:
+            return train, self.predict(data.x_test, data.y_test, save_logits), None
+        both = predict_in_chunks(self._logits_with_flip, data.x_test, data.y_test,
+                                 self.eval_batch_size, save_logits)
+        plain, flipped = both[:self.num_models], both[self.num_models:]
+        test = flipped if self.config.test_time_flip else plain
+        return train, test, [float(p.correctness.mean()) for p in flipped]
+
+    def _flip_phases(self, augment_seeds: np.ndarray) -> tf.Tensor | None:
+        """Per model, the alternating-flip phase of every training example ``[K, n]``."""
+        if self.config.augment not in augment_lib.ALTERNATING:
+            return None
+        return tf.stack([augment_lib.flip_phase(
+            augment_lib.fold_in(tf.constant(seed), FLIP_PHASE_STREAM), self.dataset.num_train)
+            for seed in augment_seeds])
 
     def _logits_eager(self, images: tf.Tensor) -> tf.Tensor:
-        return self.model(images[None], is_training=False)
+        """Logits ``[K, n, classes]`` in float32 (flip-averaged with ``test_time_flip``)."""
+        logits = tf.cast(self._apply(images[None], is_training=False), tf.float32)
+        if self.config.test_time_flip:
+            mirrored = self._apply(tf.reverse(images, axis=[2])[None], is_training=False)
+            logits = 0.5 * (logits + tf.cast(mirrored, tf.float32))
+        return logits
 
-    def _train_steps_eager(self, batches: tf.Tensor, epoch: tf.Tensor,
-                           steps_per_epoch: tf.Tensor, warmup_steps: tf.Tensor) -> None:
+    def _logits_with_flip_eager(self, images: tf.Tensor) -> tf.Tensor:
+        """Plain logits of the K models, then the K flip-averaged ones: ``[2K, n, classes]``."""
+        logits = tf.cast(self._apply(images[None], is_training=False), tf.float32)
+        mirrored = tf.cast(self._apply(tf.reverse(images, axis=[2])[None], is_training=False),
+                           tf.float32)
+        return tf.concat([logits, 0.5 * (logits + mirrored)], axis=0)
+
+    def _train_epoch_eager(self, batches: tf.Tensor, epoch: tf.Tensor,
+                           steps_per_epoch: tf.Tensor, warmup_steps: tf.Tensor,
+                           augment_seeds: tf.Tensor, phases: tf.Tensor | None,
+                           all_active: bool = False) -> None:
         """One epoch over ``batches[steps, K, batch_size]`` of training indices.
 
-        Model k takes only its own ``steps_per_epoch[k]`` steps; in the remaining steps
-        of the group its weights and momentum stay as they are, so its training is
-        what it would be alone.
+        With `all_active` (every model takes every step) the steps skip the masks that
+        keep idle models unchanged: the same numbers, less memory traffic.
         """
+        for i in tf.range(tf.shape(batches)[0]):
+            self._step(batches[i], i, epoch, steps_per_epoch, warmup_steps, augment_seeds,
+                       phases, all_active)
+        self._after_epoch()
+
+    def _train_step_eager(self, indices: tf.Tensor, i: tf.Tensor, epoch: tf.Tensor,
+                          steps_per_epoch: tf.Tensor, warmup_steps: tf.Tensor,
+                          augment_seeds: tf.Tensor, phases: tf.Tensor | None,
+                          all_active: bool = False) -> None:
+        """Step `i` of `epoch` on training indices ``[K, batch_size]``."""
         config = self.config
         total_steps = steps_per_epoch * config.epochs
-        for i in tf.range(tf.shape(batches)[0]):
-            indices = batches[i]
-            images = tf.gather(self._x_train, indices)
-            labels = tf.gather(self._y_train, indices)
-            with tf.GradientTape() as tape:
-                logits = self.model(images, is_training=True)
-                losses = tf.nn.sparse_softmax_cross_entropy_with_logits(labels, logits)
-                loss = tf.reduce_sum(tf.reduce_mean(losses, axis=1))
-            grads = tape.gradient(loss, self._variables)
-            active = tf.cast(i < steps_per_epoch, tf.float32)  # [K]
-            lr = active * learning_rate_at(epoch * steps_per_epoch + i, total_steps,
-                                           warmup_steps, config.learning_rate,
-                                           config.lr_schedule)
-            for variable, velocity, grad, decay in zip(
-                    self._variables, self._velocity, grads, self._decays, strict=True):
-                if decay:
-                    grad += config.weight_decay * variable
-                per_model = [-1] + [1] * (len(variable.shape) - 1)
-                keep = tf.reshape(active, per_model) > 0
-                velocity.assign(tf.where(keep, config.momentum * velocity + grad, velocity))
-                variable.assign_sub(tf.reshape(lr, per_model) * velocity)
-
-
-class SingleModelTrainer:
-    """Trains runs of a large model (with batch normalization) one at a time.
-
-    One model object and one compiled program serve every run: before each run the
-    variables (weights, batch-norm statistics) are re-assigned the initial values that
-    the run's seed gives a freshly built model, and the momentum is zeroed.
-    """
-
-    num_models = 1  # runs per program; `train` takes any number, one after another
-
-    def __init__(self, dataset: Dataset, config: TrainConfig, eval_batch_size: int = 256):
-        self.dataset = dataset
-        self.config = config
-        self.eval_batch_size = eval_batch_size
-        self.model = self._build(seed=0)
-        self._x_train = tf.constant(dataset.x_train)
-        self._y_train = tf.constant(dataset.y_train, tf.int32)
-        self._trainable = list(self.model.trainable_variables)
-        self._velocity = [tf.Variable(tf.zeros_like(v), trainable=False)
-                          for v in self._trainable]
-        self._decays = [v.name.split("/")[-1].startswith("w") for v in self._trainable]
-        self._loss_scale = DynamicLossScale(config.precision == "mixed_float16")
-        # XLA compiles one optimizer step; the loop over an epoch's steps stays a plain
-        # TensorFlow loop (XLA:CPU runs convolutions inside its own loops ~50x slower).
-        self._train_step = tf.function(self._train_step_eager, jit_compile=config.xla,
-                                       reduce_retracing=True)
-        self._train_epoch = tf.function(self._train_epoch_eager, reduce_retracing=True)
-        self._logits = tf.function(self._logits_eager, jit_compile=config.xla)
-
-    def _build(self, seed: int) -> tf.Module:
-        """A new model whose initial weights depend on `seed` only, variables created."""
-        tf.random.set_seed(seed)
-        model = models_lib.make_single(self.config.model, self.dataset.num_classes,
-                                       self.config.model_width)
-        model(tf.zeros([1, *self.dataset.input_shape]), is_training=False)
-        return model
-
-    def train(self, subsets: Sequence[np.ndarray], init_seeds: Sequence[np.random.SeedSequence],
-              order_seeds: Sequence[np.random.SeedSequence], save_logits: bool = False,
-              export_models: bool = False, steps_per_epoch: Sequence[int] | None = None,
-              on_epoch: Callable[[int], None] | None = None) -> list[TrainedRun]:
-        """Trains the given runs one after another; arguments as `EnsembleTrainer.train`."""
-        results = []
-        for k, (subset, init_seed, order_seed) in enumerate(
-                zip(subsets, init_seeds, order_seeds, strict=True)):
-            fresh = self._build(int(init_seed.generate_state(1)[0] % 2**31))
-            for variable, initial in zip(self.model.variables, fresh.variables, strict=True):
-                variable.assign(initial)
-            for velocity in self._velocity:
-                velocity.assign(tf.zeros_like(velocity))
-            self._loss_scale.reset()
-            steps = (self.steps_per_epoch(len(subset)) if steps_per_epoch is None
-                     else int(steps_per_epoch[k]))
-            warmup = int(round(self.config.warmup_epochs * steps))
-            order_rng = np.random.default_rng(order_seed)
-            augment_seed = order_rng.integers(0, 2**31 - 1, size=2)
-            snapshots = []
-            for epoch in range(self.config.epochs):
-                batches = _epoch_batches([subset], [order_rng], steps, self.config.batch_size)
-                self._train_epoch(tf.constant(batches[:, 0]), tf.constant(epoch, tf.int32),
-                                  tf.constant(steps, tf.int32), tf.constant(warmup, tf.int32),
-                                  tf.constant(augment_seed, tf.int32))
-                if export_models and _snapshot_due(self.config, epoch):
-                    snapshots.append(Snapshot(
-                        epoch + 1, steps * (epoch + 1),
-                        epoch_learning_rate(self.config, epoch, steps, warmup),
-                        self._copy_model()))
-                if on_epoch is not None:
-                    on_epoch(steps)
-            train = predict_in_chunks(self._logits, self.dataset.x_train, self.dataset.y_train,
-                                      self.eval_batch_size, save_logits)[0]
-            test = predict_in_chunks(self._logits, self.dataset.x_test, self.dataset.y_test,
-                                     self.eval_batch_size, save_logits)[0]
-            results.append(TrainedRun(train=train, test=test, steps=steps * self.config.epochs,
-                                      model=self._copy_model() if export_models else None,
-                                      snapshots=tuple(snapshots)))
-        return results
-
-    def steps_per_epoch(self, subset_size: int) -> int:
-        """Optimizer steps per epoch of a run that trains on `subset_size` examples."""
-        return math.ceil(subset_size / self.config.batch_size)
-
-    def _copy_model(self) -> tf.Module:
-        copy = self._build(seed=0)
-        for target, source in zip(copy.variables, self.model.variables, strict=True):
-            target.assign(source)
-        return copy
-
-    def _logits_eager(self, images: tf.Tensor) -> tf.Tensor:
-        logits = tf.cast(self.model(images, is_training=False), tf.float32)
-        if self.config.test_time_flip:
-            mirrored = self.model(tf.reverse(images, axis=[2]), is_training=False)
-            logits = 0.5 * (logits + tf.cast(mirrored, tf.float32))
-        return logits[None]
-
-    def _train_epoch_eager(self, batches: tf.Tensor, epoch: tf.Tensor, steps_per_epoch: tf.Tensor,
-                           warmup_steps: tf.Tensor, augment_seed: tf.Tensor) -> None:
-        """One epoch over ``batches[steps, batch_size]`` of training indices."""
-        phase = None
-        if self.config.augment in augment_lib.ALTERNATING:
-            phase = augment_lib.flip_phase(
-                augment_lib.fold_in(augment_seed, FLIP_PHASE_STREAM),
-                self.dataset.num_train)
-        for i in tf.range(tf.shape(batches)[0]):
-            self._train_step(batches[i], epoch * steps_per_epoch + i, steps_per_epoch,
-                             warmup_steps, augment_seed, epoch, phase)
-
-    def _train_step_eager(self, indices: tf.Tensor, step: tf.Tensor, steps_per_epoch: tf.Tensor,
-                          warmup_steps: tf.Tensor, augment_seed: tf.Tensor, epoch: tf.Tensor,
-                          phase: tf.Tensor | None) -> None:
-        """Optimizer step `step` (0-based, of the run) on training indices ``[batch_size]``."""
-        config = self.config
-        num_classes = self.dataset.num_classes
-        total_steps = steps_per_epoch * config.epochs
+        step = epoch * steps_per_epoch + i  # [K], 0-based
+        active = i < steps_per_epoch  # [K]
         images = tf.gather(self._x_train, indices)
-        flips = (None if phase is None
-                 else augment_lib.alternating_flips(tf.gather(phase, indices), epoch))
-        images = augment_lib.augment(
-            images, augment_lib.fold_in(augment_seed, step),
-            config.augment, flips)
-        targets = tf.one_hot(tf.gather(self._y_train, indices), num_classes)
-        targets = targets * (1.0 - config.label_smoothing) + \
-            config.label_smoothing / num_classes
+        labels = tf.gather(self._y_train, indices)
+        if config.augment != "none":
+            images = self._augment(images, indices, step, epoch, augment_seeds, phases)
+        statistics = [v.read_value() for v in self._statistics]
         with tf.GradientTape() as tape:
-            with compute_precision(self.model, config.precision) as dtype:
-                logits = self.model(tf.cast(images, dtype), is_training=True)
-            logits = tf.cast(logits, tf.float32)
-            loss = tf.reduce_mean(tf.nn.softmax_cross_entropy_with_logits(targets, logits))
-            scaled_loss = self._loss_scale.scale_loss(loss[None])
-        grads, finite = self._loss_scale.unscale(tape.gradient(scaled_loss, self._trainable),
-                                                 model_axis=False)
-        self._loss_scale.update(finite)
+            with compute_precision(self.model, config.precision, self.keep_float32) as dtype:
+                logits = self._apply(tf.cast(images, dtype), is_training=True)
+            losses = self._losses(tf.cast(logits, tf.float32), labels)  # [K]
+            loss = self._loss_scale.scale_loss(losses)
+        grads, finite = self._loss_scale.unscale(tape.gradient(loss, self._variables),
+                                                 model_axis=self.model_axis)
+        self._loss_scale.update(finite | ~active)
+        if not all_active:
+            for variable, before in zip(self._statistics, statistics, strict=True):
+                variable.assign(tf.where(_per_model(active, variable), variable, before))
         lr = learning_rate_at(step, total_steps, warmup_steps, config.learning_rate,
                               config.lr_schedule)
-        for variable, velocity, grad, decay in zip(
-                self._trainable, self._velocity, grads, self._decays, strict=True):
-            if decay:
-                grad += config.weight_decay * variable
-            new_velocity = config.momentum * velocity + grad
-            update = grad + config.momentum * new_velocity if config.nesterov else new_velocity
-            if self._loss_scale.enabled:  # a step with overflowing gradients is skipped
-                new_velocity = tf.where(finite[0], new_velocity, velocity)
-                update = tf.where(finite[0], update, tf.zeros_like(update))
-            velocity.assign(new_velocity)
-            variable.assign_sub(lr * update)
+        # None: every model moves (no mask needed).
+        moving = None if all_active and not self._loss_scale.enabled else active & finite
+        for index, (variable, velocity, grad) in enumerate(
+                zip(self._variables, self._velocity, grads, strict=True)):
+            scale = self._rate_scales[index]
+            keep = self._moving(index, moving, epoch)
+            momentum_step(variable, velocity, grad,
+                          rate=_per_model(lr * scale if scale != 1.0 else lr, variable),
+                          decay=self._decays[index], momentum=config.momentum,
+                          nesterov=config.nesterov,
+                          keep=None if keep is None else _per_model(keep, variable))
+        self._after_step(step, active, epoch, total_steps)
+
+    def _losses(self, logits: tf.Tensor, labels: tf.Tensor) -> tf.Tensor:
+        """Each model's loss ``[K]`` from logits ``[K, batch, classes]`` and labels."""
+        smoothing = self.config.label_smoothing
+        if smoothing:
+            num_classes = logits.shape[-1]
+            targets = tf.one_hot(labels, num_classes) * (1.0 - smoothing) + \
+                smoothing / num_classes
+            losses = tf.nn.softmax_cross_entropy_with_logits(targets, logits)
+        else:
+            losses = tf.nn.sparse_softmax_cross_entropy_with_logits(labels, logits)
+        if self.loss_reduction == "sum":
+            return tf.reduce_sum(losses, axis=1)
+        return tf.reduce_mean(losses, axis=1)
+
+    def _augment(self, images: tf.Tensor, indices: tf.Tensor, step: tf.Tensor,
+                 epoch: tf.Tensor, augment_seeds: tf.Tensor, phases: tf.Tensor | None
+                 ) -> tf.Tensor:
+        """Model k's batch ``images[k]`` augmented from its own seed and step."""
+        kind = self.config.augment
+
+        def one(k_images, k_indices, k_step, k_seed, k_phase=None):
+            flips = None if k_phase is None else augment_lib.alternating_flips(
+                tf.gather(k_phase, k_indices), epoch)
+            return augment_lib.augment(k_images, augment_lib.fold_in(k_seed, k_step), kind,
+                                       flips)
+
+        parts = (images, indices, step, augment_seeds) + (() if phases is None else (phases,))
+        if self.num_models <= _UNROLLED_AUGMENT_MODELS:
+            return tf.stack([one(*(part[k] for part in parts))
+                             for k in range(self.num_models)])
+        return tf.map_fn(lambda part: one(*part), parts, fn_output_signature=images.dtype)
+
+
+def momentum_step(variable: tf.Variable, velocity: tf.Variable, grad: tf.Tensor,
+                  rate: tf.Tensor, decay: float, momentum: float, nesterov: bool,
+                  keep: tf.Tensor | None = None) -> None:
+    """One SGD step with momentum on one variable: the update rule of every trainer.
+
+    ``g = grad + decay * variable``; ``v <- momentum * v + g``; ``variable <- variable -
+    rate * v`` (heavy-ball) or ``- rate * (g + momentum * v)`` (Nesterov). Where `keep`
+    is false (models that take no step) variable and velocity stay as they are (None:
+    every model steps).
+
+    Args:
+        rate, keep: learning rate and bool, broadcastable to the variable (``[K, 1, ...]``).
+    """
+    if decay:
+        grad = grad + decay * variable
+    new_velocity = momentum * velocity + grad
+    update = grad + momentum * new_velocity if nesterov else new_velocity
+    if keep is None:
+        velocity.assign(new_velocity)
+        variable.assign(variable - rate * update)
+    else:
+        velocity.assign(tf.where(keep, new_velocity, velocity))
+        variable.assign(tf.where(keep, variable - rate * update, variable))
+
+
+def _per_model(values: tf.Tensor, variable: tf.Variable) -> tf.Tensor:
+    """``values[K]`` shaped to broadcast over a variable ``[K, ...]`` (or a scalar)."""
+    rank = len(variable.shape)
+    return tf.reshape(values, [-1] + [1] * (rank - 1)) if rank else values[0]
+
+
+def augment_seed(order_seed: np.random.SeedSequence) -> np.ndarray:
+    """A run's augmentation seed ``int32 [2]``, derived from its order seed by spawn key."""
+    derived = np.random.SeedSequence(order_seed.entropy,
+                                     spawn_key=(*order_seed.spawn_key, AUGMENT_SPAWN_KEY))
+    return np.random.default_rng(derived).integers(0, 2**31 - 1, size=2).astype(np.int32)
 
 
 def _snapshot_due(config: TrainConfig, epoch: int) -> bool:
@@ -539,14 +567,17 @@ def _snapshot_due(config: TrainConfig, epoch: int) -> bool:
         and done < config.epochs
 
 
-def epoch_learning_rate(config: TrainConfig, epoch: int, steps_per_epoch: int,
-                        warmup_steps: int) -> float:
-    """Mean learning rate over the optimizer steps of 0-based `epoch` (TracIn's weight)."""
-    first = epoch * steps_per_epoch
-    rates = learning_rate_at(tf.range(first, first + steps_per_epoch),
+def stretch_learning_rate(config: TrainConfig, first_step: int, end_step: int,
+                          steps_per_epoch: int, warmup_steps: int) -> float:
+    """Mean learning rate over optimizer steps ``first_step .. end_step - 1`` (0-based).
+
+    TracIn weights a checkpoint by the mean rate of the whole stretch of steps since the
+    previous checkpoint (or the start), not only of its last epoch.
+    """
+    rates = learning_rate_at(tf.range(first_step, end_step),
                              steps_per_epoch * config.epochs, warmup_steps,
                              config.learning_rate, config.lr_schedule)
-    return float(tf.reduce_mean(rates))
+    return float(tf.reduce_mean(tf.cast(rates, tf.float64)))
 
 
 def learning_rate_at(step: tf.Tensor, total_steps: tf.Tensor, warmup_steps: tf.Tensor,
@@ -573,6 +604,7 @@ def learning_rate_at(step: tf.Tensor, total_steps: tf.Tensor, warmup_steps: tf.T
     else:
         decayed = tf.fill([], tf.constant(peak, tf.float32))
     return tf.where(step < warmup, warming, decayed)
+
 
 
 def _epoch_batches(subsets: Sequence[np.ndarray], rngs: Sequence[np.random.Generator],

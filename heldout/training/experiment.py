@@ -30,8 +30,8 @@ from heldout.store import runs as runs_lib
 from heldout.store import targets as targets_lib
 from heldout.store.experiment_info import read_experiment_info  # noqa: F401  (public API)
 from heldout.store.layout import EXPERIMENT_INFO_FILENAME  # noqa: F401  (kept for readers)
-from heldout.training import airbench
 from heldout.training import core as training
+from heldout.training.select import make_trainer
 
 # Training settings that change speed but not what a run computes.
 _SPEED_ONLY_SETTINGS = ("models_at_once", "xla", "checkpoint_every")
@@ -390,13 +390,3 @@ def _run_info(settings: dict, data: data_lib.Dataset, subset: str, run_id: int,
 def _advance(bar, runs: float, _steps: int) -> None:
     """Moves the progress bar by the fraction of runs one epoch of a group stands for."""
     bar.update(runs)
-
-
-def make_trainer(dataset: data_lib.Dataset, config: training.TrainConfig):
-    """The trainer for `config.model`: K at once for small models and airbench (grouped
-    convolutions, `airbench.AirbenchTrainer`), else one at a time."""
-    if config.model == "airbench":
-        return airbench.AirbenchTrainer(dataset, config)
-    if config.one_model_at_a_time:
-        return training.SingleModelTrainer(dataset, config)
-    return training.EnsembleTrainer(dataset, config)

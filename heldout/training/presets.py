@@ -10,8 +10,9 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Collection
 
+from heldout.models import registry
 from heldout.training import recipes
-from heldout.training.core import TrainConfig
+from heldout.training.config import TrainConfig
 
 DEFAULT_EXPERIMENT_DIR = "./experiments/digits"
 
@@ -57,15 +58,15 @@ def resolve_recipe(config: TrainConfig, recipe: str = "auto",
 
     Args:
         config: the settings so far.
-        recipe: ``auto`` (the model's recipe if it has one, else none), ``none``, or a
-            name in `recipes.RECIPES`.
+        recipe: ``auto`` (the model's recipe in `registry.MODELS`, if it has one),
+            ``none``, or a name in `recipes.RECIPES`.
         chosen: names of `TrainConfig` fields the user set explicitly.
 
     Raises:
         ValueError: an unknown recipe, or invalid combined settings.
     """
     if recipe == "auto":
-        recipe = config.model if config.model in recipes.RECIPES else "none"
+        recipe = registry.get(config.model).recipe or "none"
     if recipe == "none":
         return config
     if recipe not in recipes.RECIPES:

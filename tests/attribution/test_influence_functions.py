@@ -266,7 +266,7 @@ def test_factors_round_trip_through_disk_and_are_reused(tmp_path):
     table = second.timings.format()
     for phase in if_lib.PHASES:
         assert phase in table
-    with pytest.raises(ValueError, match="--factor_strategy=ekfac, but --factor_strategy=kfac"):
+    with pytest.raises(ValueError, match="strategy=ekfac, but strategy=kfac"):
         if_lib.score_influence_functions(model, x, y, config=if_lib.InfluenceConfig(
             strategy="kfac"), factors_path=path)
 
@@ -287,11 +287,45 @@ def test_damping_changes_without_refitting():
         strategy="kfac", damping=2.0))[LAYER] == 2.0
 
 
-@pytest.mark.parametrize("kwargs, flag", [
-    ({"strategy": "kfc"}, "--factor_strategy"), ({"fisher": "model"}, "--fisher"),
-    ({"damping": -1.0}, "--damping"), ({"damping_factor": 0.0}, "--damping_factor"),
-    ({"measurement": "accuracy"}, "--measurement"), ({"batch_size": 0}, "--gradient_batch_size"),
+@pytest.mark.parametrize("kwargs, parameter", [
+    ({"strategy": "kfc"}, "^strategy='kfc'"), ({"fisher": "model"}, "^fisher='model'"),
+    ({"damping": -1.0}, "^damping=-1.0"), ({"damping_factor": 0.0}, "^damping_factor=0.0"),
+    ({"measurement": "accuracy"}, "^measurement='accuracy'"),
+    ({"batch_size": 0}, "^batch_size=0"), ({"fisher_draws": 0}, "^fisher_draws=0"),
+    ({"fisher": "empirical", "fisher_draws": 2}, "^fisher_draws=2: only fisher='true'"),
 ])
-def test_config_validation_names_the_flag(kwargs, flag):
-    with pytest.raises(ValueError, match=flag):
+def test_config_validation_names_the_parameter(kwargs, parameter):
+    with pytest.raises(ValueError, match=parameter):
         if_lib.InfluenceConfig(**kwargs)
+
+
+def test_empirical_fisher_is_the_closed_form_mean_of_squared_loss_gradients():
+    rng = np.random.default_rng(11)
+    x = rng.normal(size=(9, 3)).astype(np.float32)
+    y = rng.integers(0, 4, 9)
+    w, b = rng.normal(size=(3, 4)), rng.normal(size=4)
+    model = _linear_softmax(x, w, b)
+    grads = _loss_gradients(x, w, b, y)  # a (x) (p - onehot(y)), from the closed form
+    diagonal = if_lib.fit_factors(model, x, y, if_lib.InfluenceConfig(
+        strategy="diagonal", fisher="empirical", batch_size=4))
+    np.testing.assert_allclose(diagonal.layers[LAYER].diagonal.ravel(),
+                               np.mean(grads ** 2, axis=0), rtol=1e-5, atol=1e-8)
+
+
+@pytest.mark.parametrize("strategy", ["diagonal", "kfac"])
+def test_true_fisher_of_n_draws_is_the_mean_of_n_single_draws(strategy):
+    rng = np.random.default_rng(12)
+    x = rng.normal(size=(11, 3)).astype(np.float32)
+    model = _linear_softmax(x, rng.normal(size=(3, 4)), rng.normal(size=4))
+    y = np.zeros(11, np.int64)  # unused by the true Fisher
+
+    def fit(seed, draws):
+        return if_lib.fit_factors(model, x, y, if_lib.InfluenceConfig(
+            strategy=strategy, fisher_seed=seed, fisher_draws=draws, batch_size=4)
+                                  ).layers[LAYER]
+
+    field = "diagonal" if strategy == "diagonal" else "gradient_covariance"
+    singles = [getattr(fit(seed, 1), field) for seed in (5, 6, 7)]
+    assert not np.allclose(singles[0], singles[1])  # the draw matters
+    np.testing.assert_allclose(getattr(fit(5, 3), field), np.mean(singles, axis=0),
+                               rtol=1e-6, atol=1e-9)

@@ -104,9 +104,9 @@ def _layer_rows(model, flat):
 
 
 def test_config_and_checkpoint_validation():
-    with pytest.raises(ValueError, match="--measurement"):
+    with pytest.raises(ValueError, match="measurement="):
         tracin.TracInConfig(measurement="accuracy")
-    with pytest.raises(ValueError, match="--projection_dim"):
+    with pytest.raises(ValueError, match="projection_dim="):
         tracin.TracInConfig(projection_dim=0)
     with pytest.raises(ValueError, match="learning_rate"):
         tracin.Checkpoint(models.MLP((6,), 10), -0.1)

@@ -85,11 +85,11 @@ def test_estimate_fetches_a_released_tarball_first(experiment, tmp_path):
 
 def test_gradient_method_settings_build_their_configs():
     config = attribution_api.method_config(
-        "if_kfac", {"fisher": "empirical", "seed": 3, "batch_size": 7, "damping": 0.5,
-                    "layers": ("_layers/0",)})
+        "if_kfac", {"fisher": "true", "fisher_seed": 3, "fisher_draws": 2, "batch_size": 7,
+                    "damping": 0.5, "layers": ("_layers/0",)})
     assert config == influence_functions.InfluenceConfig(
-        strategy="kfac", fisher="empirical", seed=3, batch_size=7, damping=0.5,
-        layers=("_layers/0",))
+        strategy="kfac", fisher="true", fisher_seed=3, fisher_draws=2, batch_size=7,
+        damping=0.5, layers=("_layers/0",))
     assert attribution_api.method_config("tracin", {"projection_dim": 16}) == \
         tracin.TracInConfig(projection_dim=16)
 

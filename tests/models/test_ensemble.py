@@ -9,6 +9,7 @@ import sonnet as snt
 import tensorflow as tf
 
 from heldout.models import ensemble as models
+from heldout.models import registry
 
 # Standard deviation of a standard normal truncated to [-2, 2] (Sonnet's and
 # tf.random.truncated_normal's truncation): sqrt(1 - 4 phi(2) / (Phi(2) - Phi(-2))).
@@ -97,7 +98,7 @@ MODEL_CASES = [("mlp", (8, 8, 1)), ("mlp", (12,)), ("cnn", (8, 8, 1)), ("cnn", (
 
 
 def _random_ensemble(name, num_classes, num_models, input_shape, seed):
-    ensemble = models.make_ensemble(name, num_classes, num_models)
+    ensemble = registry.build_ensemble(name, num_classes, num_models)
     ensemble(tf.zeros([1, 1, *input_shape]))
     _randomize(ensemble, seed)
     return ensemble
@@ -162,16 +163,16 @@ def test_exported_model_checkpoint_round_trip(tmp_path, name, input_shape):
     assert int(epoch.numpy()) == 7 and int(global_step.numpy()) == 1234
 
 
-def test_make_ensemble_unknown_model():
-    with pytest.raises(ValueError, match=r"--model='nope' is not a known model.*cnn, mlp"):
-        models.make_ensemble("nope", 10, 2)
+def test_build_ensemble_unknown_model():
+    with pytest.raises(ValueError, match=r"model='nope' is not a known model.*cnn, mlp"):
+        registry.build_ensemble("nope", 10, 2)
 
 
 # --- initial values -----------------------------------------------------------------
 
 
 def _built(name, num_models, input_shape=(8, 8, 1)):
-    ensemble = models.make_ensemble(name, 10, num_models)
+    ensemble = registry.build_ensemble(name, 10, num_models)
     ensemble(tf.zeros([1, 1, *input_shape]))
     return ensemble
 

@@ -275,3 +275,27 @@ def test_xla_compiled_training_equals_uncompiled(cifar):
     np.testing.assert_allclose(runs_by_xla[True].test.logits, runs_by_xla[False].test.logits,
                                atol=1e-3)
     assert np.abs(runs_by_xla[True].test.logits).max() > 1e-2  # trained, not all zero
+
+
+def test_checkpoint_every_gives_snapshots_of_the_model_after_that_epoch(cifar):
+    """A snapshot holds exactly the weights the group's model had after its epoch."""
+    config = _config(epochs=2, checkpoint_every=1, models_at_once=2)
+    trainer = airbench.AirbenchTrainer(cifar, config)
+    after_epoch = []
+
+    def record(_):
+        after_epoch.append([v.numpy()[1] for v in trainer.model.variables])
+
+    tf.config.run_functions_eagerly(True)  # tiny: no tracing needed
+    try:
+        grouped = trainer.train(*_group(cifar, [0, 1]), export_models=True, on_epoch=record)
+    finally:
+        tf.config.run_functions_eagerly(False)
+    (snapshot,) = grouped[1].snapshots
+    assert (snapshot.epoch, snapshot.steps) == (1, math.ceil(20 / 8))
+    for value, expected in zip([v.numpy()[0] for v in snapshot.model.variables],
+                               after_epoch[0], strict=True):
+        np.testing.assert_array_equal(value, expected)
+    final = [v.numpy()[0] for v in grouped[1].model.variables]
+    assert any(not np.array_equal(a, b) for a, b in zip(final, after_epoch[0], strict=True))
+    assert snapshot.learning_rate > 0 and grouped[1].final_learning_rate > 0

@@ -1,7 +1,6 @@
-"""Tests of heldout/training.py: config validation, learning-rate schedules, batches,
-and small real trainings on digits (each model independent of its group)."""
+"""Tests of heldout/training/core.py (and config.py): config validation, learning-rate
+schedules, batches, and the learning rate a snapshot records."""
 
-import dataclasses
 import math
 
 import numpy as np
@@ -118,174 +117,41 @@ def test_epoch_batches_stay_in_subsets_and_cover_them():
     np.testing.assert_array_equal(alone[:, 0], epochs[0][:, 1])
 
 
-# --- training on digits -------------------------------------------------------------
+# --- snapshots: the learning rate of a stretch of steps -----------------------------
 
 
-@pytest.fixture(scope="module")
-def digits():
-    return data.load_digits()
+@pytest.mark.parametrize("schedule", training.LR_SCHEDULES)
+@pytest.mark.parametrize(("first", "end"), [(0, 7), (7, 21), (21, 30), (3, 4)])
+def test_stretch_learning_rate_is_the_mean_over_its_steps(schedule, first, end):
+    config = training.TrainConfig(epochs=10, learning_rate=0.3, lr_schedule=schedule)
+    steps_per_epoch, warmup = 3, 4
+    expected = np.mean([_expected_lr(step, 30, warmup, 0.3, schedule)
+                        for step in range(first, end)])
+    got = training.stretch_learning_rate(config, first, end, steps_per_epoch, warmup)
+    assert got == pytest.approx(expected, rel=1e-6)
 
 
-CONFIG = training.TrainConfig(epochs=3, models_at_once=4, batch_size=64)
+def test_snapshot_learning_rate_covers_every_step_since_the_previous_snapshot():
+    """Snapshots after epochs 2 and 4 of 5; each carries the mean rate of all its steps
+    (not only of its last epoch), and the final model the rate of the rest."""
+    from heldout.training.ensemble import EnsembleTrainer
 
-
-def _runs(digits, run_ids):
-    seeds = [subsets_lib.run_seeds(SEED, SUBSET, r) for r in run_ids]
-    subsets = [subsets_lib.subset_indices(digits.num_train, SUBSET, SEED, r) for r in run_ids]
-    return subsets, [s.init for s in seeds], [s.order for s in seeds]
-
-
-def _train(trainer, digits, run_ids, subsets=None, **kwargs):
-    default_subsets, init, order = _runs(digits, run_ids)
-    return trainer.train(default_subsets if subsets is None else subsets, init, order, **kwargs)
-
-
-@pytest.fixture(scope="module")
-def reused(digits):
-    """One trainer, two groups: runs 0-3, then runs 4-5 (a short, padded group)."""
-    trainer = training.EnsembleTrainer(digits, CONFIG)
-    steps = []
-    first = _train(trainer, digits, [0, 1, 2, 3], save_logits=True, export_models=True,
-                   on_epoch=steps.append)
-    second = _train(trainer, digits, [4, 5])
-    return first, second, steps
-
-
-def _assert_predictions_equal(a, b):
-    for split in ("train", "test"):
-        np.testing.assert_array_equal(getattr(a, split).correctness,
-                                      getattr(b, split).correctness)
-        np.testing.assert_array_equal(getattr(a, split).margin, getattr(b, split).margin)
-
-
-@pytest.mark.slow
-def test_reused_trainer_equals_fresh_trainer(digits, reused):
-    """Variables and momentum are re-initialized between groups: bit-identical results."""
-    _, second, _ = reused
-    assert len(second) == 2
-    fresh = _train(training.EnsembleTrainer(digits, CONFIG), digits, [4, 5])
-    for a, b in zip(second, fresh, strict=True):
-        _assert_predictions_equal(a, b)
-    assert not np.array_equal(second[0].test.margin, second[1].test.margin)
-
-
-@pytest.mark.slow
-def test_predictions_consistent_with_logits(digits, reused):
-    first, _, steps = reused
-    subsets, _, _ = _runs(digits, [0, 1, 2, 3])
-    assert steps == [math.ceil(len(subsets[0]) / CONFIG.batch_size)] * CONFIG.epochs
-    for run in first:
-        for split, y in (("train", digits.y_train), ("test", digits.y_test)):
-            pred = getattr(run, split)
-            assert pred.correctness.shape == y.shape and pred.correctness.dtype == bool
-            assert pred.margin.dtype == np.float32
-            assert pred.logits.shape == (len(y), 10)
-            np.testing.assert_array_equal(pred.correctness, pred.logits.argmax(axis=1) == y)
-            correct = pred.logits[np.arange(len(y)), y]
-            others = np.where(np.eye(10, dtype=bool)[y], -np.inf, pred.logits).max(axis=1)
-            np.testing.assert_allclose(pred.margin, correct - others, rtol=1e-6, atol=1e-6)
-            np.testing.assert_array_equal(pred.margin > 0, pred.correctness)
-        # The exported single model predicts what the ensemble predicted.
-        np.testing.assert_allclose(run.model(tf.constant(digits.x_test)).numpy(),
-                                   run.test.logits, rtol=1e-5, atol=1e-4)
-    # Models learned something after 3 epochs on their own subsets.
-    for run, subset in zip(first, subsets, strict=True):
-        assert run.train.correctness[subset].mean() > 0.8
-
-
-@pytest.mark.slow
-def test_run_result_does_not_depend_on_group(digits, reused):
-    """Run 2 trained with runs 0, 1, 3 (K=4) vs alone (K=1).
-
-    The programs differ in shape (batched matmuls over 4 vs 1 models), so results
-    agree to float32 rounding, not bit for bit (max margin difference ~2e-6 here).
-    """
-    first, _, _ = reused
-    alone_trainer = training.EnsembleTrainer(digits, dataclasses.replace(CONFIG,
-                                                                         models_at_once=1))
-    (alone,) = _train(alone_trainer, digits, [2], save_logits=True)
-    for split in ("train", "test"):
-        grouped, single = getattr(first[2], split), getattr(alone, split)
-        np.testing.assert_allclose(single.margin, grouped.margin, rtol=0, atol=1e-4)
-        np.testing.assert_allclose(single.logits, grouped.logits, rtol=0, atol=1e-4)
-        np.testing.assert_array_equal(single.correctness, grouped.correctness)
-    # Another run of the group is clearly different, so the tolerance means something.
-    assert np.abs(first[1].test.margin - alone.test.margin).max() > 0.5
-
-
-@pytest.mark.slow
-def test_each_model_trains_only_on_its_own_subset(digits):
-    """Model 0 trains on the examples of labels 0 and 1 only.
-
-    (1) It never predicts another class on the test set. (2) Replacing every training
-    example outside its subset by noise with random labels leaves its predictions
-    bit-identical, while the models that trained on those examples change.
-    """
-    only_01 = np.flatnonzero(digits.y_train <= 1)
-    subsets, init, order = _runs(digits, [0, 1, 2, 3])
-    group = [only_01] + subsets[1:]
-    trainer = training.EnsembleTrainer(digits, CONFIG)
-    runs = trainer.train(group, init, order, save_logits=True)
-    predicted = runs[0].test.logits.argmax(axis=1)
-    assert set(np.unique(predicted).tolist()) == {0, 1}
-    assert runs[0].test.correctness[digits.y_test <= 1].all()
-    assert runs[1].test.correctness.mean() > 0.8  # the others learned all classes
-
-    rng = np.random.default_rng(0)
-    outside = np.ones(digits.num_train, bool)
-    outside[only_01] = False
-    x_train, y_train = digits.x_train.copy(), digits.y_train.copy()
-    x_train[outside] = rng.uniform(size=x_train[outside].shape).astype(np.float32)
-    y_train[outside] = rng.integers(0, 10, outside.sum())
-    noisy = dataclasses.replace(digits, x_train=x_train, y_train=y_train)
-    noisy_runs = training.EnsembleTrainer(noisy, CONFIG).train(group, init, order,
-                                                               save_logits=True)
-    np.testing.assert_array_equal(noisy_runs[0].test.logits, runs[0].test.logits)
-    for k in (1, 2, 3):
-        assert np.abs(noisy_runs[k].test.logits - runs[k].test.logits).max() > 0.5
-
-
-@pytest.mark.slow
-def test_run_with_smaller_subset_does_not_depend_on_group(digits):
-    small = np.arange(64, dtype=np.int64)
-    big = subsets_lib.subset_indices(digits.num_train, SUBSET, SEED, 1)
-    _, init, order = _runs(digits, [0, 1])
-    config = dataclasses.replace(CONFIG, epochs=1, models_at_once=2, warmup_epochs=0.0)
-    grouped = training.EnsembleTrainer(digits, config).train([small, big], init, order)
-    alone = training.EnsembleTrainer(
-        digits, dataclasses.replace(config, models_at_once=1)).train([small], init[:1],
-                                                                     order[:1])
-    np.testing.assert_allclose(grouped[0].test.margin, alone[0].test.margin, atol=1e-4)
-    assert (grouped[0].steps, grouped[1].steps, alone[0].steps) == (1, 15, 1)
-
-
-@pytest.mark.slow
-def test_steps_per_epoch_override_gives_equal_steps(digits):
-    small = np.arange(64, dtype=np.int64)
-    big = subsets_lib.subset_indices(digits.num_train, SUBSET, SEED, 1)
-    _, init, order = _runs(digits, [0, 1])
-    config = dataclasses.replace(CONFIG, epochs=2, models_at_once=2, warmup_epochs=0.0)
-    trainer = training.EnsembleTrainer(digits, config)
-    equal = trainer.train([small, big], init, order, steps_per_epoch=[15, 15])
-    assert [run.steps for run in equal] == [30, 30]
-    default = trainer.train([small, big], init, order)
-    # 15 steps over 64 examples fit them much better than 1 step does.
-    assert equal[0].train.margin[small].mean() > default[0].train.margin[small].mean() + 1.0
-
-
-def test_group_size_limits(digits):
-    trainer = training.EnsembleTrainer(digits, dataclasses.replace(CONFIG, models_at_once=2))
-    subsets, init, order = _runs(digits, [0, 1, 2])
-    with pytest.raises(ValueError, match="a group holds 1 to 2 runs, got 3"):
-        trainer.train(subsets, init, order)
-    with pytest.raises(ValueError, match="a group holds 1 to 2 runs, got 0"):
-        trainer.train([], [], [])
-
-
-@pytest.mark.slow
-def test_longer_training_is_accurate(digits):
-    config = dataclasses.replace(CONFIG, epochs=15)
-    runs = _train(training.EnsembleTrainer(digits, config), digits, [0, 1, 2, 3])
-    accuracies = [run.test.correctness.mean() for run in runs]
-    assert np.mean(accuracies) > 0.9, accuracies
-    assert min(accuracies) > 0.85, accuracies
+    digits = data.load_digits()
+    config = training.TrainConfig(epochs=5, batch_size=16, checkpoint_every=2,
+                                  warmup_epochs=1.0, models_at_once=1, xla=False)
+    subset = np.arange(48)  # 3 steps per epoch
+    seeds = subsets_lib.run_seeds(SEED, SUBSET, 0)
+    tf.config.run_functions_eagerly(True)
+    try:
+        (run,) = EnsembleTrainer(digits, config).train([subset], [seeds.init], [seeds.order],
+                                                       export_models=True)
+    finally:
+        tf.config.run_functions_eagerly(False)
+    rates = [_expected_lr(step, 15, 3, config.learning_rate, config.lr_schedule)
+             for step in range(15)]
+    assert [(s.epoch, s.steps) for s in run.snapshots] == [(2, 6), (4, 12)]
+    assert run.snapshots[0].learning_rate == pytest.approx(np.mean(rates[0:6]), rel=1e-6)
+    assert run.snapshots[1].learning_rate == pytest.approx(np.mean(rates[6:12]), rel=1e-6)
+    assert run.final_learning_rate == pytest.approx(np.mean(rates[12:15]), rel=1e-6)
+    # Not the last epoch's mean alone (what run.json recorded before).
+    assert abs(run.snapshots[1].learning_rate - np.mean(rates[9:12])) > 1e-3

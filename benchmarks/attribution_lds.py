@@ -1,0 +1,344 @@
+"""Every attribution method on one yardstick: LDS on digits against its cost (issue 15).
+
+One experiment directory holds two disjoint designs trained through the library
+(`heldout.train_experiment`, the embedded default MLP): fit runs on random 70% subsets
+(``0.7``), from which every method is computed, and LDS evaluation runs on random 50%
+subsets (``0.5``, the published protocol), on which every score matrix
+``tau[num_train, num_test]`` is judged. The output is the log-odds margin
+(``logodds_test``). Methods:
+
+* heldout influence (difference of means) and ridge datamodels from the first
+  100/250/500/1000 fit runs;
+* TRAK with M = 1, 5, 20 models (final checkpoints of fit runs 0..19), Rademacher
+  projection to ``--projection_dim``; lambda_reg chosen on the fit runs that are not
+  in the ensemble (LDS on those 0.7 runs), never on the LDS runs;
+* TracIn-CP on fit run 0 (every epoch's checkpoint, the final model last), and the
+  mean over runs 0..4;
+* influence functions with identity, diagonal, KFAC and EKFAC factors (true Fisher,
+  ``--fisher_draws`` label draws, factors fitted on the run's own training subset) on
+  run 0's final model, and the mean over runs 0..4; KFAC and EKFAC also with the
+  expected Fisher (exact expectation over labels: no sampling noise).
+
+For each: LDS with a bootstrap interval over test examples, seconds of the method,
+trained models used, and the cost = method seconds + models x measured seconds of
+training per model. A table on stdout and in a CSV, and a PNG of LDS against cost (log
+scale), one line per method family.
+
+The machine's float32 matrix-product rate is measured in the same process; the
+retraining estimators, whose work is a few matrix products, are also shown as the
+fraction of that rate they reach.
+
+Usage:
+  python benchmarks/attribution_lds.py [--work_dir=/tmp/attribution_lds] [--lds_runs=200]
+"""
+
+import dataclasses
+import io
+import os
+import sys
+import time
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+import numpy as np  # noqa: E402
+from absl import app, flags, logging  # noqa: E402
+
+import heldout  # noqa: E402
+from heldout import attribution  # noqa: E402
+from heldout.attribution import influence_functions, runs_attribution, trak  # noqa: E402
+from heldout.data import sources  # noqa: E402
+from heldout.estimate import datamodels, estimators, lds  # noqa: E402
+from heldout.models import checkpoints as checkpoints_lib  # noqa: E402
+from heldout.store import files, layout  # noqa: E402
+from heldout.store import runs as runs_lib  # noqa: E402
+from heldout.training import core as training  # noqa: E402
+
+_WORK_DIR = flags.DEFINE_string("work_dir", "/tmp/attribution_lds", "Experiment directory "
+                                "and outputs (kept: a second call reuses the runs).")
+_FIT_RUNS = flags.DEFINE_integer("fit_runs", 1000, "Fit runs (ratio 0.7).")
+_LDS_RUNS = flags.DEFINE_integer("lds_runs", 200, "LDS evaluation runs (ratio 0.5).")
+_SEED = flags.DEFINE_integer("seed", 0, "Experiment seed.")
+_PROJECTION_DIM = flags.DEFINE_integer("projection_dim", 1024, "TRAK projection dimension.")
+_FISHER = flags.DEFINE_enum("fisher", "true", ["true", "empirical", "expected"],
+                            "Influence functions: labels of the Fisher (the library default, "
+                            "true: sampled from the model).")
+_FISHER_DRAWS = flags.DEFINE_integer("fisher_draws", 1, "Influence functions: label draws "
+                                     "of the true Fisher.")
+_NUM_BOOTSTRAP = flags.DEFINE_integer("num_bootstrap", 1000, "LDS bootstrap resamples.")
+
+FIT_RATIO, LDS_RATIO = 0.7, 0.5
+RUN_COUNTS = (100, 250, 500, 1000)  # fit runs of the retraining estimators
+TRAK_MODELS = (1, 5, 20)
+GRADIENT_RUNS = 20  # fit runs 0..19 keep every epoch's checkpoint
+AVERAGED = 5  # TracIn and influence functions averaged over runs 0..4
+LAMBDA_GRID = (0.0, 1e-3, 1e-2, 1e-1, 1.0, 10.0)  # TRAK lambda_reg, x mean eigenvalue
+IF_STRATEGIES = ("identity", "diagonal", "kfac", "ekfac")
+# Also shown with the exact expectation over labels (no sampling noise), beside --fisher.
+IF_EXPECTED = ("kfac", "ekfac")
+
+
+@dataclasses.dataclass
+class Row:
+    family: str
+    method: str
+    lds: lds.LDSResult
+    seconds: float  # of the method, given trained models
+    models: int  # trained models it used
+    flops: float = float("nan")  # arithmetic of the method, where it is a few products
+
+
+def matmul_rate(size: int = 2048, repeats: int = 5) -> float:
+    """Measured float32 matrix-product rate of this machine, FLOP/s (best of `repeats`)."""
+    a = np.random.default_rng(0).random((size, size), dtype=np.float32)
+    a @ a
+    best = min(_timed(lambda: a @ a) for _ in range(repeats))
+    return 2 * size**3 / best
+
+
+def _timed(function) -> float:
+    start = time.perf_counter()
+    function()
+    return time.perf_counter() - start
+
+
+def train(work_dir: str, data: sources.Dataset, fit_runs: int, lds_runs: int, seed: int
+          ) -> float:
+    """Trains (or finds) the fit and LDS runs; returns measured seconds per trained model."""
+    config = training.TrainConfig()  # the embedded default: MLP(128), 20 epochs
+    with_checkpoints = dataclasses.replace(config, checkpoint_every=1,
+                                           models_at_once=GRADIENT_RUNS)
+    calls = [(with_checkpoints, FIT_RATIO, range(GRADIENT_RUNS), True),
+             (config, FIT_RATIO, range(GRADIENT_RUNS, fit_runs), False),
+             (config, LDS_RATIO, range(lds_runs), False)]
+    for train_config, ratio, run_ids, save in calls:
+        summary = heldout.train_experiment(work_dir, "digits", train_config, ratio, run_ids,
+                                           seed=seed, save_checkpoints=save, progress=False,
+                                           data=data, settle_seconds=0.0)
+        print(f"  {ratio} runs {run_ids.start}..{run_ids.stop - 1}: {len(summary.trained)} "
+              f"trained, {len(summary.already_complete)} found, {summary.seconds:.0f} s")
+    infos = [runs_lib.read_run_info(runs_lib.run_dir(work_dir, "0.7", r))
+             for r in range(GRADIENT_RUNS, fit_runs)]
+    return float(np.mean([info["seconds"] for info in infos]))
+
+
+def sorted_runs(experiment: heldout.Experiment, count: int) -> tuple[np.ndarray, np.ndarray]:
+    """Membership and log-odds of runs 0..count-1, in run-id order."""
+    order = np.argsort(experiment.run_ids)
+    if not np.array_equal(experiment.run_ids[order][:count], np.arange(count)):
+        raise ValueError(f"the experiment lacks some of runs 0..{count - 1}")
+    rows = order[:count]
+    return experiment.membership[rows], experiment.logodds_test[rows]
+
+
+def judge(scores: np.ndarray, evaluation: heldout.Experiment, seed: int) -> lds.LDSResult:
+    return lds.lds(np.nan_to_num(scores), evaluation.membership, evaluation.logodds_test,
+                   num_bootstrap=_NUM_BOOTSTRAP.value, seed=seed)
+
+
+def retraining_rows(fit: heldout.Experiment, evaluation: heldout.Experiment) -> list[Row]:
+    rows = []
+    for count in RUN_COUNTS:
+        if count > fit.num_runs:
+            continue
+        masks, outputs = sorted_runs(fit, count)
+        start = time.perf_counter()
+        scores = estimators.influence(masks, outputs)
+        seconds = time.perf_counter() - start
+        num_train, num_eval = masks.shape[1], outputs.shape[1]
+        rows.append(Row("heldout influence", f"heldout influence ({count} runs)",
+                        judge(scores, evaluation, 0), seconds, count,
+                        2.0 * count * num_train * num_eval))
+        start = time.perf_counter()
+        model = datamodels.fit_datamodels(masks, outputs)
+        seconds = time.perf_counter() - start
+        rows.append(Row("datamodels", f"datamodels ({count} runs)",
+                        judge(model.weights, evaluation, 0), seconds, count,
+                        2.0 * count * num_train * (count + num_eval)))
+    return rows
+
+
+def trak_rows(run_dirs: list[str], data: sources.Dataset, fit: heldout.Experiment,
+              evaluation: heldout.Experiment) -> list[Row]:
+    """TRAK with growing ensembles; lambda_reg chosen on fit runs outside the ensemble."""
+    config = trak.TRAKConfig(projection_dim=_PROJECTION_DIM.value, seed=_SEED.value)
+    models = runs_attribution.restore_final_models(run_dirs, data)
+    kernels, seconds = [], []
+    for features in trak.ensemble_features(models, data.x_train, data.y_train, data.x_test,
+                                           data.y_test, config):
+        start = time.perf_counter()
+        kernels.append(trak.Kernel(features))
+        seconds.append(features.seconds + time.perf_counter() - start)
+    order = np.argsort(fit.run_ids)
+    selection = order[fit.run_ids[order] >= len(run_dirs)]
+    rows = []
+    for count in TRAK_MODELS:
+        if count > len(kernels):
+            continue
+        start = time.perf_counter()
+        chosen, table = trak.select_lambda(kernels[:count], LAMBDA_GRID,
+                                           fit.membership[selection],
+                                           fit.logodds_test[selection])
+        scores = trak.trak_scores(kernels[:count], chosen)
+        select_seconds = time.perf_counter() - start
+        print(f"  TRAK M={count}: lambda_reg {chosen:g} chosen on {len(selection)} fit runs "
+              "(selection LDS " + ", ".join(f"{k:g}: {v:.3f}" for k, v in table.items()) + ")")
+        rows.append(Row("TRAK", f"TRAK (M={count}, d={config.projection_dim}, "
+                        f"lambda={chosen:g})", judge(scores, evaluation, 0),
+                        sum(seconds[:count]) + select_seconds, count))
+    return rows
+
+
+def tracin_scores(run_dir: str, data: sources.Dataset) -> tuple[np.ndarray, float]:
+    info = runs_lib.read_run_info(run_dir)
+    arch = info["train_config"]["model"]
+    checkpoints = []
+    for epoch, rate in runs_attribution.tracin_checkpoints(info):
+        prefix = layout.RunDir(run_dir).checkpoint(epoch)
+        model = checkpoints_lib.restore_run_model(run_dir, arch, data.num_classes,
+                                                  data.input_shape, prefix=prefix).model
+        checkpoints.append(attribution.Checkpoint(model, rate))
+    result = attribution.score_tracin(checkpoints, data.x_train, data.y_train, data.x_test,
+                                      data.y_test, attribution.TracInConfig(
+                                          measurement="logodds"), self_influence=False)
+    return result.scores, result.seconds
+
+
+def gradient_rows(run_dirs: list[str], data: sources.Dataset,
+                  evaluation: heldout.Experiment) -> list[Row]:
+    """TracIn and influence functions on one run, and averaged over `AVERAGED` runs."""
+    rows = []
+    runs = run_dirs[:AVERAGED]
+    tracin = [tracin_scores(run_dir, data) for run_dir in runs]
+    num_checkpoints = len(runs_attribution.tracin_checkpoints(runs_lib.read_run_info(runs[0])))
+    for count in (1, len(runs)):
+        scores = np.mean([s for s, _ in tracin[:count]], axis=0)
+        rows.append(Row("TracIn", f"TracIn ({count} run{'s' * (count > 1)}, "
+                        f"{num_checkpoints} ckpts)",
+                        judge(scores, evaluation, 0), sum(t for _, t in tracin[:count]), count))
+    models = runs_attribution.restore_final_models(runs, data)
+    variants = [(strategy, _FISHER.value) for strategy in IF_STRATEGIES]
+    if _FISHER.value != "expected":
+        variants += [(strategy, "expected") for strategy in IF_EXPECTED]
+    for strategy, fisher in variants:
+        config = influence_functions.InfluenceConfig(
+            strategy=strategy, measurement="logodds", fisher=fisher, fisher_seed=_SEED.value,
+            fisher_draws=_FISHER_DRAWS.value if fisher == "true" else 1)
+        family = f"IF {strategy}" + (" (expected F)" if fisher != _FISHER.value else "")
+        per_run, seconds = [], []
+        for run_dir, model in zip(runs, models, strict=True):
+            start = time.perf_counter()
+            subset = runs_lib.load_run(run_dir)[runs_lib.SUBSET_INDICES]
+            factors = influence_functions.fit_factors(model, data.x_train[subset],
+                                                      data.y_train[subset], config)
+            _, scores = influence_functions.scores_from_factors(
+                model, factors, data.x_train, data.y_train, data.x_test, data.y_test,
+                config, self_influence=False)
+            per_run.append(scores)
+            seconds.append(time.perf_counter() - start)
+        for count in (1, len(runs)):
+            rows.append(Row(family, f"{family} ({count} run{'s' * (count > 1)})",
+                            judge(np.mean(per_run[:count], axis=0), evaluation, 0),
+                            sum(seconds[:count]), count))
+    return rows
+
+
+def format_table(rows: list[Row], train_seconds: float, rate: float) -> str:
+    lines = [f"{'method':<44}{'LDS':>7}{'95% interval':>17}{'method s':>10}{'models':>8}"
+             f"{'cost s':>9}{'of rate':>9}"]
+    for row in rows:
+        cost = row.seconds + row.models * train_seconds
+        share = (f"{row.flops / rate / row.seconds:.0%}" if np.isfinite(row.flops)
+                 and row.seconds > 0 else "-")
+        lines.append(f"{row.method:<44}{row.lds.mean:>7.3f}   [{row.lds.ci_low:6.3f}, "
+                     f"{row.lds.ci_high:6.3f}]{row.seconds:>10.2f}{row.models:>8}{cost:>9.1f}"
+                     f"{share:>9}")
+    return "\n".join(lines)
+
+
+def write_csv(rows: list[Row], train_seconds: float, path: str) -> None:
+    header = ["family", "method", "lds", "ci_low", "ci_high", "method_seconds", "models",
+              "cost_seconds", "eval_examples_defined"]
+    files.write_csv(path, header, [
+        (row.family, row.method, row.lds.mean, row.lds.ci_low, row.lds.ci_high, row.seconds,
+         row.models, row.seconds + row.models * train_seconds,
+         int(np.isfinite(row.lds.per_example).sum())) for row in rows])
+
+
+def plot(rows: list[Row], train_seconds: float, title: str, path: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from matplotlib import pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4.8))
+    families = list(dict.fromkeys(row.family for row in rows))
+    for family in families:
+        members = sorted((r for r in rows if r.family == family),
+                         key=lambda r: r.seconds + r.models * train_seconds)
+        cost = [r.seconds + r.models * train_seconds for r in members]
+        mean = np.array([r.lds.mean for r in members])
+        error = np.abs(np.array([[r.lds.ci_low for r in members],
+                                 [r.lds.ci_high for r in members]]) - mean)
+        ax.errorbar(cost, mean, yerr=np.nan_to_num(error), marker="o", capsize=3,
+                    label=family)
+    ax.set_xscale("log")
+    ax.set_xlabel("cost: seconds (training of the models used + the method), log scale")
+    ax.set_ylabel("LDS (mean Spearman over test examples)")
+    ax.axhline(0, color="k", lw=0.5)
+    ax.set_title(title, fontsize=9)
+    ax.legend(fontsize=7, ncol=2)
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=120)
+    plt.close(fig)
+    files.write_bytes(path, buffer.getvalue())
+
+
+def main(argv):
+    if len(argv) > 1:
+        raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
+    logging.set_verbosity(logging.WARNING)  # not a line per checkpoint written
+    start = time.time()
+    work_dir, seed = _WORK_DIR.value, _SEED.value
+    os.makedirs(work_dir, exist_ok=True)
+    rate = matmul_rate()
+    print(f"float32 matrix-product rate: {rate / 1e9:.1f} GFLOP/s (2048 x 2048, best of 5); "
+          "the machine may be shared")
+    data = sources.load_digits()
+    print(f"Training: {_FIT_RUNS.value} fit runs ({FIT_RATIO}), {_LDS_RUNS.value} LDS runs "
+          f"({LDS_RATIO}) into {work_dir}")
+    train_seconds = train(work_dir, data, _FIT_RUNS.value, _LDS_RUNS.value, seed)
+    fit = heldout.load_experiment(work_dir, "0.7", progress=False)
+    evaluation = heldout.load_experiment(work_dir, "0.5", progress=False)
+    print(f"  {train_seconds * 1e3:.1f} ms of training per model (K at once)")
+    run_dirs = [runs_lib.run_dir(work_dir, "0.7", r) for r in range(GRADIENT_RUNS)]
+
+    rows = []
+    for name, function in (("retraining", lambda: retraining_rows(fit, evaluation)),
+                           ("TRAK", lambda: trak_rows(run_dirs, data, fit, evaluation)),
+                           ("TracIn and influence functions",
+                            lambda: gradient_rows(run_dirs, data, evaluation))):
+        section = time.time()
+        rows += function()
+        print(f"  {name}: {time.time() - section:.0f} s")
+
+    title = (f"digits MLP: LDS on {evaluation.num_runs} runs at {LDS_RATIO:.0%} "
+             f"(log-odds), {data.num_train} train x {len(data.y_test)} test")
+    print(f"\n{title}\n" + format_table(rows, train_seconds, rate))
+    print(f"cost s = method seconds + models x {train_seconds:.3f} s of training per model; "
+          "'of rate': arithmetic of the matrix products / (seconds x measured rate)")
+    print(f"Influence functions: fisher={_FISHER.value}"
+          + (f", {_FISHER_DRAWS.value} label draw(s), fisher_seed={seed}"
+             if _FISHER.value == "true" else "")
+          + "; '(expected F)': the exact expectation over labels")
+    csv_path = os.path.join(work_dir, "attribution_lds.csv")
+    png_path = os.path.join(work_dir, "attribution_lds.png")
+    write_csv(rows, train_seconds, csv_path)
+    plot(rows, train_seconds, title, png_path)
+    print(f"\nCSV {csv_path}\nPNG {png_path}\nTotal {time.time() - start:.0f} s")
+
+
+if __name__ == "__main__":
+    app.run(main)

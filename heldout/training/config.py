@@ -1,0 +1,116 @@
+"""`TrainConfig`: how every run of an experiment is trained, validated on construction.
+
+Every field is honoured by the trainer of its model or refused here with a one-line
+`ValueError` naming the flag (the fields are ``train.py``'s flags). What each field does
+for each trainer kind (`heldout.models.registry.TRAINER_KINDS`):
+
+* ``model_width``: scales the layer widths of every model (mlp, cnn: hidden sizes and
+  channels, rounded); resnet50 has only width 1.
+* ``epochs`` ... ``label_smoothing``, ``augment``, ``checkpoint_every``: the one
+  training skeleton (`heldout.training.core.Trainer`) applies them to every kind.
+  ``augment`` needs image inputs ``[H, W, C]`` (refused by the trainer otherwise).
+* ``models_at_once``, ``xla``: speed only; a run's arrays are bit-identical whatever
+  their values. Kinds trained one run per program (small_inception, resnet50) train one
+  run at a time whatever ``models_at_once`` says.
+* ``precision``: mixed precision for the image models with batch normalization
+  (small_inception, resnet50, airbench); refused for mlp and cnn.
+* ``test_time_flip``: for small_inception, resnet50 and airbench; refused for mlp, cnn.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import tensorflow as tf
+
+from heldout.data import augment as augment_lib
+from heldout.models import registry
+
+LR_SCHEDULES = ("cosine", "linear", "constant")  # decays after a warm-up from zero
+# All schedules: those, and airbench94's "triangle": linear from TRIANGLE_START * peak at
+# step 0 to the peak at the end of warm-up, then linear to TRIANGLE_END * peak at the end.
+ALL_LR_SCHEDULES = (*LR_SCHEDULES, "triangle")
+TRIANGLE_START = 0.2
+TRIANGLE_END = 0.07
+
+PRECISIONS = ("float32", "mixed_bfloat16", "mixed_float16")
+COMPUTE_DTYPES = {"float32": tf.float32, "mixed_bfloat16": tf.bfloat16,
+                  "mixed_float16": tf.float16}
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainConfig:
+    """How every run of an experiment is trained (see the module docstring per field)."""
+
+    model: str = "mlp"  # a name in models.registry.MODELS
+    model_width: float = 1.0  # multiplier of layer widths (1: the registered widths)
+    epochs: int = 20  # passes over each run's own subset
+    batch_size: int = 64  # examples per model per optimizer step
+    learning_rate: float = 0.1  # peak learning rate, per optimizer step
+    momentum: float = 0.9
+    nesterov: bool = False  # Nesterov momentum instead of heavy-ball
+    weight_decay: float = 5e-4  # L2 coefficient added to the gradient of decayed variables
+    lr_schedule: str = "cosine"  # decay after warm-up: one of ALL_LR_SCHEDULES
+    warmup_epochs: float = 1.0  # linear warm-up from 0 to learning_rate
+    label_smoothing: float = 0.0  # weight of the uniform distribution in the targets
+    augment: str = "none"  # batch augmentation of image inputs: one of augment.AUGMENTATIONS
+    checkpoint_every: int = 0  # with checkpoints: also save every this many epochs (TracIn)
+    models_at_once: int = 250  # K: runs trained together in one program (speed only)
+    xla: bool = True  # compile the training program with XLA (speed only)
+    precision: str = "float32"  # compute type of training steps: one of PRECISIONS
+    test_time_flip: bool = False  # record predictions averaged with the mirrored image's
+
+    def __post_init__(self):
+        positive = {"epochs": self.epochs, "batch_size": self.batch_size,
+                    "learning_rate": self.learning_rate,
+                    "models_at_once": self.models_at_once}
+        for name, value in positive.items():
+            if not value > 0:
+                raise ValueError(f"--{name}={value}: expected a positive number")
+        if not 0.0 <= self.momentum < 1.0:
+            raise ValueError(f"--momentum={self.momentum}: expected a number in [0, 1)")
+        if self.weight_decay < 0:
+            raise ValueError(f"--weight_decay={self.weight_decay}: expected >= 0")
+        if self.warmup_epochs < 0 or self.warmup_epochs > self.epochs:
+            raise ValueError(f"--warmup_epochs={self.warmup_epochs}: expected a number "
+                             f"in [0, epochs={self.epochs}]")
+        if self.lr_schedule not in ALL_LR_SCHEDULES:
+            raise ValueError(f"--lr_schedule={self.lr_schedule!r}: expected one of "
+                             f"{', '.join(ALL_LR_SCHEDULES)}")
+        if self.checkpoint_every < 0:
+            raise ValueError(f"--checkpoint_every={self.checkpoint_every}: expected >= 0")
+        if not 0.0 <= self.label_smoothing < 1.0:
+            raise ValueError(f"--label_smoothing={self.label_smoothing}: expected a number "
+                             "in [0, 1)")
+        if self.augment not in augment_lib.AUGMENTATIONS:
+            raise ValueError(f"--augment={self.augment}: expected one of "
+                             f"{', '.join(augment_lib.AUGMENTATIONS)}")
+        if self.model not in registry.MODELS:
+            raise ValueError(f"--model={self.model!r} is not a known model: expected one of "
+                             f"{', '.join(sorted(registry.MODELS))}")
+        if not self.model_width > 0:
+            raise ValueError(f"--model_width={self.model_width}: expected a positive number")
+        if self.model == "resnet50" and self.model_width != 1.0:
+            raise ValueError(f"--model_width={self.model_width}: resnet50 has only the "
+                             "published width 1")
+        if self.precision not in PRECISIONS:
+            raise ValueError(f"--precision={self.precision}: expected one of "
+                             f"{', '.join(PRECISIONS)}")
+        ensemble_models = sorted(n for n, s in registry.MODELS.items() if s.trainer == "ensemble")
+        if self.spec.trainer == "ensemble" and self.precision != "float32":
+            raise ValueError(f"--precision={self.precision}: the K-at-once models "
+                             f"({', '.join(ensemble_models)}) train in float32; "
+                             "mixed precision is for small_inception, resnet50 and airbench")
+        if self.spec.trainer == "ensemble" and self.test_time_flip:
+            raise ValueError(f"--test_time_flip: only for image models (small_inception, "
+                             f"resnet50, airbench), not --model={self.model}")
+
+    @property
+    def spec(self) -> registry.ModelSpec:
+        """The registry entry of `model`."""
+        return registry.get(self.model)
+
+    @property
+    def one_model_at_a_time(self) -> bool:
+        """Whether the model trains one run per program."""
+        return self.spec.trainer == "single"
