@@ -25,6 +25,8 @@ config as a flag (--fisher, --fisher_seed, --fisher_draws, --damping, --damping_
 --layers, --gradient_batch_size, --projection_dim, --projection_seed, --measurement):
   python estimate.py --estimator=tracin --run_id=0
   python estimate.py --estimator=if_ekfac --fisher=empirical --damping=0.01
+  python estimate.py --estimator=trak --trak_runs=0-4 --projection_dim=512 \
+      --lambda_reg=0.1,1,10 --eval_indices=0-99 --lds_subset=0.5
 
 Output locations are checked writable before anything is computed; errors are one line
 "estimate.py: error: <flag or path>: <what was expected>". --verify exits non-zero on
@@ -56,7 +58,8 @@ _ESTIMATOR = flags.DEFINE_list(
     "estimator", ["memorization", "influence"],
     "Estimators: memorization, self_influence, influence, cscore, or all; datamodel (ridge "
     "datamodels of the test examples' log-odds); or a gradient method on one run "
-    "(--run_id): tracin, if_identity, if_diagonal, if_kfac, if_ekfac.")
+    "(--run_id): tracin, if_identity, if_diagonal, if_kfac, if_ekfac; or trak (final "
+    "models of --trak_runs).")
 _SUBSET = flags.DEFINE_list(
     "subset", None, "Subset folder to estimate from (e.g. 0.7); default: the only one. "
     "For cscore, the ratio folders to average over (default: all).")
@@ -126,6 +129,17 @@ _PROJECTION_DIM = flags.DEFINE_integer(
     "projection_dim", None, "TracIn: random projection of gradients to this many dimensions.")
 _PROJECTION_SEED = flags.DEFINE_integer("projection_seed", None, "TracIn: seed of the "
                                         "projection.")
+_PROJECTION = flags.DEFINE_string(
+    "projection", None, "TRAK: random projection of gradients: rademacher (the default), "
+    "gaussian or none.")
+_LAMBDA_REG = flags.DEFINE_list(
+    "lambda_reg", None, "TRAK: kernel regularization (x the mean eigenvalue); several values "
+    "are a grid, chosen by LDS on the runs of the folder outside --trak_runs.")
+_REWEIGHTING = flags.DEFINE_string(
+    "reweighting", None, "TRAK: where 1 - p enters: published (the default), per_model, none.")
+_TRAK_RUNS = flags.DEFINE_string(
+    "trak_runs", None, "TRAK: the runs whose final models form the ensemble, e.g. 0-4 "
+    "(default: --run_id).")
 _FACTORS_PATH = flags.DEFINE_string(
     "factors_path", None, "Influence functions: reuse (or save) the fitted factors here.")
 _OUTPUT = flags.DEFINE_string(
@@ -167,7 +181,8 @@ _ATTRIBUTION_FLAGS = ((_MEASUREMENT, "measurement"), (_DAMPING, "damping"),
                       (_FISHER_SEED, "fisher_seed"), (_FISHER_DRAWS, "fisher_draws"),
                       (_LAYERS, "layers"),
                       (_GRADIENT_BATCH_SIZE, "batch_size"), (_PROJECTION_DIM, "projection_dim"),
-                      (_PROJECTION_SEED, "projection_seed"))
+                      (_PROJECTION_SEED, "projection_seed"), (_PROJECTION, "projection"),
+                      (_LAMBDA_REG, "lambda_reg"), (_REWEIGHTING, "reweighting"))
 # Library parameter -> flag, for error messages (one table).
 _FLAG_OF = {
     **{name: f"--{name}" for name in (
@@ -176,7 +191,7 @@ _FLAG_OF = {
         "top_k", "threshold", "eval_indices", "eval_shard", "targets", "plan", "effect",
         "power", "run_id", "factors_path", "output", "csv_dir", "plot_dir", "dataset",
         "data_dir", "max_classes", "top", "verify", "merge", "compare_to", "lds_subset",
-        "lds_runs")},
+        "lds_runs", "trak_runs")},
     **{parameter: f"--{holder.name}" for holder, parameter in _ATTRIBUTION_FLAGS},
     "estimators": "--estimator", "subsets": "--subset", "show_all": "--all",
     "strategy": "--estimator"}
@@ -201,8 +216,9 @@ def main(argv):
             threshold=_THRESHOLD.value, eval_indices=_EVAL_INDICES.value,
             eval_shard=_EVAL_SHARD.value, targets=_TARGETS.value, show_all=_ALL.value,
             plan=_PLAN.value, effect=_EFFECT.value, power=_POWER.value, run_id=_RUN_ID.value,
-            attribution={parameter: _tuple(holder.value) if holder is _LAYERS else holder.value
+            attribution={parameter: _attribution_value(holder)
                          for holder, parameter in _ATTRIBUTION_FLAGS if holder.present},
+            trak_runs=_TRAK_RUNS.value,
             factors_path=_FACTORS_PATH.value, output=_OUTPUT.value, csv_dir=_CSV_DIR.value,
             plot_dir=_PLOT_DIR.value, dataset=_DATASET.value, data_dir=_DATA_DIR.value,
             max_classes=_MAX_CLASSES.value, top=_TOP.value, verify=_VERIFY.value,
@@ -214,6 +230,19 @@ def main(argv):
         sys.exit(f"estimate.py: error: {checks.one_line_error(e, _FLAG_OF)}")
     print(report)
     sys.exit(report.exit_status)
+
+
+def _attribution_value(holder: flags.FlagHolder) -> object:
+    """A gradient-method flag's value as its config takes it (lists as tuples, numbers)."""
+    if holder is _LAYERS:
+        return tuple(holder.value)
+    if holder is _LAMBDA_REG:
+        try:
+            grid = tuple(float(v) for v in holder.value)
+        except ValueError:
+            raise ValueError(f"lambda_reg={','.join(holder.value)}: expected numbers") from None
+        return grid[0] if len(grid) == 1 else grid
+    return holder.value
 
 
 def _tuple(values: list[str] | None) -> tuple[str, ...] | None:

@@ -81,6 +81,9 @@ class EstimateRequest:
             its LDS on the runs of this subset folder (SPEC §9); runs it was fit on are
             refused.
         lds_runs: only these runs of `lds_subset` (``0-199``); None: all complete ones.
+        trak_runs: TRAK: the runs whose final models form the ensemble (``0-4``);
+            None: `run_id`. With a grid of ``lambda_reg``, it is chosen on the other
+            runs of the folder.
     """
 
     experiment_dir: str = DEFAULT_EXPERIMENT_DIR
@@ -122,6 +125,7 @@ class EstimateRequest:
     compare_to: str | None = None
     lds_subset: str | None = None
     lds_runs: str | None = None
+    trak_runs: str | None = None
 
     def setting(self, name: str, targeted_report: bool) -> object:
         """`metric`, `alpha` or `confidence`: the value given, else the report's default."""
@@ -375,7 +379,7 @@ def _targeted(request: EstimateRequest, prepared: Prepared) -> EstimateReport:
 
 
 def _gradient_method(request: EstimateRequest) -> bool:
-    return len(request.estimators) == 1 and (request.estimators[0] == "tracin"
+    return len(request.estimators) == 1 and (request.estimators[0] in ("tracin", "trak")
                                              or request.estimators[0].startswith("if_"))
 
 

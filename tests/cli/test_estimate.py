@@ -299,3 +299,30 @@ def test_datamodels_and_their_lds_on_disjoint_runs(tmp_path):
         experiment_dir=exp, subsets=("0.7",), estimators=("influence",), min_runs=1,
         lds_subset="0.5", lds_runs="0-19", output=str(tmp_path / "i.npz"), progress=False))
     assert "LDS on 20 runs of 0.5" in str(influence)
+
+
+@pytest.mark.slow
+def test_trak_of_an_ensemble_through_the_front_door(tmp_path):
+    """--estimator=trak: the settings reach TRAKConfig (projection_seed as its seed) and
+    the saved scores are those of `trak_of_runs` on the same runs and config."""
+    from heldout.attribution import runs_attribution, trak
+    from heldout.store import files, runs
+
+    exp = str(tmp_path / "exp")
+    heldout.train(heldout.TrainRequest(
+        experiment_dir=exp, num_runs=2, save_checkpoints=True, progress=False,
+        config=heldout.TrainConfig(epochs=1, models_at_once=4)))
+    settings = {"projection_dim": 32, "projection_seed": 5, "lambda_reg": 0.5}
+    report = heldout.run_estimate(heldout.EstimateRequest(
+        experiment_dir=exp, estimators=("trak",), trak_runs="0-1", eval_indices="0-4",
+        attribution=settings, progress=False))
+    assert "TRAK of 2 models (0.7 runs 0-1), 5 eval examples: lambda_reg 0.5" in str(report)
+    saved = files.read_npz(f"{exp}/trak-0.7-runs0-1.npz")
+    config = trak.TRAKConfig(projection_dim=32, seed=5, lambda_reg=0.5)
+    direct = runs_attribution.trak_of_runs(
+        [runs.run_dir(exp, "0.7", r) for r in (0, 1)], heldout.load_dataset("digits"),
+        np.arange(5), config)
+    np.testing.assert_allclose(saved["scores"], direct.scores, rtol=1e-5, atol=1e-7)
+    with pytest.raises(ValueError, match="fisher: not a setting of estimators=trak"):
+        heldout.run_estimate(heldout.EstimateRequest(
+            experiment_dir=exp, estimators=("trak",), attribution={"fisher": "true"}))
