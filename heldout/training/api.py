@@ -323,7 +323,8 @@ def _refusal(experiment_dir: str, lacking: dict[str, list[int]], request: TrainR
     return (f"{first}: {sum(map(len, lacking.values()))} requested runs of {experiment_dir} "
             f"are already complete without {' or '.join(wanted)} ({where}); use a new "
             "experiment_dir, or add retrain_complete to retrain them with "
-            f"{' and '.join(wanted)} (same seeds: their aux arrays come out bit-identical)")
+            f"{' and '.join(wanted)} (same seeds and settings: their aux arrays come out "
+            "bit-identical, which is checked)")
 
 
 def _set_aside(experiment_dir: str, subset: str, run_ids: Sequence[int]) -> dict[int, str]:
