@@ -171,7 +171,8 @@ def imagenet_dataset(file_pattern: str, batch_size: int = 256, image_size: int =
                      mean_std: MeanStd | None = IMAGENET_MEAN_STD, label_offset: int = 1,
                      image_key: str = IMAGE_KEY, label_key: str = LABEL_KEY,
                      index_key: str = INDEX_KEY, shuffle_buffer: int = 10_000,
-                     drop_remainder: bool = False) -> tf.data.Dataset:
+                     drop_remainder: bool = False, member_mask: np.ndarray | None = None,
+                     repeat: bool = False) -> tf.data.Dataset:
     """Batches ``(images, labels, indices)`` of the TFRecords matching `file_pattern`.
 
     Args:
@@ -190,6 +191,11 @@ def imagenet_dataset(file_pattern: str, batch_size: int = 256, image_size: int =
         image_key, label_key, index_key: feature names in the records.
         shuffle_buffer: with `training`, examples in the shuffle buffer.
         drop_remainder: drop a last, smaller batch.
+        member_mask: bool ``[num_examples]``: keep only the records whose index is true
+            here (a run's training subset), looked up before the JPEG is decoded. An
+            index outside the mask stops iteration with an InvalidArgumentError.
+        repeat: start over when the records are exhausted (reshuffled with `training`),
+            so every batch is full; take a number of batches.
 
     Returns:
         A dataset of ``(images, labels, indices)``: float32 ``[B, image_size, image_size, 3]``,
@@ -217,15 +223,17 @@ def imagenet_dataset(file_pattern: str, batch_size: int = 256, image_size: int =
 
     def parse(record: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor, tf.Tensor]:
         example = tf.io.parse_single_example(record, features)
-        index = example[index_key]
+        return example[image_key], example[label_key], example[index_key]
+
+    def transform(jpeg: tf.Tensor, label: tf.Tensor, index: tf.Tensor
+                  ) -> tuple[tf.Tensor, tf.Tensor, tf.Tensor]:
         if training:
-            image = _random_crop_and_flip(example[image_key], image_size, crop_fraction,
-                                          seed, index)
+            image = _random_crop_and_flip(jpeg, image_size, crop_fraction, seed, index)
         else:
-            image = _center_crop(example[image_key], image_size, crop_fraction)
+            image = _center_crop(jpeg, image_size, crop_fraction)
         if mean is not None:
             image = (image - mean) / std
-        label = example[label_key] - label_offset
+        label = label - label_offset
         check = tf.debugging.assert_non_negative(
             label, message=f"{file_pattern}: negative label after label_offset={label_offset} "
                            f"(are the labels in {label_key!r} 0-based? then label_offset=0)")
@@ -242,6 +250,12 @@ def imagenet_dataset(file_pattern: str, batch_size: int = 256, image_size: int =
     if training:
         dataset = dataset.shuffle(shuffle_buffer, seed=seed)
     dataset = dataset.map(parse, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+    if member_mask is not None:
+        mask = tf.constant(np.asarray(member_mask, bool))
+        dataset = dataset.filter(lambda jpeg, label, index: tf.gather(mask, index))
+    if repeat:
+        dataset = dataset.repeat()
+    dataset = dataset.map(transform, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
     return dataset.batch(batch_size, drop_remainder=drop_remainder).prefetch(tf.data.AUTOTUNE)
 
 
@@ -292,17 +306,11 @@ def load_imagenet_tfrecords(file_pattern_train: str, file_pattern_test: str,
             indices.append(index)
         labels = np.concatenate(labels) - label_offset
         indices = np.concatenate(indices)
-        if (labels < 0).any():
-            raise ValueError(
-                f"{pattern}: label {int(labels.min() + label_offset)} in {label_key!r} is below "
-                f"label_offset={label_offset} (0-based labels need label_offset=0)")
+        _check_not_below_offset(pattern, labels, label_offset, label_key)
         order = _order_by_index(pattern, index_key, indices)
         splits[split] = (np.concatenate(images)[order], labels[order])
     largest = max(int(splits["train"][1].max()), int(splits["test"][1].max()))
-    if num_classes is None:
-        num_classes = largest + 1
-    elif largest >= num_classes:
-        raise ValueError(f"label {largest} is not below num_classes={num_classes}")
+    num_classes = _num_classes(largest, num_classes)
     return Dataset(
         name=f"{SPEC_PREFIX}{file_pattern_train},{file_pattern_test}",
         x_train=splits["train"][0], y_train=splits["train"][1],
@@ -316,11 +324,150 @@ def load_imagenet_spec(spec: str, image_size: int = 224, **kwargs) -> Dataset:
     Raises:
         ValueError: the spec is not of that form, or loading fails.
     """
+    patterns = parse_spec(spec)
+    return load_imagenet_tfrecords(patterns[0], patterns[1], image_size, **kwargs)
+
+
+@dataclasses.dataclass(frozen=True)
+class StreamingData:
+    """ImageNet-style TFRecords described for streamed training, never loaded as arrays.
+
+    What `heldout.training.streaming` needs in place of an in-memory `Dataset`: the
+    file patterns, the split sizes (indices are ``0..num - 1``), the classes and the
+    preprocessing of `imagenet_dataset`.
+
+    Attributes:
+        train_pattern, test_pattern: globs of the two splits' TFRecords (local or gs://).
+        num_train, num_test: examples per split.
+        num_classes: labels are in ``[0, num_classes)`` after `label_offset`.
+        image_size: side of the square model inputs, in pixels.
+        label_offset: the stored label of class 0 (1 for the published 1-based files).
+        mean_std: per-channel ``(mean, std)`` of the [0, 1] pixels; None: no normalization.
+        crop_fraction: side of the evaluation center crop, as a fraction of the shorter side.
+    """
+
+    train_pattern: str
+    test_pattern: str
+    num_train: int
+    num_test: int
+    num_classes: int
+    image_size: int = 224
+    label_offset: int = 1
+    mean_std: MeanStd | None = IMAGENET_MEAN_STD
+    crop_fraction: float = CENTER_CROP_FRACTION
+
+    def __post_init__(self):
+        for name in ("num_train", "num_test", "num_classes", "image_size"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if not 0 < self.crop_fraction <= 1:
+            raise ValueError(f"crop_fraction must be in (0, 1], got {self.crop_fraction}")
+        _mean_std_constants(self.mean_std)  # validates
+
+    @property
+    def name(self) -> str:
+        """The data spec, ``imagenet:<train pattern>,<test pattern>``."""
+        return f"{SPEC_PREFIX}{self.train_pattern},{self.test_pattern}"
+
+    @property
+    def input_shape(self) -> tuple[int, int, int]:
+        return (self.image_size, self.image_size, 3)
+
+    def pattern(self, split: str) -> str:
+        """The file pattern of ``train`` or ``test``."""
+        if split not in ("train", "test"):
+            raise ValueError(f"split={split!r}: expected 'train' or 'test'")
+        return self.train_pattern if split == "train" else self.test_pattern
+
+    def dataset(self, split: str, batch_size: int, **kwargs) -> tf.data.Dataset:
+        """`imagenet_dataset` of one split with this data's preprocessing; `kwargs` as there
+        (``training``, ``seed``, ``member_mask``, ``repeat``, ...)."""
+        return imagenet_dataset(self.pattern(split), batch_size, self.image_size,
+                                crop_fraction=self.crop_fraction, mean_std=self.mean_std,
+                                label_offset=self.label_offset, **kwargs)
+
+    def fingerprint(self) -> dict:
+        """What identifies the data in ``experiment.json`` without reading every record:
+        the sizes, the preprocessing, and each file's name and length in bytes."""
+        return {
+            "streamed": True, "num_train": self.num_train, "num_test": self.num_test,
+            "num_classes": self.num_classes, "image_size": self.image_size,
+            "label_offset": self.label_offset, "crop_fraction": self.crop_fraction,
+            "mean_std": None if self.mean_std is None else [list(map(float, v))
+                                                            for v in self.mean_std],
+            "files": {split: [[path.rsplit("/", 1)[-1], int(tf.io.gfile.stat(path).length)]
+                              for path in list_files(self.pattern(split))]
+                      for split in ("train", "test")}}
+
+
+def streaming_data(spec: str, image_size: int = 224, *, num_classes: int | None = None,
+                   label_offset: int = 1, mean_std: MeanStd | None = IMAGENET_MEAN_STD,
+                   crop_fraction: float = CENTER_CROP_FRACTION,
+                   index_key: str = INDEX_KEY, label_key: str = LABEL_KEY) -> StreamingData:
+    """`StreamingData` of ``imagenet:<train pattern>,<test pattern>``, sizes counted.
+
+    Reads every record once (the index and label features only, no JPEG decoding) to
+    count the examples and check that each split's indices are ``0..N-1`` once each;
+    on full ImageNet that is one pass over the files. To skip it, build `StreamingData`
+    with known sizes.
+
+    Raises:
+        ValueError: the spec is not of that form, no file matches, the indices of a
+            split are not ``0..N-1`` each once, a label is below `label_offset`, or a
+            label is not below `num_classes`.
+    """
+    patterns = parse_spec(spec)
+    features = {label_key: tf.io.FixedLenFeature([], tf.int64),
+                index_key: tf.io.FixedLenFeature([], tf.int64)}
+    sizes, largest = [], -1
+    for pattern in patterns:
+        records = tf.data.TFRecordDataset(list_files(pattern)).batch(4096).map(
+            lambda batch: tf.io.parse_example(batch, features))
+        labels, indices = [], []
+        for parsed in records.as_numpy_iterator():
+            labels.append(parsed[label_key])
+            indices.append(parsed[index_key])
+        if not indices:
+            raise ValueError(f"{pattern}: the files hold no records")
+        labels = np.concatenate(labels) - label_offset
+        _order_by_index(pattern, index_key, np.concatenate(indices))
+        _check_not_below_offset(pattern, labels, label_offset, label_key)
+        sizes.append(len(labels))
+        largest = max(largest, int(labels.max()))
+    num_classes = _num_classes(largest, num_classes)
+    return StreamingData(patterns[0], patterns[1], sizes[0], sizes[1], num_classes,
+                         image_size, label_offset, mean_std, crop_fraction)
+
+
+def parse_spec(spec: str) -> tuple[str, str]:
+    """The train and test patterns of ``imagenet:<train pattern>,<test pattern>``.
+
+    Raises:
+        ValueError: the spec is not of that form.
+    """
     patterns = spec[len(SPEC_PREFIX):].split(",") if spec.startswith(SPEC_PREFIX) else []
     if len(patterns) != 2 or not all(patterns):
         raise ValueError(f"--dataset={spec!r}: expected "
                          f"'{SPEC_PREFIX}<train file pattern>,<test file pattern>'")
-    return load_imagenet_tfrecords(patterns[0], patterns[1], image_size, **kwargs)
+    return patterns[0], patterns[1]
+
+
+def _num_classes(largest: int, num_classes: int | None) -> int:
+    """`num_classes`, or the `largest` label + 1 when None; checks the largest is below."""
+    if num_classes is None:
+        return largest + 1
+    if largest >= num_classes:
+        raise ValueError(f"label {largest} is not below num_classes={num_classes}")
+    return num_classes
+
+
+def _check_not_below_offset(pattern: str, labels: np.ndarray, label_offset: int,
+                            label_key: str) -> None:
+    """Raises a ValueError naming `label_offset` if a label (offset removed) is negative."""
+    if (labels < 0).any():
+        raise ValueError(
+            f"{pattern}: label {int(labels.min() + label_offset)} in {label_key!r} is below "
+            f"label_offset={label_offset} (0-based labels need label_offset=0)")
 
 
 def _check_features(file_pattern: str, files: Sequence[str], image_key: str, label_key: str,

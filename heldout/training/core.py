@@ -454,14 +454,24 @@ class Trainer:
                           augment_seeds: tf.Tensor, phases: tf.Tensor | None,
                           all_active: bool = False) -> None:
         """Step `i` of `epoch` on training indices ``[K, batch_size]``."""
+        images = tf.gather(self._x_train, indices)
+        labels = tf.gather(self._y_train, indices)
+        if self.config.augment != "none":
+            step = epoch * steps_per_epoch + i  # [K], 0-based
+            images = self._augment(images, indices, step, epoch, augment_seeds, phases)
+        self._train_step_on_batch(images, labels, i, epoch, steps_per_epoch, warmup_steps,
+                                  all_active)
+
+    def _train_step_on_batch(self, images: tf.Tensor, labels: tf.Tensor, i: tf.Tensor,
+                             epoch: tf.Tensor, steps_per_epoch: tf.Tensor,
+                             warmup_steps: tf.Tensor, all_active: bool = False) -> None:
+        """Step `i` of `epoch` on a batch already gathered (and augmented): images
+        ``[K, batch_size, ...]`` and int labels ``[K, batch_size]`` (streamed training
+        feeds batches here directly)."""
         config = self.config
         total_steps = steps_per_epoch * config.epochs
         step = epoch * steps_per_epoch + i  # [K], 0-based
         active = i < steps_per_epoch  # [K]
-        images = tf.gather(self._x_train, indices)
-        labels = tf.gather(self._y_train, indices)
-        if config.augment != "none":
-            images = self._augment(images, indices, step, epoch, augment_seeds, phases)
         statistics = [v.read_value() for v in self._statistics]
         with tf.GradientTape() as tape:
             with compute_precision(self.model, config.precision, self.keep_float32) as dtype:

@@ -22,6 +22,7 @@ import sonnet as snt
 import tensorflow as tf
 
 from heldout.data import sources as data_lib
+from heldout.data.imagenet import StreamingData
 from heldout.store import coordination, files
 from heldout.store import designs as subsets_lib
 from heldout.store import experiment_info as info_lib
@@ -31,6 +32,7 @@ from heldout.store import targets as targets_lib
 from heldout.store.experiment_info import read_experiment_info  # noqa: F401  (public API)
 from heldout.store.layout import EXPERIMENT_INFO_FILENAME  # noqa: F401  (kept for readers)
 from heldout.training import core as training
+from heldout.training import streaming
 from heldout.training.select import make_trainer
 
 # Training settings that change speed but not what a run computes.
@@ -66,7 +68,8 @@ def train_experiment(experiment_dir: str, dataset: str, config: training.TrainCo
                      data_dir: str | None = None, save_checkpoints: bool = False,
                      save_logits: bool = False, progress: bool = True,
                      targets: targets_lib.TargetSet | None = None,
-                     data: data_lib.Dataset | None = None, claim_runs: bool = True,
+                     data: data_lib.Dataset | StreamingData | None = None,
+                     claim_runs: bool = True,
                      lease_seconds: float = 600.0, settle_seconds: float = 1.0
                      ) -> TrainSummary:
     """Trains every run of `run_ids` that is not yet complete in `experiment_dir`.
@@ -84,7 +87,9 @@ def train_experiment(experiment_dir: str, dataset: str, config: training.TrainCo
         save_logits: also store float16 logits in the aux arrays.
         progress: show a progress bar.
         targets: the target set a ``drop-<name>`` design leaves out.
-        data: the data set already loaded from `dataset`, to avoid loading it again.
+        data: the data set already loaded from `dataset`, to avoid loading it again; a
+            `StreamingData` (``imagenet.streaming_data(dataset)``) streams the records
+            instead (`heldout.training.streaming`: data sets too big for memory).
         claim_runs: claim runs before training them, so concurrent workers on one
             directory do not train the same run (`coordination.Claims`).
         lease_seconds: a claim not renewed for this long is taken as abandoned.
@@ -136,11 +141,12 @@ def train_experiment(experiment_dir: str, dataset: str, config: training.TrainCo
 
     data = data or data_lib.load_dataset(dataset, data_dir=data_dir)
     dropped = targets.indices if subset.startswith(subsets_lib.DROP_PREFIX) else None
-    settings["data"] = info_lib.data_fingerprint(data)
+    streamed = isinstance(data, StreamingData)
+    settings["data"] = data.fingerprint() if streamed else info_lib.data_fingerprint(data)
     info_lib.save_experiment_info(experiment_dir, settings, settle_seconds)
     # Always the full K: every group, padded if short, runs the same compiled program, so
     # a run's numbers do not depend on how many runs were left to train with it.
-    trainer = make_trainer(data, config)
+    trainer = streaming.StreamingTrainer(data, config) if streamed else make_trainer(data, config)
     group_size = trainer.num_models
     claims = (coordination.Claims.for_subset(experiment_dir, subset,
                                              lease_seconds=lease_seconds,
