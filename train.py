@@ -115,6 +115,11 @@ _RETRAIN_COMPLETE = flags.DEFINE_bool(
     "retrain_complete", False, "Retrain requested runs that are complete but lack what "
     "--save_checkpoints/--checkpoint_every/--save_logits ask for (without it they are "
     "refused); the new aux arrays are compared with the old (same seeds: bit-identical).")
+_STREAM_RECORDS = flags.DEFINE_bool(
+    "stream_records", False, "With --dataset=imagenet:<train>,<test>: stream the records "
+    "through tf.data instead of loading them into memory (full ImageNet).")
+_IMAGE_SIZE = flags.DEFINE_integer("image_size", 224, "With --stream_records: side of the "
+                                   "model's input images, in pixels.")
 _MAX_CLASSES = flags.DEFINE_integer(
     "max_classes", 10_000, "Most classes a data set may have (a stray label of 1,000,000 "
     "is refused instead of building a million-way model).")
@@ -143,7 +148,8 @@ _FLAG_OF = {**{name: f"--{name}" for name in (
     "augment", "weight_decay", "lr_schedule", "warmup_epochs", "models_at_once", "xla",
     "precision", "recipe", "test_time_flip", "save_checkpoints", "checkpoint_every",
     "save_logits", "retrain_complete", "max_classes", "num_shards", "shard_index",
-    "claim_runs", "lease_seconds", "verify")}, "preset": "--config"}
+    "claim_runs", "lease_seconds", "verify", "stream_records", "image_size")},
+    "preset": "--config"}
 
 
 def main(argv):
@@ -170,7 +176,8 @@ def main(argv):
             save_logits=_SAVE_LOGITS.value, retrain_complete=_RETRAIN_COMPLETE.value,
             num_shards=_NUM_SHARDS.value, shard_index=_SHARD_INDEX.value,
             claim_runs=_CLAIM_RUNS.value, lease_seconds=_LEASE_SECONDS.value,
-            verify=_VERIFY.value, progress=_PROGRESS.value, max_classes=_MAX_CLASSES.value)
+            verify=_VERIFY.value, progress=_PROGRESS.value, max_classes=_MAX_CLASSES.value,
+            stream_records=_STREAM_RECORDS.value, image_size=_IMAGE_SIZE.value)
         report = heldout.train(request)
     except checks.cli_errors() as e:
         sys.exit(f"train.py: error: {checks.one_line_error(e, _FLAG_OF)}")

@@ -2,8 +2,8 @@
 
 A `Dataset` checks its arrays when it is made, so nothing downstream trains on them
 unchecked: finite real inputs, integer labels in ``[0, num_classes)``, train and test
-examples of one shape, and non-empty splits. The class count itself is bounded by the
-sources (`check_class_count`): a stray label of 1,000,000 would otherwise build a
+examples of one shape. The sources also refuse empty splits (`check_not_empty`) and
+bound the class count (`check_class_count`): a stray label of 1,000,000 would otherwise build a
 million-way output layer before anything fails.
 """
 
@@ -77,6 +77,19 @@ class Dataset:
         return tuple(self.x_train.shape[1:])
 
 
+def check_not_empty(data: Dataset) -> None:
+    """Refuses a data set with no training or no test example (nothing to train or to
+    evaluate). Not part of `Dataset` itself: trainers use empty ones to carry shapes.
+
+    Raises:
+        ValueError: naming the empty split.
+    """
+    for split in ("train", "test"):
+        if len(getattr(data, f"y_{split}")) == 0:
+            raise ValueError(f"dataset={data.name}: x_{split} is empty; expected at least one "
+                             f"{split} example")
+
+
 def check_class_count(source: str, num_classes: int,
                       max_classes: int = DEFAULT_MAX_CLASSES) -> None:
     """Refuses a class count above `max_classes` (a model gets one output per class).
@@ -94,9 +107,6 @@ def check_class_count(source: str, num_classes: int,
 
 def _check_split(name: str, split: str, x: np.ndarray, y: np.ndarray, num_classes: int) -> None:
     """Refuses empty, non-finite, complex or mislabelled arrays of one split."""
-    if len(x) == 0:
-        raise ValueError(f"dataset={name}: x_{split} is empty; expected at least one "
-                         f"{split} example")
     if len(x) != len(y):
         raise ValueError(f"dataset={name}: x_{split} has {len(x)} rows but y_{split} has "
                          f"{len(y)}")
@@ -104,7 +114,7 @@ def _check_split(name: str, split: str, x: np.ndarray, y: np.ndarray, num_classe
             or x.dtype == np.bool_):
         raise ValueError(f"dataset={name}: x_{split} has dtype {x.dtype}; expected real "
                          "numbers")
-    if np.issubdtype(x.dtype, np.floating):
+    if len(x) and np.issubdtype(x.dtype, np.floating):
         finite = np.isfinite(x.reshape(len(x), -1)).all(axis=1)
         if not finite.all():
             row = int(np.argmin(finite))

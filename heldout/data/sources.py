@@ -11,8 +11,8 @@ Sources (see SPEC §6):
     * ``tfds:<name>[:<version>]``: TensorFlow Datasets in unshuffled file order.
     * ``imagenet:<train pattern>,<test pattern>``: ImageNet-style TFRecords with an index
       feature (`heldout.data.imagenet`), loaded into memory, so only for sets up to
-      `max_record_bytes` of records; full ImageNet is read by streaming
-      (`imagenet.imagenet_dataset`, demo.py ``--records``), not trained from memory.
+      `max_record_bytes` of records; full ImageNet is streamed instead
+      (`imagenet.streaming_data` for training, demo.py ``--records`` for evaluation).
 
 Every source's arrays are checked (`Dataset`), and the number of classes is bounded by
 `max_classes` before any model is built.
@@ -25,7 +25,12 @@ import io
 import numpy as np
 
 from heldout.data import imagenet
-from heldout.data.dataset import DEFAULT_MAX_CLASSES, Dataset, check_class_count
+from heldout.data.dataset import (
+    DEFAULT_MAX_CLASSES,
+    Dataset,
+    check_class_count,
+    check_not_empty,
+)
 
 NPZ_KEYS = ("x_train", "y_train", "x_test", "y_test")
 
@@ -67,6 +72,7 @@ def load_dataset(spec: str, data_dir: str | None = None,
                 "'npz:<path>', 'tfds:<name>[:<version>]' or "
                 "'imagenet:<train pattern>,<test pattern>'")
     check_class_count(f"--dataset={spec}", data.num_classes, max_classes)
+    check_not_empty(data)
     return data
 
 
@@ -88,8 +94,8 @@ def load_imagenet(spec: str, max_record_bytes: int = DEFAULT_MAX_RECORD_BYTES) -
     if total > max_record_bytes:
         raise ValueError(
             f"--dataset={spec}: {total / 2**30:.2f} GiB of records, above the in-memory limit "
-            f"of {max_record_bytes / 2**30:.2f} GiB (max_record_bytes); training from "
-            "streamed records is not supported: use a subset of the records")
+            f"of {max_record_bytes / 2**30:.2f} GiB (max_record_bytes); stream the records "
+            "instead (stream_records) or use a subset of them")
     return imagenet.load_imagenet_spec(spec)
 
 

@@ -24,8 +24,8 @@ from collections.abc import Mapping, Sequence
 import numpy as np
 import tensorflow as tf
 
-from heldout.data import sources
-from heldout.data.dataset import DEFAULT_MAX_CLASSES, Dataset
+from heldout.data import imagenet, sources
+from heldout.data.dataset import DEFAULT_MAX_CLASSES, Dataset, check_class_count
 from heldout.store import checks, coordination, designs, files, layout
 from heldout.store import runs as runs_lib
 from heldout.training import experiment, presets
@@ -65,6 +65,9 @@ class TrainRequest:
         verify: first check complete runs, moving damaged ones aside to be retrained.
         progress: show a progress bar.
         max_classes: most classes a data set may have.
+        stream_records: train from ``imagenet:`` records streamed by tf.data
+            (`imagenet.streaming_data`) instead of arrays in memory (full ImageNet).
+        image_size: with `stream_records`: side of the model's input images.
         environ: the environment the shard variables are read from (None: os.environ).
     """
 
@@ -93,6 +96,8 @@ class TrainRequest:
     verify: bool = False
     progress: bool = True
     max_classes: int = DEFAULT_MAX_CLASSES
+    stream_records: bool = False
+    image_size: int = 224
     environ: Mapping[str, str] | None = None
 
 
@@ -179,7 +184,7 @@ def train(request: TrainRequest) -> TrainReport:
         raise ValueError("targets: only for subset=drop-<name> (or target_indices)")
     checks.check_writable(experiment_dir, "experiment_dir")
     config = presets.resolve_recipe(request.config, request.recipe, request.chosen)
-    data = sources.load_dataset(dataset, request.data_dir, max_classes=request.max_classes)
+    data = _data(request, dataset)
     _check_examples_per_run(data, design)
 
     damaged, verified = (), None
@@ -215,6 +220,18 @@ def train(request: TrainRequest) -> TrainReport:
                     for subset, before in set_aside.items())
     return TrainReport(tuple(summaries), shard, len(run_ids), damaged, verified,
                        sum(len(b) for b in set_aside.values()), identical)
+
+
+def _data(request: TrainRequest, dataset: str) -> Dataset | imagenet.StreamingData:
+    """The data set in memory, or described for streaming (`stream_records`)."""
+    if not request.stream_records:
+        return sources.load_dataset(dataset, request.data_dir, max_classes=request.max_classes)
+    if not dataset.startswith(imagenet.SPEC_PREFIX):
+        raise ValueError(f"stream_records: only for imagenet:<train pattern>,<test pattern> "
+                         f"data sets, not dataset={dataset}")
+    data = imagenet.streaming_data(dataset, request.image_size)
+    check_class_count(f"dataset={dataset}", data.num_classes, request.max_classes)
+    return data
 
 
 def _check_preset(request: TrainRequest, preset: presets.Preset | None) -> None:
@@ -263,7 +280,7 @@ def _shard(request: TrainRequest) -> coordination.Shard:
     return coordination.resolve_shard(request.num_shards, request.shard_index, environ)
 
 
-def _check_examples_per_run(data: Dataset, design: str) -> None:
+def _check_examples_per_run(data: Dataset | imagenet.StreamingData, design: str) -> None:
     """Refuses a ratio so small that a run would train on no example."""
     if designs.is_targeted_design(design) or design == designs.FULL:
         return

@@ -1,6 +1,7 @@
 """train.py and its front door `heldout.train`: runs written as a user runs them, and every
 request checked before training (subprocesses and in-process calls at tiny sizes)."""
 
+import dataclasses
 import io
 import os
 
@@ -219,3 +220,35 @@ def test_complete_runs_without_checkpoints_are_refused_then_retrained_bit_identi
     # Now complete with checkpoints: asking again trains nothing and refuses nothing.
     again = heldout.train(heldout.TrainRequest(**with_checkpoints))
     assert again.summaries[0].already_complete == (0, 1, 2) and not again.retrained
+
+
+@pytest.mark.slow
+def test_stream_records_trains_as_the_library_does(tmp_path):
+    """stream_records: the front door streams imagenet: records (`streaming_data`) and
+    writes the same aux arrays as `train_experiment` given that stream directly."""
+    from heldout.data import imagenet
+    from heldout.training import experiment
+    from tests.data.test_imagenet import _write_shards
+    from tests.training.test_streaming import CONFIG, IMAGE_SIZE, _split
+
+    rng = np.random.default_rng(0)
+    train = _write_shards(tmp_path, "train", _split(rng, 40), 2)
+    test = _write_shards(tmp_path, "validation", _split(rng, 12), 1)
+    spec = f"imagenet:{train},{test}"
+    config = dataclasses.replace(CONFIG, epochs=1)
+    report = heldout.train(heldout.TrainRequest(
+        experiment_dir=str(tmp_path / "front"), dataset=spec, config=config, recipe="none",
+        subset="0.5", run_ids="0", stream_records=True, image_size=IMAGE_SIZE,
+        progress=False, claim_runs=False))
+    assert report.summaries[0].trained == (0,)
+    experiment.train_experiment(str(tmp_path / "direct"), spec, config, "0.5", [0],
+                                data=imagenet.streaming_data(spec, IMAGE_SIZE),
+                                progress=False, claim_runs=False, settle_seconds=0)
+    front = load_aux(tmp_path / "front" / "0.5" / "0" / "aux_arrays.npz")
+    direct = load_aux(tmp_path / "direct" / "0.5" / "0" / "aux_arrays.npz")
+    assert sorted(front) == sorted(direct)
+    for key in front:
+        np.testing.assert_array_equal(front[key], direct[key], err_msg=key)
+    with pytest.raises(ValueError, match="stream_records: only for imagenet:"):
+        heldout.train(heldout.TrainRequest(experiment_dir=str(tmp_path / "d"),
+                                           stream_records=True, progress=False))
