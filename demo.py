@@ -10,6 +10,11 @@ Usage:
   python demo.py --run_dir=experiments/digits/0.7/0
   python demo.py --run_dir=gs://.../cifar10/0.7/123 --arch=small_inception \
       --dataset=tfds:cifar10:3.0.2 --split=test
+  python demo.py --run_dir=experiments/imagenet-resnet50/0.7/12 --arch=resnet50 \
+      --records='/data/imagenet-records/validation-*' --max_examples=5000
+
+Errors are one line "demo.py: error: <flag or path>: <what was expected>"; a run
+trained without --save_checkpoints is refused with the train.py command that adds them.
 """
 
 import os
@@ -28,8 +33,25 @@ _WIDTH = flags.DEFINE_float("width", None, "Width multiplier; default: from run.
 _DATASET = flags.DEFINE_string(
     "dataset", None, "Data set spec (e.g. tfds:cifar10:3.0.2); default: from run.json.")
 _DATA_DIR = flags.DEFINE_string("data_dir", None, "TFDS data directory.")
+_MAX_CLASSES = flags.DEFINE_integer("max_classes", 10_000, "Most classes a data set may "
+                                    "have.")
+_RECORDS = flags.DEFINE_string(
+    "records", None, "Stream the split from these indexed TFRecords (a glob, e.g. "
+    ".../validation-*) instead of loading --dataset: the published ImageNet demo.")
+_NUM_CLASSES = flags.DEFINE_integer("num_classes", 1000, "With --records: classes of the "
+                                    "model.")
+_IMAGE_SIZE = flags.DEFINE_integer("image_size", 224, "With --records: input image side.")
+_MAX_EXAMPLES = flags.DEFINE_integer("max_examples", None, "With --records: stop after "
+                                     "this many examples (a quick partial check).")
+_PROGRESS = flags.DEFINE_bool("progress", True, "With --records: show a progress bar.")
 _SPLIT = flags.DEFINE_enum("split", "test", ["train", "test"],
                            "Split to evaluate (train = trained-on + held-out examples).")
+
+
+# Library parameter -> flag, for error messages (one table).
+_FLAG_OF = {name: f"--{name}" for name in (
+    "run_dir", "arch", "width", "dataset", "data_dir", "split", "max_classes", "records",
+    "num_classes", "image_size", "max_examples", "progress")}
 
 
 def main(argv):
@@ -37,26 +59,18 @@ def main(argv):
         raise app.UsageError(f"Unexpected arguments: {' '.join(argv[1:])}")
     logging.set_verbosity(logging.WARNING)  # TensorFlow's per-checkpoint info lines
     import heldout
+    from heldout.store import checks
 
     try:
-        info = heldout.read_run_info(_RUN_DIR.value)
-        train_config = info.get("train_config", {})
-        arch = _ARCH.value or train_config.get("model")
-        dataset = _DATASET.value or info.get("dataset")
-        if not arch or not dataset:
-            raise ValueError(f"--run_dir={_RUN_DIR.value} has no run.json saying its "
-                             "architecture and data set: pass --arch and --dataset")
-        width = _WIDTH.value or train_config.get("model_width", 1.0)
-        data = heldout.load_dataset(dataset, _DATA_DIR.value)
-        check = heldout.check_run(_RUN_DIR.value, arch, data, _SPLIT.value, width=width)
-    except ValueError as e:
-        sys.exit(f"demo.py: error: {e}")
-    restored = check.restored
-    print(f"Restored {restored.checkpoint_path}: epoch {restored.epoch}, "
-          f"global_step {restored.global_step}")
-    print(f"Subset fraction: {check.subset_fraction:.3f}")
-    print(f"Accuracy on {check.split}: {check.accuracy:.4f}")
-    print(f"{check.matches} out of {check.total} predictions match")
+        report = heldout.run_demo(heldout.DemoRequest(
+            run_dir=_RUN_DIR.value, arch=_ARCH.value, width=_WIDTH.value,
+            dataset=_DATASET.value, data_dir=_DATA_DIR.value, split=_SPLIT.value,
+            max_classes=_MAX_CLASSES.value, records=_RECORDS.value,
+            num_classes=_NUM_CLASSES.value, image_size=_IMAGE_SIZE.value,
+            max_examples=_MAX_EXAMPLES.value, progress=_PROGRESS.value))
+    except checks.cli_errors() as e:
+        sys.exit(f"demo.py: error: {checks.one_line_error(e, _FLAG_OF)}")
+    print(report)
 
 
 if __name__ == "__main__":

@@ -10,6 +10,8 @@ Usage:
   python estimate.py --experiment_dir=gs://bucket/cifar10 --subset=0.7 \
       --estimator=influence --influence_output=topk --top_k=20 --eval_shard=0/8
   python estimate.py --estimator=cscore --subset=0.1,0.3,0.5,0.7,0.9
+  python estimate.py --merge=part0.npz,part1.npz --compare_to=cifar100_infl_matrix.npz
+  python estimate.py --estimator=datamodel --eval_indices=0-99 --lds_subset=0.5
   python estimate.py --experiment_dir=experiments/digits_nsi --estimator=self_influence \
       --targets=nsi [--all] [--plan --effect=0.25]
 
@@ -17,6 +19,18 @@ With --targets, self-influence is the targeted report of a full-vs-drop experime
 per target example, the mean metric over runs with it (full arm) and without it
 (drop-<name> arm), their difference and p-value; metric log-odds, alpha 0.01 and 99%
 intervals by default, as in the published negative-self-influence analysis.
+
+Gradient methods score one run's checkpoints (--run_id) with every setting of their
+config as a flag (--fisher, --fisher_seed, --fisher_draws, --damping, --damping_factor,
+--layers, --gradient_batch_size, --projection_dim, --projection_seed, --measurement):
+  python estimate.py --estimator=tracin --run_id=0
+  python estimate.py --estimator=if_ekfac --fisher=empirical --damping=0.01
+  python estimate.py --estimator=trak --trak_runs=0-4 --projection_dim=512 \
+      --lambda_reg=0.1,1,10 --eval_indices=0-99 --lds_subset=0.5
+
+Output locations are checked writable before anything is computed; errors are one line
+"estimate.py: error: <flag or path>: <what was expected>". --verify exits non-zero on
+damaged runs and on a missing or empty directory.
 """
 
 import os
@@ -24,7 +38,6 @@ import sys
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-import numpy as np  # noqa: E402
 from absl import app, flags, logging  # noqa: E402
 
 _EXPERIMENT_DIR = flags.DEFINE_string(
@@ -39,24 +52,31 @@ _FETCH_CHECKPOINTS = flags.DEFINE_list(
     "with --fetch_run_ids, only of those runs.")
 _FETCH_RUN_IDS = flags.DEFINE_string("fetch_run_ids", None, "Run ids whose checkpoints to "
                                      "extract, e.g. 0-9.")
+_MD5 = flags.DEFINE_string("md5", None, "Expected MD5 of a fetched tarball (default: the "
+                           "published one, for the known releases).")
 _ESTIMATOR = flags.DEFINE_list(
     "estimator", ["memorization", "influence"],
-    "Estimators: memorization, self_influence, influence, cscore, or all; or a gradient "
-    "method on one run (--run_id): tracin, if_identity, if_diagonal, if_kfac, if_ekfac.")
+    "Estimators: memorization, self_influence, influence, cscore, or all; datamodel (ridge "
+    "datamodels of the test examples' log-odds); or a gradient method on one run "
+    "(--run_id): tracin, if_identity, if_diagonal, if_kfac, if_ekfac; or trak (final "
+    "models of --trak_runs).")
 _SUBSET = flags.DEFINE_list(
     "subset", None, "Subset folder to estimate from (e.g. 0.7); default: the only one. "
     "For cscore, the ratio folders to average over (default: all).")
 _METRIC = flags.DEFINE_enum(
-    "metric", "correctness", ["correctness", "margin", "logodds"],
-    "Per-run metric of self_influence and influence (memorization is correctness): "
+    "metric", None, ["correctness", "margin", "logodds"],
+    "Per-run metric of self_influence and influence (memorization is correctness); default "
+    "correctness, or logodds for --targets: "
     "margin = correct logit minus largest other, logodds = correct logit minus "
     "logsumexp of the others.")
 _MIN_RUNS = flags.DEFINE_integer(
     "min_runs", 5, "Fewest in- and out-runs an estimate needs (else NaN).")
 _TEST = flags.DEFINE_enum("test", "welch", ["welch", "z"],
                           "Test of 'different from zero': Welch's t or large-sample z.")
-_CONFIDENCE = flags.DEFINE_float("confidence", 0.95, "Level of confidence intervals.")
-_ALPHA = flags.DEFINE_float("alpha", 0.05, "Significance level of the 'significant' flags.")
+_CONFIDENCE = flags.DEFINE_float(
+    "confidence", None, "Level of confidence intervals; default 0.95, or 0.99 for --targets.")
+_ALPHA = flags.DEFINE_float("alpha", None, "Significance level of the 'significant' flags; "
+                            "default 0.05, or 0.01 for --targets.")
 _FDR = flags.DEFINE_bool(
     "fdr", False, "Control the false discovery rate across examples (Benjamini-Hochberg).")
 _INFLUENCE_OUTPUT = flags.DEFINE_enum(
@@ -83,12 +103,43 @@ _EFFECT = flags.DEFINE_float("effect", 0.25, "--plan: smallest self-influence to
 _POWER = flags.DEFINE_float("power", 0.8, "--plan: probability of detecting it.")
 _RUN_ID = flags.DEFINE_integer(
     "run_id", 0, "Gradient methods: the run (of --subset) whose checkpoints to use.")
-_MEASUREMENT = flags.DEFINE_enum("measurement", "loss", ["loss", "margin"],
-                                 "Gradient methods: what is measured on the queries.")
+_MEASUREMENT = flags.DEFINE_string(
+    "measurement", None, "Gradient methods: what is measured on the queries: loss (the "
+    "default), margin or logodds.")
 _DAMPING = flags.DEFINE_float(
-    "damping", None, "Influence functions: damping; default 0.1 x each layer's mean eigenvalue.")
+    "damping", None, "Influence functions: absolute damping per layer; default "
+    "--damping_factor x each layer's mean eigenvalue.")
+_DAMPING_FACTOR = flags.DEFINE_float(
+    "damping_factor", None, "Influence functions: damping as a multiple of each layer's mean "
+    "eigenvalue (default 0.1), when --damping is not given.")
+_FISHER = flags.DEFINE_string(
+    "fisher", None, "Influence functions: labels of the Fisher: true (sampled from the "
+    "model, the default), empirical (the data's labels) or expected.")
+_FISHER_SEED = flags.DEFINE_integer(
+    "fisher_seed", None, "Influence functions: seed of the sampled labels of the true Fisher.")
+_FISHER_DRAWS = flags.DEFINE_integer(
+    "fisher_draws", None, "Influence functions, true Fisher: average its moments over this "
+    "many draws of sampled labels (default 1).")
+_LAYERS = flags.DEFINE_list(
+    "layers", None, "Gradient methods: only these layers (attribute paths); default all.")
+_GRADIENT_BATCH_SIZE = flags.DEFINE_integer(
+    "gradient_batch_size", None, "Gradient methods: examples per batch of per-example "
+    "gradients (memory).")
 _PROJECTION_DIM = flags.DEFINE_integer(
     "projection_dim", None, "TracIn: random projection of gradients to this many dimensions.")
+_PROJECTION_SEED = flags.DEFINE_integer("projection_seed", None, "TracIn: seed of the "
+                                        "projection.")
+_PROJECTION = flags.DEFINE_string(
+    "projection", None, "TRAK: random projection of gradients: rademacher (the default), "
+    "gaussian or none.")
+_LAMBDA_REG = flags.DEFINE_list(
+    "lambda_reg", None, "TRAK: kernel regularization (x the mean eigenvalue); several values "
+    "are a grid, chosen by LDS on the runs of the folder outside --trak_runs.")
+_REWEIGHTING = flags.DEFINE_string(
+    "reweighting", None, "TRAK: where 1 - p enters: published (the default), per_model, none.")
+_TRAK_RUNS = flags.DEFINE_string(
+    "trak_runs", None, "TRAK: the runs whose final models form the ensemble, e.g. 0-4 "
+    "(default: --run_id).")
 _FACTORS_PATH = flags.DEFINE_string(
     "factors_path", None, "Influence functions: reuse (or save) the fitted factors here.")
 _OUTPUT = flags.DEFINE_string(
@@ -97,10 +148,26 @@ _OUTPUT = flags.DEFINE_string(
 _CSV_DIR = flags.DEFINE_string("csv_dir", None, "Also write per-example CSV tables here.")
 _PLOT_DIR = flags.DEFINE_string(
     "plot_dir", None, "Write PNG figures here (histograms, top memorized, influence pairs).")
+_LDS_SUBSET = flags.DEFINE_string(
+    "lds_subset", None, "Judge the score matrix (influence, datamodel, gradient methods) by "
+    "its linear datamodeling score on the runs of this subset folder (e.g. 0.5), with the "
+    "log-odds margin as output; runs the scores were fit on are refused.")
+_LDS_RUNS = flags.DEFINE_string("lds_runs", None, "Only these runs of --lds_subset, e.g. "
+                                "0-199 (default: all complete ones).")
+_MERGE = flags.DEFINE_list(
+    "merge", None, "Instead of estimating: merge the estimate files of the parts of a "
+    "sharded job (--eval_shard=i/n) into one, saved to --output (default: the experiment's "
+    "estimates file).")
+_COMPARE_TO = flags.DEFINE_string(
+    "compare_to", None, "Compare the estimates with a published file (high-influence pairs, "
+    "class-wise influence matrix, ImageNet index or C-scores): correlations, top-k agreement, "
+    "threshold counts, largest disagreements (and scatter plots with --plot_dir).")
 _DATASET = flags.DEFINE_string(
     "dataset", None, "Data set, for labels and images; default: the one the experiment "
     "was trained on (none for released runs).")
 _DATA_DIR = flags.DEFINE_string("data_dir", None, "TFDS data directory.")
+_MAX_CLASSES = flags.DEFINE_integer("max_classes", 10_000, "Most classes a data set may "
+                                    "have.")
 _TOP = flags.DEFINE_integer("top", 10, "Rows of each printed table.")
 _VERIFY = flags.DEFINE_bool(
     "verify", False, "Only check every complete run's aux arrays and report damaged ones by "
@@ -108,160 +175,78 @@ _VERIFY = flags.DEFINE_bool(
 _PROGRESS = flags.DEFINE_bool("progress", True, "Show a progress bar.")
 
 
+# Gradient methods: flag -> the parameter of their configs (TracInConfig, InfluenceConfig).
+_ATTRIBUTION_FLAGS = ((_MEASUREMENT, "measurement"), (_DAMPING, "damping"),
+                      (_DAMPING_FACTOR, "damping_factor"), (_FISHER, "fisher"),
+                      (_FISHER_SEED, "fisher_seed"), (_FISHER_DRAWS, "fisher_draws"),
+                      (_LAYERS, "layers"),
+                      (_GRADIENT_BATCH_SIZE, "batch_size"), (_PROJECTION_DIM, "projection_dim"),
+                      (_PROJECTION_SEED, "projection_seed"), (_PROJECTION, "projection"),
+                      (_LAMBDA_REG, "lambda_reg"), (_REWEIGHTING, "reweighting"))
+# Library parameter -> flag, for error messages (one table).
+_FLAG_OF = {
+    **{name: f"--{name}" for name in (
+        "experiment_dir", "fetch_dir", "fetch_checkpoints", "fetch_run_ids", "md5",
+        "metric", "min_runs", "test", "confidence", "alpha", "fdr", "influence_output",
+        "top_k", "threshold", "eval_indices", "eval_shard", "targets", "plan", "effect",
+        "power", "run_id", "factors_path", "output", "csv_dir", "plot_dir", "dataset",
+        "data_dir", "max_classes", "top", "verify", "merge", "compare_to", "lds_subset",
+        "lds_runs", "trak_runs")},
+    **{parameter: f"--{holder.name}" for holder, parameter in _ATTRIBUTION_FLAGS},
+    "estimators": "--estimator", "subsets": "--subset", "show_all": "--all",
+    "strategy": "--estimator"}
+
+
 def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"Unexpected arguments: {' '.join(argv[1:])}")
     logging.set_verbosity(logging.WARNING)  # TensorFlow's per-checkpoint info lines
     import heldout
+    from heldout.store import checks
 
-    if heldout.released.is_release_source(_EXPERIMENT_DIR.value):
-        try:
-            _fetch(heldout)
-        except ValueError as e:
-            sys.exit(f"estimate.py: error: {e}")
-    if _VERIFY.value:
-        try:
-            checked, problems = heldout.runs.verify_runs(_EXPERIMENT_DIR.value)
-        except ValueError as e:
-            sys.exit(f"estimate.py: error: {e}")
-        for directory, problem in problems:
-            print(f"damaged run {directory}: {problem}")
-        print(f"verified {checked} complete runs: {len(problems)} damaged")
-        sys.exit(1 if problems else 0)
-    if _TARGETS.value or _PLAN.value:
-        return _targeted(heldout)
-    if len(_ESTIMATOR.value) == 1 and (_ESTIMATOR.value[0] == "tracin"
-                                       or _ESTIMATOR.value[0].startswith("if_")):
-        return _attribute(heldout)
     try:
-        chosen = tuple(_ESTIMATOR.value)
-        config = heldout.EstimateConfig(
-            estimators=heldout.ESTIMATORS if chosen == ("all",) else chosen,
-            subsets=tuple(_SUBSET.value) if _SUBSET.value else None,
+        request = heldout.EstimateRequest(
+            experiment_dir=_EXPERIMENT_DIR.value, fetch_dir=_FETCH_DIR.value,
+            fetch_checkpoints=_tuple(_FETCH_CHECKPOINTS.value),
+            fetch_run_ids=_FETCH_RUN_IDS.value, md5=_MD5.value,
+            estimators=tuple(_ESTIMATOR.value), subsets=_tuple(_SUBSET.value),
             metric=_METRIC.value, min_runs=_MIN_RUNS.value, test=_TEST.value,
             confidence=_CONFIDENCE.value, alpha=_ALPHA.value, fdr=_FDR.value,
             influence_output=_INFLUENCE_OUTPUT.value, top_k=_TOP_K.value,
-            threshold=_THRESHOLD.value,
-            eval_indices=heldout.read_indices(_EVAL_INDICES.value, "--eval_indices")
-            if _EVAL_INDICES.value else None,
-            eval_shard=heldout.parse_shard(_EVAL_SHARD.value, "--eval_shard")
-            if _EVAL_SHARD.value else None,
-            num_pairs=max(_TOP.value, 100))
-        estimates = heldout.estimate_experiment(_EXPERIMENT_DIR.value, config,
-                                                progress=_PROGRESS.value)
-        output = _OUTPUT.value or os.path.join(
-            _EXPERIMENT_DIR.value, f"estimates-{estimates.subset or 'cscore'}.npz")
-        heldout.save_estimates(estimates, output)
-        dataset = _DATASET.value or heldout.read_experiment_info(
-            _EXPERIMENT_DIR.value).get("dataset")
-        data = heldout.load_dataset(dataset, _DATA_DIR.value) if dataset else None
-        labels_train = None if data is None else data.y_train
-        labels_test = None if data is None else data.y_test
-        written = [output]
-        if _CSV_DIR.value:
-            written += heldout.write_tables(estimates, _CSV_DIR.value, labels_train,
-                                            labels_test)
-        if _PLOT_DIR.value:
-            written += heldout.plot_estimates(estimates, _PLOT_DIR.value, data)
-    except ValueError as e:
-        sys.exit(f"estimate.py: error: {e}")
-    print(heldout.format_report(estimates, labels_train, labels_test, top=_TOP.value))
-    print()
-    for path in written:
-        print(f"Saved {path}")
+            threshold=_THRESHOLD.value, eval_indices=_EVAL_INDICES.value,
+            eval_shard=_EVAL_SHARD.value, targets=_TARGETS.value, show_all=_ALL.value,
+            plan=_PLAN.value, effect=_EFFECT.value, power=_POWER.value, run_id=_RUN_ID.value,
+            attribution={parameter: _attribution_value(holder)
+                         for holder, parameter in _ATTRIBUTION_FLAGS if holder.present},
+            trak_runs=_TRAK_RUNS.value,
+            factors_path=_FACTORS_PATH.value, output=_OUTPUT.value, csv_dir=_CSV_DIR.value,
+            plot_dir=_PLOT_DIR.value, dataset=_DATASET.value, data_dir=_DATA_DIR.value,
+            max_classes=_MAX_CLASSES.value, top=_TOP.value, verify=_VERIFY.value,
+            progress=_PROGRESS.value, merge=_tuple(_MERGE.value),
+            compare_to=_COMPARE_TO.value, lds_subset=_LDS_SUBSET.value,
+            lds_runs=_LDS_RUNS.value)
+        report = heldout.run_estimate(request)
+    except checks.cli_errors() as e:
+        sys.exit(f"estimate.py: error: {checks.one_line_error(e, _FLAG_OF)}")
+    print(report)
+    sys.exit(report.exit_status)
 
 
-def _attribute(heldout) -> None:
-    """A gradient-based method on one run's checkpoints, beside the retraining estimates."""
-    from heldout.attribution import runs_attribution
-
-    method = _ESTIMATOR.value[0]
-    experiment_dir = _EXPERIMENT_DIR.value
-    try:
-        subset = heldout.analysis.choose_subset(experiment_dir, _SUBSET.value)
-        dataset = _DATASET.value or heldout.read_experiment_info(experiment_dir).get("dataset")
-        if not dataset:
-            raise ValueError("--dataset: needed (the experiment does not record its data set)")
-        data = heldout.load_dataset(dataset, _DATA_DIR.value)
-        eval_indices = np.arange(data.num_test)
-        if _EVAL_INDICES.value:
-            eval_indices = np.asarray(heldout.read_indices(_EVAL_INDICES.value,
-                                                           "--eval_indices"))
-        if _EVAL_SHARD.value:
-            index, count = heldout.parse_shard(_EVAL_SHARD.value, "--eval_shard")
-            eval_indices = np.array_split(eval_indices, count)[index]
-        retraining = heldout.load_experiment(experiment_dir, subset, progress=_PROGRESS.value)
-        attribution = runs_attribution.attribute_run(
-            heldout.runs.run_dir(experiment_dir, subset, _RUN_ID.value), method, data,
-            eval_indices, measurement=_MEASUREMENT.value, damping=_DAMPING.value,
-            projection_dim=_PROJECTION_DIM.value, factors_path=_FACTORS_PATH.value,
-            retraining=retraining if retraining.num_runs >= 2 else None)
-        output = _OUTPUT.value or os.path.join(
-            experiment_dir, f"{method}-{subset}-run{_RUN_ID.value}.npz")
-        runs_attribution.save_attribution(attribution, output)
-    except ValueError as e:
-        sys.exit(f"estimate.py: error: {e}")
-    print(runs_attribution.format_attribution(attribution, data.y_train, top=_TOP.value))
-    print(f"\nSaved {output}")
+def _attribution_value(holder: flags.FlagHolder) -> object:
+    """A gradient-method flag's value as its config takes it (lists as tuples, numbers)."""
+    if holder is _LAYERS:
+        return tuple(holder.value)
+    if holder is _LAMBDA_REG:
+        try:
+            grid = tuple(float(v) for v in holder.value)
+        except ValueError:
+            raise ValueError(f"lambda_reg={','.join(holder.value)}: expected numbers") from None
+        return grid[0] if len(grid) == 1 else grid
+    return holder.value
 
 
-def _fetch(heldout) -> None:
-    """Streams a published tarball's aux arrays (and chosen checkpoints) to disk, then
-    points --experiment_dir at the extracted experiment."""
-    source = _EXPERIMENT_DIR.value
-    name = source.rstrip("/").rsplit("/", 1)[-1].split("?")[0]
-    for suffix in (".tar.gz", ".tgz"):
-        name = name.removesuffix(suffix)
-    destination = _FETCH_DIR.value or os.path.join("experiments", name)
-    summary = heldout.released.extract_release(
-        source, destination, include_checkpoints=bool(_FETCH_CHECKPOINTS.value),
-        subsets=_FETCH_CHECKPOINTS.value or None,
-        run_ids=heldout.parse_run_ids(_FETCH_RUN_IDS.value, "--fetch_run_ids")
-        if _FETCH_RUN_IDS.value else None, progress=_PROGRESS.value)
-    print(summary)
-    flags.FLAGS.experiment_dir = heldout.released.experiment_root(destination)
-
-
-def _targeted(heldout) -> None:
-    """The targeted self-influence report and/or the power plan."""
-    present = flags.FLAGS
-    metric = _METRIC.value if present["metric"].present else "logodds"
-    alpha = _ALPHA.value if present["alpha"].present else 0.01
-    confidence = _CONFIDENCE.value if present["confidence"].present else 0.99
-    experiment_dir = _EXPERIMENT_DIR.value
-    written = []
-    try:
-        if _PLAN.value:
-            indices = None
-            if _TARGETS.value:
-                indices = heldout.targets.find_targets(experiment_dir, _TARGETS.value).indices
-            plan = heldout.targeted.plan_runs(experiment_dir, _EFFECT.value, metric, alpha,
-                                              _POWER.value, indices=indices,
-                                              progress=_PROGRESS.value)
-            print(heldout.targeted.format_plan(plan, metric))
-        if not _TARGETS.value:
-            return
-        report = heldout.targeted.targeted_self_influence(
-            experiment_dir, _TARGETS.value, metric, _TEST.value, confidence, _MIN_RUNS.value,
-            progress=_PROGRESS.value)
-        dataset = _DATASET.value or heldout.read_experiment_info(experiment_dir).get("dataset")
-        labels = heldout.load_dataset(dataset, _DATA_DIR.value).y_train if dataset else None
-        output = _OUTPUT.value or os.path.join(
-            experiment_dir, f"self_influence-{report.targets.name}.npz")
-        heldout.export.save_targeted_report(report, output, alpha)
-        written.append(output)
-        if _CSV_DIR.value:
-            written.append(heldout.export.write_targeted_csv(
-                report, f"{_CSV_DIR.value}/self_influence-{report.targets.name}.csv", labels))
-        if _PLOT_DIR.value:
-            written.append(heldout.targeted.plot_targeted_report(
-                report, f"{_PLOT_DIR.value}/self_influence-{report.targets.name}.png"))
-    except ValueError as e:
-        sys.exit(f"estimate.py: error: {e}")
-    print(heldout.targeted.format_targeted_report(report, alpha, _ALL.value, labels))
-    print()
-    for path in written:
-        print(f"Saved {path}")
+def _tuple(values: list[str] | None) -> tuple[str, ...] | None:
+    return tuple(values) if values is not None else None
 
 
 if __name__ == "__main__":

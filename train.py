@@ -20,6 +20,15 @@ Usage:
 
 --model=small_inception and --model=airbench train with their published recipe
 (--recipe=auto); flags given on the command line override single settings of it.
+
+Checkpoints, the checkpoint interval and logits cannot be added to runs already
+complete: such a request is refused with one line, unless --retrain_complete asks to
+retrain those runs (same seeds, so their aux arrays come out bit-identical):
+  python train.py --num_runs=200 --save_checkpoints --checkpoint_every=2 --retrain_complete
+
+Every check (flags, data, run ids, writable directory) runs before training starts;
+errors are one line "train.py: error: <flag or path>: <what was expected>" (exit status
+1); requested runs still held by other workers when the job ends: exit status 3.
 """
 
 import os
@@ -30,10 +39,12 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 from absl import app, flags, logging  # noqa: E402
 
 _DATASET = flags.DEFINE_string(
-    "dataset", "digits", "Data: 'digits', 'npz:<path>' or 'tfds:<name>[:<version>]'.")
+    "dataset", None, "Data: 'digits' (the default), 'npz:<path>', 'tfds:<name>[:<version>]' "
+    "or 'imagenet:<train pattern>,<test pattern>' (small TFRecord sets, in memory).")
 _DATA_DIR = flags.DEFINE_string("data_dir", None, "TFDS data directory.")
 _EXPERIMENT_DIR = flags.DEFINE_string(
-    "experiment_dir", "./experiments/digits", "Experiment directory (local or gs://).")
+    "experiment_dir", None, "Experiment directory (local or gs://); default "
+    "./experiments/digits, or the --config preset's.")
 _MODEL = flags.DEFINE_string(
     "model", "mlp", "Model: 'mlp' or 'cnn' (trained K at once), 'small_inception' or "
     "'resnet50' (the published architectures, one at a time), 'airbench' (the airbench94 "
@@ -53,13 +64,14 @@ _TARGET_INDICES = flags.DEFINE_string(
     "of indices, or a built-in CIFAR-10 set (random20, easy20, cifar10_nsi).")
 _PILOT_RUNS = flags.DEFINE_integer(
     "pilot_runs", 0, "Train this many full-arm runs first, to choose easy targets from.")
-_CONFIG = flags.DEFINE_enum(
-    "config", None, ["digits_nsi"], "A preset experiment: digits_nsi = negative "
-    "self-influence on digits (100 pilot runs, 20 random + 20 easy targets, full and "
-    "drop-nsi arms of --num_runs runs each, 1000 by default).")
+_CONFIG = flags.DEFINE_string(
+    "config", None, "A preset experiment (heldout/training/presets.py): digits_nsi = "
+    "negative self-influence on digits (100 pilot runs, 20 random + 20 easy targets, full "
+    "and drop-nsi arms of --num_runs runs each, 1000 by default).")
 _NUM_RUNS = flags.DEFINE_integer("num_runs", 1000, "Train run ids 0..num_runs-1.")
 _RUN_IDS = flags.DEFINE_string(
-    "run_ids", None, "Run ids to train instead of --num_runs, e.g. '0-99' or '3,5,8'.")
+    "run_ids", None, "Run ids to train instead of --num_runs, e.g. '0-99' or '3,5,8' "
+    "(below 1,000,000).")
 _SEED = flags.DEFINE_integer("seed", 0, "Experiment seed; with a run id it fixes the run.")
 _EPOCHS = flags.DEFINE_integer("epochs", 20, "Passes over each run's subset.")
 _BATCH_SIZE = flags.DEFINE_integer("batch_size", 64, "Examples per model per step.")
@@ -99,6 +111,18 @@ _CHECKPOINT_EVERY = flags.DEFINE_integer(
     "epochs, with its learning rate in run.json (for TracIn).")
 _SAVE_LOGITS = flags.DEFINE_bool(
     "save_logits", False, "Also store float16 logits_<split> in aux_arrays.npz.")
+_RETRAIN_COMPLETE = flags.DEFINE_bool(
+    "retrain_complete", False, "Retrain requested runs that are complete but lack what "
+    "--save_checkpoints/--checkpoint_every/--save_logits ask for (without it they are "
+    "refused); the new aux arrays are compared with the old (same seeds: bit-identical).")
+_STREAM_RECORDS = flags.DEFINE_bool(
+    "stream_records", False, "With --dataset=imagenet:<train>,<test>: stream the records "
+    "through tf.data instead of loading them into memory (full ImageNet).")
+_IMAGE_SIZE = flags.DEFINE_integer("image_size", 224, "With --stream_records: side of the "
+                                   "model's input images, in pixels.")
+_MAX_CLASSES = flags.DEFINE_integer(
+    "max_classes", 10_000, "Most classes a data set may have (a stray label of 1,000,000 "
+    "is refused instead of building a million-way model).")
 _NUM_SHARDS = flags.DEFINE_integer(
     "num_shards", None, "Split the run ids among this many workers (cluster jobs); default "
     "from SLURM_ARRAY_TASK_COUNT under a Slurm array.")
@@ -116,89 +140,51 @@ _VERIFY = flags.DEFINE_bool(
 _PROGRESS = flags.DEFINE_bool("progress", True, "Show a progress bar.")
 
 
+# Library parameter -> flag, for error messages (one table).
+_FLAG_OF = {**{name: f"--{name}" for name in (
+    "dataset", "data_dir", "experiment_dir", "model", "model_width", "subset_ratio",
+    "subset", "targets", "target_indices", "pilot_runs", "num_runs", "run_ids", "seed",
+    "epochs", "batch_size", "learning_rate", "momentum", "nesterov", "label_smoothing",
+    "augment", "weight_decay", "lr_schedule", "warmup_epochs", "models_at_once", "xla",
+    "precision", "recipe", "test_time_flip", "save_checkpoints", "checkpoint_every",
+    "save_logits", "retrain_complete", "max_classes", "num_shards", "shard_index",
+    "claim_runs", "lease_seconds", "verify", "stream_records", "image_size")},
+    "preset": "--config"}
+
+
 def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"Unexpected arguments: {' '.join(argv[1:])}")
     logging.set_verbosity(logging.WARNING)  # TensorFlow's per-checkpoint info lines
     import heldout
-    import heldout.training.recipes
+    from heldout.store import checks
 
+    config_flags = (_MODEL, _MODEL_WIDTH, _EPOCHS, _BATCH_SIZE, _LEARNING_RATE, _MOMENTUM,
+                    _NESTEROV, _LABEL_SMOOTHING, _AUGMENT, _WEIGHT_DECAY, _LR_SCHEDULE,
+                    _WARMUP_EPOCHS, _CHECKPOINT_EVERY, _MODELS_AT_ONCE, _XLA, _PRECISION,
+                    _TEST_TIME_FLIP)
     try:
-        run_ids = (heldout.parse_run_ids(_RUN_IDS.value) if _RUN_IDS.value
-                   else list(range(_NUM_RUNS.value)))
-        if not run_ids:
-            raise ValueError(f"--num_runs={_NUM_RUNS.value}: expected a positive number")
-        config = heldout.TrainConfig(
-            model=_MODEL.value, model_width=_MODEL_WIDTH.value, epochs=_EPOCHS.value,
-            batch_size=_BATCH_SIZE.value, learning_rate=_LEARNING_RATE.value,
-            momentum=_MOMENTUM.value, nesterov=_NESTEROV.value,
-            label_smoothing=_LABEL_SMOOTHING.value, augment=_AUGMENT.value,
-            weight_decay=_WEIGHT_DECAY.value, lr_schedule=_LR_SCHEDULE.value,
-            warmup_epochs=_WARMUP_EPOCHS.value, checkpoint_every=_CHECKPOINT_EVERY.value,
-            models_at_once=_MODELS_AT_ONCE.value,
-            xla=_XLA.value, precision=_PRECISION.value, test_time_flip=_TEST_TIME_FLIP.value)
-        recipe = _RECIPE.value
-        if recipe == "auto":
-            recipe = _MODEL.value if _MODEL.value in heldout.training.recipes.RECIPES else "none"
-        if recipe != "none":
-            config = heldout.training.recipes.apply_recipe(
-                config, recipe, keep=[name for name in flags.FLAGS if flags.FLAGS[name].present])
-        shard = heldout.coordination.resolve_shard(_NUM_SHARDS.value, _SHARD_INDEX.value)
-        run_ids = heldout.coordination.shard_run_ids(run_ids, shard)
-        if shard.count > 1:
-            print(f"shard {shard.index} of {shard.count} ({shard.source}): "
-                  f"{len(run_ids)} run ids")
-        if _VERIFY.value:
-            _verify(heldout)
-        common = dict(seed=_SEED.value, data_dir=_DATA_DIR.value,
-                      save_checkpoints=_SAVE_CHECKPOINTS.value,
-                      save_logits=_SAVE_LOGITS.value, progress=_PROGRESS.value,
-                      claim_runs=_CLAIM_RUNS.value, lease_seconds=_LEASE_SECONDS.value)
-        subset = _SUBSET.value or heldout.subsets.subset_name(_SUBSET_RATIO.value)
-        if _CONFIG.value == "digits_nsi":
-            experiment_dir = (_EXPERIMENT_DIR.value if flags.FLAGS["experiment_dir"].present
-                              else "./experiments/digits_nsi")
-            summaries = heldout.train_targeted_experiment(
-                experiment_dir, "digits", config, "nsi", run_ids, choose="random:20,easy:20",
-                pilot_runs=100, **common)
-        elif subset.startswith("drop-"):
-            summaries = heldout.train_targeted_experiment(
-                _EXPERIMENT_DIR.value, _DATASET.value, config, subset[len("drop-"):], run_ids,
-                choose=_TARGETS.value, indices=_TARGET_INDICES.value,
-                pilot_runs=_PILOT_RUNS.value, arms=("drop",), **common)
-        else:
-            if _TARGETS.value or _TARGET_INDICES.value:
-                raise ValueError("--targets/--target_indices: only for --subset=drop-<name>")
-            summaries = [heldout.train_experiment(
-                _EXPERIMENT_DIR.value, _DATASET.value, config, subset, run_ids, **common)]
-    except ValueError as e:
-        sys.exit(f"train.py: error: {e}")
-    for summary in summaries:
-        print(f"{summary.experiment_dir}/{summary.subset}: trained {len(summary.trained)} "
-              f"runs, {len(summary.already_complete)} were already complete"
-              + (f", {len(summary.claimed_elsewhere)} claimed by other workers"
-                 if summary.claimed_elsewhere else "") + "; "
-              + (f"mean test accuracy {summary.mean_test_accuracy:.4f}; "
-                 if summary.trained else "")
-              + f"{summary.seconds:.1f} s")
-        if summary.trained:
-            print(f"  trained run ids: {heldout.subsets.format_run_ids(summary.trained)}")
-    for summary in summaries:
-        if summary.exit_status:  # a scheduler should retry this task later
-            print(f"train.py: runs {heldout.subsets.format_run_ids(summary.still_claimed)} of "
-                  f"{summary.experiment_dir}/{summary.subset} are claimed by other workers "
-                  f"and not complete yet; run again later (exit status {summary.exit_status})",
-                  file=sys.stderr)
-            sys.exit(summary.exit_status)
-
-
-def _verify(heldout) -> None:
-    """Reports damaged runs of the experiment by name and moves their aux arrays aside."""
-    checked, problems = heldout.runs.verify_runs(_EXPERIMENT_DIR.value)
-    for directory, problem in problems:
-        moved = heldout.runs.quarantine_run(directory)
-        print(f"damaged run {directory}: {problem} (moved to {moved}; it will be redone)")
-    print(f"verified {checked} complete runs: {len(problems)} damaged")
+        request = heldout.TrainRequest(
+            config=heldout.TrainConfig(**{f.name: f.value for f in config_flags}),
+            chosen=frozenset(f.name for f in config_flags if f.present),
+            recipe=_RECIPE.value, experiment_dir=_EXPERIMENT_DIR.value,
+            dataset=_DATASET.value, data_dir=_DATA_DIR.value, subset=_SUBSET.value,
+            subset_ratio=_SUBSET_RATIO.value, run_ids=_RUN_IDS.value,
+            num_runs=_NUM_RUNS.value, seed=_SEED.value, targets=_TARGETS.value,
+            target_indices=_TARGET_INDICES.value, pilot_runs=_PILOT_RUNS.value,
+            preset=_CONFIG.value, save_checkpoints=_SAVE_CHECKPOINTS.value,
+            save_logits=_SAVE_LOGITS.value, retrain_complete=_RETRAIN_COMPLETE.value,
+            num_shards=_NUM_SHARDS.value, shard_index=_SHARD_INDEX.value,
+            claim_runs=_CLAIM_RUNS.value, lease_seconds=_LEASE_SECONDS.value,
+            verify=_VERIFY.value, progress=_PROGRESS.value, max_classes=_MAX_CLASSES.value,
+            stream_records=_STREAM_RECORDS.value, image_size=_IMAGE_SIZE.value)
+        report = heldout.train(request)
+    except checks.cli_errors() as e:
+        sys.exit(f"train.py: error: {checks.one_line_error(e, _FLAG_OF)}")
+    print(report)
+    if report.exit_status:  # runs held by other workers: a scheduler should retry
+        print(f"train.py: {report.retry_message}", file=sys.stderr)
+        sys.exit(report.exit_status)
 
 
 if __name__ == "__main__":

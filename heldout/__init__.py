@@ -16,12 +16,23 @@ import cycles (`tests/test_layering.py` parses every import and enforces this):
     attribution  gradient-based estimators judged against retraining
 
 This module is the small stable public API (`__all__`); the subpackages hold the rest.
+Its three front doors are what the CLIs call, one each, so a notebook gets exactly the
+behaviour of the command line (checks, defaults, presets, output paths):
+
+    train(TrainRequest(...)) -> TrainReport                 train.py
+    run_estimate(EstimateRequest(...)) -> EstimateReport    estimate.py
+    run_demo(DemoRequest(...)) -> DemoReport                demo.py
+
+Their errors are `ValueError`s naming the request's parameters; `str()` of a report is
+what the CLI prints.
 """
 
+from heldout.attribution.api import run_estimate
 from heldout.data.dataset import Dataset
 from heldout.data.sources import load_dataset
 from heldout.estimate import export, targeted
 from heldout.estimate import pipeline as analysis
+from heldout.estimate.api import EstimateReport, EstimateRequest
 from heldout.estimate.estimators import (
     CScore,
     InfluencePairs,
@@ -46,6 +57,7 @@ from heldout.estimate.pipeline import (
     plot_estimates,
 )
 from heldout.models.checkpoints import RunCheck, check_run, restore_run_model
+from heldout.models.demo import DemoReport, DemoRequest, run_demo
 from heldout.store import coordination, released, runs, targets
 from heldout.store import designs as subsets
 from heldout.store.designs import parse_run_ids, parse_shard, read_indices, subset_indices
@@ -58,6 +70,7 @@ from heldout.store.runs import (
     read_run_info,
     save_run,
 )
+from heldout.training.api import TrainReport, TrainRequest, train
 from heldout.training.core import TrainConfig
 from heldout.training.ensemble import EnsembleTrainer
 from heldout.training.experiment import (
@@ -74,6 +87,7 @@ __all__ = [
     "analysis", "coordination", "export", "released", "runs", "subsets", "targeted",
     "targets",
     # training
+    "TrainRequest", "TrainReport", "train",
     "EnsembleTrainer", "TrainConfig", "TrainSummary", "read_experiment_info",
     "resolve_targets", "train_experiment", "train_targeted_experiment",
     # data and runs
@@ -85,6 +99,8 @@ __all__ = [
     "influence_blocks", "memorization", "pair_statistics", "self_influence",
     "top_influence_pairs", "top_influences",
     # analysis and checkpoints
+    "EstimateRequest", "EstimateReport", "run_estimate", "DemoRequest", "DemoReport",
+    "run_demo",
     "ESTIMATORS", "EstimateConfig", "Estimates", "RunCheck", "check_run",
     "estimate_experiment", "format_report", "plot_estimates", "restore_run_model",
     "save_estimates", "write_tables",

@@ -51,7 +51,9 @@ def attribute_run(run_dir: str, method: str, data: Dataset, eval_indices: np.nda
                   measurement: str = "loss", damping: float | None = None,
                   projection_dim: int | None = None, factors_path: str | None = None,
                   retraining: runs_lib.Experiment | None = None, fisher: str = "true",
-                  fisher_seed: int = 0, fisher_draws: int = 1) -> RunAttribution:
+                  fisher_seed: int = 0, fisher_draws: int = 1,
+                  config: tracin.TracInConfig | influence_functions.InfluenceConfig | None = None
+                  ) -> RunAttribution:
     """Scores the training examples of `data` with `method` using the run's checkpoints.
 
     Args:
@@ -70,6 +72,8 @@ def attribute_run(run_dir: str, method: str, data: Dataset, eval_indices: np.nda
             ``expected``).
         fisher_seed: seed of the true Fisher's sampled labels.
         fisher_draws: true Fisher: average its moments over this many label draws.
+        config: the method's whole config (`TracInConfig` / `InfluenceConfig` with the
+            method's strategy); when given, the single settings above are not used.
 
     Raises:
         ValueError: unknown method, or the run lacks the checkpoints the method needs.
@@ -97,14 +101,15 @@ def attribute_run(run_dir: str, method: str, data: Dataset, eval_indices: np.nda
                   for epoch, rate in tracin_checkpoints(info)]
         result = tracin.score_tracin(
             models, data.x_train, data.y_train, x_query, y_query,
-            tracin.TracInConfig(measurement=measurement, projection_dim=projection_dim))
+            config or tracin.TracInConfig(measurement=measurement,
+                                          projection_dim=projection_dim))
         timings = f"TracIn over {len(models)} checkpoints: {result.seconds:.1f} s"
     else:
         model = checkpoints_lib.restore_run_model(
             run_dir, arch, data.num_classes, data.input_shape, width).model
         result = influence_functions.score_influence_functions(
             model, data.x_train, data.y_train, x_query, y_query,
-            influence_functions.InfluenceConfig(
+            config or influence_functions.InfluenceConfig(
                 strategy=method[len("if_"):], damping=damping, measurement=measurement,
                 fisher=fisher, fisher_seed=fisher_seed, fisher_draws=fisher_draws),
             factors_path=factors_path)

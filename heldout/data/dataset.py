@@ -1,10 +1,20 @@
-"""Dataset: the train and test arrays of one data set, with a stable per-example index."""
+"""Dataset: the train and test arrays of one data set, with a stable per-example index.
+
+A `Dataset` checks its arrays when it is made, so nothing downstream trains on them
+unchecked: finite real inputs, integer labels in ``[0, num_classes)``, train and test
+examples of one shape. The sources also refuse empty splits (`check_not_empty`) and
+bound the class count (`check_class_count`): a stray label of 1,000,000 would otherwise build a
+million-way output layer before anything fails.
+"""
 
 from __future__ import annotations
 
 import dataclasses
 
 import numpy as np
+
+# Most classes a data set may have unless the caller raises the limit (`max_classes`).
+DEFAULT_MAX_CLASSES = 10_000
 
 
 @dataclasses.dataclass(frozen=True)
@@ -36,6 +46,16 @@ class Dataset:
     original_index_train: np.ndarray | None = None
     original_index_test: np.ndarray | None = None
 
+    def __post_init__(self):
+        for split in ("train", "test"):
+            _check_split(self.name, split, getattr(self, f"x_{split}"),
+                         getattr(self, f"y_{split}"), self.num_classes)
+        if self.x_train.shape[1:] != self.x_test.shape[1:]:
+            raise ValueError(
+                f"dataset={self.name}: x_test holds examples of shape "
+                f"{self.x_test.shape[1:]} but x_train of shape {self.x_train.shape[1:]}; "
+                "expected one shape")
+
     @property
     def num_train(self) -> int:
         return len(self.y_train)
@@ -55,3 +75,58 @@ class Dataset:
     @property
     def input_shape(self) -> tuple[int, ...]:
         return tuple(self.x_train.shape[1:])
+
+
+def check_not_empty(data: Dataset) -> None:
+    """Refuses a data set with no training or no test example (nothing to train or to
+    evaluate). Not part of `Dataset` itself: trainers use empty ones to carry shapes.
+
+    Raises:
+        ValueError: naming the empty split.
+    """
+    for split in ("train", "test"):
+        if len(getattr(data, f"y_{split}")) == 0:
+            raise ValueError(f"dataset={data.name}: x_{split} is empty; expected at least one "
+                             f"{split} example")
+
+
+def check_class_count(source: str, num_classes: int,
+                      max_classes: int = DEFAULT_MAX_CLASSES) -> None:
+    """Refuses a class count above `max_classes` (a model gets one output per class).
+
+    Raises:
+        ValueError: naming the source, the count and the parameter that raises the limit.
+    """
+    if not max_classes >= 1:
+        raise ValueError(f"max_classes={max_classes}: expected a positive number")
+    if num_classes > max_classes:
+        raise ValueError(
+            f"{source}: labels give {num_classes:,} classes, above the limit of "
+            f"{max_classes:,}; expected smaller labels (raise the limit with max_classes)")
+
+
+def _check_split(name: str, split: str, x: np.ndarray, y: np.ndarray, num_classes: int) -> None:
+    """Refuses empty, non-finite, complex or mislabelled arrays of one split."""
+    if len(x) != len(y):
+        raise ValueError(f"dataset={name}: x_{split} has {len(x)} rows but y_{split} has "
+                         f"{len(y)}")
+    if not (np.issubdtype(x.dtype, np.floating) or np.issubdtype(x.dtype, np.integer)
+            or x.dtype == np.bool_):
+        raise ValueError(f"dataset={name}: x_{split} has dtype {x.dtype}; expected real "
+                         "numbers")
+    if len(x) and np.issubdtype(x.dtype, np.floating):
+        finite = np.isfinite(x.reshape(len(x), -1)).all(axis=1)
+        if not finite.all():
+            row = int(np.argmin(finite))
+            raise ValueError(f"dataset={name}: x_{split} holds NaN or infinity (example {row}); "
+                             "expected finite real numbers")
+    if y.ndim != 1 or not np.issubdtype(y.dtype, np.integer):
+        raise ValueError(f"dataset={name}: y_{split} has dtype {y.dtype} and shape {y.shape}; "
+                         "expected a 1-D array of integer labels")
+    if not num_classes >= 1:
+        raise ValueError(f"dataset={name}: num_classes={num_classes}; expected a positive "
+                         "number")
+    if len(y) and (y.min() < 0 or y.max() >= num_classes):
+        bad = int(y.min()) if y.min() < 0 else int(y.max())
+        raise ValueError(f"dataset={name}: y_{split} holds label {bad}; expected labels in "
+                         f"[0, num_classes={num_classes})")

@@ -7,11 +7,15 @@ releases. Run files store these indices, so estimates from different runs line u
 Sources (see SPEC §6):
     * ``digits``: scikit-learn's ``load_digits`` (shipped with scikit-learn, no download).
     * ``npz:<path>``: arrays ``x_train, y_train, x_test, y_test`` (and optionally a scalar
-    ``num_classes``; otherwise the largest label + 1).
+      ``num_classes``; otherwise the largest label + 1).
     * ``tfds:<name>[:<version>]``: TensorFlow Datasets in unshuffled file order.
-  * ``imagenet:<train pattern>,<test pattern>``: ImageNet-style TFRecords with an index
-    feature (`heldout.imagenet`; in memory, so for small subsets; stream full ImageNet
-    with `imagenet.imagenet_dataset`).
+    * ``imagenet:<train pattern>,<test pattern>``: ImageNet-style TFRecords with an index
+      feature (`heldout.data.imagenet`), loaded into memory, so only for sets up to
+      `max_record_bytes` of records; full ImageNet is streamed instead
+      (`imagenet.streaming_data` for training, demo.py ``--records`` for evaluation).
+
+Every source's arrays are checked (`Dataset`), and the number of classes is bounded by
+`max_classes` before any model is built.
 """
 
 from __future__ import annotations
@@ -20,30 +24,79 @@ import io
 
 import numpy as np
 
-from heldout.data.dataset import Dataset
+from heldout.data import imagenet
+from heldout.data.dataset import (
+    DEFAULT_MAX_CLASSES,
+    Dataset,
+    check_class_count,
+    check_not_empty,
+)
 
 NPZ_KEYS = ("x_train", "y_train", "x_test", "y_test")
+
+# Most bytes of TFRecords an ``imagenet:`` spec may load into memory unless raised.
+DEFAULT_MAX_RECORD_BYTES = 512 * 2**20
 
 # One test example in every `_DIGITS_TEST_EVERY` of each class, in load_digits order.
 _DIGITS_TEST_EVERY = 4
 
 
-def load_dataset(spec: str, data_dir: str | None = None) -> Dataset:
-    """Loads the data set named by `spec` (``digits``, ``npz:<path>``, ``tfds:<name>[:<version>]``).
+def load_dataset(spec: str, data_dir: str | None = None,
+                 max_classes: int = DEFAULT_MAX_CLASSES,
+                 max_record_bytes: int = DEFAULT_MAX_RECORD_BYTES) -> Dataset:
+    """Loads the data set named by `spec`, checked (`Dataset`) and with a bounded class count.
+
+    Args:
+        spec: ``digits``, ``npz:<path>``, ``tfds:<name>[:<version>]`` or
+            ``imagenet:<train pattern>,<test pattern>``.
+        data_dir: TFDS data directory.
+        max_classes: most classes accepted (a label of 1,000,000 is refused, not built).
+        max_record_bytes: most bytes of TFRecords an ``imagenet:`` spec loads into memory.
 
     Raises:
-        ValueError: the spec names no known source, or the source's arrays are malformed.
+        ValueError: the spec names no known source, the source's arrays are malformed or
+            non-finite, or there are more than `max_classes` classes.
     """
     if spec == "digits":
-        return load_digits()
-    if spec.startswith("npz:"):
-        return load_npz(spec[len("npz:"):])
-    if spec.startswith("tfds:"):
+        data = load_digits()
+    elif spec.startswith("npz:"):
+        data = load_npz(spec[len("npz:"):], max_classes)
+    elif spec.startswith("tfds:"):
         name, _, version = spec[len("tfds:"):].partition(":")
-        return load_tfds(name, version=version or None, data_dir=data_dir)
-    raise ValueError(
-            f"--dataset={spec!r} is not a known data set: expected 'digits', "
-            "'npz:<path>' or 'tfds:<name>[:<version>]'")
+        data = load_tfds(name, version=version or None, data_dir=data_dir)
+    elif spec.startswith(imagenet.SPEC_PREFIX):
+        data = load_imagenet(spec, max_record_bytes)
+    else:
+        raise ValueError(
+                f"--dataset={spec!r} is not a known data set: expected 'digits', "
+                "'npz:<path>', 'tfds:<name>[:<version>]' or "
+                "'imagenet:<train pattern>,<test pattern>'")
+    check_class_count(f"--dataset={spec}", data.num_classes, max_classes)
+    check_not_empty(data)
+    return data
+
+
+def load_imagenet(spec: str, max_record_bytes: int = DEFAULT_MAX_RECORD_BYTES) -> Dataset:
+    """``imagenet:<train pattern>,<test pattern>`` in memory, if its records are small enough.
+
+    Raises:
+        ValueError: a malformed spec, no matching files, or more than `max_record_bytes`
+            of records (decoded images take several times their JPEG size).
+    """
+    import tensorflow as tf
+
+    patterns = spec[len(imagenet.SPEC_PREFIX):].split(",")
+    if len(patterns) != 2 or not all(patterns):
+        raise ValueError(f"--dataset={spec!r}: expected "
+                         f"'{imagenet.SPEC_PREFIX}<train file pattern>,<test file pattern>'")
+    total = sum(tf.io.gfile.stat(path).length
+                for pattern in patterns for path in imagenet.list_files(pattern))
+    if total > max_record_bytes:
+        raise ValueError(
+            f"--dataset={spec}: {total / 2**30:.2f} GiB of records, above the in-memory limit "
+            f"of {max_record_bytes / 2**30:.2f} GiB (max_record_bytes); stream the records "
+            "instead (stream_records) or use a subset of them")
+    return imagenet.load_imagenet_spec(spec)
 
 
 def load_digits() -> Dataset:
@@ -71,12 +124,13 @@ def load_digits() -> Dataset:
             original_index_train=rows_train, original_index_test=rows_test)
 
 
-def load_npz(path: str) -> Dataset:
+def load_npz(path: str, max_classes: int = DEFAULT_MAX_CLASSES) -> Dataset:
     """Arrays ``x_train, y_train, x_test, y_test`` from an ``.npz`` file (local or gs://).
 
     Raises:
-        ValueError: the file is missing or unreadable, a key is missing, labels are not
-            non-negative integers, or inputs and labels differ in length.
+        ValueError: the file is missing or unreadable, a key is missing, inputs are not
+            real numbers, labels are not non-negative integers, inputs and labels differ
+            in length, or the labels give more than `max_classes` classes.
     """
     import tensorflow as tf
 
@@ -98,6 +152,10 @@ def load_npz(path: str) -> Dataset:
             raise ValueError(
                     f"--dataset=npz:{path}: x_{split} has {len(x)} rows but y_{split} has "
                     f"{len(y)}")
+        if np.iscomplexobj(x) or not (np.issubdtype(x.dtype, np.number)
+                                      or x.dtype == np.bool_):
+            raise ValueError(f"--dataset=npz:{path}: x_{split} has dtype {x.dtype}; expected "
+                             "real numbers")
         if y.ndim != 1 or not np.issubdtype(y.dtype, np.integer) or (y < 0).any():
             raise ValueError(
                     f"--dataset=npz:{path}: y_{split} must be a 1-D array of non-negative "
@@ -112,6 +170,7 @@ def load_npz(path: str) -> Dataset:
             raise ValueError(f"--dataset=npz:{path}: num_classes={declared} but labels go up "
                              f"to {num_classes - 1}")
         num_classes = declared
+    check_class_count(f"--dataset=npz:{path}", num_classes, max_classes)
     return Dataset(
             name=f"npz:{path}",
             x_train=scale_inputs(arrays["x_train"]), y_train=arrays["y_train"].astype(np.int64),
@@ -135,7 +194,9 @@ def load_tfds(name: str, version: str | None = None,
         builder = tfds.builder(full_name, data_dir=data_dir)
         builder.download_and_prepare()
     except Exception as e:  # TFDS raises many types; the user needs one line.
-        raise ValueError(f"--dataset=tfds:{full_name}: cannot load from TFDS ({e})") from e
+        # Some messages list every data set TFDS knows (hundreds of lines): keep the first.
+        first = (str(e).strip().splitlines() or [type(e).__name__])[0][:200]
+        raise ValueError(f"--dataset=tfds:{full_name}: cannot load from TFDS ({first})") from e
     label_feature = builder.info.features["label"]
     splits = {}
     for split in ("train", "test"):

@@ -157,7 +157,11 @@ def restore_run_model(run_dir: str, arch: str, num_classes: int,
     epoch = tf.Variable(0, dtype=tf.int64)
     global_step = tf.Variable(0, dtype=tf.int64)
     checkpoint = tf.train.Checkpoint(model=model, epoch=epoch, global_step=global_step)
-    status = checkpoint.read(prefix)
+    try:
+        status = checkpoint.read(prefix)
+    except (IndexError, tf.errors.OpError) as e:  # a truncated file: "Read less bytes ..."
+        raise ValueError(f"{prefix}: unreadable checkpoint ({e}); expected the complete "
+                         "files a finished run writes") from e
     status.assert_existing_objects_matched()
     status.expect_partial()  # bookkeeping such as save_counter has no place in the model
     return RestoredRun(model=model, checkpoint_path=prefix, epoch=int(epoch.numpy()),

@@ -120,12 +120,16 @@ def subset_indices(num_train: int, subset: str, experiment_seed: int, run_id: in
     return np.sort(np.argsort(keys, kind="stable")[:size]).astype(np.int64)
 
 
+# Run ids are below this bound, so a typo such as 0-3000000000 is refused, not expanded.
+MAX_RUN_ID = 1_000_000
+
+
 def parse_run_ids(text: str, flag: str = "--run_ids") -> list[int]:
     """Ids from ``"0-99"``, ``"3,5,8"`` or a mix (``"0-9,20"``), in increasing order.
 
     Raises:
-        ValueError: the text is not a comma list of ids and inclusive ranges (the
-            message names `flag`).
+        ValueError: the text is not a comma list of ids and inclusive ranges, or an id
+            is not below `MAX_RUN_ID` (the message names `flag`).
     """
     ids: set[int] = set()
     try:
@@ -135,9 +139,12 @@ def parse_run_ids(text: str, flag: str = "--run_ids") -> list[int]:
                 start, stop = int(first), int(last)
                 if stop < start:
                     raise ValueError
+                _check_run_id_bound(stop, text, flag)
                 ids.update(range(start, stop + 1))
             else:
-                ids.add(int(first))
+                ids.add(_check_run_id_bound(int(first), text, flag))
+    except _RunIdBoundError as e:
+        raise ValueError(str(e)) from None
     except ValueError:
         raise ValueError(
             f"{flag}={text!r}: expected non-negative ids and ranges like '0-99' or '3,5,8'"
@@ -145,6 +152,16 @@ def parse_run_ids(text: str, flag: str = "--run_ids") -> list[int]:
     if not ids or min(ids) < 0:
         raise ValueError(f"{flag}={text!r}: expected non-negative ids")
     return sorted(ids)
+
+
+class _RunIdBoundError(Exception):
+    pass
+
+
+def _check_run_id_bound(run_id: int, text: str, flag: str) -> int:
+    if run_id >= MAX_RUN_ID:
+        raise _RunIdBoundError(f"{flag}={text!r}: run ids must be below {MAX_RUN_ID:,}")
+    return run_id
 
 
 def format_run_ids(ids: Sequence[int]) -> str:

@@ -32,6 +32,7 @@ RUN_INFO_FILENAME = "run.json"
 CHECKPOINT_DIRNAME = "checkpoints"
 CHECKPOINT_NAME = "ckpt"  # checkpoints are ckpt-<epoch>
 CORRUPT_DIRNAME = ".corrupt"
+RETRAIN_DIRNAME = ".retrain"  # aux arrays of complete runs set aside while retrained
 CLAIMS_DIRNAME = ".claims"
 TARGETS_DIRNAME = "targets"
 PLOTS_DIRNAME = "plots"
@@ -73,6 +74,12 @@ class RunDir:
     @property
     def run_id(self) -> str:
         return self.path.rstrip("/").rpartition("/")[2]
+
+    @property
+    def set_aside(self) -> str:
+        """Where ``train.py --retrain_complete`` keeps this run's earlier aux arrays while
+        it is retrained: ``<subset>/.retrain/<id>.npz``."""
+        return tf.io.gfile.join(self.subset_dir, RETRAIN_DIRNAME, f"{self.run_id}.npz")
 
     def corrupt(self) -> str:
         """Where damaged aux arrays of this run are moved: ``<subset>/.corrupt/<id>-<time>``."""

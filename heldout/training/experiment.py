@@ -340,6 +340,7 @@ def train_targeted_experiment(experiment_dir: str, dataset: str, config: trainin
                               indices: str | None = None, pilot_runs: int = 0,
                               seed: int = 0, data_dir: str | None = None,
                               arms: Sequence[str] = ("full", "drop"), progress: bool = True,
+                              data: data_lib.Dataset | None = None,
                               **train_kwargs) -> list[TrainSummary]:
     """Both arms of a targeted self-influence experiment, pilot first if asked.
 
@@ -350,7 +351,7 @@ def train_targeted_experiment(experiment_dir: str, dataset: str, config: trainin
     Returns:
         One `TrainSummary` per training call, in order.
     """
-    data = data_lib.load_dataset(dataset, data_dir=data_dir)
+    data = data or data_lib.load_dataset(dataset, data_dir=data_dir)
     summaries = []
     common = dict(seed=seed, data_dir=data_dir, progress=progress, data=data, **train_kwargs)
     if pilot_runs:

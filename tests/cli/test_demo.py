@@ -143,3 +143,70 @@ def test_small_inception_trained_on_mock_cifar10_round_trips_through_demo(tmp_pa
     assert check.restored.epoch == 1 and check.restored.global_step == info["optimizer_steps"]
     assert check.matches == check.total == data.num_train
     assert check.subset_fraction == pytest.approx(0.5)
+
+
+def test_run_without_checkpoints_is_refused_with_the_command_that_adds_them(tmp_path):
+    run_dir = runs.run_dir(str(tmp_path / "exp"), "0.7", 3)
+    subset = np.arange(3)
+    runs.save_run(run_dir, runs.aux_arrays(subset, np.ones(4, bool), np.ones(2, bool)),
+                  {"dataset": "digits", "train_config": {"model": "mlp"}})
+    with pytest.raises(ValueError) as raised:
+        heldout.run_demo(heldout.DemoRequest(run_dir=run_dir))
+    message = str(raised.value)
+    assert message.startswith(f"run_dir={run_dir}: no checkpoint")
+    assert (f"--save_checkpoints --retrain_complete --experiment_dir={tmp_path / 'exp'} "
+            "--subset=0.7 --run_ids=3") in message
+    with pytest.raises(ValueError, match="not a complete run"):
+        heldout.run_demo(heldout.DemoRequest(run_dir=str(tmp_path / "nothing")))
+    with pytest.raises(ValueError, match="run_dir: empty"):
+        heldout.run_demo(heldout.DemoRequest(run_dir=""))
+
+
+def test_truncated_checkpoint_is_one_line_naming_it(released_like_run, tmp_path):
+    """Issue 13 case 6 in demo.py: the error the CLI prints for a damaged checkpoint."""
+    import shutil
+
+    from heldout.store import checks
+
+    root, run_dir, _, _ = released_like_run
+    damaged = tmp_path / "0.5" / "7"
+    shutil.copytree(run_dir, damaged)
+    (data_file,) = (damaged / "checkpoints").glob("ckpt-17.data*")
+    os.truncate(data_file, data_file.stat().st_size // 2)
+    with pytest.raises(checks.cli_errors()) as raised:
+        heldout.run_demo(heldout.DemoRequest(run_dir=str(damaged), arch="small_inception",
+                                             dataset=f"npz:{root / 'data.npz'}"))
+    line = checks.one_line_error(raised.value, {"run_dir": "--run_dir"})
+    assert "ckpt-17" in line and "\n" not in line, line
+
+
+@pytest.mark.slow
+def test_demo_streams_records_and_matches_by_index(tmp_path):
+    """demo.py --records: the published ImageNet demo's path, on a ResNet-50-shaped run
+    whose stored correctness was computed independently (tests/models/test_evaluate.py)."""
+    from tests.data.test_build_imagenet import SYNSETS
+    from tests.models.test_evaluate import IMAGE_SIZE, resnet_run
+
+    root, run_dir, correct, _ = resnet_run.__wrapped__(_Factory(tmp_path))
+    result = subprocess.run(
+        [sys.executable, str(REPO_ROOT / "demo.py"), f"--run_dir={run_dir}", "--arch=resnet50",
+         f"--records={root / 'records' / 'validation-*'}", f"--num_classes={len(SYNSETS)}",
+         f"--image_size={IMAGE_SIZE}", "--progress=false"],
+        capture_output=True, text=True, timeout=300, cwd=REPO_ROOT,
+        env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"})
+    assert result.returncode == 0, result.stderr
+    total = len(correct["test"])
+    assert f"accuracy {correct['test'].mean():.4f} on {total} examples" in result.stdout
+    assert result.stdout.strip().endswith(f"{total} out of {total} predictions match")
+
+
+class _Factory:
+    """The one method of pytest's tmp_path_factory a fixture body uses."""
+
+    def __init__(self, path):
+        self._path = path
+
+    def mktemp(self, name):
+        directory = self._path / name
+        directory.mkdir()
+        return directory

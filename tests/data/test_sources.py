@@ -280,3 +280,98 @@ def test_tfds_unknown_version_is_value_error():
     with _mock(num_examples=2):
         with pytest.raises(ValueError, match=r"--dataset=tfds:mnist:9\.9\.9: cannot load"):
             data.load_dataset("tfds:mnist:9.9.9")
+
+
+def test_tfds_unknown_name_is_one_line():
+    """TFDS lists every data set it knows in this error: only its first line is kept."""
+    with pytest.raises(ValueError) as raised:
+        data.load_dataset("tfds:nosuchds")
+    message = str(raised.value)
+    assert message.startswith("--dataset=tfds:nosuchds: cannot load from TFDS (")
+    assert "\n" not in message and len(message) < 300
+
+
+# --- validation of every source's arrays ------------------------------------------------
+
+
+@pytest.mark.parametrize("bad, fragment", [
+    (np.nan, "x_train holds NaN or infinity (example 2)"),
+    (np.inf, "x_train holds NaN or infinity (example 2)"),
+    (-np.inf, "x_train holds NaN or infinity (example 2)"),
+])
+def test_non_finite_inputs_are_refused_naming_the_array_and_example(tmp_path, bad, fragment):
+    arrays = _valid_arrays()
+    arrays["x_train"] = np.zeros((4, 2, 2, 1), np.float32)
+    arrays["x_train"][2, 1, 0, 0] = bad
+    path = _write_npz(tmp_path / "n.npz", **arrays)
+    with pytest.raises(ValueError, match=re.escape(fragment)):
+        data.load_dataset(f"npz:{path}")
+
+
+def test_complex_inputs_are_refused_not_truncated(tmp_path):
+    arrays = _valid_arrays()
+    arrays["x_test"] = np.zeros((2, 2, 2, 1), np.complex64) + 1j
+    path = _write_npz(tmp_path / "c.npz", **arrays)
+    with pytest.raises(ValueError, match="x_test has dtype complex64; expected real numbers"):
+        data.load_dataset(f"npz:{path}")
+
+
+def test_mismatched_shapes_and_empty_test_split_are_refused(tmp_path):
+    arrays = _valid_arrays()
+    arrays["x_test"] = np.zeros((2, 3, 3, 1), np.uint8)
+    path = _write_npz(tmp_path / "s.npz", **arrays)
+    with pytest.raises(ValueError, match=r"x_test holds examples of shape \(3, 3, 1\) but "
+                                         r"x_train of shape \(2, 2, 1\)"):
+        data.load_dataset(f"npz:{path}")
+    arrays = _valid_arrays()
+    arrays["x_test"], arrays["y_test"] = arrays["x_test"][:0], arrays["y_test"][:0]
+    path = _write_npz(tmp_path / "e.npz", **arrays)
+    with pytest.raises(ValueError, match="x_test is empty; expected at least one test example"):
+        data.load_dataset(f"npz:{path}")
+
+
+def test_dataset_checks_its_own_labels():
+    """A Dataset made directly (not by a source) is checked too."""
+    x = np.zeros((3, 2), np.float32)
+    with pytest.raises(ValueError, match=r"dataset=d: y_test holds label 5; expected labels "
+                                         r"in \[0, num_classes=3\)"):
+        data.Dataset("d", x, np.array([0, 1, 2]), x, np.array([0, 5, 1]), num_classes=3)
+    with pytest.raises(ValueError, match="dataset=d: y_train has dtype float64"):
+        data.Dataset("d", x, np.array([0.0, 1.0, 2.0]), x, np.array([0, 1, 1]), num_classes=3)
+
+
+@pytest.mark.parametrize("largest, limit, refused", [
+    (9, 10, False), (10, 10, True), (1_000_000, 10_000, True), (1_000_000, 1_000_001, False)])
+def test_class_count_is_bounded_by_max_classes(tmp_path, largest, limit, refused):
+    arrays = _valid_arrays()
+    arrays["y_train"] = np.array([0, 1, largest, 1])
+    path = _write_npz(tmp_path / "k.npz", **arrays)
+    if refused:
+        with pytest.raises(ValueError, match=f"labels give {largest + 1:,} classes, above the "
+                                             f"limit of {limit:,}.*max_classes"):
+            data.load_dataset(f"npz:{path}", max_classes=limit)
+    else:
+        assert data.load_dataset(f"npz:{path}", max_classes=limit).num_classes == largest + 1
+
+
+# --- imagenet: specs, in memory up to a size limit ------------------------------------
+
+
+def test_imagenet_spec_is_loaded_in_memory_up_to_the_byte_limit(tmp_path):
+    from heldout.data import imagenet
+    from tests.data.test_imagenet import _random_split, _write_shards
+
+    rng = np.random.default_rng(3)
+    train = _write_shards(tmp_path, "train", _random_split(rng, 6)[0], 2)
+    test = _write_shards(tmp_path, "validation", _random_split(rng, 3)[0], 1)
+    spec = f"imagenet:{train},{test}"
+    total = sum(p.stat().st_size for p in tmp_path.iterdir())  # the records, counted here
+    loaded = data.load_dataset(spec, max_record_bytes=total)
+    direct = imagenet.load_imagenet_spec(spec)
+    assert loaded.name == spec and (loaded.num_train, loaded.num_test) == (6, 3)
+    np.testing.assert_array_equal(loaded.x_train, direct.x_train)
+    np.testing.assert_array_equal(loaded.y_test, direct.y_test)
+    with pytest.raises(ValueError, match=r"above the in-memory limit .*max_record_bytes"):
+        data.load_dataset(spec, max_record_bytes=total - 1)
+    with pytest.raises(ValueError, match="imagenet:<train file pattern>,<test file pattern>"):
+        data.load_dataset(f"imagenet:{train}")
