@@ -184,6 +184,8 @@ def train(request: TrainRequest) -> TrainReport:
         raise ValueError("targets: only for subset=drop-<name> (or target_indices)")
     checks.check_writable(experiment_dir, "experiment_dir")
     config = presets.resolve_recipe(request.config, request.recipe, request.chosen)
+    if preset:
+        config = presets.preset_config(preset.name, config, request.chosen)
     data = _data(request, dataset)
     _check_examples_per_run(data, design)
 
