@@ -71,8 +71,9 @@ _METRIC = flags.DEFINE_enum(
     "logsumexp of the others.")
 _MIN_RUNS = flags.DEFINE_integer(
     "min_runs", 5, "Fewest in- and out-runs an estimate needs (else NaN).")
-_TEST = flags.DEFINE_enum("test", "welch", ["welch", "z"],
-                          "Test of 'different from zero': Welch's t or large-sample z.")
+_TEST = flags.DEFINE_enum("test", None, ["welch", "z"],
+                          "Test of 'different from zero': Welch's t or the large-sample z "
+                          "(default: z for the targeted report, as published; else welch).")
 _CONFIDENCE = flags.DEFINE_float(
     "confidence", None, "Level of confidence intervals; default 0.95, or 0.99 for --targets.")
 _ALPHA = flags.DEFINE_float("alpha", None, "Significance level of the 'significant' flags; "

@@ -95,7 +95,7 @@ class EstimateRequest:
     subsets: tuple[str, ...] | None = None
     metric: str | None = None
     min_runs: int = 5
-    test: str = "welch"
+    test: str | None = None  # None: z for the targeted report (published), else welch
     confidence: float | None = None
     alpha: float | None = None
     fdr: bool = False
@@ -260,7 +260,7 @@ def _estimates(request: EstimateRequest, prepared: Prepared) -> EstimateReport:
     config = pipeline.EstimateConfig(
         estimators=pipeline.ESTIMATORS if chosen == ("all",) else chosen,
         subsets=request.subsets, metric=request.setting("metric", False),
-        min_runs=request.min_runs, test=request.test,
+        min_runs=request.min_runs, test=request.test or "welch",
         confidence=request.setting("confidence", False), alpha=request.setting("alpha", False),
         fdr=request.fdr, influence_output=request.influence_output, top_k=request.top_k,
         threshold=request.threshold,
@@ -361,7 +361,7 @@ def _targeted(request: EstimateRequest, prepared: Prepared) -> EstimateReport:
     if not request.targets:
         return EstimateReport(tuple(sections))
     report = targeted.targeted_self_influence(
-        experiment_dir, request.targets, metric, request.test,
+        experiment_dir, request.targets, metric, request.test or "z",
         request.setting("confidence", True), request.min_runs, progress=request.progress)
     data = load_data(request, experiment_dir)
     labels = None if data is None else data.y_train
