@@ -26,6 +26,7 @@ import tensorflow as tf
 
 from heldout.data import imagenet, sources
 from heldout.data.dataset import DEFAULT_MAX_CLASSES, Dataset, check_class_count
+from heldout.models import registry
 from heldout.store import checks, coordination, designs, files, layout
 from heldout.store import runs as runs_lib
 from heldout.training import experiment, presets
@@ -186,6 +187,10 @@ def train(request: TrainRequest) -> TrainReport:
     config = presets.resolve_recipe(request.config, request.recipe, request.chosen)
     if preset:
         config = presets.preset_config(preset.name, config, request.chosen)
+    if ("models_at_once" in request.chosen and config.models_at_once != 1
+            and registry.get(config.model).trainer == "single"):
+        raise ValueError(f"models_at_once={config.models_at_once}: model={config.model} "
+                         "trains one run per program; leave models_at_once out or give 1")
     data = _data(request, dataset)
     _check_examples_per_run(data, design)
 

@@ -24,3 +24,15 @@ def test_every_preset_setting_is_a_train_config_field():
 def test_unknown_preset_is_refused_naming_the_parameter():
     with pytest.raises(ValueError, match="preset='nope'"):
         presets.preset_config("nope")
+
+
+def test_models_at_once_given_for_a_one_at_a_time_model_is_refused(tmp_path):
+    """--models_at_once cannot apply to small_inception: refused, not ignored."""
+    from heldout.training import api
+
+    request = api.TrainRequest(
+        config=TrainConfig(model="small_inception", models_at_once=8),
+        chosen=frozenset({"model", "models_at_once"}), experiment_dir=str(tmp_path / "e"),
+        num_runs=1)
+    with pytest.raises(ValueError, match="models_at_once=8: model=small_inception"):
+        api.train(request)
