@@ -27,7 +27,7 @@ from heldout.data.dataset import DEFAULT_MAX_CLASSES, Dataset
 from heldout.estimate import compare, export, merge, pipeline, targeted
 from heldout.estimate import datamodels as datamodels_lib
 from heldout.estimate import lds as lds_lib
-from heldout.store import checks, designs, files, layout, published, released
+from heldout.store import checks, designs, experiment_info, files, layout, published, released
 from heldout.store import runs as runs_lib
 from heldout.store import targets as targets_lib
 from heldout.store.experiment_info import read_experiment_info
@@ -251,7 +251,9 @@ def load_data(request: EstimateRequest, experiment_dir: str, required: bool = Fa
         if required:
             raise ValueError("dataset: needed (the experiment does not record its data set)")
         return None
-    return sources.load_dataset(dataset, request.data_dir, max_classes=request.max_classes)
+    data = sources.load_dataset(dataset, request.data_dir, max_classes=request.max_classes)
+    experiment_info.check_data(experiment_dir, data)
+    return data
 
 
 def _estimates(request: EstimateRequest, prepared: Prepared) -> EstimateReport:

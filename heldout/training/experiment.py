@@ -132,6 +132,8 @@ def train_experiment(experiment_dir: str, dataset: str, config: training.TrainCo
                          f"{EXPERIMENT_INFO_FILENAME}, so their settings are unknown (released "
                          "runs can be read, not added to); train into a new experiment_dir")
     info_lib.check_settings(experiment_dir, stored, settings)  # before loading the data
+    if data is not None and not isinstance(data, StreamingData):
+        info_lib.check_data(experiment_dir, data)  # also when no run is left to train
     complete = set(runs_lib.list_runs(experiment_dir, subset)[0])
     todo = [r for r in run_ids if r not in complete]
     already = tuple(r for r in run_ids if r in complete)  # grows if others finish runs

@@ -112,3 +112,24 @@ def test_invalid_record_names_the_file(tmp_path):
     path.write_text("[1, 2]")
     with pytest.raises(files.StoredFileError, match="expected a JSON object"):
         info_lib.read_experiment_info(str(tmp_path))
+
+
+def test_check_data_refuses_other_data_and_accepts_the_recorded_data(tmp_path):
+    """The fingerprint in experiment.json is checked when estimates load the data."""
+    from heldout.data.dataset import Dataset
+    from heldout.store import experiment_info as info_lib
+
+    rng = np.random.default_rng(0)
+
+    def data(shift: float) -> Dataset:
+        return Dataset(name="npz:x.npz", x_train=rng.random((6, 3), np.float32) * 0 + shift,
+                       y_train=np.arange(6) % 2, x_test=np.zeros((2, 3), np.float32),
+                       y_test=np.array([0, 1]), num_classes=2)
+
+    directory = str(tmp_path / "exp")
+    recorded = data(0.5)
+    info_lib.save_experiment_info(directory, {"data": info_lib.data_fingerprint(recorded)})
+    info_lib.check_data(directory, recorded)  # the same arrays: accepted
+    with pytest.raises(ValueError, match="dataset=npz:x.npz: not the data .* sha256"):
+        info_lib.check_data(directory, data(0.25))
+    info_lib.check_data(str(tmp_path / "released"), recorded)  # no experiment.json: no check
