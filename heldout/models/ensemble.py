@@ -96,6 +96,15 @@ def _max_pool_2x2(inputs: tf.Tensor) -> tf.Tensor:
     return tf.reshape(pooled, [models, batch, height // 2, width // 2, channels])
 
 
+def _relu_stack(layers: Sequence[snt.Module], outputs: tf.Tensor) -> tf.Tensor:
+    """The layers in turn with a ReLU between them (none after the last: logits)."""
+    for i, layer in enumerate(layers):
+        outputs = layer(outputs)
+        if i < len(layers) - 1:
+            outputs = tf.nn.relu(outputs)
+    return outputs
+
+
 def _flatten_examples(inputs: tf.Tensor, leading_dims: int) -> tf.Tensor:
     """Flattens everything after the first `leading_dims` axes."""
     shape = _static_or_dynamic_shape(inputs)
@@ -112,12 +121,7 @@ class MLP(snt.Module):
 
     def __call__(self, images: tf.Tensor, is_training: bool = False) -> tf.Tensor:
         del is_training  # No dropout or batch statistics.
-        outputs = _flatten_examples(images, 1)
-        for i, layer in enumerate(self._layers):
-            outputs = layer(outputs)
-            if i < len(self._layers) - 1:
-                outputs = tf.nn.relu(outputs)
-        return outputs
+        return _relu_stack(self._layers, _flatten_examples(images, 1))
 
 
 class EnsembleMLP(snt.Module):
@@ -135,12 +139,7 @@ class EnsembleMLP(snt.Module):
 
     def __call__(self, images: tf.Tensor, is_training: bool = False) -> tf.Tensor:
         del is_training
-        outputs = _flatten_examples(images, 2)
-        for i, layer in enumerate(self._layers):
-            outputs = layer(outputs)
-            if i < len(self._layers) - 1:
-                outputs = tf.nn.relu(outputs)
-        return outputs
+        return _relu_stack(self._layers, _flatten_examples(images, 2))
 
     def export(self, k: int, input_shape: Sequence[int]) -> MLP:
         """Model k of the ensemble as a single `MLP` with the same weights."""
