@@ -538,7 +538,7 @@ def cli_processes(synthetic, tmp_path_factory):
         "unknown_targets": _start("estimate.py", f"--experiment_dir={synthetic.directory}",
                                   "--targets=nope", "--progress=false"),
         "all_plan": _start("estimate.py", f"--experiment_dir={copy}", "--targets=t", "--all",
-                           "--plan", "--progress=false"),
+                           "--plan", "--test=welch", "--progress=false"),
     }
     yield {"processes": processes, "train_dir": root / "train", "copy": copy}
     for process in processes.values():
@@ -593,3 +593,17 @@ def test_estimate_targets_all_plan(cli):
     assert f"Saved {saved}" in out
     with np.load(saved) as npz:
         np.testing.assert_array_equal(npz["index"], ROW_INDEX)
+
+
+def test_targeted_report_uses_the_published_z_test_by_default(synthetic, tmp_path):
+    """estimate.py without --test gives the published table's two-sided z-test."""
+    import heldout
+
+    copy = str(tmp_path / "copy")
+    shutil.copytree(synthetic.directory, copy)
+    report = str(heldout.run_estimate(heldout.EstimateRequest(
+        experiment_dir=copy, targets="t", progress=False)))
+    assert "Targeted self-influence on logodds (z test)" in report
+    welch = str(heldout.run_estimate(heldout.EstimateRequest(
+        experiment_dir=copy, targets="t", test="welch", progress=False)))
+    assert "(welch test)" in welch
