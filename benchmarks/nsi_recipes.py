@@ -30,7 +30,6 @@ Usage:
 
 from __future__ import annotations
 
-import csv
 import dataclasses
 import math
 import os
@@ -109,13 +108,9 @@ class SettingResult:
 
 def base_config():
     """The base recipe: the digits_nsi preset's training settings."""
-    from heldout.training import core as training_core
+    from heldout.training import presets
 
-    try:
-        from heldout.training import presets
-        return presets.preset_config("digits_nsi")
-    except (ImportError, AttributeError):
-        return training_core.TrainConfig(label_smoothing=0.2)
+    return presets.preset_config("digits_nsi")
 
 
 def grid_settings(kind: str, base, label_smoothing, weight_decay, epochs, models
@@ -235,6 +230,8 @@ def format_table(results: list[SettingResult], alpha: float, test: str) -> str:
 
 
 def write_csv(results: list[SettingResult], path: str) -> None:
+    from heldout.store import files
+
     header = [*STUDY_FIELDS, "runs_per_arm", "train_accuracy"]
     groups = ["easy", "random"]
     fields = [f.name for f in dataclasses.fields(GroupResult)]
@@ -245,12 +242,7 @@ def write_csv(results: list[SettingResult], path: str) -> None:
                                                                r.train_accuracy]
         row += [getattr(r.groups[g], f) for g in groups for f in fields]
         rows.append(row)
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    with open(path + ".tmp", "w", newline="") as f:
-        writer = csv.writer(f)
-        writer.writerow(header)
-        writer.writerows(rows)
-    os.replace(path + ".tmp", path)
+    files.write_csv(path, header, rows)
 
 
 def plot(results: list[SettingResult], path: str, alpha: float) -> None:

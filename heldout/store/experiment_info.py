@@ -46,8 +46,11 @@ def data_fingerprint(data: Dataset) -> dict[str, Any]:
             "num_test": int(data.num_test), "num_classes": int(data.num_classes)}
 
 
-def check_data(experiment_dir: str, data: Dataset) -> None:
+def check_data(experiment_dir: str, data: Dataset) -> dict[str, Any]:
     """Refuses `data` when the experiment recorded a fingerprint of other data.
+
+    Returns:
+        The fingerprint of `data` (`data_fingerprint`), for the caller to record.
 
     A file replaced behind the same ``npz:<path>`` spec (or another TFDS version) would
     otherwise pair the stored runs with the wrong examples.
@@ -55,14 +58,15 @@ def check_data(experiment_dir: str, data: Dataset) -> None:
     Raises:
         ValueError: the fingerprints differ (naming the data set and the experiment).
     """
+    found = data_fingerprint(data)
     stored = read_experiment_info(experiment_dir).get("data")
     if not isinstance(stored, dict) or "sha256" not in stored:
-        return  # released runs, or a streamed data set (fingerprinted by its files)
-    found = data_fingerprint(data)
+        return found  # released runs, or a streamed data set (fingerprinted by its files)
     if found != stored:
         keys = [k for k in found if found.get(k) != stored.get(k)]
         raise ValueError(f"dataset={data.name}: not the data {experiment_dir} was trained on "
                          f"(experiment.json data fingerprint differs in {', '.join(keys)})")
+    return found
 
 
 def read_experiment_info(experiment_dir: str) -> dict:

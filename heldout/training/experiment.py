@@ -132,8 +132,9 @@ def train_experiment(experiment_dir: str, dataset: str, config: training.TrainCo
                          f"{EXPERIMENT_INFO_FILENAME}, so their settings are unknown (released "
                          "runs can be read, not added to); train into a new experiment_dir")
     info_lib.check_settings(experiment_dir, stored, settings)  # before loading the data
+    fingerprint = None  # of in-memory data given by the caller, hashed once
     if data is not None and not isinstance(data, StreamingData):
-        info_lib.check_data(experiment_dir, data)  # also when no run is left to train
+        fingerprint = info_lib.check_data(experiment_dir, data)  # also with nothing to train
     complete = set(runs_lib.list_runs(experiment_dir, subset)[0])
     todo = [r for r in run_ids if r not in complete]
     already = tuple(r for r in run_ids if r in complete)  # grows if others finish runs
@@ -144,7 +145,8 @@ def train_experiment(experiment_dir: str, dataset: str, config: training.TrainCo
     data = data or data_lib.load_dataset(dataset, data_dir=data_dir)
     dropped = targets.indices if subset.startswith(subsets_lib.DROP_PREFIX) else None
     streamed = isinstance(data, StreamingData)
-    settings["data"] = data.fingerprint() if streamed else info_lib.data_fingerprint(data)
+    settings["data"] = (data.fingerprint() if streamed
+                        else fingerprint or info_lib.data_fingerprint(data))
     info_lib.save_experiment_info(experiment_dir, settings, settle_seconds)
     # Always the full K: every group, padded if short, runs the same compiled program, so
     # a run's numbers do not depend on how many runs were left to train with it.
