@@ -3,8 +3,14 @@
 A fingerprint is, per run, the SHA-256 of every array of its aux_arrays.npz (key, dtype,
 shape and bytes, keys sorted). `--write` stores the fingerprints of an experiment's runs;
 `--check` compares an experiment's runs with the stored ones and names every run and key
-that differs. The stored file `benchmarks/results/digits_default_250.json` was written
-from `python train.py --num_runs=250` before the package was redesigned into layers.
+that differs.
+
+Bits depend on the CPU's vector instructions (XLA compiles the program for the host), so
+there is one stored file per instruction set, chosen by `default_file`:
+`benchmarks/results/digits_default_250.json` (AVX-512; written from `python train.py
+--num_runs=250` before the package was redesigned into layers) and
+`digits_default_250_avx2.json` (AVX2 without AVX-512; written from the redesigned
+package at commit 264db71, whose runs the AVX-512 file had checked).
 
 Usage:
   python train.py --num_runs=250 --experiment_dir=/tmp/fp/digits
@@ -19,7 +25,28 @@ import sys
 
 import numpy as np
 
-DEFAULT_FILE = os.path.join(os.path.dirname(__file__), "results", "digits_default_250.json")
+RESULTS = os.path.join(os.path.dirname(__file__), "results")
+FILES = {"avx512": os.path.join(RESULTS, "digits_default_250.json"),
+         "avx2": os.path.join(RESULTS, "digits_default_250_avx2.json")}
+
+
+def instruction_set() -> str:
+    """The widest vector instruction set of this CPU that XLA compiles for: "avx512",
+    "avx2" or "other" (from /proc/cpuinfo; "other" where it cannot be read)."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            flags = next((line.split(":", 1)[1].split() for line in f
+                          if line.startswith("flags")), [])
+    except OSError:
+        return "other"
+    if "avx512f" in flags:
+        return "avx512"
+    return "avx2" if "avx2" in flags else "other"
+
+
+def default_file() -> str | None:
+    """The stored fingerprints of this CPU's instruction set, or None if none are stored."""
+    return FILES.get(instruction_set())
 
 
 def run_fingerprint(path: str) -> dict[str, str]:
@@ -59,10 +86,15 @@ def compare(stored: dict[str, dict], found: dict[str, dict]) -> list[str]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--experiment_dir", default="./experiments/digits")
-    parser.add_argument("--file", default=DEFAULT_FILE)
+    parser.add_argument("--file", default=None,
+                        help="fingerprint file (default: the one of this CPU's instruction set)")
     parser.add_argument("--write", action="store_true")
     parser.add_argument("--check", action="store_true")
     args = parser.parse_args()
+    args.file = args.file or default_file()
+    if args.file is None:
+        sys.exit(f"digits_fingerprint.py: error: --file: no fingerprints are stored for "
+                 f"this CPU's instruction set ({instruction_set()}); give a file to write")
     found = experiment_fingerprints(args.experiment_dir)
     if args.write:
         with open(args.file + ".tmp", "w") as f:

@@ -9,9 +9,15 @@ for each trainer kind (`heldout.models.registry.TRAINER_KINDS`):
 * ``epochs`` ... ``label_smoothing``, ``augment``, ``checkpoint_every``: the one
   training skeleton (`heldout.training.core.Trainer`) applies them to every kind.
   ``augment`` needs image inputs ``[H, W, C]`` (refused by the trainer otherwise).
-* ``models_at_once``: speed only; a run's arrays are bit-identical whatever group it is
-  trained in (programs hold at least 4 models, tested). Kinds trained one run per
-  program (small_inception, resnet50) train one run at a time whatever it says.
+* ``models_at_once``: speed only; a run's arrays are bit-identical whatever runs share
+  its group (every group runs the one program of K models, padded; tested). A different
+  K is another XLA program, which may round differently in float32 (K = 50 and 250
+  differ in the last bits of the digits MLP, 125 and 250 do not). Kinds trained one run
+  per program (small_inception, resnet50) refuse any K but 1.
+* ``concurrent_programs``: speed only; that many programs of K runs train side by side
+  in threads (`heldout.training.concurrent`), each run still in a program of K, so its
+  arrays are bit-identical whatever this number. 0: 2 for mlp and cnn, 1 for the
+  others, which refuse more (their mixed precision patches Sonnet classes globally).
 * ``xla``: speed mostly: XLA's kernels and TensorFlow's own differ in float32 round-off
   (measured 2.7e-7 to 4.8e-7 on margins of the digits MLP and CNN), so a run trained with
   and without XLA agrees to about 1e-6, not bit for bit. Keep one value per experiment.
@@ -41,6 +47,14 @@ COMPUTE_DTYPES = {"float32": tf.float32, "mixed_bfloat16": tf.bfloat16,
                   "mixed_float16": tf.float16}
 
 
+# Programs of the K-at-once small models trained side by side by default. Their steps are
+# chains of small matrix products and memory-bound elementwise passes, each too short to
+# keep both cores busy; two programs interleave (measured on 2 cores: 1.35x the runs
+# per second, benchmarks/vectorized_training.py). Every program holds K runs, so a run's
+# numbers do not depend on this number.
+AUTO_CONCURRENT_PROGRAMS = 2
+
+
 @dataclasses.dataclass(frozen=True)
 class TrainConfig:
     """How every run of an experiment is trained (see the module docstring per field)."""
@@ -59,6 +73,7 @@ class TrainConfig:
     augment: str = "none"  # batch augmentation of image inputs: one of augment.AUGMENTATIONS
     checkpoint_every: int = 0  # with checkpoints: also save every this many epochs (TracIn)
     models_at_once: int = 250  # K: runs trained together in one program (speed only)
+    concurrent_programs: int = 0  # programs of K runs trained side by side (0: auto; speed only)
     xla: bool = True  # compile the training program with XLA (speed only)
     precision: str = "float32"  # compute type of training steps: one of PRECISIONS
     test_time_flip: bool = False  # record predictions averaged with the mirrored image's
@@ -70,6 +85,13 @@ class TrainConfig:
         for name, value in positive.items():
             if not value > 0:
                 raise ValueError(f"--{name}={value}: expected a positive number")
+        if self.concurrent_programs < 0:
+            raise ValueError(f"--concurrent_programs={self.concurrent_programs}: expected 0 "
+                             "(auto) or a positive number")
+        if self.concurrent_programs > 1 and self.spec.trainer != "ensemble":
+            raise ValueError(f"--concurrent_programs={self.concurrent_programs}: only the "
+                             "K-at-once small models (mlp, cnn) train programs side by side; "
+                             f"--model={self.model} takes 0 or 1")
         if not 0.0 <= self.momentum < 1.0:
             raise ValueError(f"--momentum={self.momentum}: expected a number in [0, 1)")
         if self.weight_decay < 0:
@@ -112,6 +134,14 @@ class TrainConfig:
     def spec(self) -> registry.ModelSpec:
         """The registry entry of `model`."""
         return registry.get(self.model)
+
+    @property
+    def programs(self) -> int:
+        """Programs trained side by side: `concurrent_programs`, or when 0 (auto)
+        `AUTO_CONCURRENT_PROGRAMS` for the K-at-once small models and 1 for the others."""
+        if self.concurrent_programs:
+            return self.concurrent_programs
+        return AUTO_CONCURRENT_PROGRAMS if self.spec.trainer == "ensemble" else 1
 
     @property
     def one_model_at_a_time(self) -> bool:

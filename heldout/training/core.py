@@ -362,10 +362,15 @@ class Trainer:
         snapshots: list[list[Snapshot]] = [[] for _ in range(num_runs)]
         last_snapshot = 0  # epochs completed at the previous snapshot
 
+        rates: dict[tuple[int, int, int, int], float] = {}
+
         def stretch_rate(k: int, end_epoch: int) -> float:
-            return stretch_learning_rate(config, last_snapshot * int(steps[k]),
-                                         end_epoch * int(steps[k]), int(steps[k]),
-                                         int(warmup_steps[k]))
+            # Runs of a group mostly share their steps: each distinct stretch is computed once.
+            key = (last_snapshot, end_epoch, int(steps[k]), int(warmup_steps[k]))
+            if key not in rates:
+                rates[key] = stretch_learning_rate(config, last_snapshot * key[2],
+                                                   end_epoch * key[2], key[2], key[3])
+            return rates[key]
 
         for epoch in range(config.epochs):
             batches = _epoch_batches(subsets, order_rngs, int(steps.max()), config.batch_size)

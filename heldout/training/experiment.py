@@ -36,7 +36,7 @@ from heldout.training import streaming
 from heldout.training.select import make_trainer
 
 # Training settings that change speed but not what a run computes.
-_SPEED_ONLY_SETTINGS = ("models_at_once", "xla", "checkpoint_every")
+_SPEED_ONLY_SETTINGS = ("models_at_once", "concurrent_programs", "xla", "checkpoint_every")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -159,37 +159,75 @@ def train_experiment(experiment_dir: str, dataset: str, config: training.TrainCo
     accuracies, trained, claimed_elsewhere = [], [], []
     pending = list(todo)
     bar = files.progress_bar(len(todo), "training", enabled=progress, whole_units=True)
-    with (concurrent.futures.ThreadPoolExecutor(8) as writers,
-          claims.heartbeat() if claims else contextlib.nullcontext()):
-        while pending:
-            group = []
-            while pending and len(group) < group_size:
-                batch, pending = (pending[:group_size - len(group)],
-                                  pending[group_size - len(group):])
+
+    def next_group() -> list[int]:
+        """Claims the next group of runs nobody else holds or finished (up to K)."""
+        nonlocal pending, already
+        group = []
+        while pending and len(group) < group_size:
+            batch, pending = (pending[:group_size - len(group)],
+                              pending[group_size - len(group):])
+            complete = set(runs_lib.list_runs(experiment_dir, subset)[0])
+            batch = [r for r in batch if r not in complete]
+            won = claims.claim(batch) if claims else batch
+            claimed_elsewhere.extend(r for r in batch if r not in won)
+            if claims and won:
+                # A worker writes a run before releasing its claim, so a run finished
+                # between the listing above and our claim shows up complete now.
                 complete = set(runs_lib.list_runs(experiment_dir, subset)[0])
-                batch = [r for r in batch if r not in complete]
-                won = claims.claim(batch) if claims else batch
-                claimed_elsewhere += [r for r in batch if r not in won]
-                if claims and won:
-                    # A worker writes a run before releasing its claim, so a run finished
-                    # between the listing above and our claim shows up complete now.
-                    complete = set(runs_lib.list_runs(experiment_dir, subset)[0])
-                    finished = [r for r in won if r in complete]
-                    claims.release(finished)
-                    already += tuple(finished)
-                    won = [r for r in won if r not in complete]
-                group += won
-            if not group:
-                break
-            try:
-                written = _train_group(
-                    trainer, writers, experiment_dir, subset, group, data, config, settings,
-                    seed, dropped, targets, save_checkpoints, save_logits, bar)
-                accuracies += list(written.values())
-                trained += list(written)
-            finally:
-                if claims:
-                    claims.release(group)
+                finished = [r for r in won if r in complete]
+                claims.release(finished)
+                already += tuple(finished)
+                won = [r for r in won if r not in complete]
+            group += won
+        return group
+
+    def finish(group: list[int], written: _WrittenGroup) -> None:
+        """Waits for a group's writes, counts its runs, and releases its claims."""
+        try:
+            done = written.wait()
+            accuracies.extend(done.values())
+            trained.extend(done)
+        finally:
+            if claims:
+                claims.release(group)
+
+    # The pipeline: while group g trains (TensorFlow, without the GIL), a thread claims
+    # group g + 1 (the claims' settle wait) and the writers write group g - 1.
+    with (concurrent.futures.ThreadPoolExecutor(8) as writers,
+          concurrent.futures.ThreadPoolExecutor(1) as claimer,
+          claims.heartbeat() if claims else contextlib.nullcontext()):
+        upcoming = claimer.submit(next_group)
+        previous: tuple[list[int], _WrittenGroup] | None = None
+        try:
+            while True:
+                group = upcoming.result()
+                upcoming = None
+                if not group:
+                    break
+                upcoming = claimer.submit(next_group)
+                try:
+                    written = _train_group(
+                        trainer, writers, experiment_dir, subset, group, data, config,
+                        settings, seed, dropped, targets, save_checkpoints, save_logits, bar)
+                except BaseException:
+                    if claims:
+                        claims.release(group)
+                    raise
+                if previous is not None:
+                    finishing, previous = previous, None
+                    finish(*finishing)
+                previous = (group, written)
+                if written.diverged:
+                    break  # finished and reported below, before any further group
+        finally:
+            if upcoming is not None:  # claimed ahead but not trained: give the runs back
+                with contextlib.suppress(Exception):
+                    if claims:
+                        claims.release(upcoming.result())
+            if previous is not None:
+                finishing, previous = previous, None
+                finish(*finishing)
     bar.close()
     still_claimed = ()
     if claimed_elsewhere:
@@ -204,13 +242,10 @@ def _train_group(trainer, writers: concurrent.futures.Executor, experiment_dir: 
                  subset: str, group: list[int], data: data_lib.Dataset,
                  config: training.TrainConfig, settings: dict, seed: int,
                  dropped: np.ndarray | None, targets: targets_lib.TargetSet | None,
-                 save_checkpoints: bool, save_logits: bool, bar) -> dict[int, float]:
-    """Trains one group of runs and writes each; returns run id -> test accuracy of the
-    runs written (not those another worker completed meanwhile).
-
-    Raises:
-        NonFiniteRunError: some runs predicted NaN or infinity; the others are written.
-    """
+                 save_checkpoints: bool, save_logits: bool, bar) -> _WrittenGroup:
+    """Trains one group of runs and hands each run with finite predictions to the
+    `writers`; returns the writes in flight (`_WrittenGroup.wait` collects them and
+    reports runs that diverged)."""
     group_start = time.time()
     seeds = [subsets_lib.run_seeds(seed, subset, r) for r in group]
     subsets = [subsets_lib.subset_indices(data.num_train, subset, seed, r, dropped)
@@ -227,7 +262,7 @@ def _train_group(trainer, writers: concurrent.futures.Executor, experiment_dir: 
         save_logits=save_logits, export_models=save_checkpoints,
         steps_per_epoch=equal_steps, on_epoch=after_epoch)
     seconds_per_run = (time.time() - group_start) / len(group)
-    pending, accuracies, diverged = [], {}, {}
+    pending, diverged = [], {}
     for run_id, subset_indices, result in zip(group, subsets, results, strict=True):
         directory = runs_lib.run_dir(experiment_dir, subset, run_id)
         non_finite = _count_non_finite(result)
@@ -258,19 +293,42 @@ def _train_group(trainer, writers: concurrent.futures.Executor, experiment_dir: 
             logits_train=result.train.logits, logits_test=result.test.logits)
         pending.append((run_id, info["accuracy"]["test"], writers.submit(
             runs_lib.save_run, directory, arrays, info, checkpoints=checkpoints)))
-    for run_id, accuracy, future in pending:
-        if future.result():  # False: another writer completed the run first
-            accuracies[run_id] = accuracy
-    if diverged:
-        run_id, count = next(iter(diverged.items()))
-        others = f" (and runs {subsets_lib.format_run_ids(list(diverged)[1:])})" \
-            if len(diverged) > 1 else ""
-        folder = layout_lib.ExperimentDir(experiment_dir).subset(subset)
-        raise NonFiniteRunError(
-            f"run {run_id}{others} of {folder}: {count} non-finite "
-            f"predictions (margins or log-odds are NaN or infinite), not written: training "
-            f"diverged; the learning_rate ({config.learning_rate:g}) is likely too high")
-    return accuracies
+    return _WrittenGroup(pending, diverged, experiment_dir, subset, config.learning_rate)
+
+
+@dataclasses.dataclass
+class _WrittenGroup:
+    """The runs of one trained group being written: (run id, test accuracy, future of
+    `runs_lib.save_run`) each, and the runs not written because training diverged."""
+
+    pending: list[tuple[int, float, concurrent.futures.Future]]
+    diverged: dict[int, int]  # run id -> count of non-finite predictions
+    experiment_dir: str
+    subset: str
+    learning_rate: float
+
+    def wait(self) -> dict[int, float]:
+        """Run id -> test accuracy of the runs this worker wrote (not those another
+        worker completed meanwhile), once every write has finished.
+
+        Raises:
+            NonFiniteRunError: some runs of the group diverged (the others are written).
+        """
+        accuracies = {}
+        for run_id, accuracy, future in self.pending:
+            if future.result():  # False: another writer completed the run first
+                accuracies[run_id] = accuracy
+        if self.diverged:
+            run_id, count = next(iter(self.diverged.items()))
+            others = f" (and runs {subsets_lib.format_run_ids(list(self.diverged)[1:])})" \
+                if len(self.diverged) > 1 else ""
+            folder = layout_lib.ExperimentDir(self.experiment_dir).subset(self.subset)
+            raise NonFiniteRunError(
+                f"run {run_id}{others} of {folder}: {count} non-finite "
+                f"predictions (margins or log-odds are NaN or infinite), not written: "
+                f"training diverged; the learning_rate ({self.learning_rate:g}) is likely "
+                "too high")
+        return accuracies
 
 
 def _count_non_finite(result: training.TrainedRun) -> int:
