@@ -6,10 +6,15 @@ initial weights, through the same sequence of batches, for the same number of st
   (a) one at a time: a single Sonnet `MLP` per run, a compiled (tf.function + XLA)
       training step called from a Python loop over batches, the pattern of the
       published MNIST example;
-  (b) K at once: `heldout.EnsembleTrainer` with K models in one compiled program.
+  (b) K at once: `heldout.EnsembleTrainer` with K models in one compiled program;
+  (c) the digits default as ``python train.py`` trains it: `--num_runs` runs (1000)
+      through `make_trainer`, i.e. `--concurrent_programs` programs of K side by side
+      (default 2), every program compiled once per process.
 
 Prints seconds per model for each and their ratio, and mean test accuracy of both
-over the same runs. The target is (b) at least 10x faster per model at equal accuracy.
+over the same runs. The target is (b) at least 10x faster per model at equal accuracy;
+SPEC §8 asks (c) for at most 7 ms per model on a 2-core machine whose batched products
+run at about 230 GFLOP/s, i.e. about 70% of the floor printed here.
 
 Roofline: the machine's rate for the batched matrix products of K-at-once training
 (``[K, 64, 64] x [K, 64, 128]`` float32 under XLA) is measured in the same process; the
@@ -37,11 +42,15 @@ from heldout.models import registry  # noqa: E402
 from heldout.store import designs as subsets_lib  # noqa: E402
 from heldout.training import core as training  # noqa: E402
 from heldout.training.ensemble import EnsembleTrainer  # noqa: E402
+from heldout.training.select import make_trainer  # noqa: E402
 
 _MODELS_AT_ONCE = flags.DEFINE_integer("models_at_once", 250, "K of the vectorized arm.")
 _SEQUENTIAL_RUNS = flags.DEFINE_integer(
     "sequential_runs", 10, "Runs trained one at a time (their time is per model).")
 _EPOCHS = flags.DEFINE_integer("epochs", 20, "Epochs of every run.")
+_NUM_RUNS = flags.DEFINE_integer("num_runs", 1000, "Runs of arm (c), the digits default.")
+_PROGRAMS = flags.DEFINE_integer("concurrent_programs", 0,
+                                 "Programs side by side in arm (c) (0: the default).")
 
 
 def train_one_at_a_time(dataset, config, subset, seeds) -> tuple[float, float, float]:
@@ -177,6 +186,42 @@ def main(argv):
           f"({seq_seconds_no_compile / vec_seconds:.1f}x against (a) without compilation) "
           f"(target >= 10x); accuracy difference "
           f"{abs(seq_accuracy - vec_accuracy_same) * 100:.2f} points (target <= 1)")
+    default = training.TrainConfig(epochs=_EPOCHS.value,
+                                   concurrent_programs=_PROGRAMS.value)
+    per_model, steady, accuracy = train_default(dataset, default, _NUM_RUNS.value)
+    print(f"(c) digits default, {_NUM_RUNS.value} runs, {default.programs} programs of "
+          f"{default.models_at_once}: {per_model * 1000:6.1f} ms per model with compilation, "
+          f"{steady * 1000:6.1f} ms after the first call; test accuracy {accuracy:.4f}")
+    print(f"    (c) reaches {floor / per_model:.0%} of the floor ({floor / steady:.0%} after "
+          f"the first call); (c) vs (b): {vec_seconds / per_model:.2f}x")
+
+
+
+
+def train_default(dataset, config, num_runs: int) -> tuple[float, float, float]:
+    """Arm (c): `num_runs` runs of the default design through `make_trainer`.
+
+    Returns:
+        (seconds per model, seconds per model after the first call, which compiles,
+        mean test accuracy).
+    """
+    subset_name = "0.7"
+    start = time.time()
+    trainer = make_trainer(dataset, config)
+    accuracies, first_call = [], 0.0
+    for begin in range(0, num_runs, trainer.num_models):
+        ids = range(begin, min(begin + trainer.num_models, num_runs))
+        seeds = [subsets_lib.run_seeds(0, subset_name, r) for r in ids]
+        subsets = [subsets_lib.subset_indices(dataset.num_train, subset_name, 0, r)
+                   for r in ids]
+        results = trainer.train(subsets, [s.init for s in seeds], [s.order for s in seeds])
+        accuracies += [r.test.correctness.mean() for r in results]
+        if begin == 0:
+            first_call = time.time() - start
+    seconds = time.time() - start
+    later = num_runs - min(trainer.num_models, num_runs)
+    steady = (seconds - first_call) / later if later else float("nan")
+    return seconds / num_runs, steady, float(np.mean(accuracies))
 
 
 if __name__ == "__main__":

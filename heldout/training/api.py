@@ -147,7 +147,8 @@ class TrainReport:
                 line += f", {len(s.claimed_elsewhere)} claimed by other workers"
             if s.trained:
                 line += f"; mean test accuracy {s.mean_test_accuracy:.4f}"
-            lines.append(f"{line}; {s.seconds:.1f} s")
+            per_run = f" ({s.seconds / len(s.trained) * 1000:.1f} ms per run)" if s.trained else ""
+            lines.append(f"{line}; {s.seconds:.1f} s{per_run}")
             if s.trained:
                 lines.append(f"  trained run ids: {designs.format_run_ids(s.trained)}")
         if self.retrained:
