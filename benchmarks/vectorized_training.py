@@ -196,8 +196,6 @@ def main(argv):
           f"the first call); (c) vs (b): {vec_seconds / per_model:.2f}x")
 
 
-
-
 def train_default(dataset, config, num_runs: int) -> tuple[float, float, float]:
     """Arm (c): `num_runs` runs of the default design through `make_trainer`.
 

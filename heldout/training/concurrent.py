@@ -35,7 +35,6 @@ class ConcurrentTrainer:
         if not trainers:
             raise ValueError("a concurrent trainer needs at least one trainer")
         self.trainers = list(trainers)
-        self.config = self.trainers[0].config
         self.num_models = sum(t.num_models for t in self.trainers)
 
     def steps_per_epoch(self, subset_size: int) -> int:

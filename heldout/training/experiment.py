@@ -214,10 +214,11 @@ def train_experiment(experiment_dir: str, dataset: str, config: training.TrainCo
                     if claims:
                         claims.release(group)
                     raise
-                if previous is not None:
-                    finishing, previous = previous, None
+                # Kept before the last group is finished, so that if finishing it fails,
+                # the `finally` below still waits for this group's writes and releases it.
+                finishing, previous = previous, (group, written)
+                if finishing is not None:
                     finish(*finishing)
-                previous = (group, written)
                 if written.diverged:
                     break  # finished and reported below, before any further group
         finally:
