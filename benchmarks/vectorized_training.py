@@ -9,7 +9,8 @@ initial weights, through the same sequence of batches, for the same number of st
   (b) K at once: `heldout.EnsembleTrainer` with K models in one compiled program;
   (c) the digits default as ``python train.py`` trains it: `--num_runs` runs (1000)
       through `make_trainer`, i.e. `--concurrent_programs` programs of K side by side
-      (default 2), every program compiled once per process.
+      (default 2), every program compiled once per process; and the same with one
+      program, for the gain of programs side by side.
 
 Prints seconds per model for each and their ratio, and mean test accuracy of both
 over the same runs. The target is (b) at least 10x faster per model at equal accuracy;
@@ -25,6 +26,7 @@ Usage:
   python benchmarks/vectorized_training.py [--models_at_once=250] [--sequential_runs=10]
 """
 
+import dataclasses
 import os
 import sys
 import time
@@ -194,6 +196,14 @@ def main(argv):
           f"{steady * 1000:6.1f} ms after the first call; test accuracy {accuracy:.4f}")
     print(f"    (c) reaches {floor / per_model:.0%} of the floor ({floor / steady:.0%} after "
           f"the first call); (c) vs (b): {vec_seconds / per_model:.2f}x")
+    if default.programs > 1:
+        one = dataclasses.replace(default, concurrent_programs=1)
+        one_per_model, one_steady, one_accuracy = train_default(dataset, one, _NUM_RUNS.value)
+        print(f"    (c) with 1 program: {one_per_model * 1000:6.1f} ms per model with "
+              f"compilation, {one_steady * 1000:6.1f} ms after the first call; test accuracy "
+              f"{one_accuracy:.4f}; {default.programs} programs are "
+              f"{one_per_model / per_model:.2f}x faster ({one_steady / steady:.2f}x after the "
+              "first call)")
 
 
 def train_default(dataset, config, num_runs: int) -> tuple[float, float, float]:

@@ -4,8 +4,9 @@ A K-at-once step of the small models is a chain of short operations: batched pro
 of 64 x 64 x 128 matrices, products with a 10-wide head, and elementwise passes over
 tensors larger than the cache. Each is too short to keep both cores of a small machine
 busy, and the thread pool waits between them. A second program, training the next
-group of runs at the same time, fills those gaps: measured on 2 cores, 1.35x the runs
-per second of one program (`benchmarks/vectorized_training.py`).
+group of runs at the same time, fills some of those gaps: on a 2-core AVX2 machine,
+1000 digits runs took 1.11x less time with two programs than with one (1.17x after the
+first call, which compiles; `benchmarks/vectorized_training.py`, arm (c)).
 
 Every program is a whole trainer of its own for K runs (its own variables, its own
 compiled program), so each run is trained exactly as it would be in one program of K:
