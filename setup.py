@@ -41,5 +41,5 @@ setup(
         "matplotlib>=3.9",
         "tqdm>=4.66",
     ],
-    extras_require={"test": ["pytest>=8", "ruff>=0.6", "pillow>=10"]},
+    extras_require={"test": ["pytest>=8", "pytest-xdist>=3.6", "ruff>=0.6", "pillow>=10"]},
 )

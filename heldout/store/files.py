@@ -8,7 +8,9 @@ leaves only a temporary file that no reader looks at. All I/O goes through
 
 ``exclusive=True`` is create-if-absent: of several writers racing for one name exactly
 one wins and the others learn that they lost (`write_bytes` returns False). On a local
-file system this is ``os.link``, which the kernel makes atomic; elsewhere (``gs://``,
+file system this is Linux's ``renameat2(RENAME_NOREPLACE)``, which the kernel makes
+atomic and which leaves no temporary behind once the file is in place (where the system
+lacks it: ``os.link``, then removing the temporary); elsewhere (``gs://``,
 ``ram://``) it is TensorFlow's rename without overwrite, which checks and renames in two
 steps, so callers that must be exact there read the file back and compare (as
 `experiment_info.save_experiment_info` does).
@@ -18,6 +20,9 @@ from __future__ import annotations
 
 import contextlib
 import csv
+import ctypes
+import ctypes.util
+import errno
 import io
 import json
 import os
@@ -106,8 +111,12 @@ def _move_into_place(temporary: str, path: str, exclusive: bool) -> bool:
         tf.io.gfile.rename(temporary, path, overwrite=True)
         return True
     if is_local(path):
+        source, target = temporary.removeprefix("file://"), path.removeprefix("file://")
+        moved = _rename_no_replace(source, target)
+        if moved is not None:
+            return moved
         try:
-            os.link(temporary.removeprefix("file://"), path.removeprefix("file://"))
+            os.link(source, target)
         except FileExistsError:
             return False
         return True
@@ -115,6 +124,40 @@ def _move_into_place(temporary: str, path: str, exclusive: bool) -> bool:
         return False
     tf.io.gfile.rename(temporary, path, overwrite=True)
     return True
+
+
+_AT_FDCWD = -100
+_RENAME_NOREPLACE = 1
+
+
+def _load_renameat2() -> Any:
+    try:
+        function = ctypes.CDLL(ctypes.util.find_library("c"), use_errno=True).renameat2
+    except (OSError, AttributeError, TypeError):
+        return None
+    function.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_int, ctypes.c_char_p,
+                         ctypes.c_uint]
+    return function
+
+
+_RENAMEAT2 = _load_renameat2()
+
+
+def _rename_no_replace(source: str, target: str) -> bool | None:
+    """Renames `source` to `target` only if `target` does not exist, in one atomic step
+    (True: renamed; False: `target` existed). None where the C library or the file system
+    has no such rename (the caller falls back to a hard link)."""
+    if _RENAMEAT2 is None:
+        return None
+    if _RENAMEAT2(_AT_FDCWD, os.fsencode(source), _AT_FDCWD, os.fsencode(target),
+                  _RENAME_NOREPLACE) == 0:
+        return True
+    code = ctypes.get_errno()
+    if code == errno.EEXIST:
+        return False
+    if code in (errno.EINVAL, errno.ENOSYS, errno.EPERM, errno.ENOTSUP):
+        return None
+    raise OSError(code, os.strerror(code), target)
 
 
 def read_bytes(path: str) -> bytes:

@@ -10,9 +10,10 @@ is written under a temporary name and renamed into place, and ``aux_arrays.npz``
 written last; a single-object rename is atomic on local disks and on GCS (the object
 appears whole or not at all), so an interrupted writer never leaves a run that a
 reader would take as complete. A directory without ``aux_arrays.npz`` is a leftover;
-training the run again overwrites its files. Nothing here deletes a complete run:
-``aux_arrays.npz`` is created only if absent, so concurrent writers of one run leave
-exactly one complete run. Paths come from `layout`, files from `files`.
+training the run again overwrites its files, and a worker that claims the run first
+deletes the temporaries a killed writer left (`remove_leftovers`). Nothing here deletes
+a complete run: ``aux_arrays.npz`` is created only if absent, so concurrent writers of
+one run leave exactly one complete run. Paths come from `layout`, files from `files`.
 """
 
 from __future__ import annotations
@@ -74,6 +75,32 @@ def run_complete(directory: str) -> bool:
     """
     return (tf.io.gfile.isdir(directory)
             and AUX_FILENAME in (e.rstrip("/") for e in tf.io.gfile.listdir(directory)))
+
+
+def remove_leftovers(directory: str) -> int:
+    """Deletes the temporary files and folders (``*.tmp-*``) an interrupted writer left in
+    a run's directory; returns how many.
+
+    Only for a writer that holds the run's claim (`heldout.store.coordination`): no other
+    live writer can be writing the run then, so every temporary there is a dead one's.
+    """
+    if not tf.io.gfile.isdir(directory):
+        return 0
+    removed = 0
+    for entry in tf.io.gfile.listdir(directory):
+        name = entry.rstrip("/")
+        if files.TEMPORARY_INFIX not in name:
+            continue
+        path = tf.io.gfile.join(directory, name)
+        try:
+            if tf.io.gfile.isdir(path):
+                tf.io.gfile.rmtree(path)
+            else:
+                tf.io.gfile.remove(path)
+            removed += 1
+        except tf.errors.NotFoundError:
+            continue
+    return removed
 
 
 def aux_arrays(subset_indices: np.ndarray, correctness_train: np.ndarray,

@@ -179,6 +179,8 @@ def train_experiment(experiment_dir: str, dataset: str, config: training.TrainCo
                 claims.release(finished)
                 already += tuple(finished)
                 won = [r for r in won if r not in complete]
+                for run_id in won:  # ours alone now: what a killed writer left goes
+                    runs_lib.remove_leftovers(runs_lib.run_dir(experiment_dir, subset, run_id))
             group += won
         return group
 

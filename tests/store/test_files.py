@@ -102,6 +102,34 @@ def test_exclusive_create_has_exactly_one_winner_among_racing_threads(tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted(f"race-{a}.json" for a in range(20))
 
 
+@pytest.mark.parametrize("rename", ["renameat2", "link"])
+def test_local_exclusive_create_in_one_step_or_by_link(tmp_path, monkeypatch, rename):
+    """Locally the winner's file appears by one atomic no-replace rename, so a writer
+    killed once the file is in place leaves no temporary; without renameat2 (older C
+    libraries, some file systems), a hard link gives the same answers."""
+    if rename == "link":
+        monkeypatch.setattr(files, "_RENAMEAT2", None)
+    elif files._RENAMEAT2 is None:
+        pytest.skip("this C library has no renameat2")
+    source, target = tmp_path / "a.tmp-1", tmp_path / "a"
+    source.write_bytes(b"first")
+    if rename == "renameat2":
+        assert files._rename_no_replace(str(source), str(target)) is True
+        assert not source.exists() and target.read_bytes() == b"first"
+        source.write_bytes(b"second")
+        assert files._rename_no_replace(str(source), str(target)) is False
+        assert source.exists() and target.read_bytes() == b"first"
+        source.unlink()
+        target.unlink()
+    else:
+        assert files._rename_no_replace(str(source), str(target)) is None
+        source.unlink()
+    assert files.write_bytes(str(tmp_path / "b"), b"one", exclusive=True)
+    assert not files.write_bytes(str(tmp_path / "b"), b"two", exclusive=True)
+    assert (tmp_path / "b").read_bytes() == b"one"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["b"]
+
+
 def test_failed_stream_leaves_nothing_behind(tmp_path):
     path = str(tmp_path / "stream.bin")
     with pytest.raises(RuntimeError):

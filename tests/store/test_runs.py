@@ -183,6 +183,21 @@ def test_save_run_completes_over_leftovers_of_an_interrupted_attempt(base):
     assert runs.list_runs(base, "0.7") == ([0], [])
 
 
+def test_remove_leftovers_deletes_only_temporaries(base):
+    directory = runs.run_dir(base, "0.7", 5)
+    tf.io.gfile.makedirs(tf.io.gfile.join(directory, "checkpoints.tmp-77"))
+    _write_bytes(tf.io.gfile.join(directory, "checkpoints.tmp-77", "ckpt-1.index"), b"x")
+    _write_bytes(tf.io.gfile.join(directory, "run.json"), b"{}")  # first: ram:// exists()
+    _write_bytes(tf.io.gfile.join(directory, "run.json.tmp-01"), b"{half")  # is by prefix
+    _write_bytes(tf.io.gfile.join(directory, "aux_arrays.npz.tmp-02"), b"half a file")
+    tf.io.gfile.makedirs(tf.io.gfile.join(directory, "checkpoints"))
+    assert runs.remove_leftovers(directory) == 3
+    assert sorted(e.rstrip("/") for e in tf.io.gfile.listdir(directory)) == [
+        "checkpoints", "run.json"]
+    assert runs.remove_leftovers(directory) == 0
+    assert runs.remove_leftovers(runs.run_dir(base, "0.7", 6)) == 0  # no directory yet
+
+
 def test_save_run_never_replaces_a_complete_run(base):
     directory = runs.run_dir(base, "0.7", 1)
     first = _arrays(_truth(1))
