@@ -125,9 +125,9 @@ class AirbenchTrainer(core.Trainer):
                                               trainable=False)
         self._whitening_bias = [v is self.model.whiten.b for v in self._variables]
 
-    def _build_model(self) -> tf.Module:
-        model = registry.build_ensemble("airbench", self.dataset.num_classes, self.num_models,
-                                        self.config.model_width)
+    def _build_model(self, num_models: int | None = None) -> tf.Module:
+        model = registry.build_ensemble("airbench", self.dataset.num_classes,
+                                        num_models or self.num_models, self.config.model_width)
         model(tf.zeros([1, *self.dataset.input_shape]), is_training=False)
         return model
 

@@ -18,6 +18,13 @@ for each trainer kind (`heldout.models.registry.TRAINER_KINDS`):
   in threads (`heldout.training.concurrent`), each run still in a program of K, so its
   arrays are bit-identical whatever this number. 0: 2 for mlp and cnn, 1 for the
   others, which refuse more (their mixed precision patches Sonnet classes globally).
+* ``chunk_models``: speed, with float32 round-off: 0 (default) trains all K models of a
+  program in every optimizer step; M >= 4 trains them M at a time, each chunk through
+  the whole epoch while its weights and activations stay in the processor's cache (K is
+  rounded up to a multiple of M). A chunk runs exactly the step of a program of M
+  models, so runs are bit-identical to ``models_at_once=M`` runs and to each other
+  whatever K, but differ from the unchunked default in the last bits; so it is off by
+  default and the default's arrays stay those of earlier versions. mlp and cnn only.
 * ``xla``: speed mostly: XLA's kernels and TensorFlow's own differ in float32 round-off
   (measured 2.7e-7 to 4.8e-7 on margins of the digits MLP and CNN), so a run trained with
   and without XLA agrees to about 1e-6, not bit for bit. Keep one value per experiment.
@@ -47,6 +54,9 @@ COMPUTE_DTYPES = {"float32": tf.float32, "mixed_bfloat16": tf.bfloat16,
                   "mixed_float16": tf.float16}
 
 
+# Chunks hold at least as many models as a program (`heldout.training.ensemble`).
+MIN_CHUNK_MODELS = 4
+
 # Programs of the K-at-once small models trained side by side by default. Their steps are
 # chains of small matrix products and memory-bound elementwise passes, each too short to
 # keep both cores busy; two programs interleave (2-core AVX2 machine: 1.11x faster over
@@ -74,6 +84,7 @@ class TrainConfig:
     checkpoint_every: int = 0  # with checkpoints: also save every this many epochs (TracIn)
     models_at_once: int = 250  # K: runs trained together in one program (speed only)
     concurrent_programs: int = 0  # programs of K runs trained side by side (0: auto; speed only)
+    chunk_models: int = 0  # M: an optimizer step trains M of the K models (0: all K; speed)
     xla: bool = True  # compile the training program with XLA (speed only)
     precision: str = "float32"  # compute type of training steps: one of PRECISIONS
     test_time_flip: bool = False  # record predictions averaged with the mirrored image's
@@ -92,6 +103,12 @@ class TrainConfig:
             raise ValueError(f"--concurrent_programs={self.concurrent_programs}: only the "
                              "K-at-once small models (mlp, cnn) train programs side by side; "
                              f"--model={self.model} takes 0 or 1")
+        if self.chunk_models < 0 or 0 < self.chunk_models < MIN_CHUNK_MODELS:
+            raise ValueError(f"--chunk_models={self.chunk_models}: expected 0 (off) or at "
+                             f"least {MIN_CHUNK_MODELS}")
+        if self.chunk_models and self.spec.trainer != "ensemble":
+            raise ValueError(f"--chunk_models={self.chunk_models}: only the K-at-once small "
+                             f"models (mlp, cnn) train in chunks; --model={self.model} takes 0")
         if not 0.0 <= self.momentum < 1.0:
             raise ValueError(f"--momentum={self.momentum}: expected a number in [0, 1)")
         if self.weight_decay < 0:

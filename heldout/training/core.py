@@ -152,8 +152,9 @@ class DynamicLossScale:
             model_axis: whether every gradient has the models on its leading axis (else
                 all belong to one model).
         """
-        if not self.enabled:
-            return list(grads), tf.ones(tf.shape(self.scale), tf.bool)
+        if not self.enabled:  # every model's finite: as many as the gradients hold
+            models = tf.shape(grads[0])[0] if model_axis else tf.shape(self.scale)[0]
+            return list(grads), tf.ones([models], tf.bool)
         if model_axis:
             grads = [g / tf.reshape(self.scale, [-1] + [1] * (len(g.shape) - 1))
                      for g in grads]
@@ -244,6 +245,22 @@ class Trainer:
         self._statistics = self._moving_statistics()
         self._loss_scale = DynamicLossScale(config.precision == "mixed_float16",
                                             self.num_models)
+        # What an optimizer step trains: the whole group, or with chunks (`_chunk_size`) a
+        # model of M models into which the epoch program loads each chunk in turn.
+        self.chunk_models = self._chunk_size()
+        self._step_model, self._step_variables, self._step_velocity = (
+            self.model, self._variables, self._velocity)
+        if self.chunk_models != self.num_models:
+            if self.num_models % self.chunk_models or not self.whole_epoch_xla \
+                    or self._statistics or self._loss_scale.enabled:
+                raise ValueError(f"{type(self).__name__}: chunks of {self.chunk_models} "
+                                 f"models need a group of a multiple of them (got "
+                                 f"{self.num_models}), the whole epoch in one program, no "
+                                 "moving statistics and no loss scaling")
+            self._step_model = self._build_model(self.chunk_models)
+            self._step_variables = list(self._step_model.trainable_variables)
+            self._step_velocity = [tf.Variable(tf.zeros_like(v), trainable=False)
+                                   for v in self._step_variables]
         if self.whole_epoch_xla:
             self._step = self._train_step_eager
             self._train_epoch = tf.function(self._train_epoch_eager, jit_compile=config.xla,
@@ -264,18 +281,26 @@ class Trainer:
         """K, the runs of one program."""
         return self.config.models_at_once
 
-    def _build_model(self) -> tf.Module:
-        """The model the program trains, its variables created."""
+    def _build_model(self, num_models: int | None = None) -> tf.Module:
+        """The model the program trains (of `num_models` models, default K), its variables
+        created."""
         raise NotImplementedError
+
+    def _chunk_size(self) -> int:
+        """M, the models an optimizer step trains at once: K (default), or a divisor of
+        K with which the epoch program trains the group chunk by chunk."""
+        return self.num_models
 
     def _initialize(self, subsets: Sequence[np.ndarray],
                     init_seeds: Sequence[np.random.SeedSequence]) -> None:
         """Sets the model's variables to the initial values of the group's K runs."""
         raise NotImplementedError
 
-    def _apply(self, images: tf.Tensor, is_training: bool) -> tf.Tensor:
-        """Logits ``[K, batch, classes]`` of images ``[K|1, batch, ...]``."""
-        return self.model(images, is_training=is_training)
+    def _apply(self, images: tf.Tensor, is_training: bool,
+               model: tf.Module | None = None) -> tf.Tensor:
+        """Logits ``[K, batch, classes]`` of images ``[K|1, batch, ...]`` by `model`
+        (default: the group's; a training step passes its step model)."""
+        return (model or self.model)(images, is_training=is_training)
 
     def _export(self, k: int) -> tf.Module:
         """Model k of the group as a single model (what a checkpoint holds)."""
@@ -449,10 +474,47 @@ class Trainer:
         With `all_active` (every model takes every step) the steps skip the masks that
         keep idle models unchanged: the same numbers, less memory traffic.
         """
-        for i in tf.range(tf.shape(batches)[0]):
-            self._step(batches[i], i, epoch, steps_per_epoch, warmup_steps, augment_seeds,
-                       phases, all_active)
+        if self.chunk_models == self.num_models:
+            for i in tf.range(tf.shape(batches)[0]):
+                self._step(batches[i], i, epoch, steps_per_epoch, warmup_steps,
+                           augment_seeds, phases, all_active)
+        else:
+            self._train_epoch_in_chunks(batches, epoch, steps_per_epoch, warmup_steps,
+                                        augment_seeds, phases, all_active)
         self._after_epoch()
+
+    def _train_epoch_in_chunks(self, batches: tf.Tensor, epoch: tf.Tensor,
+                               steps_per_epoch: tf.Tensor, warmup_steps: tf.Tensor,
+                               augment_seeds: tf.Tensor, phases: tf.Tensor | None,
+                               all_active: bool) -> None:
+        """The epoch of `_train_epoch_eager` for K / M chunks of M models in turn.
+
+        Each chunk's weights and velocities are loaded into the step model, trained for
+        the whole epoch, and stored back: the working set of M models (weights,
+        activations, gradients) stays in the processor's cache across the epoch's steps,
+        where a step over all K models streams every tensor through memory. A chunk runs
+        exactly the step a group of M models runs (`models_at_once` = M), so a run's
+        arrays do not depend on the K its chunk belongs to.
+        """
+        size = self.chunk_models
+        for chunk in tf.range(self.num_models // size):
+            rows = chunk * size + tf.range(size)
+            for source, target in zip(self._variables + self._velocity,
+                                      self._step_variables + self._step_velocity,
+                                      strict=True):
+                target.assign(tf.gather(source, rows))
+            chunk_batches = tf.gather(batches, rows, axis=1)
+            chunk_steps = tf.gather(steps_per_epoch, rows)
+            chunk_warmup = tf.gather(warmup_steps, rows)
+            chunk_seeds = tf.gather(augment_seeds, rows)
+            chunk_phases = None if phases is None else tf.gather(phases, rows)
+            for i in tf.range(tf.shape(batches)[0]):
+                self._step(chunk_batches[i], i, epoch, chunk_steps, chunk_warmup,
+                           chunk_seeds, chunk_phases, all_active)
+            for target, source in zip(self._variables + self._velocity,
+                                      self._step_variables + self._step_velocity,
+                                      strict=True):
+                target.scatter_update(tf.IndexedSlices(source.read_value(), rows))
 
     def _train_step_eager(self, indices: tf.Tensor, i: tf.Tensor, epoch: tf.Tensor,
                           steps_per_epoch: tf.Tensor, warmup_steps: tf.Tensor,
@@ -479,11 +541,13 @@ class Trainer:
         active = i < steps_per_epoch  # [K]
         statistics = [v.read_value() for v in self._statistics]
         with tf.GradientTape() as tape:
-            with compute_precision(self.model, config.precision, self.keep_float32) as dtype:
-                logits = self._apply(tf.cast(images, dtype), is_training=True)
+            with compute_precision(self._step_model, config.precision,
+                                   self.keep_float32) as dtype:
+                logits = self._apply(tf.cast(images, dtype), is_training=True,
+                                     model=self._step_model)
             losses = self._losses(tf.cast(logits, tf.float32), labels)  # [K]
             loss = self._loss_scale.scale_loss(losses)
-        grads, finite = self._loss_scale.unscale(tape.gradient(loss, self._variables),
+        grads, finite = self._loss_scale.unscale(tape.gradient(loss, self._step_variables),
                                                  model_axis=self.model_axis)
         self._loss_scale.update(finite | ~active)
         if not all_active:
@@ -494,7 +558,7 @@ class Trainer:
         # None: every model moves (no mask needed).
         moving = None if all_active and not self._loss_scale.enabled else active & finite
         for index, (variable, velocity, grad) in enumerate(
-                zip(self._variables, self._velocity, grads, strict=True)):
+                zip(self._step_variables, self._step_velocity, grads, strict=True)):
             scale = self._rate_scales[index]
             keep = self._moving(index, moving, epoch)
             momentum_step(variable, velocity, grad,
@@ -531,9 +595,9 @@ class Trainer:
                                        flips)
 
         parts = (images, indices, step, augment_seeds) + (() if phases is None else (phases,))
-        if self.num_models <= _UNROLLED_AUGMENT_MODELS:
+        if images.shape[0] <= _UNROLLED_AUGMENT_MODELS:
             return tf.stack([one(*(part[k] for part in parts))
-                             for k in range(self.num_models)])
+                             for k in range(images.shape[0])])
         return tf.map_fn(lambda part: one(*part), parts, fn_output_signature=images.dtype)
 
 

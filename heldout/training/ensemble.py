@@ -3,8 +3,9 @@
 One `EnsembleTrainer` holds one compiled TensorFlow program for a fixed number of
 models K, reused for every group of K runs: variables and optimizer state are
 re-assigned, not re-created, so the program is traced and compiled once per process.
-The whole epoch loop is one XLA program (dense models gain from it on a CPU). All else
-is the skeleton's (`heldout.training.core.Trainer`).
+The whole epoch loop is one XLA program (dense models gain from it on a CPU); with
+``chunk_models`` it trains the K models M at a time (`core.Trainer._chunk_size`). All
+else is the skeleton's (`heldout.training.core.Trainer`).
 """
 
 from __future__ import annotations
@@ -32,12 +33,21 @@ class EnsembleTrainer(core.Trainer):
     kind = "ensemble"
 
     def _group_size(self) -> int:
-        return max(self.config.models_at_once, _MIN_PROGRAM_MODELS)
+        """K, at least `_MIN_PROGRAM_MODELS`, and with chunks a multiple of their size."""
+        models = max(self.config.models_at_once, _MIN_PROGRAM_MODELS)
+        chunk = self.config.chunk_models
+        if not chunk or models <= chunk:
+            return models
+        return -(-models // chunk) * chunk
 
-    def _build_model(self) -> tf.Module:
+    def _chunk_size(self) -> int:
+        """``config.chunk_models`` models per optimizer step (0 or more than K: all K)."""
+        return min(self.num_models, self.config.chunk_models or self.num_models)
+
+    def _build_model(self, num_models: int | None = None) -> tf.Module:
         config = self.config
         model = registry.build_ensemble(config.model, self.dataset.num_classes,
-                                        self.num_models, config.model_width)
+                                        num_models or self.num_models, config.model_width)
         model(tf.zeros([1, 1, *self.dataset.input_shape]))  # creates the variables
         return model
 

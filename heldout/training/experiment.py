@@ -36,7 +36,8 @@ from heldout.training import streaming
 from heldout.training.select import make_trainer
 
 # Training settings that change speed but not what a run computes.
-_SPEED_ONLY_SETTINGS = ("models_at_once", "concurrent_programs", "xla", "checkpoint_every")
+_SPEED_ONLY_SETTINGS = ("models_at_once", "concurrent_programs", "chunk_models", "xla",
+                        "checkpoint_every")
 
 
 @dataclasses.dataclass(frozen=True)

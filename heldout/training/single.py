@@ -29,7 +29,8 @@ class SingleModelTrainer(core.Trainer):
     def _group_size(self) -> int:
         return 1
 
-    def _build_model(self) -> tf.Module:
+    def _build_model(self, num_models: int | None = None) -> tf.Module:
+        del num_models  # always one
         return self._build(seed=0)
 
     def _build(self, seed: int) -> tf.Module:
@@ -47,8 +48,9 @@ class SingleModelTrainer(core.Trainer):
         for variable, initial in zip(self.model.variables, fresh.variables, strict=True):
             variable.assign(initial)
 
-    def _apply(self, images: tf.Tensor, is_training: bool) -> tf.Tensor:
-        return self.model(images[0], is_training=is_training)[None]
+    def _apply(self, images: tf.Tensor, is_training: bool,
+               model: tf.Module | None = None) -> tf.Tensor:
+        return (model or self.model)(images[0], is_training=is_training)[None]
 
     def _export(self, k: int) -> tf.Module:
         del k

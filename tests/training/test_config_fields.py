@@ -50,11 +50,12 @@ OTHER_VALUES = {
     "checkpoint_every": lambda kind: 1,
     "models_at_once": lambda kind: 8 if kind in ("mlp", "cnn") else 2,
     "concurrent_programs": lambda kind: 1 if kind in ("mlp", "cnn") else 2,
+    "chunk_models": lambda kind: 4,  # K = 4 here: one chunk (chunks: test_ensemble.py)
     "xla": lambda kind: True,
     "precision": lambda kind: "mixed_bfloat16",
     "test_time_flip": lambda kind: True,
 }
-SPEED_ONLY = ("models_at_once", "concurrent_programs", "xla")
+SPEED_ONLY = ("models_at_once", "concurrent_programs", "chunk_models", "xla")
 # The field `model` is the axis of the test (each kind is one value of it).
 FIELDS = [f.name for f in dataclasses.fields(TrainConfig) if f.name != "model"]
 

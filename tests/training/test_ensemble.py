@@ -189,3 +189,40 @@ def test_longer_training_is_accurate(digits):
     accuracies = [run.test.correctness.mean() for run in runs]
     assert np.mean(accuracies) > 0.9, accuracies
     assert min(accuracies) > 0.85, accuracies
+
+
+@pytest.mark.parametrize("model", ["mlp", "cnn"])
+def test_chunks_train_each_run_as_a_program_of_their_size(digits, model):
+    """``chunk_models=4`` with K = 10 (rounded up to 12: three chunks in one XLA epoch
+    program) gives every run the arrays a program of 4 models gives it, bit for bit,
+    also with runs of unequal steps (the masked path); the weights of every chunk are
+    stored back (the exported models predict the recorded margins)."""
+    base = dataclasses.replace(CONFIG, model=model, epochs=2)
+    chunked = EnsembleTrainer(digits, dataclasses.replace(base, models_at_once=10,
+                                                          chunk_models=4))
+    assert (chunked.num_models, chunked.chunk_models) == (12, 4)
+    alone = EnsembleTrainer(digits, base)
+    run_ids = list(range(12))
+    steps = [10 + r % 3 for r in run_ids]
+    together = _train(chunked, digits, run_ids, steps_per_epoch=steps, export_models=True)
+    for start in range(0, 12, 4):
+        ids = run_ids[start:start + 4]
+        for r, run in zip(ids, _train(alone, digits, ids, steps_per_epoch=steps[start:start + 4]),
+                          strict=True):
+            for split in ("train", "test"):
+                np.testing.assert_array_equal(getattr(together[r], split).margin,
+                                              getattr(run, split).margin, err_msg=f"run {r}")
+            assert together[r].steps == run.steps
+    logits = together[5].model(tf.constant(digits.x_test[:50])).numpy()
+    labels = digits.y_test[:50]
+    others = np.where(np.arange(logits.shape[1]) == labels[:, None], -np.inf, logits)
+    margin = logits[np.arange(50), labels] - others.max(axis=1)  # the max-margin, by hand
+    np.testing.assert_allclose(margin, together[5].test.margin[:50], rtol=1e-4, atol=1e-4)
+
+
+def test_chunk_settings_refused_with_their_flag():
+    for value in (-1, 1, 3):
+        with pytest.raises(ValueError, match=f"--chunk_models={value}: expected 0"):
+            training.TrainConfig(chunk_models=value)
+    with pytest.raises(ValueError, match="--chunk_models=8: only the K-at-once"):
+        training.TrainConfig(model="airbench", chunk_models=8)
