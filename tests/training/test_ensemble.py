@@ -195,9 +195,11 @@ def test_longer_training_is_accurate(digits):
 def test_chunks_train_each_run_as_a_program_of_their_size(digits, model):
     """``chunk_models=4`` with K = 10 (rounded up to 12: three chunks in one XLA epoch
     program) gives every run the arrays a program of 4 models gives it, bit for bit,
-    also with runs of unequal steps (the masked path); the weights of every chunk are
+    also with runs of unequal steps (the masked path) and augmented images (cnn, each
+    chunk's seeds its own); the weights of every chunk are
     stored back (the exported models predict the recorded margins)."""
-    base = dataclasses.replace(CONFIG, model=model, epochs=2)
+    augment = "crop_flip" if model == "cnn" else "none"  # each model's own augmentation
+    base = dataclasses.replace(CONFIG, model=model, epochs=2, augment=augment)
     chunked = EnsembleTrainer(digits, dataclasses.replace(base, models_at_once=10,
                                                           chunk_models=4))
     assert (chunked.num_models, chunked.chunk_models) == (12, 4)
