@@ -193,21 +193,21 @@ def test_longer_training_is_accurate(digits):
 
 @pytest.mark.parametrize("model", ["mlp", "cnn"])
 def test_chunks_train_each_run_as_a_program_of_their_size(digits, model):
-    """``chunk_models=4`` with K = 10 (rounded up to 12: three chunks in one XLA epoch
+    """``chunk_models=4`` with K = 6 (rounded up to 8: two chunks in one XLA epoch
     program) gives every run the arrays a program of 4 models gives it, bit for bit,
     also with runs of unequal steps (the masked path) and augmented images (cnn, each
     chunk's seeds its own); the weights of every chunk are
     stored back (the exported models predict the recorded margins)."""
     augment = "crop_flip" if model == "cnn" else "none"  # each model's own augmentation
     base = dataclasses.replace(CONFIG, model=model, epochs=2, augment=augment)
-    chunked = EnsembleTrainer(digits, dataclasses.replace(base, models_at_once=10,
+    chunked = EnsembleTrainer(digits, dataclasses.replace(base, models_at_once=6,
                                                           chunk_models=4))
-    assert (chunked.num_models, chunked.chunk_models) == (12, 4)
+    assert (chunked.num_models, chunked.chunk_models) == (8, 4)
     alone = EnsembleTrainer(digits, base)
-    run_ids = list(range(12))
-    steps = [10 + r % 3 for r in run_ids]
+    run_ids = list(range(8))
+    steps = [4 + r % 3 for r in run_ids]
     together = _train(chunked, digits, run_ids, steps_per_epoch=steps, export_models=True)
-    for start in range(0, 12, 4):
+    for start in range(0, 8, 4):
         ids = run_ids[start:start + 4]
         for r, run in zip(ids, _train(alone, digits, ids, steps_per_epoch=steps[start:start + 4]),
                           strict=True):
