@@ -373,8 +373,8 @@ class LayerGradients:
                 a, s = self.records(x, labels, mask, target, seed)
                 return fn(a, s, *constants)
 
-            self._functions[key, target] = tf.function(batch_function,
-                                                       jit_compile=self.jit_compile)
+            self._functions[key, target] = tf.function(
+                batch_function, jit_compile=self.jit_compile, autograph=False)
         return self._functions[key, target]
 
 
@@ -422,7 +422,7 @@ def per_example_gradients(model: snt.Module, x: np.ndarray, labels: np.ndarray,
     if method == "jacobian":
         variables = [v for layer in engine.layers.values() for v in layer.trainable_variables]
 
-        @tf.function
+        @tf.function(autograph=False)
         def jacobian(x_batch, y_batch):
             with tf.GradientTape() as tape:
                 logits = tf.cast(model(x_batch, is_training=False), tf.float32)

@@ -215,7 +215,7 @@ def ensemble_features(models: Sequence[snt.Module], x_train: np.ndarray, y_train
     engine = gradients_lib.LayerGradients(template, np.shape(x_train)[1:], config.layers,
                                           config.batch_size)
     logodds_function = tf.function(lambda x, y: gradients_lib.measure(
-        tf.cast(template(x, is_training=False), tf.float32), y, OUTPUT))
+        tf.cast(template(x, is_training=False), tf.float32), y, OUTPUT), autograph=False)
     dim = config.projection_dim or engine.num_parameters
     saved = [v.numpy() for v in template.variables]
     result = []

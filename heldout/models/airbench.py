@@ -126,12 +126,12 @@ _SQRT_HALF = 1 / math.sqrt(2)
 _INV_SQRT_2PI = 1 / math.sqrt(2 * math.pi)
 
 
-@tf.function(jit_compile=True)
+@tf.function(jit_compile=True, autograph=False)
 def _gelu_forward(x: tf.Tensor) -> tf.Tensor:
     return x * (0.5 * (1.0 + tf.math.erf(x * _SQRT_HALF)))
 
 
-@tf.function(jit_compile=True)
+@tf.function(jit_compile=True, autograph=False)
 def _gelu_backward(x: tf.Tensor, upstream: tf.Tensor) -> tf.Tensor:
     cdf = 0.5 * (1.0 + tf.math.erf(x * _SQRT_HALF))
     return upstream * (cdf + x * tf.exp(-0.5 * x * x) * _INV_SQRT_2PI)

@@ -195,7 +195,8 @@ def check_run(run_dir: str, arch: str, data: Dataset, split: str = "test",
         raise ValueError(f"{run_dir}: aux arrays cover a different number of {split} "
                          f"examples than the data set ({len(y)})")
     model = restored.model
-    logits_fn = tf.function(lambda images: model(images, is_training=False)[None])
+    logits_fn = tf.function(lambda images: model(images, is_training=False)[None],
+                            autograph=False)
     predictions = predict_lib.predict_in_chunks(logits_fn, x, y, batch_size)[0]
     num_train = len(arrays["index_train"]) + len(arrays["index_removed"])
     return RunCheck(

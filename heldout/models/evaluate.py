@@ -164,7 +164,7 @@ def evaluate_run_streaming(run_dir: str, arch: str, records_pattern: str, *,
 def _predictor(model: tf.Module):
     """``images -> predicted classes`` of `model`, compiled once per model."""
     if model not in _PREDICTORS:
-        @tf.function(reduce_retracing=True)
+        @tf.function(reduce_retracing=True, autograph=False)
         def predicted_classes(images: tf.Tensor) -> tf.Tensor:
             return tf.argmax(model(images, is_training=False), axis=-1)
 

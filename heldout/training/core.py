@@ -261,19 +261,23 @@ class Trainer:
             self._step_variables = list(self._step_model.trainable_variables)
             self._step_velocity = [tf.Variable(tf.zeros_like(v), trainable=False)
                                    for v in self._step_variables]
+        # Programs are traced without AutoGraph (their loops are `tf.while_loop`s,
+        # `_repeat`): converting every function a step calls took seconds per trainer.
         if self.whole_epoch_xla:
             self._step = self._train_step_eager
             self._train_epoch = tf.function(self._train_epoch_eager, jit_compile=config.xla,
-                                            reduce_retracing=True)
+                                            reduce_retracing=True, autograph=False)
         else:
             # XLA compiles one optimizer step; the loop over an epoch's steps stays a plain
             # TensorFlow loop (XLA:CPU runs convolutions inside its own loops ~50x slower).
             self._step = tf.function(self._train_step_eager, jit_compile=config.xla,
-                                     reduce_retracing=True)
-            self._train_epoch = tf.function(self._train_epoch_eager, reduce_retracing=True)
-        self._logits = tf.function(self._logits_eager, jit_compile=config.xla)
+                                     reduce_retracing=True, autograph=False)
+            self._train_epoch = tf.function(self._train_epoch_eager, reduce_retracing=True,
+                                            autograph=False)
+        self._logits = tf.function(self._logits_eager, jit_compile=config.xla,
+                                   autograph=False)
         self._logits_with_flip = tf.function(self._logits_with_flip_eager,
-                                             jit_compile=config.xla)
+                                             jit_compile=config.xla, autograph=False)
 
     # --- hooks ----------------------------------------------------------------------
 
@@ -475,9 +479,9 @@ class Trainer:
         keep idle models unchanged: the same numbers, less memory traffic.
         """
         if self.chunk_models == self.num_models:
-            for i in tf.range(tf.shape(batches)[0]):
-                self._step(batches[i], i, epoch, steps_per_epoch, warmup_steps,
-                           augment_seeds, phases, all_active)
+            _repeat(tf.shape(batches)[0], lambda i: self._step(
+                batches[i], i, epoch, steps_per_epoch, warmup_steps, augment_seeds, phases,
+                all_active))
         else:
             self._train_epoch_in_chunks(batches, epoch, steps_per_epoch, warmup_steps,
                                         augment_seeds, phases, all_active)
@@ -497,7 +501,8 @@ class Trainer:
         arrays do not depend on the K its chunk belongs to.
         """
         size = self.chunk_models
-        for chunk in tf.range(self.num_models // size):
+
+        def train_chunk(chunk: tf.Tensor) -> None:
             rows = chunk * size + tf.range(size)
             for source, target in zip(self._variables + self._velocity,
                                       self._step_variables + self._step_velocity,
@@ -508,13 +513,15 @@ class Trainer:
             chunk_warmup = tf.gather(warmup_steps, rows)
             chunk_seeds = tf.gather(augment_seeds, rows)
             chunk_phases = None if phases is None else tf.gather(phases, rows)
-            for i in tf.range(tf.shape(batches)[0]):
-                self._step(chunk_batches[i], i, epoch, chunk_steps, chunk_warmup,
-                           chunk_seeds, chunk_phases, all_active)
+            _repeat(tf.shape(batches)[0], lambda i: self._step(
+                chunk_batches[i], i, epoch, chunk_steps, chunk_warmup, chunk_seeds,
+                chunk_phases, all_active))
             for target, source in zip(self._variables + self._velocity,
                                       self._step_variables + self._step_velocity,
                                       strict=True):
                 target.scatter_update(tf.IndexedSlices(source.read_value(), rows))
+
+        _repeat(tf.constant(self.num_models // size), train_chunk)
 
     def _train_step_eager(self, indices: tf.Tensor, i: tf.Tensor, epoch: tf.Tensor,
                           steps_per_epoch: tf.Tensor, warmup_steps: tf.Tensor,
@@ -599,6 +606,16 @@ class Trainer:
             return tf.stack([one(*(part[k] for part in parts))
                              for k in range(images.shape[0])])
         return tf.map_fn(lambda part: one(*part), parts, fn_output_signature=images.dtype)
+
+
+def _repeat(count: tf.Tensor, body: Callable[[tf.Tensor], None]) -> None:
+    """Calls ``body(i)`` for ``i = 0 .. count - 1``: one loop of the traced program
+    (`tf.while_loop`; run eagerly, a Python loop). The body acts through variables."""
+    def step(i: tf.Tensor) -> tuple[tf.Tensor]:
+        body(i)
+        return (i + 1,)
+
+    tf.while_loop(lambda i: i < count, step, (tf.constant(0, tf.int32),))
 
 
 def momentum_step(variable: tf.Variable, velocity: tf.Variable, grad: tf.Tensor,

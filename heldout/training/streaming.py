@@ -56,7 +56,7 @@ class StreamingTrainer(single.SingleModelTrainer):
                          config, eval_batch_size)
         self._members = np.zeros(data.num_train, bool)
         self._batch_step = tf.function(self._train_step_on_batch, jit_compile=config.xla,
-                                       reduce_retracing=True)
+                                       reduce_retracing=True, autograph=False)
         self._train_epoch = self._stream_epoch
 
     def _initialize(self, subsets: Sequence[np.ndarray],
