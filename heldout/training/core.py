@@ -8,7 +8,8 @@ momentum and weight decay, and prediction. The trainer kinds
 (`heldout.models.registry.TRAINER_KINDS`) supply only what differs:
 
 * `heldout.training.ensemble.EnsembleTrainer`: K small models in one program (stacked
-  weights), the whole epoch loop compiled with XLA.
+  weights), the whole epoch loop compiled with XLA; with ``chunk_models`` the epoch
+  program trains them M at a time (`Trainer._train_epoch_in_chunks`).
 * `heldout.training.single.SingleModelTrainer`: one large model (batch normalization) at a
   time, re-initialized in place for every run; XLA compiles one step.
 * `heldout.training.airbench.AirbenchTrainer`: K airbench94 networks side by side, with
@@ -204,7 +205,7 @@ class Trainer:
     """The skeleton: trains groups of up to K runs on one data set with one program.
 
     Subclasses set the class attributes and override the hooks (`_build_model`,
-    `_initialize`, and where they differ `_apply`, `_export`, `_variable_rule`,
+    `_initialize`, and where they differ `_chunk_size`, `_apply`, `_export`, `_variable_rule`,
     `_moving_statistics`, `_moving`, `_after_step`, `_after_epoch`).
     """
 
@@ -304,7 +305,7 @@ class Trainer:
                model: tf.Module | None = None) -> tf.Tensor:
         """Logits ``[K, batch, classes]`` of images ``[K|1, batch, ...]`` by `model`
         (default: the group's; a training step passes its step model)."""
-        return (model or self.model)(images, is_training=is_training)
+        return (self.model if model is None else model)(images, is_training=is_training)
 
     def _export(self, k: int) -> tf.Module:
         """Model k of the group as a single model (what a checkpoint holds)."""

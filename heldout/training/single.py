@@ -50,7 +50,8 @@ class SingleModelTrainer(core.Trainer):
 
     def _apply(self, images: tf.Tensor, is_training: bool,
                model: tf.Module | None = None) -> tf.Tensor:
-        return (model or self.model)(images[0], is_training=is_training)[None]
+        return (self.model if model is None else model)(images[0],
+                                                        is_training=is_training)[None]
 
     def _export(self, k: int) -> tf.Module:
         del k
