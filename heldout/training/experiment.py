@@ -273,8 +273,6 @@ def _train_group(trainer, writers: concurrent.futures.Executor, experiment_dir: 
         if non_finite:
             diverged[run_id] = non_finite
             continue
-        if runs_lib.run_complete(directory):
-            continue  # another worker finished it meanwhile: never overwrite a complete run
         info = _run_info(settings, data, subset, run_id, subset_indices, result,
                          seconds_per_run, len(group))
         if dropped is not None:
@@ -295,6 +293,8 @@ def _train_group(trainer, writers: concurrent.futures.Executor, experiment_dir: 
             margin_train=result.train.margin, margin_test=result.test.margin,
             logodds_train=result.train.logodds, logodds_test=result.test.logodds,
             logits_train=result.train.logits, logits_test=result.test.logits)
+        # `save_run` leaves a run another worker completed meanwhile as it is (False):
+        # checking here too cost a listing per run while the next group waited.
         pending.append((run_id, info["accuracy"]["test"], writers.submit(
             runs_lib.save_run, directory, arrays, info, checkpoints=checkpoints)))
     return _WrittenGroup(pending, diverged, experiment_dir, subset, config.learning_rate)
