@@ -75,3 +75,11 @@ def test_diverged_runs_are_not_written_and_the_error_names_run_and_learning_rate
     assert message.startswith("run 0 (and runs 1-3) of ") and "learning_rate (1e+30)" in message
     assert "\n" not in message
     assert runs.list_runs(directory, "0.7")[0] == []
+
+
+def test_writer_threads_fewer_for_local_disks_than_remote_stores(tmp_path):
+    from heldout.training import experiment
+    assert experiment._writer_threads(str(tmp_path)) == experiment.LOCAL_WRITER_THREADS
+    assert experiment._writer_threads(f"file://{tmp_path}") == experiment.LOCAL_WRITER_THREADS
+    assert experiment._writer_threads("gs://bucket/exp") == experiment.REMOTE_WRITER_THREADS
+    assert experiment.LOCAL_WRITER_THREADS < experiment.REMOTE_WRITER_THREADS
