@@ -67,6 +67,7 @@ from heldout.models.predict import (  # noqa: F401
     predict_in_chunks,
     prediction_arrays,
 )
+from heldout.training import losses as losses_lib
 from heldout.training.config import (  # noqa: F401
     ALL_LR_SCHEDULES,
     COMPUTE_DTYPES,
@@ -583,9 +584,9 @@ class Trainer:
             num_classes = logits.shape[-1]
             targets = tf.one_hot(labels, num_classes) * (1.0 - smoothing) + \
                 smoothing / num_classes
-            losses = tf.nn.softmax_cross_entropy_with_logits(targets, logits)
+            losses = losses_lib.cross_entropy(targets, logits)
         else:
-            losses = tf.nn.sparse_softmax_cross_entropy_with_logits(labels, logits)
+            losses = losses_lib.sparse_cross_entropy(labels, logits)
         if self.loss_reduction == "sum":
             return tf.reduce_sum(losses, axis=1)
         return tf.reduce_mean(losses, axis=1)

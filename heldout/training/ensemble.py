@@ -21,9 +21,11 @@ from heldout.training import core
 
 # Programs hold at least this many models (a smaller K is padded). XLA:CPU vectorizes the
 # reductions over a batch (bias gradients) differently below 4 models, so a run trained
-# in a group of 1-3 differed in its last bits from the same run in a larger group; with
-# the floor, runs are bit-identical whatever their group under XLA (measured: mlp at
-# K = 1, 3, 4, 5, 8, 250; cnn at K = 1, 3, 4, 8, while cnn at K = 5 differs by 7e-7).
+# in a group of 1-3 differed in its last bits from the same run in a larger group. With
+# the floor, and the cross-entropy summed over classes in one fixed order
+# (`heldout.training.losses`: TensorFlow's op changed order at 52 digits MLPs), a run's
+# arrays are bit-identical whatever K and whatever chunk size (tested in
+# tests/training/test_ensemble.py: mlp at K = 4, 5, 64, 250 and in chunks; cnn at K = 4, 8).
 _MIN_PROGRAM_MODELS = 4
 
 
