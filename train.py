@@ -97,8 +97,8 @@ _CONCURRENT_PROGRAMS = flags.DEFINE_integer(
     "thread each (speed only: runs come out bit-identical); 0: 2 for mlp and cnn, else 1.")
 _CHUNK_MODELS = flags.DEFINE_integer(
     "chunk_models", 0, "mlp and cnn: train the --models_at_once models this many at a "
-    "time, each chunk a whole epoch in the processor's cache (faster; runs then round as "
-    "in programs of this many, not bit for bit as the default); 0: all at once.")
+    "time, each chunk a whole epoch in the processor's cache (speed only: runs come out "
+    "bit-identical); 0: as many as fit one core's L2 cache (10 digits MLPs; cnn: all).")
 _XLA = flags.DEFINE_bool("xla", True, "Compile the training program with XLA.")
 _PRECISION = flags.DEFINE_enum(
     "precision", "float32", ["float32", "mixed_bfloat16", "mixed_float16"],

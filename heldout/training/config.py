@@ -18,13 +18,13 @@ for each trainer kind (`heldout.models.registry.TRAINER_KINDS`):
   in threads (`heldout.training.concurrent`), each run still in a program of K, so its
   arrays are bit-identical whatever this number. 0: 2 for mlp and cnn, 1 for the
   others, which refuse more (their mixed precision patches Sonnet classes globally).
-* ``chunk_models``: speed, with float32 round-off: 0 (default) trains all K models of a
-  program in every optimizer step; M >= 4 trains them M at a time, each chunk through
-  the whole epoch while its weights and activations stay in the processor's cache (K is
-  rounded up to a multiple of M). A chunk runs exactly the step of a program of M
-  models, so runs are bit-identical to ``models_at_once=M`` runs and to each other
-  whatever K, but differ from the unchunked default in the last bits; so it is off by
-  default and the default's arrays stay those of earlier versions. mlp and cnn only.
+* ``chunk_models``: speed only: M >= 4 trains the K models of a program M at a time,
+  each chunk through the whole epoch while its weights and activations stay in the
+  processor's cache (K is rounded up to a multiple of M; M >= K: all K in every step);
+  0 (default): automatic, as many as keep their weights and velocities in one core's L2
+  cache (`heldout.training.ensemble.auto_chunk_models`: 10 of the 250 digits MLPs, no
+  chunks for cnn). A run's arrays are bit-identical whatever M (tested). mlp and cnn
+  only; the other kinds refuse any M but 0.
 * ``xla``: speed mostly: XLA's kernels and TensorFlow's own differ in float32 round-off
   (measured 2.7e-7 to 4.8e-7 on margins of the digits MLP and CNN), so a run trained with
   and without XLA agrees to about 1e-6, not bit for bit. Keep one value per experiment.
@@ -84,7 +84,7 @@ class TrainConfig:
     checkpoint_every: int = 0  # with checkpoints: also save every this many epochs (TracIn)
     models_at_once: int = 250  # K: runs trained together in one program (speed only)
     concurrent_programs: int = 0  # programs of K runs trained side by side (0: auto; speed only)
-    chunk_models: int = 0  # M: an optimizer step trains M of the K models (0: all K; speed)
+    chunk_models: int = 0  # M: an optimizer step trains M of the K models (0: auto; speed)
     xla: bool = True  # compile the training program with XLA (speed only)
     precision: str = "float32"  # compute type of training steps: one of PRECISIONS
     test_time_flip: bool = False  # record predictions averaged with the mirrored image's
@@ -104,7 +104,7 @@ class TrainConfig:
                              "K-at-once small models (mlp, cnn) train programs side by side; "
                              f"--model={self.model} takes 0 or 1")
         if self.chunk_models < 0 or 0 < self.chunk_models < MIN_CHUNK_MODELS:
-            raise ValueError(f"--chunk_models={self.chunk_models}: expected 0 (off) or at "
+            raise ValueError(f"--chunk_models={self.chunk_models}: expected 0 (automatic) or at "
                              f"least {MIN_CHUNK_MODELS}")
         if self.chunk_models and self.spec.trainer != "ensemble":
             raise ValueError(f"--chunk_models={self.chunk_models}: only the K-at-once small "

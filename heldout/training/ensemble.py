@@ -3,13 +3,15 @@
 One `EnsembleTrainer` holds one compiled TensorFlow program for a fixed number of
 models K, reused for every group of K runs: variables and optimizer state are
 re-assigned, not re-created, so the program is traced and compiled once per process.
-The whole epoch loop is one XLA program (dense models gain from it on a CPU); with
-``chunk_models`` it trains the K models M at a time (`core.Trainer._chunk_size`). All
-else is the skeleton's (`heldout.training.core.Trainer`).
+The whole epoch loop is one XLA program (dense models gain from it on a CPU), and it
+trains the K models M at a time (`core.Trainer._train_epoch_in_chunks`): ``chunk_models``,
+or when 0 as many as keep their weights and velocities in one core's L2 cache
+(`auto_chunk_models`). All else is the skeleton's (`heldout.training.core.Trainer`).
 """
 
 from __future__ import annotations
 
+import os
 from collections.abc import Sequence
 
 import numpy as np
@@ -18,6 +20,7 @@ import tensorflow as tf
 from heldout.models import ensemble as ensemble_lib
 from heldout.models import registry
 from heldout.training import core
+from heldout.training.config import MIN_CHUNK_MODELS
 
 # Programs hold at least this many models (a smaller K is padded). XLA:CPU vectorizes the
 # reductions over a batch (bias gradients) differently below 4 models, so a run trained
@@ -28,6 +31,46 @@ from heldout.training import core
 # tests/training/test_ensemble.py: mlp at K = 4, 5, 64, 250 and in chunks; cnn at K = 4, 8).
 _MIN_PROGRAM_MODELS = 4
 
+# L2 cache of one core when the system does not say (/sys/devices/system/cpu).
+_FALLBACK_L2_BYTES = 1 << 20
+
+
+def l2_cache_bytes() -> int:
+    """Bytes of one core's L2 cache, from Linux's sysfs (`_FALLBACK_L2_BYTES` if unread)."""
+    folder = "/sys/devices/system/cpu/cpu0/cache"
+    try:
+        for index in sorted(os.listdir(folder)):
+            def read(name: str, index: str = index) -> str:
+                with open(os.path.join(folder, index, name)) as f:
+                    return f.read().strip()
+            if read("level") == "2" and read("type") in ("Data", "Unified"):
+                size = read("size")
+                scale = {"K": 1 << 10, "M": 1 << 20}.get(size[-1:], 1)
+                return int(size.rstrip("KM")) * scale
+    except (OSError, ValueError):
+        pass
+    return _FALLBACK_L2_BYTES
+
+
+def auto_chunk_models(num_models: int, parameters_per_model: int,
+                      cache_bytes: int | None = None) -> int:
+    """Models per optimizer step when ``chunk_models`` is 0: as many as keep their float32
+    weights and velocities within one core's L2 cache (two programs run side by side, one
+    per core), as a divisor of K where one is at least half that many.
+
+    K (`num_models`) itself, i.e. no chunks, when fewer than `MIN_CHUNK_MODELS` fit (one
+    model's state already spills, so chunks cannot keep it in the cache) or all K fit.
+    For the digits MLP (9,610 parameters) and a 1 MiB L2: 13 fit, so K = 250 trains in
+    chunks of 10, the fastest of 8 ... 50 measured (benchmarks/vectorized_training.py);
+    cnn on digits (71,754 parameters): no chunks. Runs do not depend on this choice.
+    """
+    cache = l2_cache_bytes() if cache_bytes is None else cache_bytes
+    fit = cache // (8 * parameters_per_model)
+    if fit < MIN_CHUNK_MODELS or fit >= num_models:
+        return num_models
+    divisors = [d for d in range(MIN_CHUNK_MODELS, fit + 1) if num_models % d == 0]
+    return divisors[-1] if divisors and 2 * divisors[-1] >= fit else fit
+
 
 class EnsembleTrainer(core.Trainer):
     """Trains groups of `config.models_at_once` runs of an ensemble model in one program."""
@@ -35,16 +78,23 @@ class EnsembleTrainer(core.Trainer):
     kind = "ensemble"
 
     def _group_size(self) -> int:
-        """K, at least `_MIN_PROGRAM_MODELS`, and with chunks a multiple of their size."""
+        """K, at least `_MIN_PROGRAM_MODELS`, and with chunks a multiple of their size.
+
+        Decides the chunk size too (`_chunk_size` returns it): ``config.chunk_models``,
+        or when 0 `auto_chunk_models` from the size of one model (under XLA; without it,
+        whose speed in chunks was not measured, all K)."""
         models = max(self.config.models_at_once, _MIN_PROGRAM_MODELS)
-        chunk = self.config.chunk_models
-        if not chunk or models <= chunk:
-            return models
-        return -(-models // chunk) * chunk
+        chunk = self.config.chunk_models or (0 if self.config.xla else models)
+        if not chunk:
+            one = self._build_model(1)
+            parameters = sum(v.shape.num_elements() for v in one.trainable_variables)
+            chunk = auto_chunk_models(models, parameters)
+        self._chunk = min(chunk, models)
+        return -(-models // self._chunk) * self._chunk
 
     def _chunk_size(self) -> int:
-        """``config.chunk_models`` models per optimizer step (0 or more than K: all K)."""
-        return min(self.num_models, self.config.chunk_models or self.num_models)
+        """Models per optimizer step, as `_group_size` decided (K: no chunks)."""
+        return self._chunk
 
     def _build_model(self, num_models: int | None = None) -> tf.Module:
         config = self.config

@@ -248,3 +248,32 @@ def test_chunk_settings_refused_with_their_flag():
             training.TrainConfig(chunk_models=value)
     with pytest.raises(ValueError, match="--chunk_models=8: only the K-at-once"):
         training.TrainConfig(model="airbench", chunk_models=8)
+
+
+def test_automatic_chunks_keep_weights_and_velocities_in_the_cache():
+    """`auto_chunk_models`: floor(cache / (8 bytes x parameters)) models fit; a divisor
+    of K not below half of that, else that many (K rounds up); K when under 4 or all fit."""
+    from heldout.training.ensemble import auto_chunk_models
+    mib = 1 << 20
+    assert mib // (8 * 9610) == 13
+    assert auto_chunk_models(250, 9610, mib) == 10  # divisors of 250 up to 13: 5, 10
+    assert auto_chunk_models(251, 9610, mib) == 13  # 251 is prime: chunks of 13, K -> 260
+    assert auto_chunk_models(100, 9610, mib) == 10
+    assert auto_chunk_models(12, 9610, mib) == 12  # all 12 fit: no chunks
+    assert auto_chunk_models(250, 71754, mib) == 250  # 1 fits: no chunks
+    assert auto_chunk_models(250, 9610, 2 * mib) == 25  # 27 fit
+
+
+def test_trainer_picks_automatic_chunks_by_model_size(digits, monkeypatch):
+    from heldout.training import ensemble
+    monkeypatch.setattr(ensemble, "l2_cache_bytes", lambda: 1 << 20)
+    default = EnsembleTrainer(digits, training.TrainConfig())
+    assert (default.num_models, default.chunk_models) == (250, 10)
+    assert default._step_model is not default.model
+    explicit = EnsembleTrainer(digits, training.TrainConfig(chunk_models=250))
+    assert (explicit.num_models, explicit.chunk_models) == (250, 250)
+    assert explicit._step_model is explicit.model
+    without_xla = EnsembleTrainer(digits, training.TrainConfig(xla=False))
+    assert without_xla.chunk_models == 250
+    cnn = EnsembleTrainer(digits, training.TrainConfig(model="cnn", models_at_once=8))
+    assert (cnn.num_models, cnn.chunk_models) == (8, 8)
