@@ -35,9 +35,10 @@ _MIN_PROGRAM_MODELS = 4
 _FALLBACK_L2_BYTES = 1 << 20
 
 
-def l2_cache_bytes() -> int:
-    """Bytes of one core's L2 cache, from Linux's sysfs (`_FALLBACK_L2_BYTES` if unread)."""
-    folder = "/sys/devices/system/cpu/cpu0/cache"
+def l2_cache_bytes(folder: str = "/sys/devices/system/cpu/cpu0/cache") -> int:
+    """Bytes of one core's L2 cache, from Linux's sysfs (`_FALLBACK_L2_BYTES` if unread):
+    the ``index*`` entry of `folder` whose ``level`` is 2 and ``type`` Data or Unified,
+    its ``size`` such as ``1024K``."""
     try:
         for index in sorted(os.listdir(folder)):
             def read(name: str, index: str = index) -> str:

@@ -277,3 +277,17 @@ def test_trainer_picks_automatic_chunks_by_model_size(digits, monkeypatch):
     assert without_xla.chunk_models == 250
     cnn = EnsembleTrainer(digits, training.TrainConfig(model="cnn", models_at_once=8))
     assert (cnn.num_models, cnn.chunk_models) == (8, 8)
+
+
+def test_l2_cache_size_read_from_sysfs(tmp_path):
+    from heldout.training.ensemble import _FALLBACK_L2_BYTES, l2_cache_bytes
+    entries = {"index0": ("1", "Data", "48K"), "index1": ("1", "Instruction", "32K"),
+               "index2": ("2", "Unified", "2048K"), "index3": ("3", "Unified", "32M")}
+    for name, (level, kind, size) in entries.items():
+        (tmp_path / name).mkdir()
+        for field, value in (("level", level), ("type", kind), ("size", size)):
+            (tmp_path / name / field).write_text(value + "\n")
+    assert l2_cache_bytes(str(tmp_path)) == 2048 * 1024
+    (tmp_path / "index2" / "size").write_text("garbled\n")
+    assert l2_cache_bytes(str(tmp_path)) == _FALLBACK_L2_BYTES
+    assert l2_cache_bytes(str(tmp_path / "absent")) == _FALLBACK_L2_BYTES
