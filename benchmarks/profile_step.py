@@ -1,19 +1,20 @@
 """Where a K-at-once training step spends its time, from XLA's own per-operation trace.
 
-Trains one group of the digits default (K = `--models_at_once` MLPs in one program)
-twice: once to compile, once under TensorFlow's profiler with XLA's per-operation
-trace on (``--xla_cpu_enable_xprof_traceme``) and the optimized HLO dumped. For the
-epoch program only (not prediction), it prints each XLA operation's milliseconds per
-optimizer step, summed over the threads that ran it, with its HLO shape; for matrix
-products also their GFLOP/s and the fraction of the machine's float32 matrix-product
-rate (`roofline.matmul_rate`, measured in this process) they reach. Last, the step's
-wall time and the floor its matrix products imply.
+Trains one group of the digits default (K = `--models_at_once` MLPs in one program, in
+chunks of M as the default does; `--chunk_models`) twice: once to compile, once under
+TensorFlow's profiler with XLA's per-operation trace on
+(``--xla_cpu_enable_xprof_traceme``) and the optimized HLO dumped. For the epoch program
+only (not prediction), it prints each XLA operation's milliseconds per optimizer step,
+summed over the threads that ran it, with its HLO shape; for matrix products also their
+GFLOP/s and the fraction of the machine's float32 matrix-product rate
+(`roofline.matmul_rate`, measured in this process) they reach. Last, the step's wall
+time and the floor its matrix products imply.
 
 The numbers of issue 17's profile come from here: which products are slow (the
 10-wide head's), and how much goes to elementwise passes.
 
 Usage:
-  python benchmarks/profile_step.py [--models_at_once=250] [--top=15]
+  python benchmarks/profile_step.py [--models_at_once=250] [--chunk_models=0] [--top=15]
 """
 
 import glob
@@ -46,6 +47,8 @@ from heldout.training.ensemble import EnsembleTrainer  # noqa: E402
 _MODELS_AT_ONCE = flags.DEFINE_integer("models_at_once", 250, "K: models in the program.")
 _EPOCHS = flags.DEFINE_integer("epochs", 2, "Epochs of the profiled call.")
 _TOP = flags.DEFINE_integer("top", 15, "Operations listed, slowest first.")
+_CHUNK = flags.DEFINE_integer("chunk_models", 0,
+                              "Models per step (0: automatic, as the default; K: no chunks).")
 
 _INSTRUCTION = re.compile(r"^\s*(?:ROOT )?%([\w.\-]+) = (\w+)\[([\d,]*)\]\S* (\w[\w-]*)\((.*)")
 
@@ -113,7 +116,7 @@ def main(argv):
     del argv
     dataset = sources.load_digits()
     k = _MODELS_AT_ONCE.value
-    config = TrainConfig(models_at_once=k, epochs=_EPOCHS.value)
+    config = TrainConfig(models_at_once=k, epochs=_EPOCHS.value, chunk_models=_CHUNK.value)
     seeds = [designs.run_seeds(0, "0.7", r) for r in range(k)]
     subsets = [designs.subset_indices(dataset.num_train, "0.7", 0, r) for r in range(k)]
     trainer = EnsembleTrainer(dataset, config)
@@ -132,8 +135,12 @@ def main(argv):
     totals, wall_ps = operation_times(glob.glob(os.path.join(logs, "**", "*.xplane.pb"),
                                                 recursive=True)[0], instructions)
     steps = trainer.steps_per_epoch(len(subsets[0])) * config.epochs
+    # With chunks (the default) a step runs each operation of the chunk's step once per
+    # chunk: shapes are a chunk's, and per step the products do K / M times their FLOP.
+    chunks = trainer.num_models // trainer.chunk_models
     rate = roofline.matmul_rate("float32")
-    print(f"digits MLP, K={k}, {steps} steps profiled ({seconds:.2f} s with prediction); "
+    print(f"digits MLP, K={k} in chunks of {trainer.chunk_models}, {steps} steps profiled "
+          f"({seconds:.2f} s with prediction); "
           f"float32 matrix products: {rate / 1e9:.0f} GFLOP/s in this process")
     print(f"{'operation':32s} {'ms/step':>8s}  {'shape':18s} {'GFLOP/s':>8s} {'of rate':>8s}")
     dot_ps, dot_flops = 0.0, 0.0
@@ -141,14 +148,14 @@ def main(argv):
         _, shape, opcode, _ = instructions[name]
         line = f"{name:32s} {ps / 1e9 / steps:8.2f}  {str(list(shape)):18s}"
         if opcode == "dot":
-            flop = dot_flop(instructions, name)
+            flop = dot_flop(instructions, name) * chunks
             achieved = flop / (ps / 1e12 / steps)
             line += f" {achieved / 1e9:8.1f} {achieved / rate:8.0%}"
         print(line)
     for name, ps in totals.items():
         if instructions[name][2] == "dot":
             dot_ps += ps
-            dot_flops += dot_flop(instructions, name)
+            dot_flops += dot_flop(instructions, name) * chunks
     busy_ps = sum(totals.values())
     wall_step = wall_ps / 1e9 / steps
     floor_step = dot_flops / rate * 1e3
