@@ -18,6 +18,8 @@ before with K = 250. Checked against the op and against K = 1 in
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import tensorflow as tf
 
 # XLA:CPU's large row reductions keep this many partial sums (lanes).
@@ -43,32 +45,35 @@ def class_sum(values: tf.Tensor) -> tf.Tensor:
     return lanes[0]
 
 
-def _softmax_parts(logits: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor, tf.Tensor]:
-    """``z - max z``, ``exp(z - max z)`` and its class sum ``[..., 1]``."""
-    shifted = logits - tf.reduce_max(logits, axis=-1, keepdims=True)
-    exp_shifted = tf.exp(shifted)
-    return shifted, exp_shifted, class_sum(exp_shifted)[..., None]
+def _softmax_cross_entropy(logits: tf.Tensor, targets: tf.Tensor,
+                           values_of: Callable[[tf.Tensor], tf.Tensor]) -> tf.Tensor:
+    """Per-example values ``values_of(log_softmax(logits))`` with the gradient of
+    TensorFlow's cross-entropy ops against (one-hot or soft) `targets`:
+    ``(exp(z - max z) / sum - targets) * upstream``, the sum in `class_sum`'s order."""
+
+    @tf.custom_gradient
+    def loss(logits: tf.Tensor) -> tuple[tf.Tensor, object]:
+        shifted = logits - tf.reduce_max(logits, axis=-1, keepdims=True)
+        exp_shifted = tf.exp(shifted)
+        total = class_sum(exp_shifted)[..., None]
+        backprop = exp_shifted / total - targets
+
+        def grad(upstream: tf.Tensor) -> tf.Tensor:
+            return upstream[..., None] * backprop
+
+        return values_of(shifted - tf.math.log(total)), grad
+
+    return loss(logits)
 
 
 def sparse_cross_entropy(labels: tf.Tensor, logits: tf.Tensor) -> tf.Tensor:
     """Per-example ``-log softmax(logits)[label]``: logits ``[..., classes]``, int labels
     ``[...]``; the values and gradient of `tf.nn.sparse_softmax_cross_entropy_with_logits`
     (labels assumed in range), summed over classes in `class_sum`'s order."""
-
-    @tf.custom_gradient
-    def loss(logits: tf.Tensor) -> tuple[tf.Tensor, object]:
-        shifted, exp_shifted, total = _softmax_parts(logits)
-        log_softmax = shifted - tf.math.log(total)
-        values = -tf.gather(log_softmax, labels, batch_dims=len(labels.shape))
-        backprop = exp_shifted / total - tf.one_hot(labels, logits.shape[-1],
-                                                    dtype=logits.dtype)
-
-        def grad(upstream: tf.Tensor) -> tf.Tensor:
-            return upstream[..., None] * backprop
-
-        return values, grad
-
-    return loss(logits)
+    one_hot = tf.one_hot(labels, logits.shape[-1], dtype=logits.dtype)
+    return _softmax_cross_entropy(
+        logits, one_hot,
+        lambda log_softmax: -tf.gather(log_softmax, labels, batch_dims=len(labels.shape)))
 
 
 def cross_entropy(targets: tf.Tensor, logits: tf.Tensor) -> tf.Tensor:
@@ -77,16 +82,5 @@ def cross_entropy(targets: tf.Tensor, logits: tf.Tensor) -> tf.Tensor:
     the value to float32 round-off (both sums over classes in `class_sum`'s order).
     The targets are constants: no gradient flows to them."""
     targets = tf.stop_gradient(targets)
-
-    @tf.custom_gradient
-    def loss(logits: tf.Tensor) -> tuple[tf.Tensor, object]:
-        shifted, exp_shifted, total = _softmax_parts(logits)
-        values = class_sum(-targets * (shifted - tf.math.log(total)))
-        backprop = exp_shifted / total - targets
-
-        def grad(upstream: tf.Tensor) -> tf.Tensor:
-            return upstream[..., None] * backprop
-
-        return values, grad
-
-    return loss(logits)
+    return _softmax_cross_entropy(logits, targets,
+                                  lambda log_softmax: class_sum(-targets * log_softmax))
