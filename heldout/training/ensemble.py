@@ -41,11 +41,12 @@ def l2_cache_bytes(folder: str = "/sys/devices/system/cpu/cpu0/cache") -> int:
     its ``size`` such as ``1024K``."""
     try:
         for index in sorted(os.listdir(folder)):
-            def read(name: str, index: str = index) -> str:
+            fields = {}
+            for name in ("level", "type", "size"):
                 with open(os.path.join(folder, index, name)) as f:
-                    return f.read().strip()
-            if read("level") == "2" and read("type") in ("Data", "Unified"):
-                size = read("size")
+                    fields[name] = f.read().strip()
+            if fields["level"] == "2" and fields["type"] in ("Data", "Unified"):
+                size = fields["size"]
                 scale = {"K": 1 << 10, "M": 1 << 20}.get(size[-1:], 1)
                 return int(size.rstrip("KM")) * scale
     except (OSError, ValueError):
