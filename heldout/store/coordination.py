@@ -37,6 +37,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import math
 import os
 import socket
 import threading
@@ -46,6 +47,7 @@ from collections.abc import Iterable, Iterator, Mapping, Sequence
 
 import tensorflow as tf
 
+from heldout.errors import ParameterError
 from heldout.store import files
 from heldout.store import layout as layout_lib
 from heldout.store.layout import CLAIMS_DIRNAME  # noqa: F401  (kept for readers)
@@ -53,6 +55,9 @@ from heldout.store.layout import CLAIMS_DIRNAME  # noqa: F401  (kept for readers
 # Exit status of a worker whose shard still has runs missing because other workers hold
 # their claims (live or not yet expired): not done, not failed, retry later.
 EXIT_RUNS_CLAIMED_ELSEWHERE = 3
+
+# Seconds after which a claim not renewed is taken as abandoned (a killed worker's).
+DEFAULT_LEASE_SECONDS = 600.0
 
 
 def task_identity(environ: Mapping[str, str] | None = None) -> str | None:
@@ -140,7 +145,7 @@ class Claims:
     """
 
     directory: str  # where the claim files go: <experiment_dir>/.claims/<subset>
-    lease_seconds: float = 600.0  # a claim not renewed for this long is stale
+    lease_seconds: float = DEFAULT_LEASE_SECONDS  # a claim not renewed for this long is stale
     settle_seconds: float = 1.0  # wait between writing a claim and reading it back
     token: str = dataclasses.field(default_factory=lambda: uuid.uuid4().hex)
     held: set[int] = dataclasses.field(default_factory=set)
@@ -149,8 +154,9 @@ class Claims:
     _lock: threading.Lock = dataclasses.field(default_factory=threading.Lock, repr=False)
 
     def __post_init__(self):
-        if self.lease_seconds <= 0:
-            raise ValueError(f"lease_seconds={self.lease_seconds}: expected a positive number")
+        if not 0 < self.lease_seconds < math.inf:  # NaN never expires; inf stops the heartbeat
+            raise ParameterError("lease_seconds", "expected a positive finite number of "
+                                 "seconds", self.lease_seconds)
         if self.settle_seconds < 0:
             raise ValueError(f"settle_seconds={self.settle_seconds}: expected a number >= 0")
 
