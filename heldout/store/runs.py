@@ -452,7 +452,8 @@ def verify_runs(experiment_dir: str, subsets: Sequence[str] | None = None,
     if not directories:
         raise ValueError(f"experiment_dir={experiment_dir}: no complete runs to verify "
                          f"(expected <subset>/<run_id>/{AUX_FILENAME})")
-    recorded = info_lib.read_experiment_info(experiment_dir).get("data", {})
+    info = info_lib.read_experiment_info(experiment_dir)
+    recorded = dict(info.data) if info and info.data else {}
     expected = (recorded.get("num_train"), recorded.get("num_test"))
     expected = (None, None) if None in expected else tuple(int(n) for n in expected)
 

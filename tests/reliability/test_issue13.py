@@ -112,7 +112,8 @@ def _dead_claims(directory, run_ids, task):
 def test_case2_requeued_task_takes_over_its_claims_and_others_exit_3(tmp_path):
     directory = str(tmp_path / "requeue")
     slurm = {"SLURM_ARRAY_JOB_ID": "77", "SLURM_ARRAY_TASK_ID": "0"}
-    flags = [f"--experiment_dir={directory}", *TINY, "--run_ids=0-7", "--num_shards=1",
+    # --run_ids instead of TINY's --num_runs (given both, train.py refuses --num_runs).
+    flags = [f"--experiment_dir={directory}", *TINY[1:], "--run_ids=0-7", "--num_shards=1",
              "--shard_index=0"]
     _dead_claims(directory, range(4), "slurm:77:0")  # task 0 was killed holding these
     _dead_claims(directory, (4, 5), "slurm:77:1")  # and task 1 these
