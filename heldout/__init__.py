@@ -85,6 +85,7 @@ _EXPORTS: dict[str, tuple[str, str | None]] = {
     "parse_shard": ("heldout.store.designs", "parse_shard"),
     "read_indices": ("heldout.store.designs", "read_indices"),
     "subset_indices": ("heldout.store.designs", "subset_indices"),
+    "ExperimentInfo": ("heldout.store.experiment_info", "ExperimentInfo"),
     "read_experiment_info": ("heldout.store.experiment_info", "read_experiment_info"),
     "Experiment": ("heldout.store.runs", "Experiment"),
     "RunFileError": ("heldout.store.runs", "RunFileError"),
@@ -130,7 +131,7 @@ __all__ = [
     # training
     "TrainDesign", "TrainDrop", "TrainPreset", "DataSource", "RunSettings", "TrainReport",
     "train",
-    "EnsembleTrainer", "TrainConfig", "TrainSummary", "read_experiment_info",
+    "EnsembleTrainer", "TrainConfig", "TrainSummary", "ExperimentInfo", "read_experiment_info",
     "resolve_targets", "train_experiment", "train_targeted_experiment",
     # data and runs
     "Dataset", "Experiment", "RunFileError", "load_dataset", "load_experiment", "load_run",

@@ -116,14 +116,15 @@ def resolve_shard(num_shards: int | None, shard_index: int | None,
             source = "JOB_COMPLETION_INDEX"
     if shard_index is None:
         if num_shards not in (None, 1):
-            raise ValueError(f"--num_shards={num_shards}: also give --shard_index (or run "
-                             "under a Slurm array / Kubernetes Indexed Job)")
+            raise ParameterError("num_shards", "also give shard_index (or run under a "
+                                 "Slurm array / Kubernetes Indexed Job)", num_shards)
         return Shard(0, 1, "single")
     if num_shards is None:
-        raise ValueError(f"shard index {shard_index} from {source}: give --num_shards too")
+        raise ParameterError("num_shards", f"needed with shard index {shard_index} from "
+                             f"{source}")
     if not 0 <= shard_index < num_shards:
-        raise ValueError(f"--shard_index={shard_index} (from {source}): expected 0 <= index "
-                         f"< --num_shards={num_shards}")
+        raise ParameterError("shard_index", f"(from {source}) expected 0 <= index < "
+                             f"num_shards={num_shards}", shard_index)
     return Shard(shard_index, num_shards, source)
 
 

@@ -108,11 +108,12 @@ def subset_indices(num_train: int, subset: str, experiment_seed: int, run_id: in
         return np.arange(num_train, dtype=np.int64)
     if subset.startswith(DROP_PREFIX):
         if dropped is None or not len(dropped):
-            raise ValueError(f"--subset={subset}: needs the target indices to drop "
-                             "(--target_indices or --targets)")
+            raise ParameterError("subset", "needs the target indices to drop "
+                                 "(target_indices or targets)", subset)
         dropped = np.asarray(dropped, dtype=np.int64)
         if dropped.min() < 0 or dropped.max() >= num_train:
-            raise ValueError(f"--subset={subset}: target indices must be in [0, {num_train})")
+            raise ParameterError("subset", f"target indices must be in [0, {num_train})",
+                                 subset)
         keep = np.ones(num_train, dtype=bool)
         keep[dropped] = False
         return np.flatnonzero(keep).astype(np.int64)

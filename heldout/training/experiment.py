@@ -467,11 +467,12 @@ def resolve_targets(experiment_dir: str, data: data_lib.Dataset, name: str,
         seed: experiment seed (for random choices).
 
     Raises:
-        ValueError: nothing stored and nothing to make it from, both ways given, a
-            stored set differing from what was asked, or no pilot runs for ``easy``.
+        ParameterError: nothing stored and nothing to make it from, both ways given, or
+            no pilot runs for ``easy`` (naming ``targets`` or ``target_indices``).
+        ValueError: a stored set differing from what was asked (naming its file).
     """
     if choose and indices:
-        raise ValueError("--targets and --target_indices: give one of them, not both")
+        raise ParameterError("target_indices", "give targets or target_indices, not both")
     made = None
     if indices:
         if indices in targets_lib.BUILTIN_TARGETS:
@@ -480,7 +481,8 @@ def resolve_targets(experiment_dir: str, data: data_lib.Dataset, name: str,
         else:
             chosen = targets_lib.parse_index_list(indices)
             if max(chosen) >= data.num_train:
-                raise ValueError(f"--target_indices: indices must be below {data.num_train}")
+                raise ParameterError("target_indices", "indices must be below "
+                                     f"{data.num_train}", indices)
             made = targets_lib.TargetSet(name=name, groups={"user": tuple(chosen)},
                                          provenance={"target_indices": indices})
     path = targets_lib.targets_path(experiment_dir, name)
@@ -490,19 +492,20 @@ def resolve_targets(experiment_dir: str, data: data_lib.Dataset, name: str,
             raise ValueError(f"{path} already holds other indices for target set {name!r}; "
                              "choose another drop-<name>")
         if choose and stored.provenance.get("spec") not in (None, choose):
-            raise ValueError(f"{path} was chosen with --targets={stored.provenance['spec']}; "
+            raise ValueError(f"{path} was chosen with targets={stored.provenance['spec']}; "
                              "choose another drop-<name>")
         return stored
     if made is None:
         if not choose:
-            raise ValueError(f"--subset=drop-{name}: no stored target set {path}; pass "
-                             "--targets=random:<n>,easy:<n> or --target_indices")
+            raise ParameterError("targets", f"subset=drop-{name} has no stored target set "
+                                 f"{path}; give targets=random:<n>,easy:<n> or "
+                                 "target_indices")
         pilot = None
         if "easy" in choose:
             if "full" not in runs_lib.list_subsets(experiment_dir):
-                raise ValueError(f"--targets={choose}: easy examples are chosen by margin over "
-                                 "pilot runs of the full arm; train some first "
-                                 "(--subset=full) or pass --pilot_runs")
+                raise ParameterError("targets", "easy examples are chosen by margin over "
+                                     "pilot runs of the full arm; train some first "
+                                     "(subset=full) or give pilot_runs", choose)
             pilot = runs_lib.load_experiment(experiment_dir, "full", progress=False).metric(
                 "logodds", "train")
         made = targets_lib.choose_targets(choose, data.num_train, seed, name, pilot)
