@@ -19,6 +19,7 @@ runs in `train` before any training starts.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 import os
 from collections.abc import Mapping, Sequence
@@ -432,55 +433,57 @@ def train(job: TrainJob) -> TrainReport:
     from heldout.training import experiment, retrain
 
     runs = job.runs
+    shard = _shard(runs)
+    run_ids = coordination.shard_run_ids(runs.ids, shard)
+    ratio_design = None  # a design whose runs train on a fraction of the examples
     match job:
         case TrainPreset(preset=name):
             preset = presets.get_preset(name)
             directory = runs.experiment_dir or preset.experiment_dir
-        case TrainDesign() | TrainDrop():
+            arms = {designs.FULL: sorted(set(run_ids) | set(range(preset.pilot_runs))),
+                    f"{designs.DROP_PREFIX}{preset.target_name}": list(run_ids)}
+            launch = functools.partial(
+                experiment.train_targeted_experiment, name=preset.target_name,
+                choose=preset.choose, pilot_runs=preset.pilot_runs, arms=preset.arms)
+        case TrainDrop(pilot_runs=pilot_runs):
             directory = runs.experiment_dir or presets.DEFAULT_EXPERIMENT_DIR
+            arms = {designs.FULL: list(range(pilot_runs))} if pilot_runs else {}
+            arms[job.design] = list(run_ids)
+            launch = functools.partial(
+                experiment.train_targeted_experiment, name=job.target_name,
+                choose=job.targets, indices=job.target_indices, pilot_runs=pilot_runs,
+                arms=("drop",))
+        case TrainDesign(design=design):
+            directory = runs.experiment_dir or presets.DEFAULT_EXPERIMENT_DIR
+            arms = {design: list(run_ids)}
+            launch = functools.partial(_train_design, subset=design)
+            ratio_design = None if design == designs.FULL else design
         case _:
             raise TypeError(f"not a training job: {job!r}")
-    shard = _shard(runs)
-    run_ids = coordination.shard_run_ids(runs.ids, shard)
     checks.check_writable(directory, "experiment_dir")
     data = _load(job.data)
-    common = dict(seed=runs.seed, data_dir=job.data.data_dir, data=data,
-                  save_checkpoints=runs.save_checkpoints, save_logits=runs.save_logits,
-                  progress=runs.progress, claim_runs=runs.claim_runs,
-                  lease_seconds=runs.lease_seconds or coordination.DEFAULT_LEASE_SECONDS)
-    match job:
-        case TrainPreset():
-            drop = f"{designs.DROP_PREFIX}{preset.target_name}"
-            arms = {designs.FULL: sorted(set(run_ids) | set(range(preset.pilot_runs))),
-                    drop: list(run_ids)}
-        case TrainDrop(pilot_runs=pilot_runs) if pilot_runs:
-            arms = {designs.FULL: list(range(pilot_runs)), job.design: list(run_ids)}
-        case TrainDrop():
-            arms = {job.design: list(run_ids)}
-        case TrainDesign(design=design):
-            _check_examples_per_run(data, design)
-            arms = {design: list(run_ids)}
+    if ratio_design is not None:
+        _check_examples_per_run(data, ratio_design)
     damaged, verified = _verify(directory) if runs.verify else ((), None)
     set_aside = _set_aside_lacking(directory, arms, job.config, runs)
-
-    dataset = job.data.dataset
-    match job:
-        case TrainPreset():
-            summaries = experiment.train_targeted_experiment(
-                directory, dataset, job.config, preset.target_name, run_ids,
-                choose=preset.choose, pilot_runs=preset.pilot_runs, arms=preset.arms, **common)
-        case TrainDrop():
-            summaries = experiment.train_targeted_experiment(
-                directory, dataset, job.config, job.target_name, run_ids, choose=job.targets,
-                indices=job.target_indices, pilot_runs=job.pilot_runs, arms=("drop",),
-                **common)
-        case TrainDesign():
-            summaries = [experiment.train_experiment(directory, dataset, job.config,
-                                                     job.design, run_ids, **common)]
+    summaries = launch(
+        directory, job.data.dataset, job.config, run_ids=run_ids, seed=runs.seed,
+        data_dir=job.data.data_dir, data=data, save_checkpoints=runs.save_checkpoints,
+        save_logits=runs.save_logits, progress=runs.progress, claim_runs=runs.claim_runs,
+        lease_seconds=runs.lease_seconds or coordination.DEFAULT_LEASE_SECONDS)
     identical = sum(retrain.compare_and_remove(directory, subset, before)
                     for subset, before in set_aside.items())
     return TrainReport(tuple(summaries), shard, len(run_ids), damaged, verified,
                        sum(len(b) for b in set_aside.values()), identical)
+
+
+def _train_design(experiment_dir: str, dataset: str, config: TrainConfig, subset: str,
+                  run_ids: Sequence[int], **settings: Any) -> list[experiment.TrainSummary]:
+    """`experiment.train_experiment` of one design, as a list of summaries."""
+    from heldout.training import experiment
+
+    return [experiment.train_experiment(experiment_dir, dataset, config, subset, run_ids,
+                                        **settings)]
 
 
 def _load(source: DataSource):
@@ -512,8 +515,6 @@ def _shard(runs: RunSettings) -> coordination.Shard:
 
 def _check_examples_per_run(data, design: str) -> None:
     """Refuses a ratio so small that a run would train on no example."""
-    if design == designs.FULL:
-        return
     ratio = designs.parse_subset_ratio(design)
     if int(round(ratio * data.num_train)) < 1:
         raise ParameterError("subset_ratio", f"each run would train on 0 of "
