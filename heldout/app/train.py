@@ -496,7 +496,7 @@ def _load(source: DataSource):
                                     max_classes=source.max_classes)
     size = {} if source.image_size is None else {"image_size": source.image_size}
     data = imagenet.streaming_data(source.dataset, **size)
-    check_class_count(f"dataset={source.dataset}", data.num_classes, source.max_classes)
+    check_class_count(source.dataset, data.num_classes, source.max_classes)
     return data
 
 

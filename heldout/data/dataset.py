@@ -13,6 +13,8 @@ import dataclasses
 
 import numpy as np
 
+from heldout.errors import ParameterError
+
 # Most classes a data set may have unless the caller raises the limit (`max_classes`).
 DEFAULT_MAX_CLASSES = 10_000
 
@@ -51,8 +53,8 @@ class Dataset:
             _check_split(self.name, split, getattr(self, f"x_{split}"),
                          getattr(self, f"y_{split}"), self.num_classes)
         if self.x_train.shape[1:] != self.x_test.shape[1:]:
-            raise ValueError(
-                f"dataset={self.name}: x_test holds examples of shape "
+            raise _bad(
+                self.name, f"x_test holds examples of shape "
                 f"{self.x_test.shape[1:]} but x_train of shape {self.x_train.shape[1:]}; "
                 "expected one shape")
 
@@ -82,11 +84,11 @@ def check_not_empty(data: Dataset) -> None:
     evaluate). Not part of `Dataset` itself: trainers use empty ones to carry shapes.
 
     Raises:
-        ValueError: naming the empty split.
+        ParameterError: naming the data set (``dataset``) and the empty split.
     """
     for split in ("train", "test"):
         if len(getattr(data, f"y_{split}")) == 0:
-            raise ValueError(f"dataset={data.name}: x_{split} is empty; expected at least one "
+            raise _bad(data.name, f"x_{split} is empty; expected at least one "
                              f"{split} example")
 
 
@@ -95,38 +97,45 @@ def check_class_count(source: str, num_classes: int,
     """Refuses a class count above `max_classes` (a model gets one output per class).
 
     Raises:
-        ValueError: naming the source, the count and the parameter that raises the limit.
+        ParameterError: naming ``max_classes`` (the limit a caller may raise), the source
+            and the count.
     """
     if not max_classes >= 1:
-        raise ValueError(f"max_classes={max_classes}: expected a positive number")
+        raise ParameterError("max_classes", "expected a positive number", max_classes)
     if num_classes > max_classes:
-        raise ValueError(
-            f"{source}: labels give {num_classes:,} classes, above the limit of "
-            f"{max_classes:,}; expected smaller labels (raise the limit with max_classes)")
+        raise ParameterError(
+            "max_classes", f"{source}: labels give {num_classes:,} classes, above the limit "
+            f"of {max_classes:,}; expected smaller labels or a higher max_classes",
+            max_classes)
+
+
+def _bad(name: str, message: str) -> ParameterError:
+    """The error for data set `name` (its spec) that `message` describes."""
+    return ParameterError("dataset", message, name)
 
 
 def _check_split(name: str, split: str, x: np.ndarray, y: np.ndarray, num_classes: int) -> None:
     """Refuses empty, non-finite, complex or mislabelled arrays of one split."""
     if len(x) != len(y):
-        raise ValueError(f"dataset={name}: x_{split} has {len(x)} rows but y_{split} has "
+        raise _bad(name, f"x_{split} has {len(x)} rows but y_{split} has "
                          f"{len(y)}")
     if not (np.issubdtype(x.dtype, np.floating) or np.issubdtype(x.dtype, np.integer)
             or x.dtype == np.bool_):
-        raise ValueError(f"dataset={name}: x_{split} has dtype {x.dtype}; expected real "
+        raise _bad(name, f"x_{split} has dtype {x.dtype}; expected real "
                          "numbers")
     if len(x) and np.issubdtype(x.dtype, np.floating):
         finite = np.isfinite(x.reshape(len(x), -1)).all(axis=1)
         if not finite.all():
             row = int(np.argmin(finite))
-            raise ValueError(f"dataset={name}: x_{split} holds NaN or infinity (example {row}); "
+            raise _bad(name, f"x_{split} holds NaN or infinity (example {row}); "
                              "expected finite real numbers")
     if y.ndim != 1 or not np.issubdtype(y.dtype, np.integer):
-        raise ValueError(f"dataset={name}: y_{split} has dtype {y.dtype} and shape {y.shape}; "
+        raise _bad(name, f"y_{split} has dtype {y.dtype} and shape {y.shape}; "
                          "expected a 1-D array of integer labels")
     if not num_classes >= 1:
-        raise ValueError(f"dataset={name}: num_classes={num_classes}; expected a positive "
+        raise _bad(name, f"num_classes={num_classes}; expected a positive "
                          "number")
     if len(y) and (y.min() < 0 or y.max() >= num_classes):
         bad = int(y.min()) if y.min() < 0 else int(y.max())
-        raise ValueError(f"dataset={name}: y_{split} holds label {bad}; expected labels in "
+        raise _bad(name, f"y_{split} holds label {bad}; expected labels in "
                          f"[0, num_classes={num_classes})")

@@ -15,6 +15,8 @@ from collections.abc import Mapping
 
 import tensorflow as tf
 
+from heldout.errors import ParameterError
+
 # A message that starts with a parameter name: "damping=-1: ..." or "damping: ...".
 _LEADING_PARAMETER = re.compile(r"^([a-z][a-z0-9_]*)(?=[=:])")
 # A parameter name anywhere in a message, not inside a path or a flag: of several words
@@ -36,10 +38,10 @@ def check_writable(path: str, parameter: str, is_file: bool = False) -> None:
         is_file: `path` is a file to be written; its folder is checked.
 
     Raises:
-        ValueError: the location is not writable, with the reason.
+        ParameterError: the location is not writable, naming `parameter`, with the reason.
     """
     if not path:
-        raise ValueError(f"{parameter}: empty; expected a path")
+        raise ParameterError(parameter, "empty; expected a path")
     directory = os.path.dirname(path) if is_file else path
     directory = directory or "."
     probe = tf.io.gfile.join(directory, f".heldout-write-probe-{os.getpid()}")
@@ -49,7 +51,8 @@ def check_writable(path: str, parameter: str, is_file: bool = False) -> None:
             f.write(b"probe")
         tf.io.gfile.remove(probe)
     except (tf.errors.OpError, OSError) as e:
-        raise ValueError(f"{parameter}={path}: not writable ({_first_line(_reason(e))})") from e
+        raise ParameterError(parameter, f"not writable ({_first_line(_reason(e))})",
+                             path) from e
 
 
 def one_line_error(error: BaseException, flag_of: Mapping[str, str] | None = None) -> str:
