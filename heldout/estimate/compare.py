@@ -18,8 +18,8 @@ from collections.abc import Sequence
 import numpy as np
 import scipy.stats
 
-from heldout import errors
 from heldout.data.dataset import Dataset
+from heldout.errors import ParameterError
 from heldout.estimate import plots
 from heldout.estimate.pipeline import Estimates
 from heldout.store import published as published_lib
@@ -212,10 +212,10 @@ def _checked(path: str, num_train: int, num_test: int, data: Dataset | None,
                              "which is not among the estimators "
                              f"({', '.join(estimators) or 'none'})")
         return kind, _load_aligned(path, kind, num_train, num_test, data, imagenet_index)
-    except errors.ParameterError:
+    except ParameterError:
         raise
     except ValueError as e:
-        raise errors.ParameterError(PARAMETER, str(e)) from None
+        raise ParameterError(PARAMETER, str(e)) from None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -284,13 +284,13 @@ def _by_filename(path: str, scores: published_lib.CScores, imagenet_index: str |
                  ) -> np.ndarray:
     """ImageNet C-scores (one per file name) in the order of the published index."""
     if imagenet_index is None:
-        raise errors.ParameterError(
+        raise ParameterError(
             "imagenet_index", f"{path} orders its C-scores by file name; the published "
                               "imagenet_index.npz is needed to place them in the runs' order")
     index = published_lib.load_imagenet_index(imagenet_index)
     position = {posixpath.basename(name): i for i, name in enumerate(index.tr_filenames)}
     if len(position) != len(index.tr_filenames):
-        raise errors.ParameterError("imagenet_index", "repeats a training file name",
+        raise ParameterError("imagenet_index", "repeats a training file name",
                                     imagenet_index)
     result = np.full(len(index.tr_filenames), np.nan)
     rows = np.array([position.get(posixpath.basename(name), -1) for name in scores.filenames])
