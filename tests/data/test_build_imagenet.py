@@ -61,7 +61,7 @@ def write_imagenet_folder(root: pathlib.Path, seed: int = 0) -> dict:
     train_order = rng.permutation(len(train_names))  # the index's order is not sorted
     val_order = rng.permutation(len(val_names))
     arrays = {
-        # Base names as an object array of bytes (read with allow_pickle, as published).
+        # Base names as an object array of bytes, as published (read without unpickling).
         "tr_filenames": np.array([os.path.basename(n).encode() for n in train_names],
                                  dtype=object)[train_order],
         "tr_labels": np.array(train_labels, np.int64)[train_order],
