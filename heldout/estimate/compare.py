@@ -419,6 +419,15 @@ def _positions(data: Dataset | None, split: str, labels: np.ndarray | None, path
     """
     original = None if data is None else getattr(data, f"original_index_{split}")
     if original is None or not _is_permutation(original):
+        if data is not None and labels is not None:  # same order: the labels must agree
+            ours = getattr(data, f"y_{split}")
+            differ = np.flatnonzero(np.asarray(labels) != ours) if len(labels) == len(
+                ours) else np.array([min(len(labels), len(ours))])
+            if len(differ):
+                i = int(differ[0])
+                raise ValueError(f"{path}: labels disagree with {data.name} at {split} index "
+                                 f"{i} (file label {labels[i] if i < len(labels) else '-'}, "
+                                 f"data set label {ours[i] if i < len(ours) else '-'})")
         return _Identity()
     if labels is not None:  # checks labels, names the first mismatch
         published_lib.to_dataset_order(np.zeros(len(labels)), labels, data, split, path)
