@@ -584,6 +584,9 @@ def design_problem(subset: str, run_id: int, subset_indices: np.ndarray, num_tra
                     "target set out")
         expected = num_train - len(np.unique(dropped))
         text = f"{expected} (all but the target set) of the"
+        if np.isin(dropped, chosen).any():
+            first = int(np.asarray(dropped)[np.isin(dropped, chosen)][0])
+            return (f"trains on target example {first}, which design {subset} leaves out")
     else:
         ratio = designs_lib.parse_subset_ratio(subset)
         slack = 1.0 if seed is not None else max(

@@ -161,5 +161,10 @@ def test_design_problem_matches_a_plain_rule():
         full = runs.design_problem("full", 0, chosen, NUM_TRAIN)
         assert (full is None) == (size == NUM_TRAIN)
         drop = runs.design_problem("drop-x", 0, chosen, NUM_TRAIN, dropped=np.array([3, 5]))
-        assert (drop is None) == (size == NUM_TRAIN - 2)
+        assert (drop is None) == (size == NUM_TRAIN - 2 and not np.isin([3, 5], chosen).any())
+    kept = np.setdiff1d(np.arange(NUM_TRAIN), [3, 5])
+    assert runs.design_problem("drop-x", 0, kept, NUM_TRAIN, dropped=np.array([3, 5])) is None
+    swapped = np.append(np.setdiff1d(kept, [7]), 3)  # the right size, a target inside
+    assert "target example 3" in runs.design_problem("drop-x", 0, swapped, NUM_TRAIN,
+                                                       dropped=np.array([3, 5]))
     assert runs.design_problem("not-a-design", 0, np.arange(3), NUM_TRAIN) is None
