@@ -201,6 +201,16 @@ def check_comparable(published_path: str, num_train: int, num_test: int, *,
     return _checked(published_path, num_train, num_test, data, estimators, imagenet_index)[0]
 
 
+def check_estimates_comparable(published_path: str, estimates: Estimates,
+                               data: Dataset | None = None,
+                               imagenet_index: str | None = None) -> str:
+    """`check_comparable` for estimates already computed (merged parts, say), with the
+    sizes and estimators taken from them: call it before they are saved."""
+    num_train, num_test = _sizes(estimates, data)
+    return _checked(published_path, num_train, num_test, data, _computed(estimates),
+                    imagenet_index)[0]
+
+
 def _checked(path: str, num_train: int, num_test: int, data: Dataset | None,
              estimators: Sequence[str] | None, imagenet_index: str | None
              ) -> tuple[str, _Aligned]:

@@ -167,6 +167,10 @@ def test_mnist_cscores_bare_array_in_dataset_order(tmp_path):
     with pytest.raises(ValueError, match="mnist-cscores.npy: scores has 30 entries, the "
                                          "data set has 31 training"):
         compare.check_comparable(path, 31, 5)
+    longer = _cscore_estimates(np.append(ours, 0.5), 5)
+    with pytest.raises(ValueError, match="data set has 31 training"):
+        compare.check_estimates_comparable(path, longer)
+    assert compare.check_estimates_comparable(path, _cscore_estimates(ours, 5)) == "cscores"
 
 
 def test_compare_on_the_digits_default(tmp_path):
