@@ -15,6 +15,7 @@ from collections.abc import Sequence
 import numpy as np
 
 from heldout.data.dataset import Dataset
+from heldout.errors import ParameterError
 from heldout.estimate import estimators as estimators_lib
 from heldout.estimate import plots, stats
 from heldout.store import layout as layout_lib
@@ -103,8 +104,12 @@ class Estimates:
 
 
 def estimate_experiment(experiment_dir: str, config: EstimateConfig | None = None,
-                        progress: bool = True) -> Estimates:
+                        progress: bool = True, exclude_subsets: Sequence[str | None] = ()
+                        ) -> Estimates:
     """Reads the runs of an experiment and computes the estimators of `config`.
+
+    `exclude_subsets` are folders the default subset is not chosen from (the LDS
+    evaluation folder; `choose_subset`).
 
     Raises:
         ValueError: the directory has no usable runs, a subset or metric is not there,
@@ -116,7 +121,7 @@ def estimate_experiment(experiment_dir: str, config: EstimateConfig | None = Non
     subset, experiment = None, None
     if needs_single:
         start = time.time()
-        subset = choose_subset(experiment_dir, config.subsets)
+        subset = choose_subset(experiment_dir, config.subsets, exclude_subsets)
         experiment = runs_lib.load_experiment(experiment_dir, subset, progress=progress)
         seconds["reading"] = time.time() - start
 
@@ -152,19 +157,37 @@ def estimate_experiment(experiment_dir: str, config: EstimateConfig | None = Non
         seconds=seconds, config=config)
 
 
-def choose_subset(experiment_dir: str, subsets: Sequence[str] | None) -> str:
+def choose_subset(experiment_dir: str, subsets: Sequence[str] | None,
+                  exclude: Sequence[str | None] = ()) -> str:
     """The one subset folder to estimate from: the one chosen, or the only one present.
+
+    Args:
+        experiment_dir: the experiment directory.
+        subsets: the folder chosen (one name), or None for the default.
+        exclude: folders that are not candidates for the default, such as the LDS
+            evaluation folder (``lds_subset``): with runs in ``0.7`` and an LDS folder
+            ``0.5``, the default is ``0.7``. None entries are ignored. A folder chosen
+            explicitly is returned even if excluded (callers refuse that overlap with
+            their own message).
 
     Raises:
         ValueError: the directory holds no runs, the chosen folder is not there, or
-            there are several and none (or more than one) was chosen.
+            there are several candidates and none (or more than one) was chosen.
     """
     present = _present_subsets(experiment_dir)
     if subsets is None:
-        if len(present) > 1:
+        excluded = {e for e in exclude if e is not None}
+        candidates = [s for s in present if s not in excluded]
+        if len(candidates) > 1:
+            also = f"; {', '.join(sorted(excluded))} excluded (LDS runs)" if excluded else ""
             raise ValueError(f"--experiment_dir={experiment_dir} holds several subset "
-                             f"folders ({', '.join(present)}); choose one with --subset")
-        return present[0]
+                             f"folders ({', '.join(candidates)}{also}); choose one with "
+                             "--subset")
+        if not candidates:
+            raise ParameterError("subsets", f"{experiment_dir} holds only "
+                                 f"{', '.join(present)}, set aside as evaluation runs; "
+                                 "train the runs to estimate from into another folder")
+        return candidates[0]
     if len(subsets) != 1:
         raise ValueError(f"--subset={','.join(subsets)}: memorization and influence use "
                          "one subset folder; several are for --estimator=cscore only")

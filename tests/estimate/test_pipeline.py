@@ -813,3 +813,27 @@ def test_estimate_cli_margin_on_released_runs_is_a_one_line_error(cli_processes)
     last = err.strip().splitlines()[-1]
     assert last.startswith("estimate.py: error:") and "--metric" in last, err
     assert "margin" in last and "Saved" not in out
+
+
+def test_default_subset_leaves_out_the_lds_folder(multi_experiment, tmp_path):
+    """With an LDS folder excluded, the only other folder is the default (the README's
+    ``--lds_subset=0.5`` commands stopped with "several subset folders")."""
+    directory, synthetics = multi_experiment
+    with pytest.raises(ValueError, match="0.3, 0.7; 0.5 excluded"):
+        analysis.choose_subset(directory, None, exclude=("0.5",))
+    two = tmp_path / "two"
+    for subset in ("0.5", "0.7"):
+        _write_runs(two, subset, synthetics[subset])
+    assert analysis.choose_subset(str(two), None, exclude=("0.5",)) == "0.7"
+    with pytest.raises(ValueError, match="several subset folders"):
+        analysis.choose_subset(str(two), None, exclude=(None,))
+    assert analysis.choose_subset(str(two), ("0.5",), exclude=("0.5",)) == "0.5"
+    got = estimate_experiment(str(two), EstimateConfig(estimators=("memorization",),
+                                                       min_runs=3),
+                              progress=False, exclude_subsets=("0.5",))
+    assert got.subset == "0.7" and len(got.run_ids) == 40
+    only = tmp_path / "only"
+    _write_runs(only, "0.5", synthetics["0.5"])
+    with pytest.raises(ValueError, match="subsets: .* evaluation runs") as error:
+        analysis.choose_subset(str(only), None, exclude=("0.5",))
+    assert error.value.parameter == "subsets"
