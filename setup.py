@@ -39,7 +39,7 @@ setup(
         "importlib_resources>=6.0",
         "absl-py>=2.1",
         "numpy>=2.0",
-        "scipy>=1.13",
+        "scipy>=1.15",  # scipy.stats.bootstrap(rng=...)
         "scikit-learn>=1.5",
         "matplotlib>=3.9",
         "tqdm>=4.66",

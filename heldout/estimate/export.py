@@ -35,7 +35,9 @@ Keys of the estimates ``.npz`` (each group present when its estimator ran):
   * influence (``infl_``): ``eval_indices`` ``[E]`` (test examples estimated, the
     columns below); ``matrix`` ``[num_train, E]`` (dense output); ``topk_train``,
     ``topk_score``, ``topk_stderr``, ``topk_p_value`` ``[E, k]`` (most influential
-    training examples of each test example, best first, -1/NaN when undefined), and
+    training examples of each test example, best first; -1/NaN where fewer are listed:
+    only positive influence strictly above every training example left out is listed,
+    never zeros or ties (`estimators.most_influential`)), and
     every statistic of those entries, flattened ``[E * k]``: ``topstat_train,
     topstat_eval, topstat_score, topstat_num_in, topstat_num_out, topstat_stderr,
     topstat_p_value, topstat_ci_low, topstat_ci_high``;
