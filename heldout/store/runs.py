@@ -278,7 +278,10 @@ def list_subsets(experiment_dir: str) -> list[str]:
     names = []
     for entry in sorted(tf.io.gfile.listdir(experiment_dir)):
         entry = entry.rstrip("/")
-        folder = layout_lib.ExperimentDir(experiment_dir).subset(entry)
+        try:
+            folder = layout_lib.ExperimentDir(experiment_dir).subset(entry)
+        except ValueError:
+            continue  # a name no subset can have (surrounding spaces, say): not a subset
         if tf.io.gfile.isdir(folder) and any(
                 e.rstrip("/").isdigit() for e in tf.io.gfile.listdir(folder)):
             names.append(entry)
