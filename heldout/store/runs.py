@@ -426,7 +426,11 @@ def load_experiment(experiment_dir: str, subset: str, num_threads: int = 16,
     # Bits hashed per run; the float metrics confirm a candidate copy.
     rows = [matrices["membership"], matrices["correctness_train"], matrices["correctness_test"]]
     kept = [d for d, u in zip(directories, used, strict=True) if u]
-    for copy, original in duplicate_runs(rows).items():
+    # Runs of full/drop designs all train on the same examples: without float metrics,
+    # equal 0/1 predictions alone do not show a copy.
+    comparable = not designs_lib.is_targeted_design(subset) or any(
+        v is not None for v in floats.values())
+    for copy, original in (duplicate_runs(rows) if comparable else {}).items():
         if any(not np.array_equal(v[copy], v[original]) for v in floats.values()
                if v is not None):
             continue
@@ -495,8 +499,9 @@ def verify_runs(experiment_dir: str, subsets: Sequence[str] | None = None,
             return sizes, None  # named below, with the sizes
         problem = check_run_arrays(run, *sizes) or design_problem(
             subset, run_id, run[SUBSET_INDICES], sizes[0], seed, dropped[subset])
-        if problem is None:
-            fingerprints[position] = _run_fingerprint(run)
+        if problem is None and (not designs_lib.is_targeted_design(subset) or any(
+                key.startswith(tuple(_FLOAT_METRICS.values())) for key in run)):
+            fingerprints[position] = _run_fingerprint(run)  # see load_experiment
         return sizes, problem
 
     with concurrent.futures.ThreadPoolExecutor(num_threads) as pool:
