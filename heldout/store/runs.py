@@ -580,7 +580,7 @@ def design_problem(subset: str, run_id: int, subset_indices: np.ndarray, num_tra
             return None
     except ValueError:
         return None
-    chosen = np.unique(subset_indices)
+    chosen = np.asarray(subset_indices)  # each index once (`check_run_arrays`)
     size = len(chosen)
     if subset == designs_lib.FULL:
         expected, text = num_train, "every"
@@ -609,7 +609,7 @@ def design_problem(subset: str, run_id: int, subset_indices: np.ndarray, num_tra
                 f"{text} {num_train} examples".replace("  ", " "))
     if seed is not None and derive:
         derived = designs_lib.subset_indices(num_train, subset, seed, run_id, dropped)
-        if not np.array_equal(chosen, derived):
+        if not np.array_equal(np.sort(chosen), derived):
             return (f"trains on other examples than run {run_id} of design {subset} with "
                     f"experiment seed {seed} (copied from another run or experiment?)")
     return None
