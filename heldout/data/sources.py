@@ -152,9 +152,10 @@ def load_npz(path: str, max_classes: int = DEFAULT_MAX_CLASSES) -> Dataset:
         if x.ndim < 2:
             raise ValueError(f"--dataset=npz:{path}: x_{split} has shape {list(x.shape)}; "
                              "expected [examples, features...] (images NHWC or flat vectors)")
-        if y.ndim != 1:
-            raise ValueError(f"--dataset=npz:{path}: y_{split} has shape {list(y.shape)}; "
-                             "expected a 1-D array of labels")
+        if y.ndim != 1:  # before len(y): a scalar has none
+            raise ValueError(
+                    f"--dataset=npz:{path}: y_{split} must be a 1-D array of non-negative "
+                    f"integer labels, got dtype {y.dtype} and shape {y.shape}")
         if len(x) != len(y):
             raise ValueError(
                     f"--dataset=npz:{path}: x_{split} has {len(x)} rows but y_{split} has "

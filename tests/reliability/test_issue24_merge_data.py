@@ -105,7 +105,7 @@ def test_malformed_parts_are_refused_in_one_line(parts, tmp_path):
     ({"num_classes": np.array([3, 4])}, "num_classes is [3, 4]"),
     ({"num_classes": np.array(2.5)}, "expected one integer"),
     ({"x_train": np.float64(3.0)}, "x_train has shape []"),
-    ({"y_test": np.zeros((2, 1), int)}, "y_test has shape [2, 1]"),
+    ({"y_test": np.int64(1)}, "y_test must be a 1-D array"),
 ])
 def test_malformed_npz_data_sets_are_refused(tmp_path, extra, fragment):
     path = str(tmp_path / "data.npz")
