@@ -442,7 +442,9 @@ def load_lds(path: str) -> dict[str, Any]:
                                       *_LDS_SCALARS), "an LDS result")
     result = LDSResult(mean=float(loaded["mean"]), ci_low=float(loaded["ci_low"]),
                        ci_high=float(loaded["ci_high"]), per_example=loaded["per_example"],
-                       num_runs=int(loaded["num_runs"]))
+                       num_runs=int(loaded["num_runs"]),
+                       num_finite=int(np.isfinite(loaded["per_example"]).sum()),
+                       num_eval=len(loaded["per_example"]))
     return {"result": result, "eval_indices": loaded["eval_indices"],
             "run_ids": loaded["run_ids"], "meta": meta}
 

@@ -23,6 +23,9 @@ from heldout.store import runs as runs_lib
 
 ESTIMATORS = ("memorization", "self_influence", "influence", "cscore")
 INFLUENCE_OUTPUTS = ("dense", "topk")
+# Most training examples kept per test example: the top-k arrays are [num_eval, top_k]
+# (a typo like top_k=10**9 would otherwise die in a MemoryError).
+MAX_TOP_K = 100_000
 # Memorization (and influence) on correctness above this counts as "high" in summary
 # lines (Feldman & Zhang's cut-off). It is a difference of probabilities, so summaries
 # use it only on correctness; margins and C-scores are on other scales.
@@ -75,8 +78,9 @@ class EstimateConfig:
         if self.influence_output not in INFLUENCE_OUTPUTS:
             raise ValueError(f"--influence_output={self.influence_output}: expected "
                              f"{' or '.join(INFLUENCE_OUTPUTS)}")
-        if self.top_k < 1:
-            raise ValueError(f"--top_k={self.top_k}: expected a positive number")
+        if not 1 <= self.top_k <= MAX_TOP_K:
+            raise ParameterError("top_k", f"expected a whole number from 1 to {MAX_TOP_K:,}",
+                                 self.top_k)
         if self.eval_shard is not None:
             index, count = self.eval_shard
             if not 0 <= index < count:

@@ -741,7 +741,7 @@ def test_plot_estimates_with_images_and_without_data(all_estimates, tmp_path):
     ({"test": "t"}, "--test"),
     ({"confidence": 1.0}, "--confidence"),
     ({"confidence": 0.0}, "--confidence"),
-    ({"top_k": 0}, "--top_k"),
+    ({"top_k": 0}, "top_k=0"),
     ({"eval_shard": (2, 2)}, "--eval_shard"),
     ({"eval_shard": (-1, 2)}, "--eval_shard"),
     ({"min_runs": 0}, "--min_runs"),
