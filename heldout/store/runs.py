@@ -31,6 +31,7 @@ from collections.abc import Sequence
 import numpy as np
 import tensorflow as tf
 
+from heldout.errors import ParameterError
 from heldout.store import designs as designs_lib
 from heldout.store import experiment_info as info_lib
 from heldout.store import files
@@ -272,20 +273,36 @@ def save_run_info(directory: str, info: dict) -> None:
 
 
 def list_subsets(experiment_dir: str) -> list[str]:
-    """Names of the subset folders of an experiment that hold at least one run folder."""
-    if not tf.io.gfile.isdir(experiment_dir):
+    """Names of the subset folders of an experiment that hold at least one run folder.
+
+    A directory that does not exist (or a file) holds none.
+
+    Raises:
+        ParameterError: (``experiment_dir``) the directory cannot be read: an unreachable
+            or forbidden ``gs://`` bucket, a folder without read permission. TensorFlow's
+            ``isdir`` answers False for those, which read as "no runs".
+    """
+    try:
+        if not tf.io.gfile.isdir(experiment_dir):
+            tf.io.gfile.stat(experiment_dir)  # NotFoundError if missing, else why not
+            return []
+        names = []
+        for entry in sorted(tf.io.gfile.listdir(experiment_dir)):
+            entry = entry.rstrip("/")
+            try:
+                folder = layout_lib.ExperimentDir(experiment_dir).subset(entry)
+            except ValueError:
+                continue  # a name no subset can have (surrounding spaces, say): not a subset
+            if tf.io.gfile.isdir(folder) and any(
+                    e.rstrip("/").isdigit() for e in tf.io.gfile.listdir(folder)):
+                names.append(entry)
+        return names
+    except tf.errors.NotFoundError:
         return []
-    names = []
-    for entry in sorted(tf.io.gfile.listdir(experiment_dir)):
-        entry = entry.rstrip("/")
-        try:
-            folder = layout_lib.ExperimentDir(experiment_dir).subset(entry)
-        except ValueError:
-            continue  # a name no subset can have (surrounding spaces, say): not a subset
-        if tf.io.gfile.isdir(folder) and any(
-                e.rstrip("/").isdigit() for e in tf.io.gfile.listdir(folder)):
-            names.append(entry)
-    return names
+    except tf.errors.OpError as e:
+        reason = (e.message or type(e).__name__).strip().splitlines()[0]
+        raise ParameterError("experiment_dir", f"cannot be read ({reason})",
+                             experiment_dir) from None
 
 
 def list_runs(experiment_dir: str, subset: str) -> tuple[list[int], list[int]]:
