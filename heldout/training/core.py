@@ -62,6 +62,7 @@ import tensorflow as tf
 
 from heldout.data import augment as augment_lib
 from heldout.data.dataset import Dataset
+from heldout.errors import ParameterError
 from heldout.models.predict import (  # noqa: F401
     Predictions,
     predict_in_chunks,
@@ -217,6 +218,7 @@ class Trainer:
     reports_flip_accuracy = False  # also report flip-averaged test accuracy per run
     keep_float32: tuple[type, ...] = (snt.BaseBatchNorm,)  # modules kept float32 (mixed)
     default_eval_batch_size = 512
+    takes_example_weights = True  # trains with per-example loss weights (SPEC §11)
 
     def __init__(self, dataset: Dataset, config: TrainConfig,
                  eval_batch_size: int | None = None):
@@ -346,7 +348,8 @@ class Trainer:
     def train(self, subsets: Sequence[np.ndarray], init_seeds: Sequence[np.random.SeedSequence],
               order_seeds: Sequence[np.random.SeedSequence], save_logits: bool = False,
               export_models: bool = False, steps_per_epoch: Sequence[int] | None = None,
-              on_epoch: Callable[[int], None] | None = None) -> list[TrainedRun]:
+              on_epoch: Callable[[int], None] | None = None,
+              example_weights: Sequence[np.ndarray] | None = None) -> list[TrainedRun]:
         """Trains one group of up to K runs and predicts on both splits.
 
         Args:
@@ -360,16 +363,23 @@ class Trainer:
                 visit its subset once (`steps_per_epoch(len(subset))`). Designs that
                 compare subsets of different sizes at equal steps set it.
             on_epoch: called with the number of optimizer steps after every epoch.
+            example_weights: per run, a float loss weight per training example
+                ``[num_train]`` (SPEC §11: 1 in, 0 dropped, in the same batch slots);
+                None: all 1. Seeds, initial weights, batch order and augmentation do not
+                depend on them.
 
         Returns:
             One `TrainedRun` per given subset, in order.
 
         Raises:
             ValueError: no runs, or more than K.
+            ParameterError: `example_weights` of the wrong shape, not finite, or given
+                to a trainer that does not take them.
         """
         num_runs = len(subsets)
         if not 0 < num_runs <= self.num_models:
             raise ValueError(f"a group holds 1 to {self.num_models} runs, got {num_runs}")
+        weights = self._example_weights(example_weights, num_runs)
         config = self.config
         padding = self.num_models - num_runs
         subsets = list(subsets) + [subsets[-1]] * padding
@@ -407,7 +417,8 @@ class Trainer:
             batches = _epoch_batches(subsets, order_rngs, int(steps.max()), config.batch_size)
             self._train_epoch(tf.constant(batches), tf.constant(epoch, tf.int32),
                               tf.constant(steps), tf.constant(warmup_steps),
-                              tf.constant(augment_seeds), phases, all_active)
+                              tf.constant(augment_seeds), phases, all_active,
+                              **({} if weights is None else {"example_weights": weights}))
             if export_models and _snapshot_due(config, epoch):
                 for k in range(num_runs):
                     snapshots[k].append(Snapshot(epoch + 1, int(steps[k]) * (epoch + 1),
@@ -424,6 +435,25 @@ class Trainer:
             test_accuracy_tta=None if flip_accuracy is None else flip_accuracy[k],
             final_learning_rate=stretch_rate(k, config.epochs),
         ) for k in range(num_runs)]
+
+    def _example_weights(self, example_weights: Sequence[np.ndarray] | None,
+                         num_runs: int) -> tf.Tensor | None:
+        """The group's per-example loss weights ``float32 [K, num_train]`` (padded like
+        the runs; all 1 when none are given), or None for a trainer that takes none."""
+        num_train = self.dataset.num_train
+        if not self.takes_example_weights:
+            if example_weights is not None:
+                raise ParameterError("example_weights", f"{type(self).__name__} trains "
+                                     "without per-example loss weights")
+            return None
+        if example_weights is None:
+            return tf.ones([self.num_models, num_train], tf.float32)
+        weights = np.asarray(example_weights, np.float32)
+        if weights.shape != (num_runs, num_train) or not np.isfinite(weights).all():
+            raise ParameterError("example_weights", f"expected finite weights [{num_runs}, "
+                                 f"{num_train}], got shape {weights.shape}")
+        padding = np.repeat(weights[-1:], self.num_models - num_runs, axis=0)
+        return tf.constant(np.concatenate([weights, padding]))
 
     def steps_per_epoch(self, subset_size: int) -> int:
         """Optimizer steps per epoch of a run that trains on `subset_size` examples."""
@@ -474,25 +504,29 @@ class Trainer:
     def _train_epoch_eager(self, batches: tf.Tensor, epoch: tf.Tensor,
                            steps_per_epoch: tf.Tensor, warmup_steps: tf.Tensor,
                            augment_seeds: tf.Tensor, phases: tf.Tensor | None,
-                           all_active: bool = False) -> None:
+                           all_active: bool = False,
+                           example_weights: tf.Tensor | None = None) -> None:
         """One epoch over ``batches[steps, K, batch_size]`` of training indices.
 
         With `all_active` (every model takes every step) the steps skip the masks that
         keep idle models unchanged: the same numbers, less memory traffic.
+        `example_weights` ``[K, num_train]``: each model's per-example loss weights
+        (`_losses`; None: unweighted).
         """
         if self.chunk_models == self.num_models:
             _repeat(tf.shape(batches)[0], lambda i: self._step(
                 batches[i], i, epoch, steps_per_epoch, warmup_steps, augment_seeds, phases,
-                all_active))
+                all_active, example_weights))
         else:
             self._train_epoch_in_chunks(batches, epoch, steps_per_epoch, warmup_steps,
-                                        augment_seeds, phases, all_active)
+                                        augment_seeds, phases, all_active, example_weights)
         self._after_epoch()
 
     def _train_epoch_in_chunks(self, batches: tf.Tensor, epoch: tf.Tensor,
                                steps_per_epoch: tf.Tensor, warmup_steps: tf.Tensor,
                                augment_seeds: tf.Tensor, phases: tf.Tensor | None,
-                               all_active: bool) -> None:
+                               all_active: bool, example_weights: tf.Tensor | None = None
+                               ) -> None:
         """The epoch of `_train_epoch_eager` for K / M chunks of M models in turn.
 
         Each chunk's weights and velocities are loaded into the step model, trained for
@@ -515,9 +549,11 @@ class Trainer:
             chunk_warmup = tf.gather(warmup_steps, rows)
             chunk_seeds = tf.gather(augment_seeds, rows)
             chunk_phases = None if phases is None else tf.gather(phases, rows)
+            chunk_weights = None if example_weights is None else tf.gather(
+                example_weights, rows)
             _repeat(tf.shape(batches)[0], lambda i: self._step(
                 chunk_batches[i], i, epoch, chunk_steps, chunk_warmup, chunk_seeds,
-                chunk_phases, all_active))
+                chunk_phases, all_active, chunk_weights))
             for target, source in zip(self._variables + self._velocity,
                                       self._step_variables + self._step_velocity,
                                       strict=True):
@@ -528,22 +564,36 @@ class Trainer:
     def _train_step_eager(self, indices: tf.Tensor, i: tf.Tensor, epoch: tf.Tensor,
                           steps_per_epoch: tf.Tensor, warmup_steps: tf.Tensor,
                           augment_seeds: tf.Tensor, phases: tf.Tensor | None,
-                          all_active: bool = False) -> None:
+                          all_active: bool = False,
+                          example_weights: tf.Tensor | None = None) -> None:
         """Step `i` of `epoch` on training indices ``[K, batch_size]``."""
+        images, labels = self.batch_inputs(indices, i, epoch, steps_per_epoch,
+                                           augment_seeds, phases)
+        weights = None if example_weights is None else tf.gather(
+            example_weights, indices, batch_dims=1)
+        self._train_step_on_batch(images, labels, i, epoch, steps_per_epoch, warmup_steps,
+                                  all_active, weights)
+
+    def batch_inputs(self, indices: tf.Tensor, i: tf.Tensor, epoch: tf.Tensor,
+                     steps_per_epoch: tf.Tensor, augment_seeds: tf.Tensor,
+                     phases: tf.Tensor | None) -> tuple[tf.Tensor, tf.Tensor]:
+        """Images (augmented as step `i` of `epoch` draws them) and int labels of the
+        training indices ``[K, batch_size]``: what an optimizer step trains on."""
         images = tf.gather(self._x_train, indices)
         labels = tf.gather(self._y_train, indices)
         if self.config.augment != "none":
             step = epoch * steps_per_epoch + i  # [K], 0-based
             images = self._augment(images, indices, step, epoch, augment_seeds, phases)
-        self._train_step_on_batch(images, labels, i, epoch, steps_per_epoch, warmup_steps,
-                                  all_active)
+        return images, labels
 
     def _train_step_on_batch(self, images: tf.Tensor, labels: tf.Tensor, i: tf.Tensor,
                              epoch: tf.Tensor, steps_per_epoch: tf.Tensor,
-                             warmup_steps: tf.Tensor, all_active: bool = False) -> None:
+                             warmup_steps: tf.Tensor, all_active: bool = False,
+                             weights: tf.Tensor | None = None) -> None:
         """Step `i` of `epoch` on a batch already gathered (and augmented): images
         ``[K, batch_size, ...]`` and int labels ``[K, batch_size]`` (streamed training
-        feeds batches here directly)."""
+        feeds batches here directly), per-example loss weights ``[K, batch_size]`` or
+        None."""
         config = self.config
         total_steps = steps_per_epoch * config.epochs
         step = epoch * steps_per_epoch + i  # [K], 0-based
@@ -554,7 +604,7 @@ class Trainer:
                                    self.keep_float32) as dtype:
                 logits = self._apply(tf.cast(images, dtype), is_training=True,
                                      model=self._step_model)
-            losses = self._losses(tf.cast(logits, tf.float32), labels)  # [K]
+            losses = self._losses(tf.cast(logits, tf.float32), labels, weights)  # [K]
             loss = self._loss_scale.scale_loss(losses)
         grads, finite = self._loss_scale.unscale(tape.gradient(loss, self._step_variables),
                                                  model_axis=self.model_axis)
@@ -577,16 +627,26 @@ class Trainer:
                           keep=None if keep is None else _per_model(keep, variable))
         self._after_step(step, active, epoch, total_steps)
 
-    def _losses(self, logits: tf.Tensor, labels: tf.Tensor) -> tf.Tensor:
-        """Each model's loss ``[K]`` from logits ``[K, batch, classes]`` and labels."""
+    def _losses(self, logits: tf.Tensor, labels: tf.Tensor,
+                weights: tf.Tensor | None = None) -> tf.Tensor:
+        """Each model's loss ``[K]`` from logits ``[K, batch, classes]`` and labels.
+
+        With `weights` ``[K, batch]`` (per-example loss weights, SPEC §11) each example's
+        loss is multiplied by its weight before the reduction, and the mean still divides
+        by the batch's slot count, as with all weights 1: a weight of 0 removes the
+        example's gradient and leaves every other example's as it was (dividing by the
+        sum of weights instead would rescale the others' and couple all weights).
+        """
         smoothing = self.config.label_smoothing
         if smoothing:
             num_classes = logits.shape[-1]
-            targets = tf.one_hot(labels, num_classes) * (1.0 - smoothing) + \
-                smoothing / num_classes
+            targets = tf.one_hot(labels, num_classes, dtype=logits.dtype) * (
+                1.0 - smoothing) + smoothing / num_classes
             losses = losses_lib.cross_entropy(targets, logits)
         else:
             losses = losses_lib.sparse_cross_entropy(labels, logits)
+        if weights is not None:
+            losses = losses * tf.cast(weights, losses.dtype)
         if self.loss_reduction == "sum":
             return tf.reduce_sum(losses, axis=1)
         return tf.reduce_mean(losses, axis=1)
@@ -633,16 +693,26 @@ def momentum_step(variable: tf.Variable, velocity: tf.Variable, grad: tf.Tensor,
     Args:
         rate, keep: learning rate and bool, broadcastable to the variable (``[K, 1, ...]``).
     """
+    new_variable, new_velocity = momentum_update(variable, velocity, grad, rate, decay,
+                                                 momentum, nesterov)
+    if keep is None:
+        velocity.assign(new_velocity)
+        variable.assign(new_variable)
+    else:
+        velocity.assign(tf.where(keep, new_velocity, velocity))
+        variable.assign(tf.where(keep, new_variable, variable))
+
+
+def momentum_update(variable: tf.Tensor, velocity: tf.Tensor, grad: tf.Tensor,
+                    rate: tf.Tensor, decay: float, momentum: float, nesterov: bool
+                    ) -> tuple[tf.Tensor, tf.Tensor]:
+    """The values `momentum_step` assigns: ``(new variable, new velocity)``, a pure
+    function (what the metagradient engine differentiates, `heldout.attribution`)."""
     if decay:
         grad = grad + decay * variable
     new_velocity = momentum * velocity + grad
     update = grad + momentum * new_velocity if nesterov else new_velocity
-    if keep is None:
-        velocity.assign(new_velocity)
-        variable.assign(variable - rate * update)
-    else:
-        velocity.assign(tf.where(keep, new_velocity, velocity))
-        variable.assign(tf.where(keep, variable - rate * update, variable))
+    return variable - rate * update, new_velocity
 
 
 def _per_model(values: tf.Tensor, variable: tf.Variable) -> tf.Tensor:
