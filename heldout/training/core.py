@@ -278,6 +278,7 @@ class Trainer:
                                      reduce_retracing=True, autograph=False)
             self._train_epoch = tf.function(self._train_epoch_eager, reduce_retracing=True,
                                             autograph=False)
+        self._one_step = None  # `step_program`, compiled when first asked for
         self._logits = tf.function(self._logits_eager, jit_compile=config.xla,
                                    autograph=False)
         self._logits_with_flip = tf.function(self._logits_with_flip_eager,
@@ -397,7 +398,7 @@ class Trainer:
             steps[:num_runs] = steps_per_epoch
             steps[num_runs:] = steps[num_runs - 1]
         warmup_steps = np.round(config.warmup_epochs * steps).astype(np.int32)
-        phases = self._flip_phases(augment_seeds)
+        phases = self.flip_phases(augment_seeds)
         # Every model takes a step at every step of the group: the program skips masking.
         all_active = bool((steps == steps.max()).all())
         snapshots: list[list[Snapshot]] = [[] for _ in range(num_runs)]
@@ -478,7 +479,7 @@ class Trainer:
         test = flipped if self.config.test_time_flip else plain
         return train, test, [float(p.correctness.mean()) for p in flipped]
 
-    def _flip_phases(self, augment_seeds: np.ndarray) -> tf.Tensor | None:
+    def flip_phases(self, augment_seeds: np.ndarray) -> tf.Tensor | None:
         """Per model, the alternating-flip phase of every training example ``[K, n]``."""
         if self.config.augment not in augment_lib.ALTERNATING:
             return None
@@ -627,6 +628,84 @@ class Trainer:
                           keep=None if keep is None else _per_model(keep, variable))
         self._after_step(step, active, epoch, total_steps)
 
+    def parameter_step(self, parameters: Sequence[tf.Tensor], velocities: Sequence[tf.Tensor],
+                       images: tf.Tensor, labels: tf.Tensor, weights: tf.Tensor,
+                       step: tf.Tensor, total_steps: tf.Tensor, warmup_steps: tf.Tensor
+                       ) -> tuple[list[tf.Tensor], list[tf.Tensor]]:
+        """One optimizer step of the group's K models as a pure function of tensors.
+
+        The step `_train_step_on_batch` takes, from the same pieces (`_apply`, `_losses`
+        with the per-example `weights`, `learning_rate_at`, the variable rules and
+        `momentum_update`), on values standing in for the trainable variables
+        (`substituted_variables`) instead of the variables themselves, so it can be
+        differentiated with respect to the weights, parameters and velocities (the
+        metagradients of `heldout.attribution.metagradient`). Float32 or float64 values;
+        no loss scaling, moving statistics or idle models (trainers with these are not
+        differentiated).
+
+        Args:
+            parameters, velocities: per trainable variable (in the order of
+                ``model.trainable_variables``) its values ``[K, ...]`` and momenta.
+            images: ``[K|1, batch, ...]`` already gathered and augmented (`batch_inputs`).
+            labels, weights: ``[K, batch]``.
+            step, total_steps, warmup_steps: 0-based optimizer step and the run's totals.
+
+        Returns:
+            The parameters and velocities after the step.
+        """
+        config = self.config
+        with tf.GradientTape() as tape:
+            tape.watch(parameters)
+            with substituted_variables(self._variables, parameters):
+                logits = self._apply(tf.cast(images, parameters[0].dtype), is_training=True)
+            loss = tf.reduce_sum(self._losses(logits, labels, weights))
+        grads = tape.gradient(loss, list(parameters))
+        lr = tf.cast(learning_rate_at(step, total_steps, warmup_steps, config.learning_rate,
+                                      config.lr_schedule), parameters[0].dtype)
+        new_parameters, new_velocities = [], []
+        for index, (value, velocity, grad) in enumerate(
+                zip(parameters, velocities, grads, strict=True)):
+            scale = self._rate_scales[index]
+            value, velocity = momentum_update(
+                value, velocity, grad, rate=lr * scale if scale != 1.0 else lr,
+                decay=self._decays[index], momentum=config.momentum,
+                nesterov=config.nesterov)
+            new_parameters.append(value)
+            new_velocities.append(velocity)
+        return new_parameters, new_velocities
+
+    def initial_parameters(self, subset: np.ndarray,
+                           init_seed: np.random.SeedSequence) -> list[np.ndarray]:
+        """A run's initial weights, per trainable variable ``[1, ...]`` (model 0 of a
+        group all of whose models are that run)."""
+        self._initialize([subset] * self.num_models, [init_seed] * self.num_models)
+        return [v.numpy()[:1] for v in self._variables]
+
+    def step_program(self) -> Callable[..., None]:
+        """The trainer's own optimizer step (`_train_step_eager`: indices ``[K, batch]``,
+        step in epoch, epoch, steps per epoch ``[K]``, warm-up steps ``[K]``, augmentation
+        seeds ``[K, 2]``, flip phases, all-active, example weights ``[K, num_train]``) as
+        a program of one step on the variables, compiled like `_train_epoch`'s. Stepped
+        one at a time it reproduces `train` bit for bit (the metagradient engine replays
+        runs with it)."""
+        if self._one_step is None:
+            self._one_step = tf.function(self._train_step_eager, jit_compile=self.config.xla,
+                                         reduce_retracing=True, autograph=False)
+        return self._one_step
+
+    def load_state(self, parameters: Sequence[tf.Tensor], velocities: Sequence[tf.Tensor]
+                   ) -> None:
+        """Sets every model of the group to one state: per trainable variable its values
+        and momenta ``[1, ...]``."""
+        for variable, value in zip(self._variables + self._velocity,
+                                   list(parameters) + list(velocities), strict=True):
+            variable.assign(tf.broadcast_to(value, variable.shape))
+
+    def model_state(self, k: int = 0) -> tuple[list[tf.Tensor], list[tf.Tensor]]:
+        """Copies of model k's parameters and velocities, per variable ``[1, ...]``."""
+        return ([tf.identity(v[k:k + 1]) for v in self._variables],
+                [tf.identity(v[k:k + 1]) for v in self._velocity])
+
     def _losses(self, logits: tf.Tensor, labels: tf.Tensor,
                 weights: tf.Tensor | None = None) -> tf.Tensor:
         """Each model's loss ``[K]`` from logits ``[K, batch, classes]`` and labels.
@@ -668,6 +747,31 @@ class Trainer:
             return tf.stack([one(*(part[k] for part in parts))
                              for k in range(images.shape[0])])
         return tf.map_fn(lambda part: one(*part), parts, fn_output_signature=images.dtype)
+
+
+@contextlib.contextmanager
+def substituted_variables(variables: Sequence[tf.Variable], values: Sequence[tf.Tensor]
+                          ) -> Iterator[None]:
+    """While active, Sonnet modules read `values` in place of their `variables`
+    (a `snt.custom_variable_getter`): a module applied as a pure function of tensors,
+    as `Trainer.parameter_step` differentiates it."""
+    by_variable = {v.ref(): value for v, value in zip(variables, values, strict=True)}
+
+    def getter(variable: tf.Variable) -> tf.Tensor:
+        return by_variable.get(variable.ref(), variable)
+
+    with snt.custom_variable_getter(getter):
+        yield
+
+
+def run_batches(subset: np.ndarray, order_seed: np.random.SeedSequence, epochs: int,
+                steps_per_epoch: int, batch_size: int) -> np.ndarray:
+    """Training indices ``[epochs, steps_per_epoch, batch_size]`` of every step of one
+    run: the batches `Trainer.train` draws for it (`_epoch_batches`), whatever group it
+    trains in."""
+    rng = np.random.default_rng(order_seed)
+    return np.stack([_epoch_batches([subset], [rng], steps_per_epoch, batch_size)[:, 0]
+                     for _ in range(epochs)])
 
 
 def _repeat(count: tf.Tensor, body: Callable[[tf.Tensor], None]) -> None:
