@@ -164,6 +164,7 @@ class MetagradientEngine:
         self._forward = tf.function(self._forward_step, jit_compile=self.config.xla,
                                     autograph=False, reduce_retracing=True)
         self._backward_programs: dict[int, tuple] = {}
+        self._stacked = None  # (kept states, their stack), reused across target batches
 
     def set_weights(self, weights: np.ndarray | None) -> None:
         """The per-example loss weights w ``[num_train]`` the run is replayed and
@@ -235,8 +236,9 @@ class MetagradientEngine:
                     f = gradients_lib.measure(logits, y, OUTPUT)
                 return f, tape.gradient(f, spread_parameters)
 
-            def step_vjp(parameters, velocities, t, adjoint_parameters, adjoint_velocities,
-                         scores):
+            def step_vjp(parameters, velocities, t, adjoint_parameters, adjoint_velocities):
+                """Adjoints before step `t` and the cotangent ``[J, B]`` of its batch's
+                weights, from the adjoints after it."""
                 images, labels, indices = self._inputs(trainer, t)
                 spread_parameters, spread_velocities = spread(parameters), spread(velocities)
                 weights = tf.broadcast_to(tf.gather(self.weights, indices)[None],
@@ -254,12 +256,51 @@ class MetagradientEngine:
                     output_gradients=list(adjoint_parameters) + list(adjoint_velocities),
                     unconnected_gradients=tf.UnconnectedGradients.ZERO)
                 count = len(parameters)
-                scores = tf.tensor_scatter_nd_add(scores, indices[:, None],
-                                                  tf.transpose(grads[-1]))
-                return grads[:count], grads[count:2 * count], scores
+                return grads[:count], grads[count:2 * count], grads[-1], indices
+
+            def scored_step(parameters, velocities, t, adjoint_parameters,
+                            adjoint_velocities, scores):
+                """`step_vjp`, the weights' cotangents added to the scores ``[n, J]``."""
+                adjoint_parameters, adjoint_velocities, weights, indices = step_vjp(
+                    parameters, velocities, t, adjoint_parameters, adjoint_velocities)
+                return adjoint_parameters, adjoint_velocities, tf.tensor_scatter_nd_add(
+                    scores, indices[:, None], tf.transpose(weights))
+
+            def segment_vjp(parameters, velocities, first, adjoint_parameters,
+                            adjoint_velocities, scores):
+                """Steps backwards through steps ``first .. first + c - 1`` whose states
+                before each step are stacked ``[c, 1, ...]``: one program for the
+                whole segment (no per-step dispatch)."""
+                length = parameters[0].shape[0]
+
+                def body(k, adjoint_parameters, adjoint_velocities, scores):
+                    at = length - 1 - k
+                    return (k + 1, *scored_step(
+                        [p[at] for p in parameters], [v[at] for v in velocities],
+                        first + at, adjoint_parameters, adjoint_velocities, scores))
+
+                _, adjoint_parameters, adjoint_velocities, scores = tf.while_loop(
+                    lambda k, *_: k < length, body,
+                    (tf.constant(0), list(adjoint_parameters), list(adjoint_velocities),
+                     scores))
+                return adjoint_parameters, adjoint_velocities, scores
+
+            if not self.config.xla:
+                # TensorFlow's own graph cannot run the second-order gradient inside a
+                # while loop (its AddN temporaries): one program per step instead.
+                one_step = tf.function(scored_step, **compile_)
+
+                def segment_vjp(parameters, velocities, first, adjoint_parameters,  # noqa: F811
+                                adjoint_velocities, scores):
+                    for at in reversed(range(parameters[0].shape[0])):
+                        adjoint_parameters, adjoint_velocities, scores = one_step(
+                            [p[at] for p in parameters], [v[at] for v in velocities],
+                            first + at, adjoint_parameters, adjoint_velocities, scores)
+                    return adjoint_parameters, adjoint_velocities, scores
 
             self._backward_programs[models] = (
-                trainer, tf.function(outputs, **compile_), tf.function(step_vjp, **compile_))
+                trainer, tf.function(outputs, **compile_),
+                tf.function(segment_vjp, **compile_) if self.config.xla else segment_vjp)
         return self._backward_programs[models]
 
     # --- the trajectory ----------------------------------------------------------------
@@ -370,23 +411,39 @@ class MetagradientEngine:
     def _backward(self, kept: dict[int, tuple[list, list]], interval: int, models: int,
                   x: np.ndarray, y: np.ndarray, bar) -> tuple[np.ndarray, np.ndarray]:
         """Scores ``[num_train, models]`` and outputs ``[models]`` of one target batch."""
-        _, outputs, step_vjp = self._backward_program(models)
+        _, outputs, segment_vjp = self._backward_program(models)
         steps = self.trajectory.total_steps
-        final_parameters = kept[steps][0]
-        f, adjoint_parameters = outputs(final_parameters, tf.constant(x),
+        f, adjoint_parameters = outputs(kept[steps][0], tf.constant(x),
                                         tf.constant(y, tf.int32))
         adjoint_velocities = [tf.zeros_like(a) for a in adjoint_parameters]
         scores = tf.zeros([self.data.num_train, models], self.dtype)
-        for first in reversed(range(0, steps, interval)):
-            end = min(first + interval, steps)
-            segment = kept if interval == 1 else self.replay(kept[first], first, end)
-            for t in reversed(range(first, end)):
-                parameters, velocities = segment[t]
-                adjoint_parameters, adjoint_velocities, scores = step_vjp(
-                    parameters, velocities, tf.constant(t), adjoint_parameters,
-                    adjoint_velocities, scores)
-                bar.update(1)
+        for first, end in self._segments(interval):
+            if interval == 1:  # every state kept: stacked once for all target batches
+                if self._stacked is None or self._stacked[0] is not kept:
+                    self._stacked = (kept, _stack(kept, 0, steps))
+                stacked = self._stacked[1]
+            else:
+                stacked = _stack(self.replay(kept[first], first, end), first, end)
+            adjoint_parameters, adjoint_velocities, scores = segment_vjp(
+                *stacked, tf.constant(first), adjoint_parameters, adjoint_velocities, scores)
+            bar.update(end - first)
         return scores.numpy(), f.numpy()
+
+    def _segments(self, interval: int) -> list[tuple[int, int]]:
+        """(first, end) step ranges stepped back through in turn, the last first."""
+        steps = self.trajectory.total_steps
+        if interval == 1:
+            return [(0, steps)]
+        return [(first, min(first + interval, steps))
+                for first in reversed(range(0, steps, interval))]
+
+
+def _stack(states: dict[int, tuple[list, list]], first: int, end: int
+           ) -> tuple[list[tf.Tensor], list[tf.Tensor]]:
+    """States before steps ``first .. end - 1`` stacked per variable: ``[c, 1, ...]``."""
+    count = len(states[first][0])
+    return ([tf.stack([states[t][0][i] for t in range(first, end)]) for i in range(count)],
+            [tf.stack([states[t][1][i] for t in range(first, end)]) for i in range(count)])
 
 
 def metagradients(data: Dataset, trajectory: Trajectory, x_targets: np.ndarray,
