@@ -49,7 +49,9 @@ import tensorflow as tf
 from heldout.attribution import gradients as gradients_lib
 from heldout.data.dataset import Dataset
 from heldout.errors import ParameterError
-from heldout.store import files
+from heldout.store import designs, files
+from heldout.store import experiment_info as info_lib
+from heldout.store import runs as runs_lib
 from heldout.training import core
 from heldout.training.config import TrainConfig
 from heldout.training.ensemble import EnsembleTrainer
@@ -462,3 +464,143 @@ def metagradients(data: Dataset, trajectory: Trajectory, x_targets: np.ndarray,
     """
     engine = MetagradientEngine(data, trajectory, config)
     return engine.metagradients(np.asarray(x_targets), np.asarray(y_targets))
+
+
+# --- a recorded run -------------------------------------------------------------------
+
+SPLITS = ("test", "train")  # where the targets of `score_metagradient` come from
+# Keys of a scores file (`save_metagradient_scores` / `load_metagradient_scores`).
+SCORES_KEY = "scores"  # float32 [num_train, num_eval]: g[i, j]; NaN: i had no batch slot
+EVAL_INDICES_KEY = "eval_indices"  # int64 [num_eval]: the targets' indices in their split
+SPLIT_KEY = "split"  # str scalar: "test" or "train"
+OUTPUTS_KEY = "outputs"  # float32 [num_eval]: the targets' log-odds f_j after training
+RUN_DIR_KEY = "run_dir"  # str scalar: the run differentiated
+
+
+@dataclasses.dataclass(frozen=True)
+class MetagradientScores:
+    """Metagradient scores of one recorded run (`score_metagradient`)."""
+
+    scores: np.ndarray  # [num_train, num_eval]; NaN rows: examples without a batch slot
+    eval_indices: np.ndarray  # [num_eval] indices into `split`
+    split: str  # "test" or "train" (self-influence and train x train)
+    outputs: np.ndarray  # [num_eval] f_j of the replayed run
+    run_dir: str
+    seconds: float = float("nan")
+    checkpoint_interval: int = 0
+    state_bytes: int = 0
+
+    @property
+    def without_slot(self) -> np.ndarray:
+        """bool ``[num_train]``: examples the run never had in a batch (NaN rows)."""
+        return np.isnan(self.scores).all(axis=1) if self.scores.size else np.zeros(0, bool)
+
+
+def trajectory_of_run(run_dir: str, data: Dataset) -> Trajectory:
+    """The trajectory of a run `train.py` recorded: its settings and seeds from
+    ``run.json``, its subset (and bank weights) from its aux arrays.
+
+    Raises:
+        ParameterError: ``run_dir`` lacks the record (released runs), or the data is
+            not the data the run was trained on (its fingerprint differs).
+    """
+    try:
+        info = runs_lib.read_run_info(run_dir)
+    except (ValueError, OSError):
+        info = {}
+    stored = info.get("train_config")
+    if not isinstance(stored, dict) or not {"seed", "subset", "run_id"} <= set(info):
+        raise ParameterError("run_dir", "no run.json with the run's settings and seed (runs "
+                             "trained by train.py can be replayed; released ones cannot)",
+                             run_dir)
+    fingerprint = info.get("data")
+    if isinstance(fingerprint, dict) and "sha256" in fingerprint and \
+            fingerprint != info_lib.data_fingerprint(data):
+        raise ParameterError("run_dir", f"trained on other data than {data.name} (the data "
+                             "fingerprint differs), so it cannot be replayed", run_dir)
+    fields = {f.name for f in dataclasses.fields(TrainConfig)}
+    config = TrainConfig(**{k: v for k, v in stored.items() if k in fields})
+    check_trainable(config)
+    arrays = runs_lib.load_run(run_dir)
+    seeds = designs.run_seeds(int(info["seed"]), info["subset"], int(info["run_id"]))
+    steps = int(info.get("optimizer_steps", 0)) // config.epochs
+    return Trajectory(config, np.sort(arrays[runs_lib.SUBSET_INDICES]), seeds.init,
+                      seeds.order, steps, arrays.get(runs_lib.EXAMPLE_WEIGHTS))
+
+
+def score_metagradient(run_dir: str, data: Dataset, eval_indices: np.ndarray | None = None,
+                       split: str = "test", config: MetagradientConfig | None = None
+                       ) -> MetagradientScores:
+    """Metagradients of one recorded run: d f_j / d w_i for every training example i
+    and the chosen targets j, after checking that the run replays bit for bit.
+
+    Args:
+        run_dir: a run directory written by ``train.py`` (mlp or cnn, float32).
+        data: the run's data set.
+        eval_indices: targets, indices into `split` (None: all of it).
+        split: ``test``, or ``train`` (self-influence is the diagonal of train x train).
+        config: precision, target batch, checkpoint interval, progress.
+
+    Returns:
+        `MetagradientScores`; the rows of examples that never had a batch slot (outside
+        the run's subset) are NaN: the run says nothing about them.
+
+    Raises:
+        ParameterError: an unknown split or target index, a run that cannot be replayed
+            (no record, other data, a model kind or precision the engine does not
+            differentiate), or whose replay is not bit-identical to its recorded test
+            log-odds (e.g. trained with ``xla`` off or by another version).
+    """
+    if split not in SPLITS:
+        raise ParameterError("split", f"expected one of {', '.join(SPLITS)}", split)
+    x, y = (data.x_test, data.y_test) if split == "test" else (data.x_train, data.y_train)
+    indices = np.arange(len(x)) if eval_indices is None else np.asarray(eval_indices, np.int64)
+    if indices.ndim != 1 or not len(indices) or indices.min() < 0 or indices.max() >= len(x):
+        raise ParameterError("eval_indices", f"expected indices in [0, {len(x)}) of the "
+                             f"{split} split")
+    trajectory = trajectory_of_run(run_dir, data)
+    engine = MetagradientEngine(data, trajectory, config)
+    recorded = runs_lib.load_run(run_dir).get("logodds_test")
+    replayed = engine.final_predictions(data.x_test, data.y_test).logodds
+    if recorded is None or not np.array_equal(replayed, recorded):
+        difference = "no logodds_test recorded" if recorded is None else \
+            f"max |difference| {np.abs(replayed - recorded).max():.3g} in the test log-odds"
+        raise ParameterError("run_dir", f"does not replay bit-identically ({difference}): "
+                             "its settings, data or program differ from the run's", run_dir)
+    result = engine.metagradients(x[indices], y[indices])
+    scores = result.scores.astype(np.float32)
+    scores[~result.has_slot] = np.nan
+    return MetagradientScores(scores, indices, split, result.outputs.astype(np.float32),
+                              run_dir, result.seconds, result.checkpoint_interval,
+                              result.state_bytes)
+
+
+def save_metagradient_scores(path: str, scores: MetagradientScores) -> None:
+    """Writes scores to an ``.npz`` (local or gs://) atomically, under the keys above."""
+    files.write_npz(path, {
+        SCORES_KEY: scores.scores.astype(np.float32),
+        EVAL_INDICES_KEY: scores.eval_indices.astype(np.int64),
+        SPLIT_KEY: np.array(scores.split), OUTPUTS_KEY: scores.outputs.astype(np.float32),
+        RUN_DIR_KEY: np.array(scores.run_dir)})
+
+
+def load_metagradient_scores(path: str) -> MetagradientScores:
+    """Reads scores written by `save_metagradient_scores` (no pickled objects).
+
+    Raises:
+        ParameterError: the file is missing or is not a metagradient scores file.
+    """
+    try:
+        arrays = files.read_npz(path)
+    except files.StoredFileMissing:
+        raise ParameterError("path", "file not found", path) from None
+    except files.StoredFileError as e:
+        raise ParameterError("path", str(e), path) from None
+    keys = (SCORES_KEY, EVAL_INDICES_KEY, SPLIT_KEY, OUTPUTS_KEY, RUN_DIR_KEY)
+    if not set(keys) <= set(arrays) or arrays[SCORES_KEY].ndim != 2 or \
+            arrays[SCORES_KEY].shape[1] != len(arrays[EVAL_INDICES_KEY]):
+        raise ParameterError("path", f"not a metagradient scores file (expected keys "
+                             f"{', '.join(keys)})", path)
+    return MetagradientScores(arrays[SCORES_KEY], arrays[EVAL_INDICES_KEY],
+                              str(arrays[SPLIT_KEY]), arrays[OUTPUTS_KEY],
+                              str(arrays[RUN_DIR_KEY]))

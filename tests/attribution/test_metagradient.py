@@ -10,6 +10,7 @@ augmentation switched on).
 """
 
 import dataclasses
+import pathlib
 
 import numpy as np
 import pytest
@@ -201,3 +202,47 @@ def test_refusals(digits):
     with pytest.raises(ParameterError, match="^example_weights"):
         mg.MetagradientEngine(digits, _trajectory("heavy_ball_decay_cosine",
                                                   weights=np.ones(3)))
+
+
+def test_score_metagradient_of_a_recorded_run(tmp_path, digits):
+    """A run written by train_experiment: replayed bit for bit, scored like the engine
+    on its trajectory, NaN for examples outside its subset, saved and loaded; refused
+    when its recorded outputs no longer match or the data differs."""
+    from heldout.store import runs as runs_lib
+    from heldout.training import experiment
+
+    data_file = tmp_path / "data.npz"
+    np.savez(data_file, x_train=digits.x_train[:64], y_train=digits.y_train[:64],
+             x_test=digits.x_test[:20], y_test=digits.y_test[:20])
+    data = sources.load_dataset(f"npz:{data_file}")
+    config = core.TrainConfig(model_width=0.1, epochs=2, batch_size=16, models_at_once=4)
+    directory = str(tmp_path / "exp")
+    experiment.train_experiment(directory, f"npz:{data_file}", config, "0.7", [0],
+                                progress=False)
+    run_dir = runs_lib.run_dir(directory, "0.7", 0)
+    quiet = mg.MetagradientConfig(progress=False)
+    scored = mg.score_metagradient(run_dir, data, [3, 7], config=quiet)
+    subset = runs_lib.load_run(run_dir)[runs_lib.SUBSET_INDICES]
+    outside = np.setdiff1d(np.arange(64), subset)
+    assert np.isnan(scored.scores[outside]).all() and not np.isnan(scored.scores[subset]).any()
+    np.testing.assert_array_equal(scored.without_slot, np.isin(np.arange(64), outside))
+    seeds = designs.run_seeds(0, "0.7", 0)
+    direct = mg.metagradients(data, mg.Trajectory(config, subset, seeds.init, seeds.order, 3),
+                              data.x_test[[3, 7]], data.y_test[[3, 7]], quiet)
+    np.testing.assert_array_equal(scored.scores[subset], direct.scores[subset].astype(np.float32))
+    path = str(tmp_path / "scores.npz")
+    mg.save_metagradient_scores(path, scored)
+    loaded = mg.load_metagradient_scores(path)
+    np.testing.assert_array_equal(loaded.scores, scored.scores)
+    assert (loaded.split, list(loaded.eval_indices), loaded.run_dir) == ("test", [3, 7], run_dir)
+    with pytest.raises(ParameterError, match="^path="):
+        mg.load_metagradient_scores(str(data_file))
+    with pytest.raises(ParameterError, match="^eval_indices"):
+        mg.score_metagradient(run_dir, data, [20], config=quiet)
+    with pytest.raises(ParameterError, match="^run_dir=.*other data"):
+        mg.score_metagradient(run_dir, digits, [0], config=quiet)
+    arrays = runs_lib.load_run(run_dir)
+    arrays["logodds_test"] = arrays["logodds_test"] + np.float32(1e-3)
+    np.savez(pathlib.Path(run_dir, "aux_arrays.npz"), **arrays)
+    with pytest.raises(ParameterError, match="^run_dir=.*does not replay bit-identically"):
+        mg.score_metagradient(run_dir, data, [0], config=quiet)
