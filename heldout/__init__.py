@@ -27,60 +27,97 @@ Their errors are `ValueError`s naming the request's parameters; `str()` of a rep
 what the CLI prints.
 """
 
-from heldout.attribution.api import run_estimate
-from heldout.data.dataset import Dataset
-from heldout.data.sources import load_dataset
-from heldout.estimate import export, targeted
-from heldout.estimate import pipeline as analysis
-from heldout.estimate.api import EstimateReport, EstimateRequest
-from heldout.estimate.estimators import (
-    CScore,
-    InfluencePairs,
-    SelfInfluence,
-    TopInfluences,
-    cscore,
-    influence,
-    influence_blocks,
-    memorization,
-    pair_statistics,
-    self_influence,
-    top_influence_pairs,
-    top_influences,
-)
-from heldout.estimate.export import save_estimates, write_tables
-from heldout.estimate.pipeline import (
-    ESTIMATORS,
-    EstimateConfig,
-    Estimates,
-    estimate_experiment,
-    format_report,
-    plot_estimates,
-)
-from heldout.models.checkpoints import RunCheck, check_run, restore_run_model
-from heldout.models.demo import DemoReport, DemoRequest, run_demo
-from heldout.store import coordination, released, runs, targets
-from heldout.store import designs as subsets
-from heldout.store.designs import parse_run_ids, parse_shard, read_indices, subset_indices
-from heldout.store.experiment_info import read_experiment_info
-from heldout.store.runs import (
-    Experiment,
-    RunFileError,
-    load_experiment,
-    load_run,
-    read_run_info,
-    save_run,
-)
-from heldout.training.api import TrainReport, TrainRequest, train
-from heldout.training.core import TrainConfig
-from heldout.training.ensemble import EnsembleTrainer
-from heldout.training.experiment import (
-    TrainSummary,
-    resolve_targets,
-    train_experiment,
-    train_targeted_experiment,
-)
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+from heldout import runtime
+
+runtime.quiet_tensorflow_logging()
 
 __version__ = "0.1.0"
+
+# Public name -> (module, attribute; None: the module itself). Loaded on first use
+# (PEP 562), so ``import heldout`` is instant and loads no TensorFlow; TensorFlow is
+# imported quietly (`heldout.runtime`) before the first module that needs it.
+_EXPORTS: dict[str, tuple[str, str | None]] = {
+    "run_estimate": ("heldout.attribution.api", "run_estimate"),
+    "Dataset": ("heldout.data.dataset", "Dataset"),
+    "load_dataset": ("heldout.data.sources", "load_dataset"),
+    "export": ("heldout.estimate.export", None),
+    "targeted": ("heldout.estimate.targeted", None),
+    "analysis": ("heldout.estimate.pipeline", None),
+    "EstimateReport": ("heldout.estimate.api", "EstimateReport"),
+    "EstimateRequest": ("heldout.estimate.api", "EstimateRequest"),
+    "CScore": ("heldout.estimate.estimators", "CScore"),
+    "InfluencePairs": ("heldout.estimate.estimators", "InfluencePairs"),
+    "SelfInfluence": ("heldout.estimate.estimators", "SelfInfluence"),
+    "TopInfluences": ("heldout.estimate.estimators", "TopInfluences"),
+    "cscore": ("heldout.estimate.estimators", "cscore"),
+    "influence": ("heldout.estimate.estimators", "influence"),
+    "influence_blocks": ("heldout.estimate.estimators", "influence_blocks"),
+    "memorization": ("heldout.estimate.estimators", "memorization"),
+    "pair_statistics": ("heldout.estimate.estimators", "pair_statistics"),
+    "self_influence": ("heldout.estimate.estimators", "self_influence"),
+    "top_influence_pairs": ("heldout.estimate.estimators", "top_influence_pairs"),
+    "top_influences": ("heldout.estimate.estimators", "top_influences"),
+    "save_estimates": ("heldout.estimate.export", "save_estimates"),
+    "write_tables": ("heldout.estimate.export", "write_tables"),
+    "ESTIMATORS": ("heldout.estimate.pipeline", "ESTIMATORS"),
+    "EstimateConfig": ("heldout.estimate.pipeline", "EstimateConfig"),
+    "Estimates": ("heldout.estimate.pipeline", "Estimates"),
+    "estimate_experiment": ("heldout.estimate.pipeline", "estimate_experiment"),
+    "format_report": ("heldout.estimate.pipeline", "format_report"),
+    "plot_estimates": ("heldout.estimate.pipeline", "plot_estimates"),
+    "RunCheck": ("heldout.models.checkpoints", "RunCheck"),
+    "check_run": ("heldout.models.checkpoints", "check_run"),
+    "restore_run_model": ("heldout.models.checkpoints", "restore_run_model"),
+    "DemoReport": ("heldout.models.demo", "DemoReport"),
+    "DemoRequest": ("heldout.models.demo", "DemoRequest"),
+    "run_demo": ("heldout.models.demo", "run_demo"),
+    "coordination": ("heldout.store.coordination", None),
+    "released": ("heldout.store.released", None),
+    "runs": ("heldout.store.runs", None),
+    "targets": ("heldout.store.targets", None),
+    "subsets": ("heldout.store.designs", None),
+    "parse_run_ids": ("heldout.store.designs", "parse_run_ids"),
+    "parse_shard": ("heldout.store.designs", "parse_shard"),
+    "read_indices": ("heldout.store.designs", "read_indices"),
+    "subset_indices": ("heldout.store.designs", "subset_indices"),
+    "read_experiment_info": ("heldout.store.experiment_info", "read_experiment_info"),
+    "Experiment": ("heldout.store.runs", "Experiment"),
+    "RunFileError": ("heldout.store.runs", "RunFileError"),
+    "load_experiment": ("heldout.store.runs", "load_experiment"),
+    "load_run": ("heldout.store.runs", "load_run"),
+    "read_run_info": ("heldout.store.runs", "read_run_info"),
+    "save_run": ("heldout.store.runs", "save_run"),
+    "TrainReport": ("heldout.training.api", "TrainReport"),
+    "TrainRequest": ("heldout.training.api", "TrainRequest"),
+    "train": ("heldout.training.api", "train"),
+    "TrainConfig": ("heldout.training.core", "TrainConfig"),
+    "EnsembleTrainer": ("heldout.training.ensemble", "EnsembleTrainer"),
+    "TrainSummary": ("heldout.training.experiment", "TrainSummary"),
+    "resolve_targets": ("heldout.training.experiment", "resolve_targets"),
+    "train_experiment": ("heldout.training.experiment", "train_experiment"),
+    "train_targeted_experiment": ("heldout.training.experiment", "train_targeted_experiment"),
+}
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _EXPORTS:
+        raise AttributeError(f"module 'heldout' has no attribute {name!r}")
+    module_name, attribute = _EXPORTS[name]
+    runtime.import_tensorflow()
+    module = importlib.import_module(module_name)
+    value = module if attribute is None else getattr(module, attribute)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_EXPORTS))
+
 
 __all__ = [
     # modules

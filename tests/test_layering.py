@@ -12,7 +12,7 @@ import heldout
 
 PACKAGE = pathlib.Path(heldout.__file__).resolve().parent
 # Lowest first; a module may import from its own layer and the layers before it.
-LAYERS = ("errors", "data", "store", "models", "training", "estimate", "attribution",
+LAYERS = ("errors", "runtime", "data", "store", "models", "training", "estimate", "attribution",
           "app")
 
 

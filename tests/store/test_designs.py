@@ -161,3 +161,17 @@ def test_bank_designs():
     assert not np.array_equal(first, second)
     np.testing.assert_array_equal(first, subsets.bank_weights(200, "bank-0.05", 3, 1))
     assert len(subsets.subset_indices(200, "bank-0.05", 3, 1)) == 200
+
+
+@pytest.mark.parametrize("design, name", [("full", None), ("drop-nsi", "nsi"),
+                                          ("drop-a-b_1", "a-b_1"), ("0.7", None),
+                                          ("0.50", None)])
+def test_drop_target_name_full_is_no_drop_arm(design, name):
+    """``full`` is not a drop arm with an empty name (it was, and --subset=full failed)."""
+    assert subsets.drop_target_name(design) == name
+
+
+@pytest.mark.parametrize("design", ["drop-", "drop-a/b", "most"])
+def test_drop_target_name_refuses_non_designs(design):
+    with pytest.raises(ValueError, match="--subset"):
+        subsets.drop_target_name(design)
