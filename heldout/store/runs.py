@@ -56,6 +56,8 @@ METRICS = ("correctness", "margin", "logodds")
 # Float metrics an experiment may hold, by the prefix of their aux keys.
 _FLOAT_METRICS = {"margin": MARGIN_PREFIX, "logodds": LOGODDS_PREFIX}
 LOGITS_PREFIX = "logits_"
+# Loss weights float32 [num_train] a run trained with (bank designs, SPEC §11).
+EXAMPLE_WEIGHTS = "example_weights"
 
 
 class RunFileError(files.StoredFileError):
@@ -566,6 +568,11 @@ def check_run_arrays(run: dict[str, np.ndarray], num_train: int, num_test: int) 
                 return f"{key} has dtype {value.dtype}, expected floats"
             if not key.startswith(LOGITS_PREFIX) and not np.isfinite(value).all():
                 return f"{key} has {int((~np.isfinite(value)).sum())} non-finite values"
+    weights = run.get(EXAMPLE_WEIGHTS)
+    if weights is not None and (weights.shape != (num_train,)
+                                or not np.issubdtype(weights.dtype, np.floating)
+                                or not np.isfinite(weights).all()):
+        return f"{EXAMPLE_WEIGHTS} is not {num_train} finite floats"
     if not np.array_equal(np.unique(run[SUBSET_INDICES]), np.unique(run["index_train"])) \
             or len(run[SUBSET_INDICES]) != len(run["index_train"]):
         return f"{SUBSET_INDICES} differs from index_train"

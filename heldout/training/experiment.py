@@ -270,6 +270,9 @@ def _train_group(trainer, writers: concurrent.futures.Executor, experiment_dir: 
     equal_steps = None
     if subsets_lib.is_targeted_design(subset):
         equal_steps = [trainer.steps_per_epoch(data.num_train)] * len(group)
+    weights = None  # a bank's runs: loss weights, stored beside the aux arrays
+    if subsets_lib.is_bank_design(subset):
+        weights = [subsets_lib.bank_weights(data.num_train, subset, seed, r) for r in group]
 
     def after_epoch(steps: int) -> None:
         _advance(bar, len(group) / config.epochs, steps)
@@ -277,10 +280,12 @@ def _train_group(trainer, writers: concurrent.futures.Executor, experiment_dir: 
     results = trainer.train(
         subsets, [s.init for s in seeds], [s.order for s in seeds],
         save_logits=save_logits, export_models=save_checkpoints,
-        steps_per_epoch=equal_steps, on_epoch=after_epoch)
+        steps_per_epoch=equal_steps, on_epoch=after_epoch,
+        **({} if weights is None else {"example_weights": weights}))
     seconds_per_run = (time.time() - group_start) / len(group)
     pending, diverged = [], {}
-    for run_id, subset_indices, result in zip(group, subsets, results, strict=True):
+    for k, (run_id, subset_indices, result) in enumerate(zip(group, subsets, results,
+                                                             strict=True)):
         directory = runs_lib.run_dir(experiment_dir, subset, run_id)
         non_finite = _count_non_finite(result)
         if non_finite:
@@ -306,6 +311,8 @@ def _train_group(trainer, writers: concurrent.futures.Executor, experiment_dir: 
             margin_train=result.train.margin, margin_test=result.test.margin,
             logodds_train=result.train.logodds, logodds_test=result.test.logodds,
             logits_train=result.train.logits, logits_test=result.test.logits)
+        if weights is not None:
+            arrays[runs_lib.EXAMPLE_WEIGHTS] = weights[k]
         # `save_run` leaves a run another worker completed meanwhile as it is (False):
         # checking here too cost a listing per run while the next group waited.
         pending.append((run_id, info["accuracy"]["test"], writers.submit(
