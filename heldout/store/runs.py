@@ -500,7 +500,7 @@ def verify_runs(experiment_dir: str, subsets: Sequence[str] | None = None,
         raise ValueError(f"experiment_dir={experiment_dir}: no complete runs to verify "
                          f"(expected <subset>/<run_id>/{AUX_FILENAME})")
     info = info_lib.read_experiment_info(experiment_dir)
-    recorded = info.get("data", {})
+    recorded = dict(info.data) if info and info.data else {}
     seed = _recorded_seed(experiment_dir, info)
     expected = (recorded.get("num_train"), recorded.get("num_test"))
     expected = (None, None) if None in expected else tuple(int(n) for n in expected)
@@ -679,14 +679,15 @@ def _run_fingerprint(run: dict[str, np.ndarray]) -> bytes:
     return digest.digest()
 
 
-def _recorded_seed(experiment_dir: str, info: dict | None = None) -> int | None:
+def _recorded_seed(experiment_dir: str, info: info_lib.ExperimentInfo | None = None
+                   ) -> int | None:
     """The experiment seed of ``experiment.json``, or None (released runs)."""
     if info is None:
         try:
             info = info_lib.read_experiment_info(experiment_dir)
         except files.StoredFileError:
             return None
-    seed = info.get("seed")
+    seed = info.seed if info is not None else None
     return seed if isinstance(seed, int) and not isinstance(seed, bool) else None
 
 

@@ -106,12 +106,12 @@ def test_parse_subset_ratio_accepts(text, expected):
 
 @pytest.mark.parametrize("text", ["0", "1", "1.5", "abc", "-0.3", "", "full", "nan"])
 def test_parse_subset_ratio_rejects(text):
-    with pytest.raises(ValueError, match="--subset_ratio"):
+    with pytest.raises(ValueError, match="^subset_ratio="):
         subsets.parse_subset_ratio(text)
 
 
 def test_subset_indices_rejects_non_design_subset():
-    with pytest.raises(ValueError, match="--subset_ratio"):
+    with pytest.raises(ValueError, match="^subset_ratio="):
         subsets.subset_indices(10, "most", 0, 0)
 
 
@@ -134,7 +134,7 @@ def test_parse_run_ids_accepts(text, expected):
 
 @pytest.mark.parametrize("text", ["3-1", "a", "-1", "", "1,,2", "0-x", "1.5"])
 def test_parse_run_ids_rejects(text):
-    with pytest.raises(ValueError, match="--run_ids"):
+    with pytest.raises(ValueError, match="^run_ids="):
         subsets.parse_run_ids(text)
 
 
