@@ -5,7 +5,13 @@ Designs (the names of subset folders, SPEC §3):
     (the heldout procedure of Feldman & Zhang);
   * ``"full"``: every training example;
   * ``"drop-<name>"``: every training example except a target set (the other arm of a
-    targeted self-influence experiment, `heldout.targets`).
+    targeted self-influence experiment, `heldout.targets`);
+  * ``"bank-<p>"`` (``bank-0.01``): the single-model yardstick of metagradients (SPEC
+    §11). Every run has the same seeds, those of the experiment's base run (initial
+    weights, batch order, augmentation: `bank_seeds`, shared by every bank fraction),
+    and every training example's batch slots; run 0 is the base run (every loss weight
+    1) and run r > 0 drops a random fraction p of the training set as loss weights 0
+    (`bank_weights`), stored with the run (``example_weights`` in its aux arrays).
 
 A run's subset is a pure function of (experiment seed, subset name, run id, number of
 training examples), so the same run id trains on the same subset on any machine, and
@@ -44,6 +50,7 @@ def parse_subset_ratio(subset: str) -> float:
 
 FULL = "full"
 DROP_PREFIX = "drop-"
+BANK_PREFIX = "bank-"
 
 
 def subset_name(ratio: float) -> str:
@@ -61,6 +68,8 @@ def design_name(subset: str | float) -> str:
     text = str(subset)
     if text == FULL:
         return text
+    if text.startswith(BANK_PREFIX):
+        return f"{BANK_PREFIX}{bank_fraction(text):g}"
     if text.startswith(DROP_PREFIX):
         name = text[len(DROP_PREFIX):]
         if not name or not all(c.isalnum() or c in "_-" for c in name):
@@ -70,8 +79,20 @@ def design_name(subset: str | float) -> str:
     try:
         return subset_name(float(text))
     except ValueError:
-        raise ParameterError("subset", "expected a ratio in (0, 1), 'full' or "
-                             "'drop-<name>'", text) from None
+        raise ParameterError("subset", "expected a ratio in (0, 1), 'full', "
+                             "'drop-<name>' or 'bank-<p>'", text) from None
+
+
+def drop_target_name(design: str) -> str | None:
+    """The target-set name a ``drop-<name>`` design leaves out, or None for any other.
+
+    ``full`` is an arm of a targeted experiment but leaves nothing out, so it has no
+    target set (its runs need none); ratio designs have none either. Callers that
+    route a design to its trainer use this, never ``design[len("drop-"):]``, which
+    reads ``full`` as a drop arm with an empty name.
+    """
+    design = design_name(design)
+    return design[len(DROP_PREFIX):] if design.startswith(DROP_PREFIX) else None
 
 
 def is_targeted_design(subset: str) -> bool:
@@ -79,8 +100,58 @@ def is_targeted_design(subset: str) -> bool:
     return subset == FULL or subset.startswith(DROP_PREFIX)
 
 
+def is_bank_design(subset: str) -> bool:
+    """Whether a design is a metagradient bank (``bank-<p>``)."""
+    return subset.startswith(BANK_PREFIX)
+
+
+def bank_fraction(subset: str) -> float:
+    """The dropped fraction p of a bank design ``bank-<p>``.
+
+    Raises:
+        ValueError: not ``bank-`` followed by a number in (0, 1).
+    """
+    try:
+        fraction = float(subset[len(BANK_PREFIX):])
+    except ValueError:
+        fraction = float("nan")
+    if not 0.0 < fraction < 1.0:
+        raise ValueError(f"--subset={subset}: expected bank-<p> with a dropped fraction p "
+                         "in (0, 1), e.g. bank-0.01")
+    return fraction
+
+
+def bank_weights(num_train: int, subset: str, experiment_seed: int, run_id: int
+                 ) -> np.ndarray:
+    """Loss weights ``float32 [num_train]`` of run `run_id` of bank design `subset`:
+    all 1 for run 0 (the base run), else ``round(p * num_train)`` examples, chosen at
+    random for each run, at 0."""
+    weights = np.ones(num_train, np.float32)
+    if run_id == 0:
+        return weights
+    size = int(round(bank_fraction(subset) * num_train))
+    keys = np.random.PCG64(run_seeds(experiment_seed, subset, run_id).subset).random_raw(num_train)
+    weights[np.argsort(keys, kind="stable")[:size]] = 0.0
+    return weights
+
+
 def run_seeds(experiment_seed: int, subset: str, run_id: int) -> RunSeeds:
-    """Independent seeds of everything random in one run."""
+    """Independent seeds of everything random in one run. The runs of a bank design
+    train from its base run's initial weights and batch order (`bank_seeds`): only the
+    choice of dropped examples (the ``subset`` seed) is their own."""
+    if is_bank_design(subset):
+        base = _root_seeds(experiment_seed, BANK_PREFIX, 0)
+        return RunSeeds(_root_seeds(experiment_seed, subset, run_id).subset, base.init,
+                        base.order)
+    return _root_seeds(experiment_seed, subset, run_id)
+
+
+def bank_seeds(experiment_seed: int) -> RunSeeds:
+    """The seeds every run of every bank design trains from (the base run's)."""
+    return run_seeds(experiment_seed, f"{BANK_PREFIX}0.5", 0)
+
+
+def _root_seeds(experiment_seed: int, subset: str, run_id: int) -> RunSeeds:
     root = np.random.SeedSequence([experiment_seed, zlib.crc32(subset.encode()), run_id])
     return RunSeeds(*root.spawn(3))
 
@@ -99,12 +170,13 @@ def subset_indices(num_train: int, subset: str, experiment_seed: int, run_id: in
 
     For a ratio design ``"0.7"`` this is ``round(0.7 * num_train)`` examples chosen
     uniformly at random without replacement, independently for each run. For ``full``
-    it is every example, and for ``drop-<name>`` every example but `dropped`.
+    it is every example, and for ``drop-<name>`` every example but `dropped`. A bank
+    design's runs have every example's batch slots (`bank_weights` zeroes the dropped).
 
     Raises:
         ValueError: a ``drop-`` design without `dropped` indices, or indices out of range.
     """
-    if subset == FULL:
+    if subset == FULL or is_bank_design(subset):
         return np.arange(num_train, dtype=np.int64)
     if subset.startswith(DROP_PREFIX):
         if dropped is None or not len(dropped):

@@ -371,14 +371,20 @@ class _GroupTrainer:
         equal_steps = None
         if subsets_lib.is_targeted_design(subset):
             equal_steps = [self.trainer.steps_per_epoch(data.num_train)] * len(group)
+        weights = None  # a bank's runs: loss weights, stored beside the aux arrays
+        if subsets_lib.is_bank_design(subset):
+            weights = [subsets_lib.bank_weights(data.num_train, subset, self.seed, r)
+                       for r in group]
         results = self.trainer.train(
             subsets, [s.init for s in seeds], [s.order for s in seeds],
             save_logits=self.save_logits, export_models=self.save_checkpoints,
             steps_per_epoch=equal_steps,
-            on_epoch=functools.partial(_advance, self.bar, len(group) / self.config.epochs))
+            on_epoch=functools.partial(_advance, self.bar, len(group) / self.config.epochs),
+            **({} if weights is None else {"example_weights": weights}))
         seconds_per_run = (time.time() - group_start) / len(group)
         trained, diverged = [], {}
-        for run_id, subset_indices, result in zip(group, subsets, results, strict=True):
+        for k, (run_id, subset_indices, result) in enumerate(zip(group, subsets, results,
+                                                                 strict=True)):
             non_finite = _count_non_finite(result)
             if non_finite:
                 diverged[run_id] = non_finite
@@ -404,6 +410,8 @@ class _GroupTrainer:
                 margin_train=result.train.margin, margin_test=result.test.margin,
                 logodds_train=result.train.logodds, logodds_test=result.test.logodds,
                 logits_train=result.train.logits, logits_test=result.test.logits)
+            if weights is not None:
+                arrays[runs_lib.EXAMPLE_WEIGHTS] = weights[k]
             trained.append(_TrainedRun(run_id, info["accuracy"]["test"], arrays, info,
                                        checkpoints))
         return trained, diverged

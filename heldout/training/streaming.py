@@ -40,6 +40,8 @@ from heldout.training.config import TrainConfig, check_streamable
 class StreamingTrainer(single.SingleModelTrainer):
     """Trains one run at a time on records streamed from `StreamingData`."""
 
+    takes_example_weights = False  # records are streamed, not gathered by index
+
     def __init__(self, data: StreamingData, config: TrainConfig,
                  eval_batch_size: int | None = None):
         check_streamable(config)
