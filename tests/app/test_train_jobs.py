@@ -126,6 +126,7 @@ def test_each_job_takes_its_flags_and_refuses_every_other_naming_it(kind):
 def test_the_flags_that_select_a_kind():
     assert type(train_job.job_from_flags({"subset": "full"})) is train_job.TrainDesign
     assert train_job.job_from_flags({"subset": "full"}).design == "full"
+    assert train_job.job_from_flags({"subset": "bank-0.010"}).design == "bank-0.01"
     drop = train_job.job_from_flags({"subset": "drop-other"})
     assert (type(drop), drop.target_name) == (train_job.TrainDrop, "other")
     assert type(train_job.job_from_flags({"config": "digits_nsi", "epochs": 2})) is \
