@@ -111,3 +111,27 @@ def test_leases_that_never_expire_or_never_hold_are_refused(tmp_path, lease):
     with pytest.raises(ParameterError) as raised:
         _job(tmp_path, claim_runs=True, lease_seconds=lease)
     assert raised.value.parameter == "lease_seconds"
+
+
+def test_a_record_taken_back_meanwhile_is_made_again_before_the_first_run(tmp_path,
+                                                                          monkeypatch):
+    """A worker that found another's record (same settings) keeps going if that other
+    worker's first attempt fails and takes its record back: the worker records again
+    before its first run, so its runs never stand without experiment.json."""
+    record = info_lib.record_experiment_info
+    calls = []
+
+    def record_then_taken_back(directory, info, settle_seconds=1.0):
+        calls.append(directory)
+        created = record(directory, info, settle_seconds)
+        if len(calls) == 1:  # the other worker's failed attempt removes the record now
+            info_lib.remove_experiment_info(directory)
+            return False  # and this worker did not create it
+        return created
+
+    monkeypatch.setattr(info_lib, "record_experiment_info", record_then_taken_back)
+    summary = experiment.train_experiment(
+        str(tmp_path), "digits", TrainConfig(models_at_once=4, epochs=1), 0.7, range(2),
+        progress=False, claim_runs=False, settle_seconds=0)
+    assert summary.trained == (0, 1) and len(calls) == 2
+    assert info_lib.read_experiment_info(str(tmp_path)).train_config["epochs"] == 1
