@@ -4,6 +4,11 @@ This is the job behind ``train.py``: find which requested runs are missing, trai
 them in groups of K models at once, and write each as a run directory (SPEC §3). It
 is idempotent: complete runs are never retrained, and leftovers of interrupted runs
 are redone from scratch with the same seeds, hence the same subsets.
+
+`train_experiment` checks the settings and hands the work to parts with one job each:
+`_RunQueue` (which run ids are still to train, claimed group by group), `_GroupTrainer`
+(one group of runs through the trainer), `_RunWriter` (runs to the writer threads, the
+settings recorded before the first) and `_train_groups` (the loop that overlaps them).
 """
 
 from __future__ import annotations
@@ -32,8 +37,7 @@ from heldout.store import experiment_info as info_lib
 from heldout.store import layout as layout_lib
 from heldout.store import runs as runs_lib
 from heldout.store import targets as targets_lib
-from heldout.store.experiment_info import read_experiment_info  # noqa: F401  (public API)
-from heldout.store.layout import EXPERIMENT_INFO_FILENAME  # noqa: F401  (kept for readers)
+from heldout.store.layout import EXPERIMENT_INFO_FILENAME
 from heldout.training import core as training
 from heldout.training import streaming
 from heldout.training.select import make_trainer
