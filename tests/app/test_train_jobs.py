@@ -5,13 +5,13 @@ it; float flags refuse NaN and infinity; building a job loads no TensorFlow.
 In process and fast: jobs are built, never trained.
 """
 
-import importlib.util
+import functools
+import json
 import math
 import subprocess
 import sys
 
 import pytest
-from absl import flags
 
 from heldout.app import cli
 from heldout.app import train as train_job
@@ -19,17 +19,26 @@ from heldout.errors import ParameterError
 from heldout.training.config import TrainConfig
 from tests.cli.runner import REPO_ROOT
 
-_MODULE = "_train_py_flags_under_test"
+# Run in a subprocess: absl's flag registry is global, and another CLI's flags of the
+# same names (estimate.py's --dataset ...) imported into this process would collide.
+_LIST_FLAGS = """
+import importlib.util, json, sys
+from absl import app, flags  # absl.app defines its own flags first
+before = set(flags.FLAGS)
+spec = importlib.util.spec_from_file_location("train_py", sys.argv[1])
+spec.loader.exec_module(importlib.util.module_from_spec(spec))
+print(json.dumps({name: [flags.FLAGS[name].flag_type(), flags.FLAGS[name].default]
+                  for name in set(flags.FLAGS) - before}))
+"""
 
 
-def _train_py_flags() -> dict[str, flags.Flag]:
-    """train.py's flags, from its own absl definitions (train.py imported once)."""
-    if _MODULE not in sys.modules:
-        spec = importlib.util.spec_from_file_location(_MODULE, REPO_ROOT / "train.py")
-        module = importlib.util.module_from_spec(spec)
-        sys.modules[_MODULE] = module
-        spec.loader.exec_module(module)
-    return {f.name: f for f in flags.FLAGS.get_flags_for_module(_MODULE)}
+@functools.cache
+def _train_py_flags() -> dict[str, tuple[str, object]]:
+    """train.py's flags, from its own absl definitions: name -> (type, default)."""
+    listed = subprocess.run([sys.executable, "-c", _LIST_FLAGS, str(REPO_ROOT / "train.py")],
+                            cwd=REPO_ROOT, capture_output=True, text=True, timeout=60,
+                            check=True)
+    return {name: tuple(kind) for name, kind in json.loads(listed.stdout).items()}
 
 
 # The flags given to select each kind of job.
@@ -98,7 +107,7 @@ def test_every_flag_of_train_py_is_known_to_the_front_door_and_sampled():
     assert defined == set(train_job.FLAGS)
     assert defined == set(SAMPLES)
     # Flags default to "not given": the library owns every default.
-    assert all(f.default is None for f in _train_py_flags().values())
+    assert all(default is None for _, default in _train_py_flags().values())
 
 
 @pytest.mark.parametrize("kind", list(KINDS), ids=lambda k: k.__name__)
@@ -158,8 +167,8 @@ def test_settings_a_job_would_ignore_or_cannot_honour_are_refused(given, flag):
     assert _flag_named(raised.value.parameter) == f"--{flag}", raised.value
 
 
-FLOAT_FLAGS = sorted(name for name, f in _train_py_flags().items()
-                     if f.flag_type() == "float")
+FLOAT_FLAGS = sorted(name for name, (kind, _) in _train_py_flags().items()
+                     if kind == "float")
 
 
 def test_float_flags_are_the_expected_ones():
