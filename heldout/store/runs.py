@@ -299,6 +299,32 @@ def list_runs(experiment_dir: str, subset: str) -> tuple[list[int], list[int]]:
     return [i for i in ids if i in complete], [i for i in ids if i not in complete]
 
 
+def experiment_sizes(experiment_dir: str, subset: str | None = None) -> tuple[int, int]:
+    """(num_train, num_test) of an experiment's data, without loading its runs: from
+    ``experiment.json`` when it records them, else from one complete run (of `subset`,
+    or of the first subset holding one). For checks made before any work, such as
+    whether a published file fits (`heldout.estimate.compare.check_comparable`).
+
+    Raises:
+        ValueError: no record and no complete run.
+    """
+    try:
+        recorded = info_lib.read_experiment_info(experiment_dir).get("data", {})
+    except files.StoredFileError:
+        recorded = {}
+    if isinstance(recorded, dict) and all(
+            isinstance(recorded.get(k), int) for k in ("num_train", "num_test")):
+        return recorded["num_train"], recorded["num_test"]
+    for name in [subset] if subset else list_subsets(experiment_dir):
+        complete = list_runs(experiment_dir, name)[0]
+        if complete:
+            run = load_run(run_dir(experiment_dir, name, complete[0]))
+            return (len(run["index_train"]) + len(run["index_removed"]),
+                    len(run["index_test"]))
+    raise ValueError(f"experiment_dir={experiment_dir}: no complete runs to take the data "
+                     "sizes from")
+
+
 def _complete_run_ids(folder: str, ids: Sequence[int], num_threads: int = 16) -> list[int]:
     """Ids among `ids` whose aux arrays exist.
 
