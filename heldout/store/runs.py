@@ -325,6 +325,29 @@ def experiment_sizes(experiment_dir: str, subset: str | None = None) -> tuple[in
                      "sizes from")
 
 
+def load_membership(experiment_dir: str, subset: str, run_ids: Sequence[int],
+                    num_train: int, num_threads: int = 16) -> np.ndarray:
+    """bool ``[len(run_ids), num_train]``: which examples each run trained on (its
+    ``subsample_idx``), without building the prediction matrices; e.g. the fit runs of
+    an attribution, to judge LDS evaluation runs by membership
+    (`heldout.estimate.lds.check_disjoint_membership`).
+
+    Raises:
+        RunFileError: a run is missing or damaged, or its indices are outside
+            ``[0, num_train)`` (named by path).
+    """
+    directories = [run_dir(experiment_dir, subset, r) for r in run_ids]
+    masks = np.zeros((len(directories), num_train), dtype=bool)
+    with concurrent.futures.ThreadPoolExecutor(num_threads) as pool:
+        for r, run in enumerate(pool.map(load_run, directories)):
+            chosen = run[SUBSET_INDICES]
+            if len(chosen) and (chosen.min() < 0 or chosen.max() >= num_train):
+                _raise_on_problem(directories[r], f"{SUBSET_INDICES} holds indices outside "
+                                                  f"[0, {num_train})")
+            masks[r, chosen] = True
+    return masks
+
+
 def _complete_run_ids(folder: str, ids: Sequence[int], num_threads: int = 16) -> list[int]:
     """Ids among `ids` whose aux arrays exist.
 

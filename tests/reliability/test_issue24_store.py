@@ -196,3 +196,12 @@ def test_experiment_sizes_without_loading_runs(tmp_path):
     assert runs.experiment_sizes(directory, "0.7") == (NUM_TRAIN, NUM_TEST)
     with pytest.raises(ValueError, match="no complete runs"):
         runs.experiment_sizes(str(tmp_path / "nothing"))
+
+
+def test_load_membership_equals_the_run_matrix(tmp_path):
+    directory = _experiment(tmp_path)
+    experiment = runs.load_experiment(directory, "0.7", progress=False)
+    masks = runs.load_membership(directory, "0.7", [2, 0], NUM_TRAIN)
+    np.testing.assert_array_equal(masks, experiment.membership[[2, 0]])
+    with pytest.raises(runs.RunFileError, match="outside"):
+        runs.load_membership(directory, "0.7", [1], NUM_TRAIN - 5)
