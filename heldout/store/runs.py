@@ -31,6 +31,7 @@ from collections.abc import Sequence
 import numpy as np
 import tensorflow as tf
 
+from heldout.errors import ParameterError
 from heldout.store import designs as designs_lib
 from heldout.store import experiment_info as info_lib
 from heldout.store import files
@@ -55,6 +56,8 @@ METRICS = ("correctness", "margin", "logodds")
 # Float metrics an experiment may hold, by the prefix of their aux keys.
 _FLOAT_METRICS = {"margin": MARGIN_PREFIX, "logodds": LOGODDS_PREFIX}
 LOGITS_PREFIX = "logits_"
+# Loss weights float32 [num_train] a run trained with (bank designs, SPEC §11).
+EXAMPLE_WEIGHTS = "example_weights"
 
 
 class RunFileError(files.StoredFileError):
@@ -272,20 +275,36 @@ def save_run_info(directory: str, info: dict) -> None:
 
 
 def list_subsets(experiment_dir: str) -> list[str]:
-    """Names of the subset folders of an experiment that hold at least one run folder."""
-    if not tf.io.gfile.isdir(experiment_dir):
+    """Names of the subset folders of an experiment that hold at least one run folder.
+
+    A directory that does not exist (or a file) holds none.
+
+    Raises:
+        ParameterError: (``experiment_dir``) the directory cannot be read: an unreachable
+            or forbidden ``gs://`` bucket, a folder without read permission. TensorFlow's
+            ``isdir`` answers False for those, which read as "no runs".
+    """
+    try:
+        if not tf.io.gfile.isdir(experiment_dir):
+            tf.io.gfile.stat(experiment_dir)  # NotFoundError if missing, else why not
+            return []
+        names = []
+        for entry in sorted(tf.io.gfile.listdir(experiment_dir)):
+            entry = entry.rstrip("/")
+            try:
+                folder = layout_lib.ExperimentDir(experiment_dir).subset(entry)
+            except ValueError:
+                continue  # a name no subset can have (surrounding spaces, say): not a subset
+            if tf.io.gfile.isdir(folder) and any(
+                    e.rstrip("/").isdigit() for e in tf.io.gfile.listdir(folder)):
+                names.append(entry)
+        return names
+    except tf.errors.NotFoundError:
         return []
-    names = []
-    for entry in sorted(tf.io.gfile.listdir(experiment_dir)):
-        entry = entry.rstrip("/")
-        try:
-            folder = layout_lib.ExperimentDir(experiment_dir).subset(entry)
-        except ValueError:
-            continue  # a name no subset can have (surrounding spaces, say): not a subset
-        if tf.io.gfile.isdir(folder) and any(
-                e.rstrip("/").isdigit() for e in tf.io.gfile.listdir(folder)):
-            names.append(entry)
-    return names
+    except tf.errors.OpError as e:
+        reason = (e.message or type(e).__name__).strip().splitlines()[0]
+        raise ParameterError("experiment_dir", f"cannot be read ({reason})",
+                             experiment_dir) from None
 
 
 def list_runs(experiment_dir: str, subset: str) -> tuple[list[int], list[int]]:
@@ -530,7 +549,7 @@ def verify_runs(experiment_dir: str, subsets: Sequence[str] | None = None,
         raise ValueError(f"experiment_dir={experiment_dir}: no complete runs to verify "
                          f"(expected <subset>/<run_id>/{AUX_FILENAME})")
     info = info_lib.read_experiment_info(experiment_dir)
-    recorded = info.get("data", {})
+    recorded = dict(info.data) if info and info.data else {}
     seed = _recorded_seed(experiment_dir, info)
     expected = (recorded.get("num_train"), recorded.get("num_test"))
     expected = (None, None) if None in expected else tuple(int(n) for n in expected)
@@ -598,6 +617,11 @@ def check_run_arrays(run: dict[str, np.ndarray], num_train: int, num_test: int) 
                 return f"{key} has dtype {value.dtype}, expected floats"
             if not key.startswith(LOGITS_PREFIX) and not np.isfinite(value).all():
                 return f"{key} has {int((~np.isfinite(value)).sum())} non-finite values"
+    weights = run.get(EXAMPLE_WEIGHTS)
+    if weights is not None and (weights.shape != (num_train,)
+                                or not np.issubdtype(weights.dtype, np.floating)
+                                or not np.isfinite(weights).all()):
+        return f"{EXAMPLE_WEIGHTS} is not {num_train} finite floats"
     if not np.array_equal(np.unique(run[SUBSET_INDICES]), np.unique(run["index_train"])) \
             or len(run[SUBSET_INDICES]) != len(run["index_train"]):
         return f"{SUBSET_INDICES} differs from index_train"
@@ -704,14 +728,15 @@ def _run_fingerprint(run: dict[str, np.ndarray]) -> bytes:
     return digest.digest()
 
 
-def _recorded_seed(experiment_dir: str, info: dict | None = None) -> int | None:
+def _recorded_seed(experiment_dir: str, info: info_lib.ExperimentInfo | None = None
+                   ) -> int | None:
     """The experiment seed of ``experiment.json``, or None (released runs)."""
     if info is None:
         try:
             info = info_lib.read_experiment_info(experiment_dir)
         except files.StoredFileError:
             return None
-    seed = info.get("seed")
+    seed = info.seed if info is not None else None
     return seed if isinstance(seed, int) and not isinstance(seed, bool) else None
 
 
