@@ -328,10 +328,11 @@ def experiment_sizes(experiment_dir: str, subset: str | None = None) -> tuple[in
         ValueError: no record and no complete run.
     """
     try:
-        recorded = info_lib.read_experiment_info(experiment_dir).get("data", {})
+        info = info_lib.read_experiment_info(experiment_dir)
     except files.StoredFileError:
-        recorded = {}
-    if isinstance(recorded, dict) and all(
+        info = None
+    recorded = dict(info.data) if info is not None and info.data else {}
+    if all(
             isinstance(recorded.get(k), int) for k in ("num_train", "num_test")):
         return recorded["num_train"], recorded["num_test"]
     for name in [subset] if subset else list_subsets(experiment_dir):
