@@ -67,12 +67,8 @@ EXECUTE = (
     "python train.py --experiment_dir=./experiments/by_hand --subset=full --num_runs=1000",
 )
 
-# README command -> why it fails today (outside the README's control).
-KNOWN_FAILURES = {
-    "python train.py --experiment_dir=./experiments/by_hand --subset=full --num_runs=1000":
-        "train.py routes --subset=full to the drop arm with an empty target-set name; "
-        "fixed by wiring heldout.store.designs.drop_target_name into the front door",
-}
+# README command -> why it fails today (outside the README's control); none today.
+KNOWN_FAILURES: dict[str, str] = {}
 
 _PLACEHOLDER = re.compile(r"<[^<>\s][^<>]*>")
 
