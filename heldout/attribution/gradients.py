@@ -33,13 +33,13 @@ import numpy as np
 import sonnet as snt
 import tensorflow as tf
 
-MEASUREMENTS = ("loss", "margin", "logodds")
+from heldout.attribution.config import DEFAULT_BATCH_SIZE, MEASUREMENTS
+
 # Costs whose gradients the engine takes: a measurement, or the labels of a Fisher
 # (sampled from the model's predictive distribution, or all classes weighted by
 # the square roots of their probabilities, whose outer products average to the
 # expectation over that distribution).
 TARGETS = MEASUREMENTS + ("sampled", "expected")
-DEFAULT_BATCH_SIZE = 128  # examples per compiled call
 _SUPPORTED_LAYERS = (snt.Linear, snt.Conv2D)
 
 

@@ -48,59 +48,12 @@ import tensorflow as tf
 
 from heldout.attribution import gradients as gradients_lib
 from heldout.attribution import projection as projection_lib
+from heldout.attribution.config import PROJECTIONS, REWEIGHTINGS, TRAKConfig  # noqa: F401
 from heldout.estimate import lds as lds_lib
 
-PROJECTIONS = ("rademacher", "gaussian", "none")
-REWEIGHTINGS = ("published", "per_model", "none")
 OUTPUT = "logodds"  # TRAK's output function f
 # Eigenvalues below this fraction of the largest count as zero in a pseudo-inverse.
 _PINV_RTOL = 1e-10
-
-
-@dataclasses.dataclass(frozen=True)
-class TRAKConfig:
-    """How TRAK features and scores are computed.
-
-    Errors name these fields; the CLI maps them to its flags.
-    """
-
-    projection_dim: int | None = 1024  # d; None exactly when projection="none"
-    projection: str = "rademacher"  # one of PROJECTIONS; "none": raw gradients, d = #params
-    seed: int = 0  # of the projections: model m uses (seed, m)
-    # x mean eigenvalue of Phi^T Phi; a tuple is a grid, chosen by LDS on selection runs.
-    # 1.0: the choice on digits (benchmarks/attribution_lds.py); elsewhere, choose.
-    lambda_reg: float | tuple[float, ...] = 1.0
-    reweighting: str = "published"  # where 1 - p enters: one of REWEIGHTINGS
-    layers: tuple[str, ...] | None = None  # attribute paths; None: every Linear/Conv2D layer
-    batch_size: int = gradients_lib.DEFAULT_BATCH_SIZE  # examples per compiled call
-
-    def __post_init__(self):
-        if self.projection not in PROJECTIONS:
-            raise ValueError(f"projection={self.projection!r}: expected one of "
-                             f"{', '.join(PROJECTIONS)}")
-        if self.projection == "none":
-            if self.projection_dim is not None:
-                raise ValueError(f"projection_dim={self.projection_dim}: must be None with "
-                                 "projection='none' (d is the number of parameters)")
-        elif self.projection_dim is None or self.projection_dim < 1:
-            raise ValueError(f"projection_dim={self.projection_dim}: expected a positive "
-                             f"number with projection={self.projection!r}")
-        grid = self.lambda_grid
-        if not grid or not all(np.isfinite(v) and v >= 0 for v in grid):
-            raise ValueError(f"lambda_reg={self.lambda_reg}: expected a number >= 0 or a "
-                             "non-empty tuple of them")
-        if self.reweighting not in REWEIGHTINGS:
-            raise ValueError(f"reweighting={self.reweighting!r}: expected one of "
-                             f"{', '.join(REWEIGHTINGS)}")
-        if self.batch_size < 1:
-            raise ValueError(f"batch_size={self.batch_size}: expected a positive number")
-
-    @property
-    def lambda_grid(self) -> tuple[float, ...]:
-        """The candidate values of `lambda_reg` (one value: no selection)."""
-        if isinstance(self.lambda_reg, tuple | list):
-            return tuple(float(v) for v in self.lambda_reg)
-        return (float(self.lambda_reg),)
 
 
 @dataclasses.dataclass(frozen=True)

@@ -1,9 +1,9 @@
 """Estimates of one experiment directory: choose runs, estimate, save, tabulate, plot.
 
-This is the job behind ``estimate.py``. `estimate_experiment` reads the runs once and
-computes the chosen estimators (`ESTIMATORS`); `format_report` prints them;
-`plot_estimates` draws them. Files of estimates (save, load, CSV tables) are in
-`heldout.estimate.export`.
+The computation behind ``estimate.py``'s estimates. `estimate_experiment` reads the runs
+once and computes the estimators an `EstimateConfig` chooses (`heldout.estimate.config`);
+`format_report` prints them; `plot_estimates` draws them. Files of estimates (save,
+load, CSV tables) are in `heldout.estimate.export`.
 """
 
 from __future__ import annotations
@@ -17,59 +17,12 @@ import numpy as np
 from heldout.data.dataset import Dataset
 from heldout.estimate import estimators as estimators_lib
 from heldout.estimate import plots, stats
+from heldout.estimate.config import DEFAULT_TOP, EstimateConfig
 from heldout.store import layout as layout_lib
 from heldout.store import runs as runs_lib
 
-ESTIMATORS = ("memorization", "self_influence", "influence", "cscore")
-INFLUENCE_OUTPUTS = ("dense", "topk")
 # Scores above this count as "high" in summary lines (Feldman & Zhang's cut-off).
 HIGH_SCORE = 0.25
-
-
-@dataclasses.dataclass(frozen=True)
-class EstimateConfig:
-    """What to estimate and how; every field is a flag of ``estimate.py``."""
-
-    estimators: tuple[str, ...] = ("memorization", "influence")
-    subsets: tuple[str, ...] | None = None  # None: the only one (C-score: every ratio)
-    metric: str = "correctness"  # of self-influence and influence: correctness | margin
-    min_runs: int = estimators_lib.DEFAULT_MIN_RUNS  # fewest in- and out-runs per estimate
-    test: str = "welch"  # welch | z
-    confidence: float = 0.95  # level of confidence intervals
-    alpha: float = 0.05  # significance level of the `significant` flags
-    fdr: bool = False  # Benjamini-Hochberg across examples at level alpha
-    influence_output: str = "dense"  # dense | topk
-    top_k: int = 10  # most influential training examples kept per test example
-    threshold: float | None = None  # also keep every pair with influence above this
-    eval_indices: tuple[int, ...] | None = None  # restrict influence to these test examples
-    eval_shard: tuple[int, int] | None = None  # (i, n): the i-th of n parts of those
-    num_pairs: int = 100  # highest-influence pairs overall kept with statistics
-
-    def __post_init__(self):
-        unknown = [e for e in self.estimators if e not in ESTIMATORS]
-        if unknown or not self.estimators:
-            raise ValueError(f"--estimator={','.join(self.estimators)}: expected "
-                             f"{'|'.join(ESTIMATORS)} or all")
-        if self.metric not in runs_lib.METRICS:
-            raise ValueError(f"--metric={self.metric}: expected one of "
-                             f"{', '.join(runs_lib.METRICS)}")
-        if self.test not in stats.TESTS:
-            raise ValueError(f"--test={self.test}: expected one of {', '.join(stats.TESTS)}")
-        if not 0 < self.confidence < 1:
-            raise ValueError(f"--confidence={self.confidence}: expected a number in (0, 1)")
-        if not 0 < self.alpha < 1:
-            raise ValueError(f"--alpha={self.alpha}: expected a number in (0, 1)")
-        if self.min_runs < 1:
-            raise ValueError(f"--min_runs={self.min_runs}: expected a positive number")
-        if self.influence_output not in INFLUENCE_OUTPUTS:
-            raise ValueError(f"--influence_output={self.influence_output}: expected "
-                             f"{' or '.join(INFLUENCE_OUTPUTS)}")
-        if self.top_k < 1:
-            raise ValueError(f"--top_k={self.top_k}: expected a positive number")
-        if self.eval_shard is not None:
-            index, count = self.eval_shard
-            if not 0 <= index < count:
-                raise ValueError(f"--eval_shard={index}/{count}: expected i/n with 0 <= i < n")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -311,7 +264,7 @@ def summary_lines(estimates: Estimates) -> list[str]:
 
 
 def format_report(estimates: Estimates, labels_train: np.ndarray | None = None,
-                  labels_test: np.ndarray | None = None, top: int = 10) -> str:
+                  labels_test: np.ndarray | None = None, top: int = DEFAULT_TOP) -> str:
     """Readable tables of the most notable examples of each estimator, then the summary."""
     lines: list[str] = []
     for name, title in (("memorization", "memorized training examples (memorization = "

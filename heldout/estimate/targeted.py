@@ -13,6 +13,7 @@ import dataclasses
 
 import numpy as np
 
+from heldout.errors import ParameterError
 from heldout.estimate import estimators, plots, stats
 from heldout.store import layout as layout_lib
 from heldout.store import runs as runs_lib
@@ -49,14 +50,14 @@ def targeted_self_influence(experiment_dir: str, targets: str, metric: str = "lo
         min_runs: fewest runs per arm an estimate needs.
 
     Raises:
-        ValueError: a missing arm, set or metric (naming the flag).
+        ParameterError: a missing arm, set or metric (naming the parameter).
     """
     target_set = targets_lib.find_targets(experiment_dir, targets)
     present = runs_lib.list_subsets(experiment_dir)
     for arm in ("full", target_set.drop_subset):
         if arm not in present:
-            raise ValueError(f"--targets={targets}: {experiment_dir} has no {arm} runs "
-                             f"(found {', '.join(present) or 'none'})")
+            raise ParameterError("targets", f"{experiment_dir} has no {arm} runs (found "
+                                 f"{', '.join(present) or 'none'})", targets)
     full = runs_lib.load_experiment(experiment_dir, "full", progress=progress)
     drop = runs_lib.load_experiment(experiment_dir, target_set.drop_subset, progress=progress)
     owner = target_set.group_of()
@@ -134,8 +135,8 @@ def plan_runs(experiment_dir: str, effect: float, metric: str = "logodds", alpha
     if indices is not None:
         values = values[:, indices]
     if pilot.num_runs < 2:
-        raise ValueError(f"--plan: needs at least 2 pilot runs in "
-                         f"{layout_lib.ExperimentDir(experiment_dir).subset(subset)}")
+        raise ParameterError("plan", "needs at least 2 pilot runs in "
+                             f"{layout_lib.ExperimentDir(experiment_dir).subset(subset)}")
     sd = values.std(axis=0, ddof=1)
     return PowerPlan(effect=effect, alpha=alpha, power=power, pilot_runs=pilot.num_runs, sd=sd,
                      runs_needed=stats.runs_per_arm(sd, sd, effect, alpha, power))

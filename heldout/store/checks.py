@@ -1,7 +1,7 @@
 """Checks made before work starts, and the one-line form of every error a CLI reports.
 
 A command that computes for minutes and then cannot write its output loses the work,
-so the front doors (`heldout.training.api`, `heldout.estimate.api`) check every output
+so the front doors (`heldout.training.api`, `heldout.app`) check every output
 location with `check_writable` first. The CLIs turn whatever still goes wrong (the
 toolkit's `ValueError`s, TensorFlow's file errors, the operating system's) into one line
 with `one_line_error`, mapping the library's parameter names to their flags.
@@ -14,6 +14,8 @@ import re
 from collections.abc import Mapping
 
 import tensorflow as tf
+
+from heldout.errors import ParameterError
 
 # A message that starts with a parameter name: "damping=-1: ..." or "damping: ...".
 _LEADING_PARAMETER = re.compile(r"^([a-z][a-z0-9_]*)(?=[=:])")
@@ -36,10 +38,10 @@ def check_writable(path: str, parameter: str, is_file: bool = False) -> None:
         is_file: `path` is a file to be written; its folder is checked.
 
     Raises:
-        ValueError: the location is not writable, with the reason.
+        ParameterError: (naming `parameter`) the location is not writable, with the reason.
     """
     if not path:
-        raise ValueError(f"{parameter}: empty; expected a path")
+        raise ParameterError(parameter, "empty; expected a path")
     directory = os.path.dirname(path) if is_file else path
     directory = directory or "."
     probe = tf.io.gfile.join(directory, f".heldout-write-probe-{os.getpid()}")
@@ -49,7 +51,8 @@ def check_writable(path: str, parameter: str, is_file: bool = False) -> None:
             f.write(b"probe")
         tf.io.gfile.remove(probe)
     except (tf.errors.OpError, OSError) as e:
-        raise ValueError(f"{parameter}={path}: not writable ({_first_line(_reason(e))})") from e
+        raise ParameterError(parameter, f"not writable ({_first_line(_reason(e))})",
+                             path) from e
 
 
 def one_line_error(error: BaseException, flag_of: Mapping[str, str] | None = None) -> str:

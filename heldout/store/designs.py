@@ -22,7 +22,7 @@ from typing import NamedTuple
 
 import numpy as np
 
-from heldout.store import files
+from heldout.errors import ParameterError
 
 
 def parse_subset_ratio(subset: str) -> float:
@@ -124,13 +124,14 @@ def subset_indices(num_train: int, subset: str, experiment_seed: int, run_id: in
 MAX_RUN_ID = 1_000_000
 
 
-def parse_run_ids(text: str, flag: str = "--run_ids") -> list[int]:
+def parse_run_ids(text: str, parameter: str = "run_ids") -> list[int]:
     """Ids from ``"0-99"``, ``"3,5,8"`` or a mix (``"0-9,20"``), in increasing order.
 
     Raises:
-        ValueError: the text is not a comma list of ids and inclusive ranges, or an id
-            is not below `MAX_RUN_ID` (the message names `flag`).
+        ParameterError: (naming `parameter`) the text is not a comma list of ids and
+            inclusive ranges, or an id is not below `MAX_RUN_ID`.
     """
+    flag = parameter.removeprefix("--")
     ids: set[int] = set()
     try:
         for part in text.split(","):
@@ -144,13 +145,12 @@ def parse_run_ids(text: str, flag: str = "--run_ids") -> list[int]:
             else:
                 ids.add(_check_run_id_bound(int(first), text, flag))
     except _RunIdBoundError as e:
-        raise ValueError(str(e)) from None
+        raise ParameterError(flag, str(e), repr(text)) from None
     except ValueError:
-        raise ValueError(
-            f"{flag}={text!r}: expected non-negative ids and ranges like '0-99' or '3,5,8'"
-        ) from None
+        raise ParameterError(flag, "expected non-negative ids and ranges like '0-99' or "
+                             "'3,5,8'", repr(text)) from None
     if not ids or min(ids) < 0:
-        raise ValueError(f"{flag}={text!r}: expected non-negative ids")
+        raise ParameterError(flag, "expected non-negative ids", repr(text))
     return sorted(ids)
 
 
@@ -160,7 +160,7 @@ class _RunIdBoundError(Exception):
 
 def _check_run_id_bound(run_id: int, text: str, flag: str) -> int:
     if run_id >= MAX_RUN_ID:
-        raise _RunIdBoundError(f"{flag}={text!r}: run ids must be below {MAX_RUN_ID:,}")
+        raise _RunIdBoundError(f"run ids must be below {MAX_RUN_ID:,}")
     return run_id
 
 
@@ -177,35 +177,38 @@ def format_run_ids(ids: Sequence[int]) -> str:
     return ",".join(parts)
 
 
-def read_indices(spec: str, flag: str) -> list[int]:
+def read_indices(spec: str, parameter: str) -> list[int]:
     """Indices from a range list (``"0-99,120"``) or from a file of indices.
 
     A file (local or gs://) holds integers separated by whitespace or commas; lines
-    starting with ``#`` are comments.
+    starting with ``#`` are comments. Errors are `ParameterError`s naming `parameter`.
     """
+    from heldout.store import files  # here: the rest of this module needs no TensorFlow
+
+    flag = parameter.removeprefix("--")
     try:
         text = files.read_bytes(spec).decode()
     except files.StoredFileMissing:
         return parse_run_ids(spec, flag)
     except UnicodeDecodeError:
-        raise ValueError(f"{flag}={spec}: expected a text file of integer indices") from None
+        raise ParameterError(flag, "expected a text file of integer indices", spec) from None
     lines = [line.split("#", 1)[0] for line in text.splitlines()]
     tokens = " ".join(lines).replace(",", " ").split()
     try:
         indices = [int(t) for t in tokens]
     except ValueError:
-        raise ValueError(f"{flag}={spec}: expected a file of integer indices") from None
+        raise ParameterError(flag, "expected a file of integer indices", spec) from None
     if not indices or min(indices) < 0:
-        raise ValueError(f"{flag}={spec}: expected non-negative indices")
+        raise ParameterError(flag, "expected non-negative indices", spec)
     return indices
 
 
-def parse_shard(text: str, flag: str) -> tuple[int, int]:
-    """``"i/n"`` as (i, n) with 0 <= i < n."""
+def parse_shard(text: str, parameter: str) -> tuple[int, int]:
+    """``"i/n"`` as (i, n) with 0 <= i < n (errors name `parameter`)."""
     try:
         index, count = (int(part) for part in text.split("/"))
     except ValueError:
-        raise ValueError(f"{flag}={text!r}: expected i/n, e.g. 0/8") from None
+        raise ParameterError(parameter, "expected i/n, e.g. 0/8", repr(text)) from None
     if not 0 <= index < count:
-        raise ValueError(f"{flag}={text}: expected i/n with 0 <= i < n")
+        raise ParameterError(parameter, "expected i/n with 0 <= i < n", text)
     return index, count

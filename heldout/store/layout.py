@@ -124,9 +124,11 @@ class ExperimentDir:
         """Folder of the claim files of the runs of `subset`."""
         return tf.io.gfile.join(self.root, CLAIMS_DIRNAME, subset)
 
-    def estimates(self, subset: str | None) -> str:
-        """Default output of ``estimate.py`` (``cscore`` when estimated across subsets)."""
-        return tf.io.gfile.join(self.root, f"estimates-{subset or 'cscore'}.npz")
+    def estimates(self, subset: str | None, shard: tuple[int, int] | None = None) -> str:
+        """Default output of ``estimate.py`` (``cscore`` when estimated across subsets);
+        the part (i, n) of a sharded job is ``estimates-<subset>-shard<i>of<n>.npz``."""
+        part = "" if shard is None else f"-shard{shard[0]}of{shard[1]}"
+        return tf.io.gfile.join(self.root, f"estimates-{subset or 'cscore'}{part}.npz")
 
     def targeted_report(self, targets: str) -> str:
         """Default output of the targeted self-influence report of target set `targets`."""

@@ -134,8 +134,9 @@ def test_parse_run_ids_accepts(text, expected):
 
 @pytest.mark.parametrize("text", ["3-1", "a", "-1", "", "1,,2", "0-x", "1.5"])
 def test_parse_run_ids_rejects(text):
-    with pytest.raises(ValueError, match="--run_ids"):
+    with pytest.raises(ValueError, match="^run_ids=") as error:
         subsets.parse_run_ids(text)
+    assert error.value.parameter == "run_ids"
 
 
 def test_parse_run_ids_large_range():
