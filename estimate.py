@@ -47,7 +47,12 @@ from absl import app, flags
 
 from heldout.app import cli
 from heldout.app import estimate_jobs as jobs
-from heldout.attribution.config import InfluenceConfig, TracInConfig, TRAKConfig
+from heldout.attribution.config import (
+    DEFAULT_PROJECTION_DIM,
+    InfluenceConfig,
+    TracInConfig,
+    TRAKConfig,
+)
 from heldout.estimate.config import (
     DEFAULT_TOP,
     EstimateConfig,
@@ -100,6 +105,11 @@ _ALPHA = flags.DEFINE_float(
 _FDR = flags.DEFINE_bool(
     "fdr", None, "Control the false discovery rate of memorization and self_influence "
     "across examples (Benjamini-Hochberg).")
+_FDR_UNTESTABLE = flags.DEFINE_enum(
+    "fdr_untestable", None, ["exclude", "count"],
+    "With --fdr: examples that cannot be tested (p = NaN, e.g. right in every run) left "
+    "out of the Benjamini-Hochberg family (exclude) or counted as p = 1 (count, the "
+    f"conservative family); default {EstimateConfig.fdr_untestable}.")
 _INFLUENCE_OUTPUT = flags.DEFINE_enum(
     "influence_output", None, ["dense", "topk"],
     "Save the whole influence (or datamodel) matrix (dense, the default) or only top-k per "
@@ -153,7 +163,7 @@ _GRADIENT_BATCH_SIZE = flags.DEFINE_integer(
     f"gradients (memory); default {TracInConfig.batch_size}.")
 _PROJECTION_DIM = flags.DEFINE_integer(
     "projection_dim", None, "TracIn: random projection of gradients to this many dimensions "
-    f"(default none); TRAK: the projected dimension (default {TRAKConfig.projection_dim}).")
+    f"(default none); TRAK: the projected dimension (default {DEFAULT_PROJECTION_DIM}).")
 _PROJECTION_SEED = flags.DEFINE_integer("projection_seed", None, "TracIn and TRAK: seed of "
                                         "the projection.")
 _PROJECTION = flags.DEFINE_string(

@@ -3,7 +3,7 @@
 Train many models on random subsets of a training set, record what each got right,
 and estimate memorization and influence from those records (Feldman & Zhang 2020).
 
-Layering rule: the package is six layers, each a subpackage, and a module imports only
+Layering rule: the package is seven layers, each a subpackage, and a module imports only
 from its own layer and the layers listed before it (never a later one), so there are no
 import cycles (`tests/test_layering.py` parses every import and enforces this):
 

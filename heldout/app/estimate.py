@@ -40,7 +40,7 @@ from heldout.errors import ParameterError
 from heldout.estimate import compare, export, merge, pipeline, targeted
 from heldout.estimate import datamodels as datamodels_lib
 from heldout.estimate import lds as lds_lib
-from heldout.store import checks, designs, experiment_info, files, layout, published, released
+from heldout.store import checks, designs, experiment_info, layout, released
 from heldout.store import runs as runs_lib
 from heldout.store import targets as targets_lib
 
@@ -174,20 +174,50 @@ def _default_name(stem: str, shard: tuple[int, int] | None) -> str:
 
 
 def _choose_subset(experiment_dir: str, subset: str | None, lds: LDSCheck | None) -> str:
-    return pipeline.choose_subset(experiment_dir, None if subset is None else (subset,))
+    """The folder chosen, or the only one besides the LDS folder."""
+    return pipeline.choose_subset(experiment_dir, None if subset is None else (subset,),
+                                  exclude=_lds_folder(lds))
 
 
-def _lds_section(lds: LDSCheck | None, experiment_dir: str, scores: np.ndarray,
-                 eval_indices: np.ndarray, fit_subset: str | None, fit_run_ids: np.ndarray,
-                 progress: bool) -> str:
+def _lds_folder(lds: LDSCheck | None) -> tuple[str, ...]:
+    return () if lds is None else (lds.subset,)
+
+
+@dataclasses.dataclass(frozen=True)
+class _LDS:
+    """An LDS computed (not yet saved): its result, and the runs it was taken over."""
+
+    result: lds_lib.LDSResult
+    subset: str
+    run_ids: np.ndarray
+    eval_indices: np.ndarray
+
+    def text(self) -> str:
+        return (f"LDS on {self.result.num_runs} runs of {self.subset} (log-odds, "
+                f"{len(self.eval_indices)} eval examples): {self.result.summary()}")
+
+    def save(self, scores_path: str, method: str) -> str:
+        """Written beside the scores (``<scores>-lds-<subset>.npz``), with its settings."""
+        stem = os.path.basename(scores_path).removesuffix(".npz")
+        path = layout.output_file(os.path.dirname(scores_path) or ".",
+                                  f"{stem}-lds-{self.subset}", "npz")
+        export.save_lds(path, self.result, self.eval_indices, self.run_ids,
+                        {"method": method, "scores": scores_path, "lds_subset": self.subset,
+                         "output": "logodds"})
+        return path
+
+
+def _lds(lds: LDSCheck | None, experiment_dir: str, scores: np.ndarray,
+         eval_indices: np.ndarray, fit_subset: str, fit_run_ids: np.ndarray,
+         progress: bool, fit_masks: np.ndarray | None = None) -> _LDS | None:
     """LDS of `scores` ``[num_train, num_eval]`` on evaluation runs disjoint from the fit.
 
     The evaluation runs are those of ``lds.subset`` (``lds.run_ids`` of them, if given);
-    their output is the log-odds margin on the eval examples (SPEC §9). When they share
-    the fit runs' folder, an id in both is refused (`lds.check_disjoint`).
+    their output is the log-odds margin on the eval examples (SPEC §9). A run of the fit
+    (same id in the same folder, or the same membership anywhere) is refused.
     """
     if lds is None:
-        return ""
+        return None
     runs = runs_lib.load_experiment(experiment_dir, lds.subset, progress=progress)
     rows = np.arange(runs.num_runs)
     if lds.run_ids is not None:
@@ -199,14 +229,17 @@ def _lds_section(lds: LDSCheck | None, experiment_dir: str, scores: np.ndarray,
         rows = np.flatnonzero(np.isin(runs.run_ids, lds.run_ids))
     if lds.subset == fit_subset:
         lds_lib.check_disjoint(fit_run_ids.tolist(), runs.run_ids[rows].tolist())
+    if fit_masks is None:
+        fit = runs_lib.load_experiment(experiment_dir, fit_subset, progress=progress)
+        fit_masks = fit.membership[np.isin(fit.run_ids, fit_run_ids)]
+    lds_lib.check_disjoint_membership(
+        fit_masks, runs.membership[rows], [f"{lds.subset}/{r}" for r in runs.run_ids[rows]])
     if runs.logodds_test is None:
         raise ParameterError("lds_subset", "its runs have no logodds_test arrays (the LDS "
                              "output); train them with this toolkit", lds.subset)
     result = lds_lib.lds(scores, runs.membership[rows],
                          runs.logodds_test[rows][:, eval_indices])
-    return (f"LDS on {result.num_runs} runs of {lds.subset} (log-odds, "
-            f"{len(eval_indices)} eval examples): {result.mean:.3f} "
-            f"[{result.ci_low:.3f}, {result.ci_high:.3f}]")
+    return _LDS(result, lds.subset, runs.run_ids[rows], np.asarray(eval_indices))
 
 
 # --- the modes ------------------------------------------------------------------------
@@ -281,24 +314,46 @@ def _estimates(job: EstimatesJob) -> EstimateReport:
     output = job.outputs.output or layout.ExperimentDir(directory).estimates(
         subset, config.eval_shard)
     _check_outputs(output, job.outputs)
-    if job.compare_to:
-        published.detect_kind(job.compare_to)  # a file it can compare, before any work
     data = _load_data(job.data, directory)
-    estimates = pipeline.estimate_experiment(directory, config, progress=job.source.progress)
+    if job.compare_to:  # a file it can compare, before any work
+        _check_comparable(job.compare_to, directory, data, config.estimators)
+    estimates = pipeline.estimate_experiment(directory, config, progress=job.source.progress,
+                                             exclude_subsets=_lds_folder(job.lds))
     comparison = _compare(job.compare_to, estimates, data)
-    lds_text = ""
+    lds = None
     if job.lds is not None:
-        lds_text = _lds_section(job.lds, directory, estimates.influence.matrix,
-                                estimates.influence.eval_indices, estimates.subset,
-                                estimates.run_ids, job.source.progress)
+        lds = _lds(job.lds, directory, estimates.influence.matrix,
+                   estimates.influence.eval_indices, estimates.subset, estimates.run_ids,
+                   job.source.progress)
     export.save_estimates(estimates, output)
     written = [output, *_write_tables(estimates, data, job.outputs)]
     if job.outputs.plot_dir:
         written += pipeline.plot_estimates(estimates, job.outputs.plot_dir, data)
     written += _plot_comparison(comparison, job.outputs.plot_dir)
+    if lds is not None:
+        written.append(lds.save(output, "influence"))
     table = _table(estimates, data, job.top)
     return EstimateReport((*experiment.sections, table, _comparison_text(comparison),
-                           lds_text), tuple(written))
+                           lds.text() if lds else ""), tuple(written))
+
+
+def _check_comparable(compare_to: str, directory: str, data: Dataset | None,
+                      estimators: tuple[str, ...]) -> None:
+    """Refuses, before any work, a published file that does not fit the experiment's
+    data set (sizes from the data set, or from one of its runs)."""
+    if data is not None:
+        num_train, num_test = data.num_train, data.num_test
+    else:
+        subsets = runs_lib.list_subsets(directory)
+        complete = runs_lib.list_runs(directory, subsets[0])[0] if subsets else []
+        if not complete:
+            return  # reading the runs will say so
+        subset = subsets[0]
+        arrays = runs_lib.load_run(runs_lib.run_dir(directory, subset, complete[0]))
+        num_train = len(arrays["index_train"]) + len(arrays["index_removed"])
+        num_test = len(arrays["index_test"])
+    compare.check_comparable(compare_to, num_train, num_test, data=data,
+                             estimators=estimators)
 
 
 def _merged(job: MergeJob) -> EstimateReport:
@@ -320,8 +375,6 @@ def _merged(job: MergeJob) -> EstimateReport:
         raise ParameterError("output", "is one of the parts; write the merge elsewhere",
                              output)
     _check_outputs(output, job.outputs)
-    if job.compare_to:
-        published.detect_kind(job.compare_to)
     data = _load_data(job.data, estimates.experiment_dir)
     comparison = _compare(job.compare_to, estimates, data)
     export.save_estimates(estimates, output)
@@ -385,17 +438,15 @@ def _datamodels(job: DatamodelsJob) -> EstimateReport:
     lines = [f"datamodels: {fit.num_runs} runs of {subset}, output {metric}, "
              f"{len(chosen)} eval examples, ridge lambda median "
              f"{float(np.median(fitted.lam)):.3g} ({fitted.selection})"]
-    if job.lds is not None:
-        lines.append(_lds_section(job.lds, directory, fitted.weights, chosen, subset,
-                                  fit.run_ids, job.source.progress))
-    arrays = {"eval_indices": chosen, "intercept": fitted.intercept, "lam": fitted.lam,
-              "run_ids": fit.run_ids}
-    if fitted.weights is not None:
-        arrays["weights"] = fitted.weights
-    else:
-        arrays.update(top_train=fitted.top_train, top_weights=fitted.top_weights)
-    files.write_npz(output, arrays)
-    return EstimateReport((*experiment.sections, "\n".join(lines)), (output,))
+    lds = _lds(job.lds, directory, fitted.weights, chosen, subset, fit.run_ids,
+               job.source.progress, fit_masks=fit.membership)
+    export.save_datamodels(output, fitted, chosen, fit.run_ids,
+                           {"subset": subset, "metric": metric})
+    written = [output]
+    if lds is not None:
+        lines.append(lds.text())
+        written.append(lds.save(output, "datamodels"))
+    return EstimateReport((*experiment.sections, "\n".join(lines)), tuple(written))
 
 
 def _gradient(job: GradientJob) -> EstimateReport:
@@ -415,11 +466,14 @@ def _gradient(job: GradientJob) -> EstimateReport:
         run_dir, job.method, data, eval_indices, config=job.config,
         factors_path=job.factors_path,
         retraining=retraining if retraining.num_runs >= 2 else None)
-    lds_text = _lds_section(job.lds, directory, attribution.scores, eval_indices, subset,
-                            np.asarray([job.run_id]), job.source.progress)
+    lds = _lds(job.lds, directory, attribution.scores, eval_indices, subset,
+               np.asarray([job.run_id]), job.source.progress,
+               fit_masks=retraining.membership[retraining.run_ids == job.run_id])
     runs_attribution.save_attribution(attribution, output)
+    written = [output] if lds is None else [output, lds.save(output, job.method)]
     table = runs_attribution.format_attribution(attribution, data.y_train, top=job.top)
-    return EstimateReport((*experiment.sections, table, lds_text), (output,))
+    return EstimateReport((*experiment.sections, table, lds.text() if lds else ""),
+                          tuple(written))
 
 
 def _check_run_has_checkpoints(run_dir: str, method: str) -> None:
@@ -465,9 +519,15 @@ def _trak(job: TRAKJob) -> EstimateReport:
     lines = [f"TRAK of {result.num_models} models ({subset} runs "
              f"{designs.format_run_ids(ids)}), {len(chosen)} eval examples: lambda_reg "
              f"{result.lambda_reg:g}, {result.seconds:.1f} s"]
-    if job.lds is not None:
-        lines.append(_lds_section(job.lds, directory, result.scores, chosen, subset,
-                                  np.asarray(ids), job.source.progress))
-    files.write_npz(output, {"scores": result.scores, "eval_indices": chosen,
-                             "run_ids": np.asarray(ids), "lambda_reg": result.lambda_reg})
-    return EstimateReport((*experiment.sections, "\n".join(lines)), (output,))
+    lds = _lds(job.lds, directory, result.scores, chosen, subset, np.asarray(ids),
+               job.source.progress)
+    export.save_trak_scores(output, result.scores, chosen, np.asarray(ids), result.lambda_reg,
+                            {"subset": subset, "projection": config.projection,
+                             "projection_dim": config.dim, "seed": config.seed,
+                             "lambda_grid": list(config.lambda_grid),
+                             "reweighting": config.reweighting})
+    written = [output]
+    if lds is not None:
+        lines.append(lds.text())
+        written.append(lds.save(output, "trak"))
+    return EstimateReport((*experiment.sections, "\n".join(lines)), tuple(written))

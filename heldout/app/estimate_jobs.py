@@ -47,7 +47,7 @@ GRADIENT_SETTINGS = ("measurement", "damping", "damping_factor", "fisher", "fish
 PARAMETERS = (
     "experiment_dir", "fetch_dir", "fetch_checkpoints", "fetch_run_ids", "md5", "progress",
     "verify", "estimators", "subsets", "metric", "min_runs", "test", "confidence", "alpha",
-    "fdr", "influence_output", "top_k", "threshold", "eval_indices", "eval_shard",
+    "fdr", "fdr_untestable", "influence_output", "top_k", "threshold", "eval_indices", "eval_shard",
     "targets", "show_all", "plan", "effect", "power", "run_id", *GRADIENT_SETTINGS,
     "trak_runs", "factors_path", "output", "csv_dir", "plot_dir", "lds_subset", "lds_runs",
     "merge", "compare_to", "dataset", "data_dir", "max_classes", "top")
@@ -222,8 +222,8 @@ def estimate_job(given: Mapping[str, object], name: Callable[[str], str] = str
             invalid value.
     """
     settings = _Settings(given, name)
-    if settings.has("merge") and not settings.get("verify") and not settings.has("targets") \
-            and not settings.get("plan"):
+    other_mode = settings.get("verify") or settings.has("targets") or settings.get("plan")
+    if settings.has("merge") and not other_mode:
         job = _merge(settings)  # the parts name their experiment
         settings.refuse_rest(f"{name('merge')} (the parts name their experiment)")
         return job
@@ -269,11 +269,9 @@ class _Settings:
     def pop(self, parameter: str, default: object = None) -> object:
         return self._left.pop(parameter, default)
 
-    def take(self, parameters: tuple[str, ...], renamed: Mapping[str, str] | None = None
-             ) -> dict[str, object]:
-        """The given ones of `parameters`, as keyword arguments (renamed where asked)."""
-        renamed = renamed or {}
-        return {renamed.get(p, p): self._left.pop(p) for p in parameters if p in self._left}
+    def take(self, parameters: tuple[str, ...]) -> dict[str, object]:
+        """The given ones of `parameters`, as keyword arguments."""
+        return {p: self._left.pop(p) for p in parameters if p in self._left}
 
     def refuse(self, parameter: str, why: str) -> None:
         """Refuses `parameter` if it was given."""
@@ -416,12 +414,15 @@ def _estimates(settings: _Settings, source: Source, estimators: tuple[str, ...]
         "confidence": ("memorization", "self_influence", "influence"),
         "alpha": ("memorization", "self_influence"),
         "fdr": ("memorization", "self_influence"),
+        "fdr_untestable": ("memorization", "self_influence"),
         **{p: ("influence",) for p in ("influence_output", "top_k", "threshold",
                                        "eval_indices", "eval_shard", "lds_subset")}}
     for parameter, users in needs.items():
         if not set(users) & set(chosen):
             settings.refuse(parameter, f"used by {' and '.join(users)} only, not by "
                             f"{settings.name('estimators')}={','.join(estimators)}")
+    if not settings.get("fdr"):
+        settings.refuse("fdr_untestable", f"a setting of {settings.name('fdr')}; add it")
     threshold = settings.pop("threshold")
     if threshold is not None and not math.isfinite(threshold):
         raise ParameterError("threshold", "expected a finite number", threshold)
@@ -430,7 +431,7 @@ def _estimates(settings: _Settings, source: Source, estimators: tuple[str, ...]
     config = EstimateConfig(
         estimators=chosen, subsets=_tuple(settings.pop("subsets")),
         **settings.take(("metric", "min_runs", "test", "confidence", "alpha", "fdr",
-                         "influence_output", "top_k")),
+                         "fdr_untestable", "influence_output", "top_k")),
         threshold=threshold, eval_shard=examples.shard, num_pairs=max(top, 100))
     dense = config.influence_output == "dense"
     lds = _lds(settings, None if dense else

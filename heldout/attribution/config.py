@@ -12,11 +12,19 @@ import dataclasses
 import math
 from collections.abc import Mapping
 
+import numpy as np
+
 from heldout.errors import ParameterError
 
 # What is measured on a query: its loss, its margin, or its log-odds margin.
 MEASUREMENTS = ("loss", "margin", "logodds")
 DEFAULT_BATCH_SIZE = 128  # examples per compiled call of per-example gradients
+# Bounds of sizes a user sets, checked before anything is allocated: per-example gradients
+# of a batch (batch x parameters floats) and projections (parameters x d floats) beyond
+# these do not fit a machine (a typo like batch_size=10**9 would die in a MemoryError).
+MAX_BATCH_SIZE = 1 << 16
+MAX_PROJECTION_DIM = 1 << 17
+DEFAULT_PROJECTION_DIM = 1024  # TRAK's d when a projection is used and projection_dim is unset
 STRATEGIES = ("identity", "diagonal", "kfac", "ekfac")  # approximations of the Fisher
 FISHERS = ("true", "empirical", "expected")  # labels of the Fisher
 PROJECTIONS = ("rademacher", "gaussian", "none")
@@ -37,10 +45,9 @@ class TracInConfig:
 
     def __post_init__(self):
         _check_choice("measurement", self.measurement, MEASUREMENTS)
-        if self.projection_dim is not None and self.projection_dim < 1:
-            raise ParameterError("projection_dim", "expected a positive number (or no "
-                                 "projection)", self.projection_dim)
-        _check_positive("batch_size", self.batch_size)
+        if self.projection_dim is not None:
+            check_size("projection_dim", self.projection_dim, MAX_PROJECTION_DIM)
+        check_size("batch_size", self.batch_size, MAX_BATCH_SIZE)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -68,7 +75,7 @@ class InfluenceConfig:
         if not (math.isfinite(self.damping_factor) and self.damping_factor > 0):
             raise ParameterError("damping_factor", "expected a positive number",
                                  self.damping_factor)
-        _check_positive("batch_size", self.batch_size)
+        check_size("batch_size", self.batch_size, MAX_BATCH_SIZE)
         _check_positive("fisher_draws", self.fisher_draws)
         if self.fisher_draws > 1 and self.fisher != "true":
             raise ParameterError("fisher_draws", f"only fisher='true' samples labels; "
@@ -80,7 +87,9 @@ class InfluenceConfig:
 class TRAKConfig:
     """How TRAK features and scores are computed."""
 
-    projection_dim: int | None = 1024  # d; None exactly when projection="none"
+    # d; None: DEFAULT_PROJECTION_DIM with a projection, unused without one (given with
+    # projection="none", it is refused: d is then the number of parameters).
+    projection_dim: int | None = None
     projection: str = "rademacher"  # one of PROJECTIONS; "none": raw gradients, d = #params
     seed: int = 0  # of the projections: model m uses (seed, m)
     # x mean eigenvalue of Phi^T Phi; a tuple is a grid, chosen by LDS on selection runs.
@@ -94,17 +103,25 @@ class TRAKConfig:
         _check_choice("projection", self.projection, PROJECTIONS)
         if self.projection == "none":
             if self.projection_dim is not None:
-                raise ParameterError("projection_dim", "must be None with projection='none' "
-                                     "(d is the number of parameters)", self.projection_dim)
-        elif self.projection_dim is None or self.projection_dim < 1:
-            raise ParameterError("projection_dim", "expected a positive number with "
-                                 f"projection={self.projection!r}", self.projection_dim)
+                raise ParameterError("projection_dim", "not used with projection='none' (d "
+                                     "is the number of parameters); leave it unset",
+                                     self.projection_dim)
+        elif self.projection_dim is not None:
+            check_size("projection_dim", self.projection_dim, MAX_PROJECTION_DIM)
         grid = self.lambda_grid
         if not grid or not all(math.isfinite(v) and v >= 0 for v in grid):
             raise ParameterError("lambda_reg", "expected a number >= 0 or a non-empty tuple "
                                  "of them", self.lambda_reg)
         _check_choice("reweighting", self.reweighting, REWEIGHTINGS)
-        _check_positive("batch_size", self.batch_size)
+        check_size("batch_size", self.batch_size, MAX_BATCH_SIZE)
+
+    @property
+    def dim(self) -> int | None:
+        """The projection's d: `projection_dim`, `DEFAULT_PROJECTION_DIM` when unset, None
+        without a projection."""
+        if self.projection == "none":
+            return None
+        return DEFAULT_PROJECTION_DIM if self.projection_dim is None else self.projection_dim
 
     @property
     def lambda_grid(self) -> tuple[float, ...]:
@@ -120,8 +137,7 @@ def method_config(method: str, settings: Mapping[str, object]
     settings named by its parameters; the rest keep the config's defaults.
 
     TRAK's projection seed is its config's ``seed``; it is given as ``projection_seed``,
-    as for TracIn. TRAK with ``projection="none"`` and no ``projection_dim`` projects
-    nothing (d is the number of parameters).
+    as for TracIn.
 
     Raises:
         ParameterError: a setting the method's config does not have (naming it), or an
@@ -131,8 +147,6 @@ def method_config(method: str, settings: Mapping[str, object]
     if method == "trak":
         if "projection_seed" in settings:
             settings["seed"] = settings.pop("projection_seed")
-        if settings.get("projection") == "none":
-            settings.setdefault("projection_dim", None)
         kind, fixed = TRAKConfig, {}
     elif method == "tracin":
         kind, fixed = TracInConfig, {}
@@ -147,6 +161,18 @@ def method_config(method: str, settings: Mapping[str, object]
             shown = "projection_seed" if name == "seed" else name
             raise ParameterError(shown, f"not a setting of estimators={method}")
     return kind(**fixed, **settings)
+
+
+def check_size(parameter: str, value: int, maximum: int) -> None:
+    """Refuses a size that is not a whole number in ``[1, maximum]``.
+
+    Raises:
+        ParameterError: naming `parameter`, with the bound.
+    """
+    if isinstance(value, bool) or not isinstance(value, int | np.integer) or not (
+            1 <= value <= maximum):
+        raise ParameterError(parameter, f"expected a whole number from 1 to {maximum:,}",
+                             value)
 
 
 def _check_choice(parameter: str, value: object, allowed: tuple[str, ...]) -> None:

@@ -33,7 +33,13 @@ import numpy as np
 import sonnet as snt
 import tensorflow as tf
 
-from heldout.attribution.config import DEFAULT_BATCH_SIZE, MEASUREMENTS
+from heldout.attribution.config import (  # noqa: F401  (sizes and measurements)
+    DEFAULT_BATCH_SIZE,
+    MAX_BATCH_SIZE,
+    MAX_PROJECTION_DIM,
+    MEASUREMENTS,
+    check_size,
+)
 
 # Costs whose gradients the engine takes: a measurement, or the labels of a Fisher
 # (sampled from the model's predictive distribution, or all classes weighted by

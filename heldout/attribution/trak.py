@@ -48,7 +48,12 @@ import tensorflow as tf
 
 from heldout.attribution import gradients as gradients_lib
 from heldout.attribution import projection as projection_lib
-from heldout.attribution.config import PROJECTIONS, REWEIGHTINGS, TRAKConfig  # noqa: F401
+from heldout.attribution.config import (  # noqa: F401  (names of TRAK settings)
+    DEFAULT_PROJECTION_DIM,
+    PROJECTIONS,
+    REWEIGHTINGS,
+    TRAKConfig,
+)
 from heldout.estimate import lds as lds_lib
 
 OUTPUT = "logodds"  # TRAK's output function f
@@ -169,7 +174,7 @@ def ensemble_features(models: Sequence[snt.Module], x_train: np.ndarray, y_train
                                           config.batch_size)
     logodds_function = tf.function(lambda x, y: gradients_lib.measure(
         tf.cast(template(x, is_training=False), tf.float32), y, OUTPUT), autograph=False)
-    dim = config.projection_dim or engine.num_parameters
+    dim = config.dim or engine.num_parameters
     saved = [v.numpy() for v in template.variables]
     result = []
     try:
@@ -179,7 +184,7 @@ def ensemble_features(models: Sequence[snt.Module], x_train: np.ndarray, y_train
             projection = None
             if config.projection != "none":
                 projection = projection_lib.RandomProjection(
-                    [spec.size for spec in engine.specs], config.projection_dim,
+                    [spec.size for spec in engine.specs], config.dim,
                     (config.seed, first_index + offset), config.projection)
 
             train, query = (_features(engine, projection, x, y, dim)

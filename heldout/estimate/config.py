@@ -12,13 +12,19 @@ from __future__ import annotations
 import dataclasses
 
 from heldout.errors import ParameterError
-from heldout.estimate import stats
-from heldout.estimate.estimators import DEFAULT_MIN_RUNS
 from heldout.store.metrics import METRICS
 
 ESTIMATORS = ("memorization", "self_influence", "influence", "cscore")
 INFLUENCE_OUTPUTS = ("dense", "topk")
+TESTS = ("welch", "z")  # Welch's t-test, or the large-sample z-test
+# Examples with p = NaN (too few runs, or no spread: e.g. right in every run) in the
+# Benjamini-Hochberg family: left out (the default), or counted as p = 1 (conservative).
+UNTESTABLE = ("exclude", "count")
+DEFAULT_MIN_RUNS = 5  # fewest in- and out-runs an estimate needs (else NaN)
 DEFAULT_TOP = 10  # rows of each printed table of notable examples
+# Most training examples kept per test example: the top-k arrays are [num_eval, top_k]
+# (a typo like top_k=10**9 would otherwise die in a MemoryError).
+MAX_TOP_K = 100_000
 
 
 @dataclasses.dataclass(frozen=True)
@@ -33,6 +39,9 @@ class EstimateConfig:
     confidence: float = 0.95  # level of confidence intervals
     alpha: float = 0.05  # significance level of the `significant` flags
     fdr: bool = False  # Benjamini-Hochberg across examples at level alpha
+    # untestable examples (p = NaN, e.g. right in every run) in the FDR family: left out
+    # ("exclude") or counted as p = 1 ("count", the conservative family)
+    fdr_untestable: str = "exclude"
     influence_output: str = "dense"  # dense | topk
     top_k: int = 10  # most influential training examples kept per test example
     threshold: float | None = None  # also keep every pair with influence above this
@@ -46,12 +55,17 @@ class EstimateConfig:
             raise ParameterError("estimators", f"expected one or more of "
                                  f"{', '.join(ESTIMATORS)}", ",".join(self.estimators))
         _check_choice("metric", self.metric, METRICS)
-        _check_choice("test", self.test, stats.TESTS)
+        _check_choice("test", self.test, TESTS)
         _check_level("confidence", self.confidence)
         _check_level("alpha", self.alpha)
         _check_positive("min_runs", self.min_runs)
+        if self.fdr_untestable not in UNTESTABLE:
+            raise ParameterError("fdr_untestable", f"expected {' or '.join(UNTESTABLE)}",
+                                 self.fdr_untestable)
         _check_choice("influence_output", self.influence_output, INFLUENCE_OUTPUTS)
-        _check_positive("top_k", self.top_k)
+        if not 1 <= self.top_k <= MAX_TOP_K:
+            raise ParameterError("top_k", f"expected a whole number from 1 to {MAX_TOP_K:,}",
+                                 self.top_k)
         _check_positive("num_pairs", self.num_pairs)
         if self.eval_shard is not None:
             index, count = self.eval_shard
@@ -74,7 +88,7 @@ class TargetedConfig:
 
     def __post_init__(self):
         _check_choice("metric", self.metric, METRICS)
-        _check_choice("test", self.test, stats.TESTS)
+        _check_choice("test", self.test, TESTS)
         _check_level("confidence", self.confidence)
         _check_level("alpha", self.alpha)
         _check_positive("min_runs", self.min_runs)

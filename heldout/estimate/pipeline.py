@@ -15,14 +15,19 @@ from collections.abc import Sequence
 import numpy as np
 
 from heldout.data.dataset import Dataset
+from heldout.errors import ParameterError
 from heldout.estimate import estimators as estimators_lib
 from heldout.estimate import plots, stats
 from heldout.estimate.config import DEFAULT_TOP, EstimateConfig
 from heldout.store import layout as layout_lib
 from heldout.store import runs as runs_lib
 
-# Scores above this count as "high" in summary lines (Feldman & Zhang's cut-off).
+# Memorization (and influence) on correctness above this counts as "high" in summary
+# lines (Feldman & Zhang's cut-off). It is a difference of probabilities, so summaries
+# use it only on correctness; margins and C-scores are on other scales.
 HIGH_SCORE = 0.25
+# C-scores (expected held-out accuracy) below this: held out, wrong more often than right.
+LOW_CSCORE = 0.5
 
 
 @dataclasses.dataclass(frozen=True)
@@ -56,8 +61,12 @@ class Estimates:
 
 
 def estimate_experiment(experiment_dir: str, config: EstimateConfig | None = None,
-                        progress: bool = True) -> Estimates:
+                        progress: bool = True, exclude_subsets: Sequence[str | None] = ()
+                        ) -> Estimates:
     """Reads the runs of an experiment and computes the estimators of `config`.
+
+    `exclude_subsets` are folders the default subset is not chosen from (the LDS
+    evaluation folder; `choose_subset`).
 
     Raises:
         ValueError: the directory has no usable runs, a subset or metric is not there,
@@ -69,7 +78,7 @@ def estimate_experiment(experiment_dir: str, config: EstimateConfig | None = Non
     subset, experiment = None, None
     if needs_single:
         start = time.time()
-        subset = choose_subset(experiment_dir, config.subsets)
+        subset = choose_subset(experiment_dir, config.subsets, exclude_subsets)
         experiment = runs_lib.load_experiment(experiment_dir, subset, progress=progress)
         seconds["reading"] = time.time() - start
 
@@ -105,39 +114,56 @@ def estimate_experiment(experiment_dir: str, config: EstimateConfig | None = Non
         seconds=seconds, config=config)
 
 
-def choose_subset(experiment_dir: str, subsets: Sequence[str] | None) -> str:
+def choose_subset(experiment_dir: str, subsets: Sequence[str] | None,
+                  exclude: Sequence[str | None] = ()) -> str:
     """The one subset folder to estimate from: the one chosen, or the only one present.
+
+    Args:
+        experiment_dir: the experiment directory.
+        subsets: the folder chosen (one name), or None for the default.
+        exclude: folders that are not candidates for the default, such as the LDS
+            evaluation folder (``lds_subset``): with runs in ``0.7`` and an LDS folder
+            ``0.5``, the default is ``0.7``. None entries are ignored. A folder chosen
+            explicitly is returned even if excluded (callers refuse that overlap with
+            their own message).
 
     Raises:
         ValueError: the directory holds no runs, the chosen folder is not there, or
-            there are several and none (or more than one) was chosen.
+            there are several candidates and none (or more than one) was chosen.
     """
     present = _present_subsets(experiment_dir)
     if subsets is None:
-        if len(present) > 1:
-            raise ValueError(f"--experiment_dir={experiment_dir} holds several subset "
-                             f"folders ({', '.join(present)}); choose one with --subset")
-        return present[0]
+        excluded = {e for e in exclude if e is not None}
+        candidates = [s for s in present if s not in excluded]
+        if len(candidates) > 1:
+            also = f"; {', '.join(sorted(excluded))} excluded (LDS runs)" if excluded else ""
+            raise ParameterError("subsets", f"{experiment_dir} holds several subset folders "
+                                 f"({', '.join(candidates)}{also}); choose one")
+        if not candidates:
+            raise ParameterError("subsets", f"{experiment_dir} holds only "
+                                 f"{', '.join(present)}, set aside as evaluation runs; "
+                                 "train the runs to estimate from into another folder")
+        return candidates[0]
     if len(subsets) != 1:
-        raise ValueError(f"--subset={','.join(subsets)}: memorization and influence use "
-                         "one subset folder; several are for --estimator=cscore only")
+        raise ParameterError("subsets", "memorization and influence use one subset folder; "
+                             "several are for the C-score only", ",".join(subsets))
     if subsets[0] not in present:
-        raise ValueError(f"--subset={subsets[0]}: not in {experiment_dir} (found "
-                         f"{', '.join(present)})")
+        raise ParameterError("subsets", f"not in {experiment_dir} (found "
+                             f"{', '.join(present)})", subsets[0])
     return subsets[0]
 
 
 def _present_subsets(experiment_dir: str) -> list[str]:
     present = runs_lib.list_subsets(experiment_dir)
     if not present:
-        raise ValueError(f"--experiment_dir={experiment_dir}: no runs found (expected "
-                         f"<subset>/<run_id>/{runs_lib.AUX_FILENAME})")
+        raise ParameterError("experiment_dir", "no runs found (expected "
+                             f"<subset>/<run_id>/{runs_lib.AUX_FILENAME})", experiment_dir)
     return present
 
 
 def _significant(p_values: np.ndarray, config: EstimateConfig) -> np.ndarray:
     if config.fdr:
-        return stats.benjamini_hochberg(p_values, config.alpha)[0]
+        return stats.benjamini_hochberg(p_values, config.alpha, config.fdr_untestable)[0]
     with np.errstate(invalid="ignore"):
         return p_values < config.alpha
 
@@ -146,12 +172,12 @@ def _eval_indices(num_test: int, config: EstimateConfig) -> np.ndarray:
     indices = np.arange(num_test) if config.eval_indices is None \
         else np.asarray(config.eval_indices, dtype=np.int64)
     if len(indices) and (indices.min() < 0 or indices.max() >= num_test):
-        raise ValueError(f"--eval_indices: expected test indices in [0, {num_test})")
+        raise ParameterError("eval_indices", f"expected test indices in [0, {num_test})")
     if config.eval_shard is not None:
         index, count = config.eval_shard
         indices = np.array_split(indices, count)[index]
     if not len(indices):
-        raise ValueError("--eval_indices/--eval_shard: no test examples selected")
+        raise ParameterError("eval_shard", "no test examples selected (of eval_indices)")
     return indices
 
 
@@ -159,18 +185,23 @@ def _influence(experiment: runs_lib.Experiment, config: EstimateConfig) -> Influ
     values = experiment.metric(config.metric, "test")
     eval_indices = _eval_indices(values.shape[1], config)
     values = values[:, eval_indices]
-    top = estimators_lib.top_influences(
-        experiment.membership, values, config.top_k, config.threshold,
-        min_runs=config.min_runs, keep_dense=config.influence_output == "dense")
+    top = estimators_lib.most_influential(estimators_lib.top_influences(
+        experiment.membership, values, config.top_k + 1, config.threshold,
+        min_runs=config.min_runs, keep_dense=config.influence_output == "dense"),
+        config.top_k)
     num_eval, k = top.train.shape
     columns = np.repeat(np.arange(num_eval), k)
     defined = top.train.ravel() >= 0
     top_stats = estimators_lib.pair_statistics(
         experiment.membership, values, np.maximum(top.train.ravel(), 0), columns,
         config.min_runs, config.test, config.confidence)
+    # Entries left out of the table (-1) have no statistics: -1, no runs, NaN.
     top_stats = dataclasses.replace(
-        top_stats, **{name: np.where(defined, getattr(top_stats, name), np.nan)
-                      for name in ("score", "stderr", "p_value", "ci_low", "ci_high")})
+        top_stats, train=np.where(defined, top_stats.train, -1),
+        num_in=np.where(defined, top_stats.num_in, 0),
+        num_out=np.where(defined, top_stats.num_out, 0),
+        **{name: np.where(defined, getattr(top_stats, name), np.nan)
+           for name in ("score", "stderr", "p_value", "ci_low", "ci_high")})
     return InfluenceResult(eval_indices=eval_indices, top=top, top_stats=top_stats,
                            pairs=highest_pairs(top.score, top_stats, eval_indices,
                                                config.num_pairs),
@@ -202,20 +233,20 @@ def _cscore(experiment_dir: str, config: EstimateConfig, progress: bool
     ratios, folders = [], []
     for name in chosen:
         if name not in present:
-            raise ValueError(f"--subset={name}: not in {experiment_dir} (found "
-                             f"{', '.join(present)})")
+            raise ParameterError("subsets", f"not in {experiment_dir} (found "
+                                 f"{', '.join(present)})", name)
         try:
             ratio = float(name)
         except ValueError:
             if config.subsets is not None:
-                raise ValueError(f"--subset={name}: C-scores need subset-ratio folders "
-                                 "such as 0.7") from None
+                raise ParameterError("subsets", "C-scores need subset-ratio folders such as "
+                                     "0.7", name) from None
             continue
         ratios.append(ratio)
         folders.append(name)
     if not folders:
-        raise ValueError(f"--estimator=cscore: {experiment_dir} has no subset-ratio folders "
-                         f"(found {', '.join(present)})")
+        raise ParameterError("estimators", f"{experiment_dir} has no subset-ratio folders "
+                             f"(found {', '.join(present)})", "cscore")
     experiments = [runs_lib.load_experiment(experiment_dir, f, progress=progress)
                    for f in folders]
     result = estimators_lib.cscore(ratios, [e.membership for e in experiments],
@@ -225,7 +256,14 @@ def _cscore(experiment_dir: str, config: EstimateConfig, progress: bool
 
 
 def summary_lines(estimates: Estimates) -> list[str]:
-    """One line per estimator: runs used, mean test accuracy, high scores, time taken."""
+    """One line per estimator: runs used, mean test accuracy, what the scores show, time.
+
+    A count above `HIGH_SCORE` is given only for scores on correctness (memorization,
+    self-influence and influence with ``metric="correctness"``), where the cut-off is a
+    difference of probabilities; C-scores get their mean and the count below
+    `LOW_CSCORE`. The significance count says which test and which family it used.
+    """
+    config = estimates.config
     runs = (f"{len(estimates.run_ids)} runs of {estimates.subset}"
             + (f" ({len(estimates.skipped_runs)} incomplete skipped)"
                if estimates.skipped_runs else ""))
@@ -236,31 +274,61 @@ def summary_lines(estimates: Estimates) -> list[str]:
         estimate = getattr(estimates, name)
         if estimate is not None:
             finite = np.isfinite(estimate.score)
-            lines.append(
-                f"{name}: {runs}, {accuracy}, "
-                f"{int((estimate.score[finite] > HIGH_SCORE).sum())} of {int(finite.sum())} "
-                f"examples with score > {HIGH_SCORE}, "
-                f"{int(estimates.significant[name].sum())} significant, "
-                f"{estimates.seconds[name]:.1f} s")
+            on_correctness = name == "memorization" or config.metric == "correctness"
+            scores = (f"{int((estimate.score[finite] > HIGH_SCORE).sum())} of "
+                      f"{int(finite.sum())} examples with score > {HIGH_SCORE}"
+                      if on_correctness else
+                      f"mean {config.metric} self-influence "
+                      f"{float(np.mean(estimate.score[finite])) if finite.any() else np.nan:+.3f}"
+                      f" over {int(finite.sum())} examples")
+            significance = significance_text(estimates.significant[name], estimate.p_value,
+                                             config)
+            lines.append(f"{name}: {runs}, {accuracy}, {scores}, {significance}, "
+                         f"{estimates.seconds[name]:.1f} s")
     if estimates.influence is not None:
         top = estimates.influence.top
-        high = (int(np.sum(estimates.influence.matrix > HIGH_SCORE))
-                if estimates.influence.matrix is not None else None)
-        lines.append(
-            f"influence: {runs}, {accuracy}, {len(estimates.influence.eval_indices)} test "
-            f"examples, {int(np.sum(top.score[:, 0] > HIGH_SCORE))} with a top pair > "
-            f"{HIGH_SCORE}" + (f", {high} pairs > {HIGH_SCORE}" if high is not None else "")
-            + f", {estimates.seconds['influence']:.1f} s")
+        num_eval, k = top.train.shape
+        high = ""
+        if config.metric == "correctness":
+            high = (f", {int(np.sum(top.score[:, 0] > HIGH_SCORE))} with a top pair > "
+                    f"{HIGH_SCORE}")
+            if estimates.influence.matrix is not None:
+                high += f", {int(np.sum(estimates.influence.matrix > HIGH_SCORE))} pairs > " \
+                        f"{HIGH_SCORE}"
+        short = int(np.sum(top.train[:, -1] < 0))
+        listed = (f", {short} of them list fewer than {k} most influential (only positive "
+                  "influence above every training example left out is listed; zeros and "
+                  "ties are not)" if short else "")
+        lines.append(f"influence: {runs}, {accuracy}, {num_eval} test examples{high}{listed}"
+                     f", {estimates.seconds['influence']:.1f} s")
     if estimates.cscore is not None:
         cscore = estimates.cscore
         folders = ", ".join(f"{n} runs of {s}" for s, n in estimates.cscore_runs.items())
         finite = np.isfinite(cscore.train)
+        mean = float(np.mean(cscore.train[finite])) if finite.any() else np.nan
         lines.append(
             f"cscore: {folders}, mean test accuracy "
-            f"{cscore.test_by_ratio.mean():.4f}, "
-            f"{int((cscore.train[finite] > HIGH_SCORE).sum())} of {int(finite.sum())} "
-            f"examples with score > {HIGH_SCORE}, {estimates.seconds['cscore']:.1f} s")
+            f"{cscore.test_by_ratio.mean():.4f}, mean C-score {mean:.3f}, "
+            f"{int((cscore.train[finite] < LOW_CSCORE).sum())} of {int(finite.sum())} "
+            f"examples below {LOW_CSCORE} (held out, wrong more often than right), "
+            f"{estimates.seconds['cscore']:.1f} s")
     return lines
+
+
+def significance_text(significant: np.ndarray, p_values: np.ndarray,
+                      config: EstimateConfig) -> str:
+    """How many are significant, by which rule, and what became of untestable examples
+    (p = NaN: fewer than ``min_runs`` runs, or no spread, e.g. right in every run)."""
+    untestable = int(np.isnan(p_values).sum())
+    testable = len(p_values) - untestable
+    count = int(significant.sum())
+    if not config.fdr:
+        return (f"{count} significant (p < {config.alpha:g}, {config.test} test; "
+                f"{untestable} untestable, p = NaN)")
+    family = (f"{testable} testable examples; {untestable} untestable (p = NaN) left out"
+              if config.fdr_untestable == "exclude" else
+              f"all {len(p_values)} examples, {untestable} untestable counted as p = 1")
+    return (f"{count} significant (Benjamini-Hochberg FDR {config.alpha:g} over {family})")
 
 
 def format_report(estimates: Estimates, labels_train: np.ndarray | None = None,

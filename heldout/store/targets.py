@@ -55,6 +55,14 @@ class TargetSet:
     groups: dict[str, tuple[int, ...]]
     provenance: dict = dataclasses.field(default_factory=dict)
 
+    def __post_init__(self):
+        # The name becomes a file (targets/<name>.json) and a folder (drop-<name>): a name
+        # read from a file must not lead outside the experiment.
+        layout_lib.check_component(self.name, "name")
+        if not all(c.isalnum() or c in "_-" for c in self.name):
+            raise ParameterError("name", "expected letters, digits, '_' or '-' (it "
+                                 "names the folder drop-<name>)", self.name)
+
     @property
     def indices(self) -> np.ndarray:
         """Every target index, sorted, each once."""

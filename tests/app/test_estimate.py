@@ -162,6 +162,7 @@ def test_datamodels_and_their_lds_on_disjoint_runs(tmp_path):
     weights, and LDS on the fit folder itself is refused naming the shared runs."""
     from scipy import stats as scipy_stats
 
+    from heldout.estimate import export
     from heldout.store import files
 
     rng = np.random.default_rng(6)
@@ -183,10 +184,16 @@ def test_datamodels_and_their_lds_on_disjoint_runs(tmp_path):
         estimate(
             experiment_dir=exp, subsets=("0.7",), estimators=("datamodel",),
             lds_subset="0.7", output=str(tmp_path / "x.npz"), progress=False)
+    # Without --subset, the fit folder is the only one besides the LDS folder (issue 25).
     influence = estimate(
-        experiment_dir=exp, subsets=("0.7",), estimators=("influence",), min_runs=1,
+        experiment_dir=exp, estimators=("influence",), min_runs=1,
         lds_subset="0.5", lds_runs="0-19", output=str(tmp_path / "i.npz"), progress=False)
     assert "LDS on 20 runs of 0.5" in str(influence)
+    # The LDS is saved beside the scores, with its per-example values and runs.
+    saved_lds = export.load_lds(str(tmp_path / "i-lds-0.5.npz"))
+    np.testing.assert_array_equal(saved_lds["run_ids"], np.arange(20))
+    assert f"{saved_lds['result'].mean:.3f}" in str(influence)
+    assert f"Saved {tmp_path / 'exp' / 'datamodels-0.7-lds-0.5.npz'}" in str(report)
 
 
 @pytest.mark.slow

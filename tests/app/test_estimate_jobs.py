@@ -73,7 +73,8 @@ SAMPLES = {
     "md5": "--md5=" + "0" * 32, "estimator": "--estimator=self_influence",
     "subset": "--subset=0.7", "metric": "--metric=margin", "min_runs": "--min_runs=2",
     "test": "--test=welch", "confidence": "--confidence=0.9", "alpha": "--alpha=0.1",
-    "fdr": "--fdr", "influence_output": "--influence_output=topk", "top_k": "--top_k=3",
+    "fdr": "--fdr", "fdr_untestable": "--fdr_untestable=count",
+    "influence_output": "--influence_output=topk", "top_k": "--top_k=3",
     "threshold": "--threshold=0.2", "eval_indices": "--eval_indices=0-9",
     "eval_shard": "--eval_shard=1/4", "targets": "--targets=t", "all": "--all",
     "plan": "--plan", "effect": "--effect=0.3", "power": "--power=0.9",
@@ -97,6 +98,7 @@ SAMPLES = {
 }
 # What a flag needs beside it to be taken (it is refused alone in every mode).
 NEEDS = {"fetch_run_ids": ["--fetch_checkpoints=0.7"], "lds_runs": ["--lds_subset=0.5"],
+         "fdr_untestable": ["--fdr"],
          "effect": ["--plan"], "power": ["--plan"]}
 # Flags that choose the mode: added to another mode's command, they change it, and the
 # refusal may name the other mode's flag.
@@ -123,10 +125,10 @@ TAKES = {
     "estimates": ("estimate.py", ["--estimator=all"], jobs.EstimatesJob,
                   SOURCE | SCORES | DATA | REPORT | {
                       "metric", "min_runs", "test", "confidence", "alpha", "fdr",
-                      "influence_output", "top_k", "threshold"}),
+                      "fdr_untestable", "influence_output", "top_k", "threshold"}),
     "memorization": ("estimate.py", ["--estimator=memorization"], jobs.EstimatesJob,
                      SOURCE | DATA | REPORT | {"subset", "min_runs", "test", "confidence",
-                                               "alpha", "fdr"}),
+                                               "alpha", "fdr", "fdr_untestable"}),
     "cscore": ("estimate.py", ["--estimator=cscore"], jobs.EstimatesJob,
                SOURCE | DATA | REPORT | {"subset", "min_runs"}),
     "datamodels": ("estimate.py", ["--estimator=datamodel"], jobs.DatamodelsJob,

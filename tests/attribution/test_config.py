@@ -23,7 +23,9 @@ def test_trak_without_projection_needs_no_dimension():
     """Issue 24: projection='none' alone is TRAK on raw gradients (d = #parameters)."""
     assert config.method_config("trak", {"projection": "none"}) == \
         config.TRAKConfig(projection="none", projection_dim=None)
-    with pytest.raises(ParameterError, match="must be None"):
+    assert config.TRAKConfig(projection="none").dim is None
+    assert config.TRAKConfig().dim == config.DEFAULT_PROJECTION_DIM
+    with pytest.raises(ParameterError, match="not used with projection='none'"):
         config.method_config("trak", {"projection": "none", "projection_dim": 8})
 
 

@@ -89,5 +89,5 @@ def test_gradient_flags_reach_their_config_and_errors_name_the_flags(experiment,
         "invalid": (("estimate.py", f"--experiment_dir={experiment}", "--estimator=if_ekfac",
                      "--gradient_batch_size=0", f"--output={tmp_path}/b.npz"), None)})
     assert_one_line_error(results["lacking"], "--fisher: not a setting of --estimator=tracin")
-    assert_one_line_error(results["invalid"], "--gradient_batch_size=0: expected a positive")
+    assert_one_line_error(results["invalid"], "--gradient_batch_size=0: expected a whole number")
     assert not list(tmp_path.iterdir())
