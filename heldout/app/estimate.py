@@ -168,9 +168,10 @@ def _eval_indices(examples: Examples, num_test: int) -> np.ndarray:
     return chosen
 
 
-def _default_name(stem: str, shard: tuple[int, int] | None) -> str:
-    """An output's file stem, naming the shard it holds (never the whole-set name)."""
-    return stem if shard is None else f"{stem}-shard{shard[0]}of{shard[1]}"
+def _default_name(stem: str, examples: Examples) -> str:
+    """A score file's stem, naming the shard it holds (never the whole-set name for a
+    shard; chosen eval examples are recorded inside the file)."""
+    return stem + layout.part_name(shard=examples.shard)
 
 
 def _choose_subset(experiment_dir: str, subset: str | None, lds: LDSCheck | None) -> str:
@@ -312,7 +313,8 @@ def _estimates(job: EstimatesJob) -> EstimateReport:
     subset = _choose_subset(directory, config.subsets[0] if config.subsets and single
                             else None, job.lds) if single else None
     output = job.outputs.output or layout.ExperimentDir(directory).estimates(
-        subset, config.eval_shard)
+        subset, layout.part_name(job.eval_indices, config.eval_shard)
+        if "influence" in config.estimators else "")
     _check_outputs(output, job.outputs)
     data = _load_data(job.data, directory)
     if job.compare_to:  # a file it can compare, before any work
@@ -428,7 +430,7 @@ def _datamodels(job: DatamodelsJob) -> EstimateReport:
     directory = experiment.directory
     subset = _choose_subset(directory, job.subset, job.lds)
     output = job.output or layout.output_file(
-        directory, _default_name(f"datamodels-{subset}", job.examples.shard), "npz")
+        directory, _default_name(f"datamodels-{subset}", job.examples), "npz")
     _check_outputs(output)
     fit = runs_lib.load_experiment(directory, subset, progress=job.source.progress)
     chosen = _eval_indices(job.examples, fit.correctness_test.shape[1])
@@ -456,7 +458,7 @@ def _gradient(job: GradientJob) -> EstimateReport:
     subset = _choose_subset(directory, job.subset, job.lds)
     run_dir = runs_lib.run_dir(directory, subset, job.run_id)
     output = job.output or layout.output_file(directory, _default_name(
-        f"{job.method}-{subset}-run{job.run_id}", job.examples.shard), "npz")
+        f"{job.method}-{subset}-run{job.run_id}", job.examples), "npz")
     _check_outputs(output)
     _check_run_has_checkpoints(run_dir, job.method)
     data = _load_data(job.data, directory, required=True)
@@ -482,13 +484,15 @@ def _check_run_has_checkpoints(run_dir: str, method: str) -> None:
         raise ParameterError("run_id", f"{run_dir} is not a complete run; expected a "
                              "trained run")
     if not tf.io.gfile.glob(layout.RunDir(run_dir).checkpoint_indexes):
-        raise ValueError(f"{run_dir}: no checkpoints; train this run with save_checkpoints "
-                         "(add retrain_complete if it is already complete)")
+        raise ValueError(f"{run_dir}: no checkpoints; train this run with python train.py "
+                         "--save_checkpoints (add --retrain_complete if it is already "
+                         "complete)")
     info = runs_lib.read_run_info(run_dir)
     if method == "tracin" and not info.get("checkpoints"):
         raise ValueError(f"{run_dir}: TracIn needs checkpoints saved during training; train "
-                         "this run with save_checkpoints and checkpoint_every (add "
-                         "retrain_complete if it is already complete)")
+                         "this run with python train.py --save_checkpoints "
+                         "--checkpoint_every=N (add --retrain_complete if it is already "
+                         "complete)")
 
 
 def _trak(job: TRAKJob) -> EstimateReport:
@@ -498,7 +502,7 @@ def _trak(job: TRAKJob) -> EstimateReport:
     directory, config, ids = experiment.directory, job.config, list(job.run_ids)
     subset = _choose_subset(directory, job.subset, job.lds)
     output = job.output or layout.output_file(directory, _default_name(
-        f"trak-{subset}-runs{designs.format_run_ids(ids)}", job.examples.shard), "npz")
+        f"trak-{subset}-runs{designs.format_run_ids(ids)}", job.examples), "npz")
     _check_outputs(output)
     run_dirs = [runs_lib.run_dir(directory, subset, r) for r in ids]
     for run_dir in run_dirs:

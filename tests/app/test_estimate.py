@@ -256,3 +256,20 @@ def test_a_file_that_cannot_be_compared_stops_before_any_output(tmp_path):
         estimate(experiment_dir=exp, min_runs=1, progress=False,
                  compare_to=str(tmp_path / "other.npz"))
     assert sorted(os.listdir(exp)) == ["0.5"]
+
+
+def test_chosen_test_examples_never_take_the_whole_set_name(tmp_path):
+    """--eval_indices without --output: influence on some test examples is written as
+    estimates-<subset>-eval<selection>.npz, beside (not over) the whole-set file."""
+    from heldout.estimate import export
+
+    exp = _random_experiment(tmp_path / "exp")
+    report = estimate(experiment_dir=exp, min_runs=1, progress=False, eval_indices="0-2,4")
+    path = f"{exp}/estimates-0.5-eval0-2_4.npz"
+    assert f"Saved {path}" in str(report)
+    assert export.load_estimates(path).influence.eval_indices.tolist() == [0, 1, 2, 4]
+    assert not os.path.exists(f"{exp}/estimates-0.5.npz")
+    (tmp_path / "chosen.txt").write_text("3 5\n")
+    estimate(experiment_dir=exp, estimators=("influence",), min_runs=1, progress=False,
+             eval_indices=str(tmp_path / "chosen.txt"), eval_shard="1/2")
+    assert os.path.exists(f"{exp}/estimates-0.5-evalchosen-shard1of2.npz")

@@ -268,3 +268,16 @@ def test_building_a_job_imports_no_tensorflow():
     result = subprocess.run([sys.executable, "-c", code], cwd=REPO_ROOT, capture_output=True,
                             text=True, timeout=60)
     assert result.stdout.strip() == "False", result.stderr
+
+
+@pytest.mark.parametrize("script", ["estimate.py", "demo.py"])
+def test_help_cites_only_files_that_ship(script):
+    """Issue 25: --help named a missing heldout/analysis.py and a SPEC that does not ship."""
+    import re
+
+    module = cli(script)
+    text = module.__doc__ + "\n".join(module.PRIVATE_FLAGS[name].help
+                                      for name in cli_flags(script))
+    assert "SPEC" not in text
+    for path in re.findall(r"heldout/[\w/]+\.py", text):
+        assert (REPO_ROOT / path).is_file(), path
