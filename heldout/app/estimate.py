@@ -140,8 +140,8 @@ def _check_outputs(output: str, outputs: Outputs | None = None) -> None:
 
 def _load_data(data: Data, experiment_dir: str, required: bool = False) -> Dataset | None:
     """The data set given, or the experiment's (None for released runs, unless required)."""
-    dataset = data.dataset or experiment_info.read_experiment_info(experiment_dir).get(
-        "dataset")
+    info = experiment_info.read_experiment_info(experiment_dir)
+    dataset = data.dataset or (info.dataset if info else None)
     if not dataset:
         if required:
             raise ParameterError("dataset", "needed (the experiment does not record its "

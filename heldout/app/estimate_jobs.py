@@ -32,8 +32,8 @@ from heldout.estimate.config import (
     TargetedConfig,
 )
 from heldout.store import designs
+from heldout.training.presets import DEFAULT_EXPERIMENT_DIR
 
-DEFAULT_EXPERIMENT_DIR = "./experiments/digits"
 DATAMODEL = "datamodel"
 TRAK = "trak"
 # Every value `estimators` takes: the retraining estimators (several, or "all"), or one of

@@ -11,6 +11,11 @@ Front doors, each one call from arrays to NumPy scores:
 * `score_trak(models, x_train, y_train, x_query, y_query, TRAKConfig(...))`: TRAK scores
   ``[num_train, num_query]`` of an ensemble (projected log-odds gradients, regularized
   kernel, ``1 - p`` reweighting), with lambda_reg chosen by LDS on selection runs.
+* `score_metagradient(run_dir, data, eval_indices, split, MetagradientConfig(...))`: exact
+  metagradients ``[num_train, num_eval]`` of a recorded run (d f_j / d w_i through its
+  whole training, replayed bit for bit; NaN rows for examples without a batch slot),
+  with `save_metagradient_scores` / `load_metagradient_scores`; `metagradients` for a
+  `Trajectory` given directly.
 * `per_example_gradients(model, x, y)`: per-example gradients of every Linear/Conv2D
   variable, vectorized over examples.
 
@@ -48,6 +53,13 @@ _EXPORTS = {
     "save_factors": "heldout.attribution.influence_functions",
     "score_influence_functions": "heldout.attribution.influence_functions",
     "scores_from_factors": "heldout.attribution.influence_functions",
+    "MetagradientConfig": "heldout.attribution.metagradient",
+    "MetagradientScores": "heldout.attribution.metagradient",
+    "Trajectory": "heldout.attribution.metagradient",
+    "load_metagradient_scores": "heldout.attribution.metagradient",
+    "metagradients": "heldout.attribution.metagradient",
+    "save_metagradient_scores": "heldout.attribution.metagradient",
+    "score_metagradient": "heldout.attribution.metagradient",
     "GaussianProjection": "heldout.attribution.projection",
     "RandomProjection": "heldout.attribution.projection",
     "Checkpoint": "heldout.attribution.tracin",

@@ -204,9 +204,9 @@ def test_trak_of_an_ensemble_through_the_front_door(tmp_path):
     from heldout.store import files, runs
 
     exp = str(tmp_path / "exp")
-    heldout.train(heldout.TrainRequest(
-        experiment_dir=exp, num_runs=2, save_checkpoints=True, progress=False,
-        config=heldout.TrainConfig(epochs=1, models_at_once=4)))
+    heldout.train(heldout.TrainDesign(
+        heldout.TrainConfig(epochs=1, models_at_once=4),
+        runs=heldout.RunSettings(exp, num_runs=2, save_checkpoints=True, progress=False)))
     settings = {"projection_dim": 32, "projection_seed": 5, "lambda_reg": 0.5}
     report = estimate(experiment_dir=exp, estimators=("trak",), trak_runs="0-1",
                       eval_indices="0-4", **settings, progress=False)
