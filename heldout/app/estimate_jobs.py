@@ -339,12 +339,12 @@ def _lds(settings: _Settings, usable: str | None = None) -> LDSCheck | None:
         return None
     if usable:
         raise ParameterError("lds_subset", usable, subset)
-    return LDSCheck(str(subset), None if run_ids is None else
+    return LDSCheck(_folder("lds_subset", str(subset)), None if run_ids is None else
                     tuple(designs.parse_run_ids(str(run_ids), "lds_runs")))
 
 
 def _one_subset(settings: _Settings) -> str | None:
-    subsets = settings.pop("subsets")
+    subsets = _subsets(settings)
     if subsets is None:
         return None
     if len(subsets) != 1:
@@ -429,7 +429,7 @@ def _estimates(settings: _Settings, source: Source, estimators: tuple[str, ...]
     top = _top(settings)
     examples = _examples(settings)
     config = EstimateConfig(
-        estimators=chosen, subsets=_tuple(settings.pop("subsets")),
+        estimators=chosen, subsets=_subsets(settings),
         **settings.take(("metric", "min_runs", "test", "confidence", "alpha", "fdr",
                          "fdr_untestable", "influence_output", "top_k")),
         threshold=threshold, eval_shard=examples.shard, num_pairs=max(top, 100))
@@ -509,6 +509,19 @@ def _lambda_reg(value: object) -> float | tuple[float, ...]:
         raise ParameterError("lambda_reg", "expected numbers",
                              ",".join(str(v) for v in values)) from None
     return grid[0] if len(grid) == 1 else grid
+
+
+def _subsets(settings: _Settings) -> tuple[str, ...] | None:
+    subsets = _tuple(settings.pop("subsets"))
+    return None if subsets is None else tuple(_folder("subsets", s) for s in subsets)
+
+
+def _folder(parameter: str, name: str) -> str:
+    """A subset folder of the experiment: one path component, so reads stay inside it."""
+    if name in ("", ".", "..") or name != name.strip() or any(c in name for c in "/\\\0"):
+        raise ParameterError(parameter, "expected the name of a subset folder of the "
+                             "experiment (no '/', '..' or empty name)", name)
+    return name
 
 
 def _tuple(values: object) -> tuple | None:

@@ -281,3 +281,17 @@ def test_help_cites_only_files_that_ship(script):
     assert "SPEC" not in text
     for path in re.findall(r"heldout/[\w/]+\.py", text):
         assert (REPO_ROOT / path).is_file(), path
+
+
+@pytest.mark.parametrize("given, parameter", [
+    ({"estimators": ("influence",), "lds_subset": "../../etc"}, "lds_subset"),
+    ({"estimators": ("trak",), "lds_subset": "0.5/.."}, "lds_subset"),
+    ({"subsets": ("0.7", "../x")}, "subsets"),
+    ({"estimators": ("datamodel",), "subsets": ("..",)}, "subsets"),
+])
+def test_folders_read_stay_inside_the_experiment(given, parameter):
+    """Issue 24: --lds_subset=../../etc read outside the experiment; it is refused by
+    name before anything is read."""
+    with pytest.raises(ParameterError) as error:
+        jobs.estimate_job(given)
+    assert error.value.parameter == parameter
