@@ -19,7 +19,7 @@ subsets (``0.5``, the published protocol), on which every score matrix
   run 0's final model, and the mean over runs 0..4; KFAC and EKFAC also with the
   expected Fisher (exact expectation over labels: no sampling noise).
 
-Noise ceiling (SPEC §11): every LDS mask is trained a second time with other seeds
+Noise ceiling: every LDS mask is trained a second time with other seeds
 (design ``0.5-reseed1``: the same subsets, independent initial weights and batch
 order); the ceiling of eval example j is the square root of the rank correlation of the
 two trainings over masks, the highest LDS any method could reach on these noisy
@@ -51,6 +51,10 @@ import numpy as np  # noqa: E402
 from absl import app, flags, logging  # noqa: E402
 
 import heldout  # noqa: E402
+import heldout.runtime  # noqa: E402
+
+heldout.runtime.import_tensorflow()  # without its start-up lines
+
 from heldout import attribution  # noqa: E402
 from heldout.attribution import influence_functions, runs_attribution, trak  # noqa: E402
 from heldout.data import sources  # noqa: E402

@@ -130,8 +130,8 @@ class NoiseCeiling:
     and ``<ratio>-reseed1``). If a run's output is ``f = g(mask) + noise``, the
     correlation of the two trainings over masks estimates the reliability
     ``rho = var(g) / var(f)``, and no prediction from the mask alone correlates with
-    ``f`` better than ``sqrt(rho)``: ``per_example = sqrt(max(rho_j, 0))`` (SPEC §11;
-    rank correlations, as LDS uses).
+    ``f`` better than ``sqrt(rho)``: ``per_example = sqrt(max(rho_j, 0))``
+    (rank correlations, as LDS uses).
 
     Attributes:
         mean: mean of ``per_example`` over the eval examples where it is defined.

@@ -16,7 +16,7 @@ Designs (the names of subset folders, SPEC §3):
   * ``"<ratio>-reseed<k>"`` (``0.5-reseed1``): the subsets of design ``<ratio>``, run for
     run, trained again with other seeds (initial weights, batch order: replica k >= 1).
     Two trainings of every LDS mask give the noise ceiling of the standard LDS
-    protocol (SPEC §11, `heldout.estimate.lds.noise_ceiling`).
+    protocol (`heldout.estimate.lds.noise_ceiling`).
 
 A run's subset is a pure function of (experiment seed, subset name, run id, number of
 training examples), so the same run id trains on the same subset on any machine, and
