@@ -38,7 +38,13 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import numpy as np  # noqa: E402
 import roofline  # noqa: E402
 
-from heldout.attribution import influence_functions, metagradient, runs_attribution, tracin, trak  # noqa: E402  # noqa: E402
+from heldout.attribution import (  # noqa: E402
+    influence_functions,
+    metagradient,
+    runs_attribution,
+    tracin,
+    trak,
+)
 from heldout.data import sources  # noqa: E402
 from heldout.estimate import lds as lds_lib  # noqa: E402
 from heldout.store import designs  # noqa: E402

@@ -287,22 +287,22 @@ class MetagradientEngine:
                      scores))
                 return adjoint_parameters, adjoint_velocities, scores
 
-            if not self.config.xla:
-                # TensorFlow's own graph cannot run the second-order gradient inside a
-                # while loop (its AddN temporaries): one program per step instead.
-                one_step = tf.function(scored_step, **compile_)
+            one_step = tf.function(scored_step, **compile_)
 
-                def segment_vjp(parameters, velocities, first, adjoint_parameters,  # noqa: F811
-                                adjoint_velocities, scores):
-                    for at in reversed(range(parameters[0].shape[0])):
-                        adjoint_parameters, adjoint_velocities, scores = one_step(
-                            [p[at] for p in parameters], [v[at] for v in velocities],
-                            first + at, adjoint_parameters, adjoint_velocities, scores)
-                    return adjoint_parameters, adjoint_velocities, scores
+            def stepwise_vjp(parameters, velocities, first, adjoint_parameters,
+                             adjoint_velocities, scores):
+                """`segment_vjp` as one program per step: TensorFlow's own graph (without
+                XLA) cannot run the second-order gradient inside a while loop (the AddN
+                temporaries of its gradient accumulation)."""
+                for at in reversed(range(parameters[0].shape[0])):
+                    adjoint_parameters, adjoint_velocities, scores = one_step(
+                        [p[at] for p in parameters], [v[at] for v in velocities],
+                        first + at, adjoint_parameters, adjoint_velocities, scores)
+                return adjoint_parameters, adjoint_velocities, scores
 
             self._backward_programs[models] = (
                 trainer, tf.function(outputs, **compile_),
-                tf.function(segment_vjp, **compile_) if self.config.xla else segment_vjp)
+                tf.function(segment_vjp, **compile_) if self.config.xla else stepwise_vjp)
         return self._backward_programs[models]
 
     # --- the trajectory ----------------------------------------------------------------
