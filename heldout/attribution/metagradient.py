@@ -9,16 +9,18 @@ effect of dropping a set S is ``-sum_{i in S} g[i, j]`` (MAGIC, Ilyas, Engstrom 
 
 How, by reverse-mode differentiation of the training loop:
 
-1. Replay the run forward with the trainer's own pure step
-   (`heldout.training.core.Trainer.parameter_step`: the model, the weighted and
-   smoothed loss, the learning-rate schedule with warm-up, weight decay and heavy-ball or
-   Nesterov momentum, from the very pieces the trainer's step uses; the batches and
-   augmentation draws of `Trainer.batch_inputs` and `core.run_batches`), keeping the
-   state (parameters, velocities) of every step when they fit in
-   ``memory_budget_bytes``, otherwise of every c-th step (c ~ sqrt(T)).
+1. Replay the run forward with the trainer's own step program
+   (`heldout.training.core.Trainer.step_program`, one step at a time on its variables:
+   the recorded run bit for bit; in float64 its pure form below), keeping the state
+   (parameters, velocities) of every step when they fit in ``memory_budget_bytes``,
+   otherwise of every c-th step (c ~ sqrt(T)).
 2. Start the adjoint at the gradient of each target's output at the final parameters
-   (velocity adjoint 0), and step backwards: one vector-Jacobian product of the step
-   function per optimizer step carries the adjoints of (parameters, velocities) to the
+   (velocity adjoint 0), and step backwards: one vector-Jacobian product per optimizer
+   step of the trainer's step as a pure function (`Trainer.parameter_step`: the model,
+   the weighted and smoothed loss, the learning-rate schedule with warm-up, weight decay
+   and heavy-ball or Nesterov momentum from the very pieces the trainer's step uses; the
+   batches and augmentation draws of `Trainer.batch_inputs` and `core.run_batches`)
+   carries the adjoints of (parameters, velocities) to the
    previous state and gives the cotangent of the batch's weights, scattered (summed)
    to the batch's example ids. A segment between kept states is first recomputed by
    deterministic replay from its first state: the same compiled program on the same
