@@ -275,7 +275,7 @@ class MetagradientEngine:
                 """Steps backwards through steps ``first .. first + c - 1`` whose states
                 before each step are stacked ``[c, 1, ...]``: one program for the
                 whole segment (no per-step dispatch)."""
-                length = parameters[0].shape[0]
+                length = tf.shape(parameters[0])[0]  # unknown when retraced (relaxed)
 
                 def body(k, adjoint_parameters, adjoint_velocities, scores):
                     at = length - 1 - k
