@@ -168,7 +168,6 @@ class MetagradientEngine:
         self._forward = tf.function(self._forward_step, jit_compile=self.config.xla,
                                     autograph=False, reduce_retracing=True)
         self._backward_programs: dict[int, tuple] = {}
-        self._stacked = None  # (kept states, their stack), reused across target batches
 
     def set_weights(self, weights: np.ndarray | None) -> None:
         """The per-example loss weights w ``[num_train]`` the run is replayed and
@@ -422,22 +421,20 @@ class MetagradientEngine:
         adjoint_velocities = [tf.zeros_like(a) for a in adjoint_parameters]
         scores = tf.zeros([self.data.num_train, models], self.dtype)
         for first, end in self._segments(interval):
-            if interval == 1:  # every state kept: stacked once for all target batches
-                if self._stacked is None or self._stacked[0] is not kept:
-                    self._stacked = (kept, _stack(kept, 0, steps))
-                stacked = self._stacked[1]
-            else:
-                stacked = _stack(self.replay(kept[first], first, end), first, end)
+            states = kept if interval == 1 else self.replay(kept[first], first, end)
+            stacked = _stack(states, first, end)
             adjoint_parameters, adjoint_velocities, scores = segment_vjp(
                 *stacked, tf.constant(first), adjoint_parameters, adjoint_velocities, scores)
             bar.update(end - first)
         return scores.numpy(), f.numpy()
 
     def _segments(self, interval: int) -> list[tuple[int, int]]:
-        """(first, end) step ranges stepped back through in turn, the last first."""
+        """(first, end) step ranges stepped back through in turn, the last first: the
+        kept states' intervals, or with every state kept ~sqrt(T) steps (one program
+        each, so the progress bar moves)."""
         steps = self.trajectory.total_steps
         if interval == 1:
-            return [(0, steps)]
+            interval = math.isqrt(max(steps - 1, 0)) + 1
         return [(first, min(first + interval, steps))
                 for first in reversed(range(0, steps, interval))]
 
