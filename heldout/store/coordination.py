@@ -13,9 +13,11 @@ often on preemptible machines. Two mechanisms keep that safe and cheap:
   renewed by a background thread (`Claims.heartbeat`) for as long as the worker lives,
   also while it compiles and writes, and removed when the run is written.
 * **Preemption**: a claim records the scheduler's task identity (`task_identity`: Slurm
-  array job and task, or Kubernetes job and completion index). A scheduler runs one
-  instance of a task at a time, so a requeued task that finds claims of its own task
-  identity takes them over at once instead of waiting for the lease to expire.
+  array task or job, with the job step and the rank in the step; or Kubernetes job and
+  completion index). A scheduler runs one instance of a task at a time, so a requeued
+  task that finds claims of its own task identity takes them over at once instead of
+  waiting for the lease to expire; two tasks running at once (two steps of one job)
+  never share an identity.
 * **Exit status**: a worker that ends with runs of its shard missing because other
   workers claim them says so, and ``train.py`` exits with
   `EXIT_RUNS_CLAIMED_ELSEWHERE`, so a scheduler retries the task later.
@@ -56,6 +58,9 @@ from heldout.store.layout import CLAIMS_DIRNAME  # noqa: F401  (kept for readers
 # their claims (live or not yet expired): not done, not failed, retry later.
 EXIT_RUNS_CLAIMED_ELSEWHERE = 3
 MAX_LEASE_SECONDS = 7 * 24 * 3600  # a week: longer leases would outlive any preemption
+
+# Seconds after which a claim not renewed is taken as abandoned (a killed worker's).
+DEFAULT_LEASE_SECONDS = 600.0
 
 
 def task_identity(environ: Mapping[str, str] | None = None) -> str | None:
@@ -125,14 +130,15 @@ def resolve_shard(num_shards: int | None, shard_index: int | None,
             source = "JOB_COMPLETION_INDEX"
     if shard_index is None:
         if num_shards not in (None, 1):
-            raise ValueError(f"--num_shards={num_shards}: also give --shard_index (or run "
-                             "under a Slurm array / Kubernetes Indexed Job)")
+            raise ParameterError("num_shards", "also give shard_index (or run under a "
+                                 "Slurm array / Kubernetes Indexed Job)", num_shards)
         return Shard(0, 1, "single")
     if num_shards is None:
-        raise ValueError(f"shard index {shard_index} from {source}: give --num_shards too")
+        raise ParameterError("num_shards", f"needed with shard index {shard_index} from "
+                             f"{source}")
     if not 0 <= shard_index < num_shards:
-        raise ValueError(f"--shard_index={shard_index} (from {source}): expected 0 <= index "
-                         f"< --num_shards={num_shards}")
+        raise ParameterError("shard_index", f"(from {source}) expected 0 <= index < "
+                             f"num_shards={num_shards}", shard_index)
     return Shard(shard_index, num_shards, source)
 
 
@@ -154,7 +160,7 @@ class Claims:
     """
 
     directory: str  # where the claim files go: <experiment_dir>/.claims/<subset>
-    lease_seconds: float = 600.0  # a claim not renewed for this long is stale
+    lease_seconds: float = DEFAULT_LEASE_SECONDS  # a claim not renewed for this long is stale
     settle_seconds: float = 1.0  # wait between writing a claim and reading it back
     token: str = dataclasses.field(default_factory=lambda: uuid.uuid4().hex)
     held: set[int] = dataclasses.field(default_factory=set)

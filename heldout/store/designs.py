@@ -28,21 +28,23 @@ from typing import NamedTuple
 
 import numpy as np
 
-from heldout.store import files
+from heldout.errors import ParameterError
 
 
 def parse_subset_ratio(subset: str) -> float:
     """The training-set fraction of a random-subset design named like ``"0.7"``.
 
     Raises:
-        ValueError: `subset` is not a number strictly between 0 and 1.
+        ParameterError: `subset` is not a number strictly between 0 and 1 (NaN included),
+            naming ``subset_ratio``.
     """
     try:
         ratio = float(subset)
     except ValueError:
-        raise ValueError(f"--subset_ratio={subset!r}: expected a number in (0, 1)") from None
+        raise ParameterError("subset_ratio", "expected a number in (0, 1)",
+                             repr(subset)) from None
     if not 0.0 < ratio < 1.0:
-        raise ValueError(f"--subset_ratio={subset}: expected a number in (0, 1)")
+        raise ParameterError("subset_ratio", "expected a number in (0, 1)", subset)
     return ratio
 
 
@@ -60,8 +62,8 @@ def design_name(subset: str | float) -> str:
     """The canonical folder name of a design: ``"0.7"``, ``"full"`` or ``"drop-<name>"``.
 
     Raises:
-        ValueError: not a ratio in (0, 1), ``full``, or ``drop-`` followed by a name of
-            letters, digits, ``_`` or ``-``.
+        ParameterError: not a ratio in (0, 1), ``full``, or ``drop-`` followed by a name
+            of letters, digits, ``_`` or ``-`` (naming ``subset``).
     """
     text = str(subset)
     if text == FULL:
@@ -71,14 +73,14 @@ def design_name(subset: str | float) -> str:
     if text.startswith(DROP_PREFIX):
         name = text[len(DROP_PREFIX):]
         if not name or not all(c.isalnum() or c in "_-" for c in name):
-            raise ValueError(f"--subset={text}: expected drop-<name> with a name of letters, "
-                             "digits, '_' or '-'")
+            raise ParameterError("subset", "expected drop-<name> with a name of letters, "
+                                 "digits, '_' or '-'", text)
         return text
     try:
         return subset_name(float(text))
     except ValueError:
-        raise ValueError(f"--subset={text}: expected a ratio in (0, 1), 'full', "
-                         "'drop-<name>' or 'bank-<p>'") from None
+        raise ParameterError("subset", "expected a ratio in (0, 1), 'full', "
+                             "'drop-<name>' or 'bank-<p>'", text) from None
 
 
 def drop_target_name(design: str) -> str | None:
@@ -114,8 +116,8 @@ def bank_fraction(subset: str) -> float:
     except ValueError:
         fraction = float("nan")
     if not 0.0 < fraction < 1.0:
-        raise ValueError(f"--subset={subset}: expected bank-<p> with a dropped fraction p "
-                         "in (0, 1), e.g. bank-0.01")
+        raise ParameterError("subset", "expected bank-<p> with a dropped fraction p in "
+                             "(0, 1), e.g. bank-0.01", subset)
     return fraction
 
 
@@ -178,11 +180,12 @@ def subset_indices(num_train: int, subset: str, experiment_seed: int, run_id: in
         return np.arange(num_train, dtype=np.int64)
     if subset.startswith(DROP_PREFIX):
         if dropped is None or not len(dropped):
-            raise ValueError(f"--subset={subset}: needs the target indices to drop "
-                             "(--target_indices or --targets)")
+            raise ParameterError("subset", "needs the target indices to drop "
+                                 "(target_indices or targets)", subset)
         dropped = np.asarray(dropped, dtype=np.int64)
         if dropped.min() < 0 or dropped.max() >= num_train:
-            raise ValueError(f"--subset={subset}: target indices must be in [0, {num_train})")
+            raise ParameterError("subset", f"target indices must be in [0, {num_train})",
+                                 subset)
         keep = np.ones(num_train, dtype=bool)
         keep[dropped] = False
         return np.flatnonzero(keep).astype(np.int64)
@@ -196,12 +199,12 @@ def subset_indices(num_train: int, subset: str, experiment_seed: int, run_id: in
 MAX_RUN_ID = 1_000_000
 
 
-def parse_run_ids(text: str, flag: str = "--run_ids") -> list[int]:
+def parse_run_ids(text: str, flag: str = "run_ids") -> list[int]:
     """Ids from ``"0-99"``, ``"3,5,8"`` or a mix (``"0-9,20"``), in increasing order.
 
     Raises:
-        ValueError: the text is not a comma list of ids and inclusive ranges, or an id
-            is not below `MAX_RUN_ID` (the message names `flag`).
+        ParameterError: the text is not a comma list of ids and inclusive ranges, or an
+            id is not below `MAX_RUN_ID` (naming the parameter `flag`).
     """
     ids: set[int] = set()
     try:
@@ -216,13 +219,12 @@ def parse_run_ids(text: str, flag: str = "--run_ids") -> list[int]:
             else:
                 ids.add(_check_run_id_bound(int(first), text, flag))
     except _RunIdBoundError as e:
-        raise ValueError(str(e)) from None
+        raise ParameterError(flag, str(e), repr(text)) from None
     except ValueError:
-        raise ValueError(
-            f"{flag}={text!r}: expected non-negative ids and ranges like '0-99' or '3,5,8'"
-        ) from None
+        raise ParameterError(flag, "expected non-negative ids and ranges like '0-99' or "
+                             "'3,5,8'", repr(text)) from None
     if not ids or min(ids) < 0:
-        raise ValueError(f"{flag}={text!r}: expected non-negative ids")
+        raise ParameterError(flag, "expected non-negative ids", repr(text))
     return sorted(ids)
 
 
@@ -232,7 +234,7 @@ class _RunIdBoundError(Exception):
 
 def _check_run_id_bound(run_id: int, text: str, flag: str) -> int:
     if run_id >= MAX_RUN_ID:
-        raise _RunIdBoundError(f"{flag}={text!r}: run ids must be below {MAX_RUN_ID:,}")
+        raise _RunIdBoundError(f"run ids must be below {MAX_RUN_ID:,}")
     return run_id
 
 
@@ -255,6 +257,8 @@ def read_indices(spec: str, flag: str) -> list[int]:
     A file (local or gs://) holds integers separated by whitespace or commas; lines
     starting with ``#`` are comments.
     """
+    from heldout.store import files  # TensorFlow's file system: only when reading one
+
     try:
         text = files.read_bytes(spec).decode()
     except files.StoredFileMissing:

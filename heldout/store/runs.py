@@ -31,6 +31,7 @@ from collections.abc import Sequence
 import numpy as np
 import tensorflow as tf
 
+from heldout.errors import ParameterError
 from heldout.store import designs as designs_lib
 from heldout.store import experiment_info as info_lib
 from heldout.store import files
@@ -274,17 +275,36 @@ def save_run_info(directory: str, info: dict) -> None:
 
 
 def list_subsets(experiment_dir: str) -> list[str]:
-    """Names of the subset folders of an experiment that hold at least one run folder."""
-    if not tf.io.gfile.isdir(experiment_dir):
+    """Names of the subset folders of an experiment that hold at least one run folder.
+
+    A directory that does not exist (or a file) holds none.
+
+    Raises:
+        ParameterError: (``experiment_dir``) the directory cannot be read: an unreachable
+            or forbidden ``gs://`` bucket, a folder without read permission. TensorFlow's
+            ``isdir`` answers False for those, which read as "no runs".
+    """
+    try:
+        if not tf.io.gfile.isdir(experiment_dir):
+            tf.io.gfile.stat(experiment_dir)  # NotFoundError if missing, else why not
+            return []
+        names = []
+        for entry in sorted(tf.io.gfile.listdir(experiment_dir)):
+            entry = entry.rstrip("/")
+            try:
+                folder = layout_lib.ExperimentDir(experiment_dir).subset(entry)
+            except ValueError:
+                continue  # a name no subset can have (surrounding spaces, say): not a subset
+            if tf.io.gfile.isdir(folder) and any(
+                    e.rstrip("/").isdigit() for e in tf.io.gfile.listdir(folder)):
+                names.append(entry)
+        return names
+    except tf.errors.NotFoundError:
         return []
-    names = []
-    for entry in sorted(tf.io.gfile.listdir(experiment_dir)):
-        entry = entry.rstrip("/")
-        folder = layout_lib.ExperimentDir(experiment_dir).subset(entry)
-        if tf.io.gfile.isdir(folder) and any(
-                e.rstrip("/").isdigit() for e in tf.io.gfile.listdir(folder)):
-            names.append(entry)
-    return names
+    except tf.errors.OpError as e:
+        reason = (e.message or type(e).__name__).strip().splitlines()[0]
+        raise ParameterError("experiment_dir", f"cannot be read ({reason})",
+                             experiment_dir) from None
 
 
 def list_runs(experiment_dir: str, subset: str) -> tuple[list[int], list[int]]:
@@ -296,6 +316,56 @@ def list_runs(experiment_dir: str, subset: str) -> tuple[list[int], list[int]]:
                  if e.rstrip("/").isdigit())
     complete = set(_complete_run_ids(folder, ids))
     return [i for i in ids if i in complete], [i for i in ids if i not in complete]
+
+
+def experiment_sizes(experiment_dir: str, subset: str | None = None) -> tuple[int, int]:
+    """(num_train, num_test) of an experiment's data, without loading its runs: from
+    ``experiment.json`` when it records them, else from one complete run (of `subset`,
+    or of the first subset holding one). For checks made before any work, such as
+    whether a published file fits (`heldout.estimate.compare.check_comparable`).
+
+    Raises:
+        ValueError: no record and no complete run.
+    """
+    try:
+        info = info_lib.read_experiment_info(experiment_dir)
+    except files.StoredFileError:
+        info = None
+    recorded = dict(info.data) if info is not None and info.data else {}
+    if all(
+            isinstance(recorded.get(k), int) for k in ("num_train", "num_test")):
+        return recorded["num_train"], recorded["num_test"]
+    for name in [subset] if subset else list_subsets(experiment_dir):
+        complete = list_runs(experiment_dir, name)[0]
+        if complete:
+            run = load_run(run_dir(experiment_dir, name, complete[0]))
+            return (len(run["index_train"]) + len(run["index_removed"]),
+                    len(run["index_test"]))
+    raise ValueError(f"experiment_dir={experiment_dir}: no complete runs to take the data "
+                     "sizes from")
+
+
+def load_membership(experiment_dir: str, subset: str, run_ids: Sequence[int],
+                    num_train: int, num_threads: int = 16) -> np.ndarray:
+    """bool ``[len(run_ids), num_train]``: which examples each run trained on (its
+    ``subsample_idx``), without building the prediction matrices; e.g. the fit runs of
+    an attribution, to judge LDS evaluation runs by membership
+    (`heldout.estimate.lds.check_disjoint_membership`).
+
+    Raises:
+        RunFileError: a run is missing or damaged, or its indices are outside
+            ``[0, num_train)`` (named by path).
+    """
+    directories = [run_dir(experiment_dir, subset, r) for r in run_ids]
+    masks = np.zeros((len(directories), num_train), dtype=bool)
+    with concurrent.futures.ThreadPoolExecutor(num_threads) as pool:
+        for r, run in enumerate(pool.map(load_run, directories)):
+            chosen = run[SUBSET_INDICES]
+            if len(chosen) and (chosen.min() < 0 or chosen.max() >= num_train):
+                _raise_on_problem(directories[r], f"{SUBSET_INDICES} holds indices outside "
+                                                  f"[0, {num_train})")
+            masks[r, chosen] = True
+    return masks
 
 
 def _complete_run_ids(folder: str, ids: Sequence[int], num_threads: int = 16) -> list[int]:
@@ -425,7 +495,11 @@ def load_experiment(experiment_dir: str, subset: str, num_threads: int = 16,
     # Bits hashed per run; the float metrics confirm a candidate copy.
     rows = [matrices["membership"], matrices["correctness_train"], matrices["correctness_test"]]
     kept = [d for d, u in zip(directories, used, strict=True) if u]
-    for copy, original in duplicate_runs(rows).items():
+    # Runs of full/drop designs all train on the same examples: without float metrics,
+    # equal 0/1 predictions alone do not show a copy.
+    comparable = not designs_lib.is_targeted_design(subset) or any(
+        v is not None for v in floats.values())
+    for copy, original in (duplicate_runs(rows) if comparable else {}).items():
         if any(not np.array_equal(v[copy], v[original]) for v in floats.values()
                if v is not None):
             continue
@@ -476,7 +550,7 @@ def verify_runs(experiment_dir: str, subsets: Sequence[str] | None = None,
         raise ValueError(f"experiment_dir={experiment_dir}: no complete runs to verify "
                          f"(expected <subset>/<run_id>/{AUX_FILENAME})")
     info = info_lib.read_experiment_info(experiment_dir)
-    recorded = info.get("data", {})
+    recorded = dict(info.data) if info and info.data else {}
     seed = _recorded_seed(experiment_dir, info)
     expected = (recorded.get("num_train"), recorded.get("num_test"))
     expected = (None, None) if None in expected else tuple(int(n) for n in expected)
@@ -494,8 +568,9 @@ def verify_runs(experiment_dir: str, subsets: Sequence[str] | None = None,
             return sizes, None  # named below, with the sizes
         problem = check_run_arrays(run, *sizes) or design_problem(
             subset, run_id, run[SUBSET_INDICES], sizes[0], seed, dropped[subset])
-        if problem is None:
-            fingerprints[position] = _run_fingerprint(run)
+        if problem is None and (not designs_lib.is_targeted_design(subset) or any(
+                key.startswith(tuple(_FLOAT_METRICS.values())) for key in run)):
+            fingerprints[position] = _run_fingerprint(run)  # see load_experiment
         return sizes, problem
 
     with concurrent.futures.ThreadPoolExecutor(num_threads) as pool:
@@ -579,7 +654,7 @@ def design_problem(subset: str, run_id: int, subset_indices: np.ndarray, num_tra
             return None
     except ValueError:
         return None
-    chosen = np.unique(subset_indices)
+    chosen = np.asarray(subset_indices)  # each index once (`check_run_arrays`)
     size = len(chosen)
     if subset == designs_lib.FULL:
         expected, text = num_train, "every"
@@ -591,6 +666,9 @@ def design_problem(subset: str, run_id: int, subset_indices: np.ndarray, num_tra
                     "target set out")
         expected = num_train - len(np.unique(dropped))
         text = f"{expected} (all but the target set) of the"
+        if np.isin(dropped, chosen).any():
+            first = int(np.asarray(dropped)[np.isin(dropped, chosen)][0])
+            return (f"trains on target example {first}, which design {subset} leaves out")
     else:
         ratio = designs_lib.parse_subset_ratio(subset)
         slack = 1.0 if seed is not None else max(
@@ -605,7 +683,7 @@ def design_problem(subset: str, run_id: int, subset_indices: np.ndarray, num_tra
                 f"{text} {num_train} examples".replace("  ", " "))
     if seed is not None and derive:
         derived = designs_lib.subset_indices(num_train, subset, seed, run_id, dropped)
-        if not np.array_equal(chosen, derived):
+        if not np.array_equal(np.sort(chosen), derived):
             return (f"trains on other examples than run {run_id} of design {subset} with "
                     f"experiment seed {seed} (copied from another run or experiment?)")
     return None
@@ -651,14 +729,15 @@ def _run_fingerprint(run: dict[str, np.ndarray]) -> bytes:
     return digest.digest()
 
 
-def _recorded_seed(experiment_dir: str, info: dict | None = None) -> int | None:
+def _recorded_seed(experiment_dir: str, info: info_lib.ExperimentInfo | None = None
+                   ) -> int | None:
     """The experiment seed of ``experiment.json``, or None (released runs)."""
     if info is None:
         try:
             info = info_lib.read_experiment_info(experiment_dir)
         except files.StoredFileError:
             return None
-    seed = info.get("seed")
+    seed = info.seed if info is not None else None
     return seed if isinstance(seed, int) and not isinstance(seed, bool) else None
 
 

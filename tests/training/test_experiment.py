@@ -37,7 +37,7 @@ def test_runs_of_a_replaced_data_file_and_claimed_runs(tmp_path):
     assert summary.trained == (0, 1) and summary.still_claimed == (2, 3)
     assert summary.exit_status == coordination.EXIT_RUNS_CLAIMED_ELSEWHERE == 3
     recorded = info_lib.read_experiment_info(directory)
-    assert recorded["data"] == info_lib.data_fingerprint(
+    assert recorded.data == info_lib.data_fingerprint(
         sources.load_dataset(f"npz:{data_file}"))
     assert runs.verify_runs(directory) == (2, [])
 
