@@ -32,6 +32,8 @@ config as a flag (--fisher, --fisher_seed, --fisher_draws, --damping, --damping_
   python estimate.py --estimator=if_ekfac --fisher=empirical --damping=0.01
   python estimate.py --estimator=trak --trak_runs=0-4 --projection_dim=512 \
       --lambda_reg=0.1,1,10 --eval_indices=0-99 --lds_subset=0.5
+  python estimate.py --estimator=metagradient --run_id=0 --eval_indices=0-99 \
+      [--checkpoint_interval=C]
 
 Flags are checked before TensorFlow loads, and output locations before anything is
 computed; nothing is written unless every check passed. Default outputs are named
@@ -79,7 +81,9 @@ _ESTIMATOR = flags.DEFINE_list(
     "Estimators: memorization, self_influence, influence, cscore, or all (default "
     f"{','.join(EstimateConfig.estimators)}); datamodel (ridge datamodels of the test "
     "examples' log-odds); or a gradient method on one run (--run_id): tracin, "
-    "if_identity, if_diagonal, if_kfac, if_ekfac; or trak (final models of --trak_runs).")
+    "if_identity, if_diagonal, if_kfac, if_ekfac; or trak (final models of --trak_runs); or "
+    "metagradient (exact d log-odds / d training-example weight of one run, --run_id, "
+    "replayed through its training).")
 _SUBSET = flags.DEFINE_list(
     "subset", None, "Subset folder to estimate from (e.g. 0.7); default: the only one "
     "besides --lds_subset. For cscore, the ratio folders to average over (default: all).")
@@ -138,7 +142,7 @@ _POWER = flags.DEFINE_float("power", None, "--plan: probability of detecting it;
                             f"{PlanConfig.power}.")
 _RUN_ID = flags.DEFINE_integer(
     "run_id", None, "Gradient methods and TRAK: the run (of --subset) whose checkpoints to "
-    "use; default 0.")
+    "use; metagradient: the run to replay; default 0.")
 _MEASUREMENT = flags.DEFINE_string(
     "measurement", None, "TracIn and influence functions: what is measured on the "
     "queries: loss (the default), margin or logodds.")
@@ -178,6 +182,10 @@ _REWEIGHTING = flags.DEFINE_string(
 _TRAK_RUNS = flags.DEFINE_string(
     "trak_runs", None, "TRAK: the runs whose final models form the ensemble, e.g. 0-4 "
     "(default: --run_id).")
+_CHECKPOINT_INTERVAL = flags.DEFINE_integer(
+    "checkpoint_interval", None, "Metagradients: keep every C-th training state for the "
+    "backward pass (1: all; default 0: all if they fit in memory, else about sqrt(steps)); "
+    "the scores do not depend on it.")
 _FACTORS_PATH = flags.DEFINE_string(
     "factors_path", None, "Influence functions: reuse (or save) the fitted factors here.")
 _OUTPUT = flags.DEFINE_string(

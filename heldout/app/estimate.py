@@ -26,6 +26,7 @@ from heldout.app.estimate_jobs import (
     GradientJob,
     LDSCheck,
     MergeJob,
+    MetagradientJob,
     Outputs,
     PlanJob,
     Source,
@@ -33,7 +34,7 @@ from heldout.app.estimate_jobs import (
     TRAKJob,
     VerifyJob,
 )
-from heldout.attribution import runs_attribution
+from heldout.attribution import metagradient, runs_attribution
 from heldout.data import sources
 from heldout.data.dataset import Dataset
 from heldout.errors import ParameterError
@@ -83,6 +84,8 @@ def run(job: EstimateJob) -> EstimateReport:
             return _gradient(job)
         case TRAKJob():
             return _trak(job)
+        case MetagradientJob():
+            return _metagradient(job)
     raise TypeError(f"not an estimate job: {job!r}")
 
 
@@ -102,11 +105,12 @@ def _prepare(source: Source) -> _Experiment:
     fetch = source.fetch
     if not released.is_release_source(source.experiment_dir):
         for parameter, value in (("fetch_dir", fetch.destination),
-                                 ("fetch_checkpoints", fetch.checkpoint_subsets),
-                                 ("md5", fetch.md5)):
+                                 ("fetch_checkpoints", fetch.checkpoint_subsets)):
             if value is not None:
                 raise ParameterError(parameter, "only for a tarball or release name as "
                                      f"experiment_dir (not {source.experiment_dir})")
+        # Checked, never ignored: a directory has no MD5, so it is refused by name.
+        released.verify_md5(source.experiment_dir, fetch.md5)
         return _Experiment(source.experiment_dir)
     destination = fetch.destination or os.path.join(
         "experiments", _release_name(source.experiment_dir))
@@ -184,6 +188,10 @@ def _lds_folder(lds: LDSCheck | None) -> tuple[str, ...]:
     return () if lds is None else (lds.subset,)
 
 
+# The LDS protocol's bootstrap interval (SPEC §9): level, resamples, seed; saved with it.
+LDS_CONFIDENCE, LDS_BOOTSTRAP, LDS_SEED = 0.95, 1000, 0
+
+
 @dataclasses.dataclass(frozen=True)
 class _LDS:
     """An LDS computed (not yet saved): its result, and the runs it was taken over."""
@@ -192,6 +200,7 @@ class _LDS:
     subset: str
     run_ids: np.ndarray
     eval_indices: np.ndarray
+    fit_subset: str
 
     def text(self) -> str:
         return (f"LDS on {self.result.num_runs} runs of {self.subset} (log-odds, "
@@ -203,8 +212,10 @@ class _LDS:
         path = layout.output_file(os.path.dirname(scores_path) or ".",
                                   f"{stem}-lds-{self.subset}", "npz")
         export.save_lds(path, self.result, self.eval_indices, self.run_ids,
-                        {"method": method, "scores": scores_path, "lds_subset": self.subset,
-                         "output": "logodds"})
+                        {"method": method, "scores_file": scores_path,
+                         "lds_subset": self.subset, "fit_subset": self.fit_subset,
+                         "output": "logodds", "confidence": LDS_CONFIDENCE,
+                         "num_bootstrap": LDS_BOOTSTRAP, "seed": LDS_SEED})
         return path
 
 
@@ -239,8 +250,9 @@ def _lds(lds: LDSCheck | None, experiment_dir: str, scores: np.ndarray,
         raise ParameterError("lds_subset", "its runs have no logodds_test arrays (the LDS "
                              "output); train them with this toolkit", lds.subset)
     result = lds_lib.lds(scores, runs.membership[rows],
-                         runs.logodds_test[rows][:, eval_indices])
-    return _LDS(result, lds.subset, runs.run_ids[rows], np.asarray(eval_indices))
+                         runs.logodds_test[rows][:, eval_indices],
+                         num_bootstrap=LDS_BOOTSTRAP, seed=LDS_SEED, confidence=LDS_CONFIDENCE)
+    return _LDS(result, lds.subset, runs.run_ids[rows], np.asarray(eval_indices), fit_subset)
 
 
 # --- the modes ------------------------------------------------------------------------
@@ -250,10 +262,11 @@ def _verify(job: VerifyJob) -> EstimateReport:
     """Checks every complete run; a missing, empty or unreadable directory is an error."""
     experiment = _prepare(job.source)
     directory = experiment.directory
-    if not tf.io.gfile.isdir(directory):
+    subsets = runs_lib.list_subsets(directory)  # an unreadable directory: said so
+    if not subsets and not tf.io.gfile.isdir(directory):
         raise ParameterError("experiment_dir", "not a directory; expected an experiment to "
                              "verify", directory)
-    if not runs_lib.list_subsets(directory):
+    if not subsets:
         raise ParameterError("experiment_dir", "no runs found (expected "
                              "<subset>/<run_id>/aux_arrays.npz)", directory)
     checked, problems = runs_lib.verify_runs(directory)
@@ -453,13 +466,8 @@ def _datamodels(job: DatamodelsJob) -> EstimateReport:
 
 def _gradient(job: GradientJob) -> EstimateReport:
     """TracIn or influence functions on one run's checkpoints."""
-    experiment = _prepare(job.source)
+    experiment, subset, run_dir, output = _one_run(job, job.method)
     directory = experiment.directory
-    subset = _choose_subset(directory, job.subset, job.lds)
-    run_dir = runs_lib.run_dir(directory, subset, job.run_id)
-    output = job.output or layout.output_file(directory, _default_name(
-        f"{job.method}-{subset}-run{job.run_id}", job.examples), "npz")
-    _check_outputs(output)
     _check_run_has_checkpoints(run_dir, job.method)
     data = _load_data(job.data, directory, required=True)
     eval_indices = _eval_indices(job.examples, data.num_test)
@@ -476,6 +484,18 @@ def _gradient(job: GradientJob) -> EstimateReport:
     table = runs_attribution.format_attribution(attribution, data.y_train, top=job.top)
     return EstimateReport((*experiment.sections, table, lds.text() if lds else ""),
                           tuple(written))
+
+
+def _one_run(job: GradientJob | MetagradientJob, method: str
+             ) -> tuple[_Experiment, str, str, str]:
+    """The experiment, folder, run directory and (checked) output of a one-run method."""
+    experiment = _prepare(job.source)
+    subset = _choose_subset(experiment.directory, job.subset, job.lds)
+    run_dir = runs_lib.run_dir(experiment.directory, subset, job.run_id)
+    output = job.output or layout.output_file(experiment.directory, _default_name(
+        f"{method}-{subset}-run{job.run_id}", job.examples), "npz")
+    _check_outputs(output)
+    return experiment, subset, run_dir, output
 
 
 def _check_run_has_checkpoints(run_dir: str, method: str) -> None:
@@ -534,4 +554,34 @@ def _trak(job: TRAKJob) -> EstimateReport:
     if lds is not None:
         lines.append(lds.text())
         written.append(lds.save(output, "trak"))
+    return EstimateReport((*experiment.sections, "\n".join(lines)), tuple(written))
+
+
+def _metagradient(job: MetagradientJob) -> EstimateReport:
+    """Exact metagradients of one run trained by ``train.py`` (replayed bit for bit),
+    saved; with an LDS check, their LDS like the other gradient methods (the rows of
+    examples the run never had in a batch, NaN in the file, count 0 there)."""
+    experiment, subset, run_dir, output = _one_run(job, "metagradient")
+    directory = experiment.directory
+    if not runs_lib.run_complete(run_dir):
+        raise ParameterError("run_id", f"{run_dir} is not a complete run; expected a run "
+                             "trained by train.py", job.run_id)
+    data = _load_data(job.data, directory, required=True)
+    eval_indices = _eval_indices(job.examples, data.num_test)
+    scores = metagradient.score_metagradient(run_dir, data, eval_indices, config=job.config)
+    without_slot = int(scores.without_slot.sum())
+    lines = [f"metagradient of {subset} run {job.run_id}: scores {scores.scores.shape[0]} "
+             f"training x {scores.scores.shape[1]} eval examples, {without_slot} training "
+             f"examples without a batch slot in this run (NaN rows), {scores.seconds:.1f} s"]
+    lds = None
+    if job.lds is not None:
+        fit = runs_lib.load_experiment(directory, subset, progress=job.source.progress)
+        lds = _lds(job.lds, directory, np.nan_to_num(scores.scores, nan=0.0), eval_indices,
+                   subset, np.asarray([job.run_id]), job.source.progress,
+                   fit_masks=fit.membership[fit.run_ids == job.run_id])
+    metagradient.save_metagradient_scores(output, scores)
+    written = [output]
+    if lds is not None:
+        lines.append(lds.text() + f"; the {without_slot} NaN rows scored 0")
+        written.append(lds.save(output, "metagradient"))
     return EstimateReport((*experiment.sections, "\n".join(lines)), tuple(written))

@@ -4,10 +4,11 @@ user gave, refusing every setting the chosen mode does not take.
 Modes (chosen in this order): `VerifyJob` (``verify``), `TargetedJob` (``targets``, with
 an optional power plan), `PlanJob` (``plan`` alone), `MergeJob` (``merge``),
 `DatamodelsJob` (``estimators=("datamodel",)``), `TRAKJob` (``("trak",)``),
-`GradientJob` (one of ``tracin``, ``if_<strategy>``), and `EstimatesJob` (the retraining
-estimates, the default). A job holds the lower layers' configs (`EstimateConfig`,
-`TargetedConfig`, `PlanConfig`, `DatamodelConfig`, `TracInConfig`, `InfluenceConfig`,
-`TRAKConfig`); their defaults are the only defaults. `estimate_job` imports no
+`GradientJob` (one of ``tracin``, ``if_<strategy>``), `MetagradientJob`
+(``("metagradient",)``), and `EstimatesJob` (the retraining estimates, the default). A
+job holds the lower layers' configs (`EstimateConfig`, `TargetedConfig`, `PlanConfig`,
+`DatamodelConfig`, `TracInConfig`, `InfluenceConfig`, `TRAKConfig`,
+`MetagradientConfig`); their defaults are the only defaults. `estimate_job` imports no
 TensorFlow, so a bad setting is reported within a second; `heldout.app.estimate.run`
 executes a job.
 """
@@ -19,7 +20,12 @@ import math
 from collections.abc import Callable, Mapping
 
 from heldout.attribution import config as attribution_config
-from heldout.attribution.config import InfluenceConfig, TracInConfig, TRAKConfig
+from heldout.attribution.config import (
+    InfluenceConfig,
+    MetagradientConfig,
+    TracInConfig,
+    TRAKConfig,
+)
 from heldout.data.dataset import DEFAULT_MAX_CLASSES
 from heldout.errors import ParameterError
 from heldout.estimate.config import (
@@ -36,9 +42,11 @@ from heldout.training.presets import DEFAULT_EXPERIMENT_DIR
 
 DATAMODEL = "datamodel"
 TRAK = "trak"
+METAGRADIENT = "metagradient"
 # Every value `estimators` takes: the retraining estimators (several, or "all"), or one of
-# datamodels, a gradient method on one run, TRAK.
-ESTIMATOR_CHOICES = ESTIMATORS + ("all", DATAMODEL) + attribution_config.METHODS + (TRAK,)
+# datamodels, a gradient method on one run, TRAK, metagradients of one run.
+ESTIMATOR_CHOICES = (ESTIMATORS + ("all", DATAMODEL) + attribution_config.METHODS
+                     + (TRAK, METAGRADIENT))
 # Settings of the gradient methods' configs, as `estimate_job` takes them.
 GRADIENT_SETTINGS = ("measurement", "damping", "damping_factor", "fisher", "fisher_seed",
                      "fisher_draws", "layers", "batch_size", "projection_dim",
@@ -47,10 +55,11 @@ GRADIENT_SETTINGS = ("measurement", "damping", "damping_factor", "fisher", "fish
 PARAMETERS = (
     "experiment_dir", "fetch_dir", "fetch_checkpoints", "fetch_run_ids", "md5", "progress",
     "verify", "estimators", "subsets", "metric", "min_runs", "test", "confidence", "alpha",
-    "fdr", "fdr_untestable", "influence_output", "top_k", "threshold", "eval_indices", "eval_shard",
-    "targets", "show_all", "plan", "effect", "power", "run_id", *GRADIENT_SETTINGS,
-    "trak_runs", "factors_path", "output", "csv_dir", "plot_dir", "lds_subset", "lds_runs",
-    "merge", "compare_to", "dataset", "data_dir", "max_classes", "top")
+    "fdr", "fdr_untestable", "influence_output", "top_k", "threshold", "eval_indices",
+    "eval_shard", "targets", "show_all", "plan", "effect", "power", "run_id",
+    *GRADIENT_SETTINGS, "trak_runs", "checkpoint_interval", "factors_path", "output",
+    "csv_dir", "plot_dir", "lds_subset", "lds_runs", "merge", "compare_to", "dataset",
+    "data_dir", "max_classes", "top")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -204,8 +213,23 @@ class TRAKJob:
     lds: LDSCheck | None = None
 
 
+@dataclasses.dataclass(frozen=True)
+class MetagradientJob:
+    """Exact metagradients of one recorded run: d log-odds of each eval example / d
+    loss weight of each training example, by stepping back through its training."""
+
+    source: Source
+    config: MetagradientConfig
+    subset: str | None = None
+    run_id: int = 0
+    examples: Examples = Examples()
+    output: str | None = None
+    data: Data = Data()
+    lds: LDSCheck | None = None
+
+
 EstimateJob = (VerifyJob | PlanJob | TargetedJob | MergeJob | EstimatesJob | DatamodelsJob
-               | GradientJob | TRAKJob)
+               | GradientJob | TRAKJob | MetagradientJob)
 
 
 def estimate_job(given: Mapping[str, object], name: Callable[[str], str] = str
@@ -242,6 +266,8 @@ def estimate_job(given: Mapping[str, object], name: Callable[[str], str] = str
             job = _datamodels(settings, source)
         elif method == TRAK:
             job = _trak(settings, source)
+        elif method == METAGRADIENT:
+            job = _metagradient(settings, source)
         elif method in attribution_config.METHODS:
             job = _gradient(settings, source, method)
         else:
@@ -481,6 +507,15 @@ def _trak(settings: _Settings, source: Source) -> TRAKJob:
         run_ids = tuple(designs.parse_run_ids(str(runs), "trak_runs"))
     return TRAKJob(source, config, run_ids, _one_subset(settings), _examples(settings),
                    settings.pop("output"), _data(settings), _lds(settings))
+
+
+def _metagradient(settings: _Settings, source: Source) -> MetagradientJob:
+    config = MetagradientConfig(**settings.take(("checkpoint_interval",)),
+                                progress=source.progress)
+    return MetagradientJob(source, config, _one_subset(settings),
+                           _non_negative("run_id", settings.pop("run_id", 0)),
+                           _examples(settings), settings.pop("output"), _data(settings),
+                           _lds(settings))
 
 
 def _method_config(settings: _Settings, method: str

@@ -1,7 +1,7 @@
 """The settings of the gradient-based methods, each with its one default.
 
-`TracInConfig`, `InfluenceConfig` and `TRAKConfig` are frozen and validated on
-construction; their errors are `ParameterError`s naming the field. This module imports
+`TracInConfig`, `InfluenceConfig`, `TRAKConfig` and `MetagradientConfig` are frozen and
+validated on construction; their errors are `ParameterError`s naming the field. This module imports
 no TensorFlow, so the front doors check a user's settings before TensorFlow loads;
 `method_config` builds the config of a method from settings named by its parameters.
 """
@@ -31,6 +31,8 @@ PROJECTIONS = ("rademacher", "gaussian", "none")
 REWEIGHTINGS = ("published", "per_model", "none")
 # Gradient methods scored on one run's checkpoints (TRAK scores an ensemble of runs).
 METHODS = ("tracin",) + tuple(f"if_{strategy}" for strategy in STRATEGIES)
+# Arithmetic metagradients are exact in (16-bit training is not differentiated).
+METAGRADIENT_PRECISIONS = ("float32", "float64")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -129,6 +131,30 @@ class TRAKConfig:
         if isinstance(self.lambda_reg, tuple | list):
             return tuple(float(v) for v in self.lambda_reg)
         return (float(self.lambda_reg),)
+
+
+@dataclasses.dataclass(frozen=True)
+class MetagradientConfig:
+    """How metagradients are computed (none of it changes the numbers but `precision`)."""
+
+    precision: str = "float32"  # arithmetic of replay and backward pass: float32 | float64
+    target_batch: int = 512  # targets per backward program (the ensemble axis J)
+    checkpoint_interval: int = 0  # keep every c-th state; 1: all; 0: auto (budget)
+    memory_budget_bytes: int = 1 << 30  # auto: keep every state when they fit in this
+    xla: bool = True  # compile the forward and backward steps with XLA
+    progress: bool = True  # progress bar with rate and time left
+
+    def __post_init__(self):
+        if self.precision not in METAGRADIENT_PRECISIONS:
+            raise ParameterError("precision", "metagradients are exact in float32 or float64 "
+                                 "only (16-bit training is not differentiated)",
+                                 self.precision)
+        for name in ("target_batch", "memory_budget_bytes"):
+            if not getattr(self, name) > 0:
+                raise ParameterError(name, "expected a positive number", getattr(self, name))
+        if self.checkpoint_interval < 0:
+            raise ParameterError("checkpoint_interval", "expected 0 (auto) or a positive "
+                                 "number of steps", self.checkpoint_interval)
 
 
 def method_config(method: str, settings: Mapping[str, object]

@@ -38,6 +38,31 @@ def test_verify_refuses_a_missing_or_empty_directory(tmp_path, where):
         estimate(experiment_dir=str(directory), verify=True)
 
 
+def test_verify_says_an_unreadable_directory_cannot_be_read(tmp_path, monkeypatch):
+    """An experiment that cannot be read (an unreachable bucket: TensorFlow's isdir says
+    False, its stat says why) is reported as unreadable, not as "not a directory"."""
+    import tensorflow as tf
+
+    def unreachable(path):
+        raise tf.errors.FailedPreconditionError(None, None, "Could not resolve host")
+
+    monkeypatch.setattr(tf.io.gfile, "stat", unreachable)
+    with pytest.raises(ParameterError, match=r"cannot be read \(Could not resolve host\)") \
+            as error:
+        estimate(experiment_dir=str(tmp_path / "bucket"), verify=True)
+    assert error.value.parameter == "experiment_dir"
+
+
+def test_md5_of_a_directory_is_refused_not_ignored(tmp_path):
+    """md5 checks a tarball; given with an experiment directory it is refused by name."""
+    exp = _random_experiment(tmp_path / "exp", num_runs=1)
+    for given in ({"verify": True}, {"min_runs": 1, "progress": False}):
+        with pytest.raises(ParameterError, match="is a directory, which has no MD5") as error:
+            estimate(experiment_dir=exp, md5="0" * 32, **given)
+        assert error.value.parameter == "md5"
+    assert sorted(os.listdir(exp)) == ["0.5"]
+
+
 def test_cscores_compared_with_a_published_file(tmp_path):
     """--compare_to on C-scores: a 'published' file holding the brute-force C-score of
     every training example agrees perfectly (Spearman 1)."""
@@ -193,6 +218,10 @@ def test_datamodels_and_their_lds_on_disjoint_runs(tmp_path):
     saved_lds = export.load_lds(str(tmp_path / "i-lds-0.5.npz"))
     np.testing.assert_array_equal(saved_lds["run_ids"], np.arange(20))
     assert f"{saved_lds['result'].mean:.3f}" in str(influence)
+    assert saved_lds["meta"] == {
+        "kind": "lds", "method": "influence", "scores_file": str(tmp_path / "i.npz"),
+        "lds_subset": "0.5", "fit_subset": "0.7", "output": "logodds", "confidence": 0.95,
+        "num_bootstrap": 1000, "seed": 0}
     assert f"Saved {tmp_path / 'exp' / 'datamodels-0.7-lds-0.5.npz'}" in str(report)
 
 

@@ -145,6 +145,8 @@ TAKES = {
              SOURCE | SCORES | DATA | {"run_id", "trak_runs", "projection_dim",
                                        "projection_seed", "projection", "lambda_reg",
                                        "reweighting", "layers", "gradient_batch_size"}),
+    "metagradient": ("estimate.py", ["--estimator=metagradient"], jobs.MetagradientJob,
+                     SOURCE | SCORES | DATA | {"run_id", "checkpoint_interval"}),
     "demo": ("demo.py", ["--run_dir=r"], demo_app.DemoJob,
              {"arch", "width", "split"} | DATA),
     "demo_streamed": ("demo.py", ["--run_dir=r", "--records=x-*"], demo_app.StreamingDemoJob,

@@ -91,3 +91,35 @@ def test_gradient_flags_reach_their_config_and_errors_name_the_flags(experiment,
     assert_one_line_error(results["lacking"], "--fisher: not a setting of --estimator=tracin")
     assert_one_line_error(results["invalid"], "--gradient_batch_size=0: expected a whole number")
     assert not list(tmp_path.iterdir())
+
+
+def test_metagradient_of_one_run_and_its_refused_flags(experiment, tmp_path):
+    """--estimator=metagradient replays run 0 and writes d log-odds / d weight: NaN rows
+    exactly for the training examples outside the run (counted in the summary line), finite
+    ones for every example it trained on; a gradient-method flag it lacks is refused by
+    name before any work."""
+    output = tmp_path / "mg.npz"
+    results = run_many({
+        "scores": (("estimate.py", f"--experiment_dir={experiment}",
+                    "--estimator=metagradient", "--run_id=0", "--eval_indices=0-4",
+                    "--checkpoint_interval=3", f"--output={output}", "--progress=false"),
+                   None),
+        "refused": (("estimate.py", f"--experiment_dir={experiment}",
+                     "--estimator=metagradient", "--damping=0.1",
+                     f"--output={tmp_path}/no.npz"), None)})
+    assert_one_line_error(results["refused"],
+                          "--damping: not a setting of --estimator=metagradient")
+    result = results["scores"]
+    assert result.returncode == 0, result.stderr
+    aux = load_aux(os.path.join(experiment, "0.7", "0", "aux_arrays.npz"))
+    outside = np.sort(aux["index_removed"])
+    assert (f"metagradient of 0.7 run 0: scores 1352 training x 5 eval examples, "
+            f"{len(outside)} training examples without a batch slot") in result.stdout
+    saved = load_aux(output)
+    assert saved["scores"].shape == (1352, 5)
+    np.testing.assert_array_equal(np.flatnonzero(np.isnan(saved["scores"]).all(axis=1)),
+                                  outside)
+    assert np.isfinite(np.delete(saved["scores"], outside, axis=0)).all()
+    assert saved["eval_indices"].tolist() == [0, 1, 2, 3, 4]
+    assert f"Saved {output}" in result.stdout
+    assert not os.path.exists(tmp_path / "no.npz")
