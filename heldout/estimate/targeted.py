@@ -15,6 +15,7 @@ import numpy as np
 
 from heldout.errors import ParameterError
 from heldout.estimate import estimators, plots, stats
+from heldout.estimate.config import PlanConfig, TargetedConfig
 from heldout.store import layout as layout_lib
 from heldout.store import runs as runs_lib
 from heldout.store import targets as targets_lib
@@ -35,9 +36,10 @@ class TargetedReport:
     runs_without: int  # runs in the drop arm
 
 
-def targeted_self_influence(experiment_dir: str, targets: str, metric: str = "logodds",
-                            test: str = "welch", confidence: float = 0.99,
-                            min_runs: int = estimators.DEFAULT_MIN_RUNS,
+def targeted_self_influence(experiment_dir: str, targets: str,
+                            metric: str = TargetedConfig.metric, test: str = "welch",
+                            confidence: float = TargetedConfig.confidence,
+                            min_runs: int = TargetedConfig.min_runs,
                             progress: bool = True) -> TargetedReport:
     """Self-influence of every target example from the ``full`` and ``drop-<name>`` arms.
 
@@ -72,7 +74,8 @@ def targeted_self_influence(experiment_dir: str, targets: str, metric: str = "lo
                           runs_without=drop.num_runs)
 
 
-def format_targeted_report(report: TargetedReport, alpha: float = 0.01, show_all: bool = False,
+def format_targeted_report(report: TargetedReport, alpha: float = TargetedConfig.alpha,
+                           show_all: bool = False,
                            labels: np.ndarray | None = None) -> str:
     """The published-style table: rows by group, p < alpha unless `show_all`, group means."""
     estimate = report.estimate
@@ -122,8 +125,9 @@ class PowerPlan:
     runs_needed: np.ndarray  # per example, runs per arm
 
 
-def plan_runs(experiment_dir: str, effect: float, metric: str = "logodds", alpha: float = 0.01,
-              power: float = 0.8, subset: str = "full", indices: np.ndarray | None = None,
+def plan_runs(experiment_dir: str, effect: float, metric: str = PlanConfig.metric,
+              alpha: float = PlanConfig.alpha, power: float = PlanConfig.power,
+              subset: str = "full", indices: np.ndarray | None = None,
               progress: bool = True) -> PowerPlan:
     """How many runs per arm detect a self-influence of `effect` on the given examples.
 
