@@ -208,6 +208,9 @@ _COMPARE_TO = flags.DEFINE_string(
     "compare_to", None, "Compare the estimates with a published file (high-influence pairs, "
     "class-wise influence matrix, ImageNet index or C-scores): correlations, top-k agreement, "
     "threshold counts, largest disagreements (and scatter plots with --plot_dir).")
+_IMAGENET_INDEX = flags.DEFINE_string(
+    "imagenet_index", None, "With --compare_to: the published imagenet_index.npz, which "
+    "places ImageNet C-scores (ordered by file name) in the runs' order.")
 _DATASET = flags.DEFINE_string(
     "dataset", None, "Data set, for labels and images; default: the one the experiment "
     "was trained on (none for released runs).")

@@ -331,10 +331,12 @@ def _estimates(job: EstimatesJob) -> EstimateReport:
     _check_outputs(output, job.outputs)
     data = _load_data(job.data, directory)
     if job.compare_to:  # a file it can compare, before any work
-        _check_comparable(job.compare_to, directory, data, config.estimators)
+        compare.check_comparable(job.compare_to, *runs_lib.experiment_sizes(directory, subset),
+                                 data=data, estimators=config.estimators,
+                                 imagenet_index=job.imagenet_index)
     estimates = pipeline.estimate_experiment(directory, config, progress=job.source.progress,
                                              exclude_subsets=_lds_folder(job.lds))
-    comparison = _compare(job.compare_to, estimates, data)
+    comparison = _compare(job.compare_to, estimates, data, job.imagenet_index)
     lds = None
     if job.lds is not None:
         lds = _lds(job.lds, directory, estimates.influence.matrix,
@@ -350,25 +352,6 @@ def _estimates(job: EstimatesJob) -> EstimateReport:
     table = _table(estimates, data, job.top)
     return EstimateReport((*experiment.sections, table, _comparison_text(comparison),
                            lds.text() if lds else ""), tuple(written))
-
-
-def _check_comparable(compare_to: str, directory: str, data: Dataset | None,
-                      estimators: tuple[str, ...]) -> None:
-    """Refuses, before any work, a published file that does not fit the experiment's
-    data set (sizes from the data set, or from one of its runs)."""
-    if data is not None:
-        num_train, num_test = data.num_train, data.num_test
-    else:
-        subsets = runs_lib.list_subsets(directory)
-        complete = runs_lib.list_runs(directory, subsets[0])[0] if subsets else []
-        if not complete:
-            return  # reading the runs will say so
-        subset = subsets[0]
-        arrays = runs_lib.load_run(runs_lib.run_dir(directory, subset, complete[0]))
-        num_train = len(arrays["index_train"]) + len(arrays["index_removed"])
-        num_test = len(arrays["index_test"])
-    compare.check_comparable(compare_to, num_train, num_test, data=data,
-                             estimators=estimators)
 
 
 def _merged(job: MergeJob) -> EstimateReport:
@@ -391,7 +374,10 @@ def _merged(job: MergeJob) -> EstimateReport:
                              output)
     _check_outputs(output, job.outputs)
     data = _load_data(job.data, estimates.experiment_dir)
-    comparison = _compare(job.compare_to, estimates, data)
+    if job.compare_to:
+        compare.check_estimates_comparable(job.compare_to, estimates, data,
+                                           job.imagenet_index)
+    comparison = _compare(job.compare_to, estimates, data, job.imagenet_index)
     export.save_estimates(estimates, output)
     written = [output, *_write_tables(estimates, data, job.outputs),
                *_plot_comparison(comparison, job.outputs.plot_dir)]
@@ -415,12 +401,13 @@ def _write_tables(estimates: pipeline.Estimates, data: Dataset | None, outputs: 
                                None if data is None else data.y_test)
 
 
-def _compare(compare_to: str | None, estimates: pipeline.Estimates, data: Dataset | None
-             ) -> list[compare.Comparison]:
+def _compare(compare_to: str | None, estimates: pipeline.Estimates, data: Dataset | None,
+             imagenet_index: str | None) -> list[compare.Comparison]:
     """The comparisons with a published file, if asked (computed before any write)."""
     if not compare_to:
         return []
-    return compare.compare_to_published(estimates, compare_to, data)
+    return compare.compare_to_published(estimates, compare_to, data,
+                                        imagenet_index=imagenet_index)
 
 
 def _comparison_text(comparisons: list[compare.Comparison]) -> str:

@@ -58,8 +58,8 @@ PARAMETERS = (
     "fdr", "fdr_untestable", "influence_output", "top_k", "threshold", "eval_indices",
     "eval_shard", "targets", "show_all", "plan", "effect", "power", "run_id",
     *GRADIENT_SETTINGS, "trak_runs", "checkpoint_interval", "factors_path", "output",
-    "csv_dir", "plot_dir", "lds_subset", "lds_runs", "merge", "compare_to", "dataset",
-    "data_dir", "max_classes", "top")
+    "csv_dir", "plot_dir", "lds_subset", "lds_runs", "merge", "compare_to",
+    "imagenet_index", "dataset", "data_dir", "max_classes", "top")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -154,6 +154,7 @@ class MergeJob:
     top: int = DEFAULT_TOP
     compare_to: str | None = None
     data: Data = Data()
+    imagenet_index: str | None = None  # the published imagenet_index.npz, for compare_to
 
 
 @dataclasses.dataclass(frozen=True)
@@ -168,6 +169,7 @@ class EstimatesJob:
     compare_to: str | None = None
     data: Data = Data()
     lds: LDSCheck | None = None
+    imagenet_index: str | None = None  # the published imagenet_index.npz, for compare_to
 
 
 @dataclasses.dataclass(frozen=True)
@@ -424,11 +426,21 @@ def _merge(settings: _Settings) -> MergeJob:
     parts = tuple(settings.pop("merge"))
     if not parts:
         raise ParameterError("merge", "empty; expected the estimate files of the parts")
-    compare_to = settings.pop("compare_to")
+    compare_to, imagenet_index = _compare_to(settings)
     if compare_to is None:
         settings.refuse("plot_dir", "a merge draws figures only of a comparison; give "
                         f"{settings.name('compare_to')} too")
-    return MergeJob(parts, _outputs(settings), _top(settings), compare_to, _data(settings))
+    return MergeJob(parts, _outputs(settings), _top(settings), compare_to, _data(settings),
+                    imagenet_index)
+
+
+def _compare_to(settings: _Settings) -> tuple[str | None, str | None]:
+    """The published file to compare with, and the ImageNet index that places it."""
+    compare_to = settings.pop("compare_to")
+    if compare_to is None:
+        settings.refuse("imagenet_index", "places the ImageNet C-scores of "
+                        f"{settings.name('compare_to')}; give that too")
+    return compare_to, settings.pop("imagenet_index")
 
 
 def _estimates(settings: _Settings, source: Source, estimators: tuple[str, ...]
@@ -463,8 +475,9 @@ def _estimates(settings: _Settings, source: Source, estimators: tuple[str, ...]
     lds = _lds(settings, None if dense else
                f"needs the dense influence matrix ({settings.name('influence_output')}="
                "dense)")
+    compare_to, imagenet_index = _compare_to(settings)
     return EstimatesJob(source, config, examples.indices, _outputs(settings), top,
-                        settings.pop("compare_to"), _data(settings), lds)
+                        compare_to, _data(settings), lds, imagenet_index)
 
 
 def _datamodels(settings: _Settings, source: Source) -> DatamodelsJob:

@@ -92,6 +92,24 @@ def test_cscores_compared_with_a_published_file(tmp_path):
         estimate(
             experiment_dir=str(tmp_path / "exp"), estimators=("cscore",),
             compare_to=str(tmp_path / "exp" / "0.5" / "0" / "aux_arrays.npz"))
+    # ImageNet's C-scores are listed by file name: imagenet_index places them (issue 24).
+    names = np.array([f"n{i:08d}.JPEG" for i in range(num_train)], dtype=object)
+    np.savez(tmp_path / "imagenet_index.npz", tr_filenames=names,
+             tr_labels=np.zeros(num_train, np.int64), tt_filenames=names[:4],
+             tt_labels=np.zeros(4, np.int64), tr_mem=np.zeros(num_train))
+    order = rng.permutation(num_train)
+    np.savez(tmp_path / "imagenet-cscores.npz", labels=np.zeros(num_train, np.int64),
+             scores=brute[order], filenames=np.array(["train/" + n for n in names[order]],
+                                                     dtype=object))
+    request = dict(experiment_dir=str(tmp_path / "exp"), estimators=("cscore",), min_runs=1,
+                   compare_to=str(tmp_path / "imagenet-cscores.npz"), progress=False)
+    with pytest.raises(ParameterError, match="imagenet_index.npz is needed") as error:
+        estimate(**request, output=str(tmp_path / "no.npz"))
+    assert error.value.parameter == "imagenet_index"
+    assert not os.path.exists(tmp_path / "no.npz")
+    report = estimate(**request, imagenet_index=str(tmp_path / "imagenet_index.npz"),
+                      output=str(tmp_path / "imagenet.npz"))
+    assert "Spearman 1.000" in str(report), str(report)
 
 
 def test_fetched_tarball_md5_is_checked(tmp_path):
@@ -275,6 +293,12 @@ def test_a_shard_without_output_writes_a_shard_file_and_merges_beside_the_parts(
     with pytest.raises(ParameterError, match="is one of the parts") as error:
         estimate(merge=parts, output=parts[0])
     assert error.value.parameter == "output"
+    np.savez(tmp_path / "pairs.npz", tr_idx=np.array([0, 99]), tt_idx=np.array([0, 1]),
+             infl=np.ones(2), mem=np.ones(2))  # a training index outside the 20
+    with pytest.raises(ParameterError, match="99") as error:
+        estimate(merge=parts, compare_to=str(tmp_path / "pairs.npz"),
+                 output=str(tmp_path / "m.npz"))
+    assert error.value.parameter == "compare_to" and not os.path.exists(tmp_path / "m.npz")
 
 
 def test_a_file_that_cannot_be_compared_stops_before_any_output(tmp_path):

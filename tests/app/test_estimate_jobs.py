@@ -98,7 +98,7 @@ SAMPLES = {
 }
 # What a flag needs beside it to be taken (it is refused alone in every mode).
 NEEDS = {"fetch_run_ids": ["--fetch_checkpoints=0.7"], "lds_runs": ["--lds_subset=0.5"],
-         "fdr_untestable": ["--fdr"],
+         "fdr_untestable": ["--fdr"], "imagenet_index": ["--compare_to=pub.npz"],
          "effect": ["--plan"], "power": ["--plan"]}
 # Flags that choose the mode: added to another mode's command, they change it, and the
 # refusal may name the other mode's flag.
@@ -110,7 +110,7 @@ SCORES = {"subset", "eval_indices", "eval_shard", "output", "lds_subset", "lds_r
 DATA = {"dataset", "data_dir", "max_classes"}
 GRADIENT = SOURCE | SCORES | DATA | {"run_id", "top", "measurement", "layers",
                                      "gradient_batch_size"}
-REPORT = {"output", "csv_dir", "plot_dir", "top", "compare_to"}
+REPORT = {"output", "csv_dir", "plot_dir", "top", "compare_to", "imagenet_index"}
 
 # mode -> (script, command choosing it, job type, flags it takes besides that command).
 TAKES = {
@@ -121,7 +121,7 @@ TAKES = {
     "plan": ("estimate.py", ["--plan"], jobs.PlanJob, SOURCE | {"metric", "alpha",
                                                                  "effect", "power"}),
     "merge": ("estimate.py", ["--merge=a.npz,b.npz"], jobs.MergeJob,
-              DATA | {"output", "csv_dir", "top", "compare_to"}),
+              DATA | {"output", "csv_dir", "top", "compare_to", "imagenet_index"}),
     "estimates": ("estimate.py", ["--estimator=all"], jobs.EstimatesJob,
                   SOURCE | SCORES | DATA | REPORT | {
                       "metric", "min_runs", "test", "confidence", "alpha", "fdr",
