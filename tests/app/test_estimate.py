@@ -326,3 +326,46 @@ def test_chosen_test_examples_never_take_the_whole_set_name(tmp_path):
     estimate(experiment_dir=exp, estimators=("influence",), min_runs=1, progress=False,
              eval_indices=str(tmp_path / "chosen.txt"), eval_shard="1/2")
     assert os.path.exists(f"{exp}/estimates-0.5-evalchosen-shard1of2.npz")
+
+
+def test_one_run_methods_judged_on_the_other_folder_by_default(tmp_path):
+    """Issue 25: with lds_subset and no subset, TRAK and metagradients score the one
+    folder besides the LDS folder; the LDS printed equals a scipy loop over the saved
+    scores (metagradient's NaN rows, examples outside the run, scored 0) and is saved
+    beside them."""
+    from scipy import stats as scipy_stats
+
+    from heldout.attribution import metagradient
+    from heldout.estimate import export
+    from heldout.store import files
+
+    exp = str(tmp_path / "exp")
+    for design, num_runs in (("0.7", 1), ("0.5", 3)):
+        heldout.train(heldout.TrainDesign(
+            heldout.TrainConfig(epochs=1, models_at_once=4), design=design,
+            runs=heldout.RunSettings(exp, num_runs=num_runs, save_checkpoints=True,
+                                     progress=False)))
+    lds_runs = heldout.load_experiment(exp, "0.5", progress=False)
+
+    def brute_lds(scores):
+        predicted = lds_runs.membership @ scores
+        return np.nanmean([scipy_stats.spearmanr(lds_runs.logodds_test[:, j],
+                                                 predicted[:, j]).statistic
+                           for j in range(scores.shape[1])])
+
+    report = estimate(experiment_dir=exp, estimators=("metagradient",), eval_indices="0-4",
+                      lds_subset="0.5", progress=False)
+    saved = metagradient.load_metagradient_scores(f"{exp}/metagradient-0.7-run0.npz")
+    outside = int(np.isnan(saved.scores).all(axis=1).sum())
+    assert outside == 1352 - round(0.7 * 1352)
+    assert (f"LDS on 3 runs of 0.5 (log-odds, 5 eval examples): "
+            f"{brute_lds(np.nan_to_num(saved.scores)):.3f}") in str(report), str(report)
+    assert f"the {outside} NaN rows scored 0" in str(report)
+    assert export.load_lds(f"{exp}/metagradient-0.7-run0-lds-0.5.npz")["meta"][
+        "method"] == "metagradient"
+    report = estimate(experiment_dir=exp, estimators=("trak",), trak_runs="0",
+                      eval_indices="0-4", lds_subset="0.5", projection_dim=32, progress=False)
+    scores = files.read_npz(f"{exp}/trak-0.7-runs0.npz")["scores"]
+    assert f"LDS on 3 runs of 0.5 (log-odds, 5 eval examples): {brute_lds(scores):.3f}" in \
+        str(report), str(report)
+    assert f"Saved {exp}/trak-0.7-runs0-lds-0.5.npz" in str(report)
