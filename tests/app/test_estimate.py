@@ -369,3 +369,14 @@ def test_one_run_methods_judged_on_the_other_folder_by_default(tmp_path):
     assert f"LDS on 3 runs of 0.5 (log-odds, 5 eval examples): {brute_lds(scores):.3f}" in \
         str(report), str(report)
     assert f"Saved {exp}/trak-0.7-runs0-lds-0.5.npz" in str(report)
+
+
+def test_fdr_untestable_reaches_the_estimates(tmp_path):
+    """fdr_untestable chooses the Benjamini-Hochberg family the report states."""
+    exp = _random_experiment(tmp_path / "exp")
+    for untestable, family in (("count", "untestable counted as p = 1"),
+                               ("exclude", "untestable (p = NaN) left out")):
+        report = estimate(experiment_dir=exp, estimators=("memorization",), min_runs=1,
+                          fdr=True, fdr_untestable=untestable, progress=False,
+                          output=str(tmp_path / f"{untestable}.npz"))
+        assert family in str(report), str(report)
