@@ -380,3 +380,17 @@ def test_fdr_untestable_reaches_the_estimates(tmp_path):
                           fdr=True, fdr_untestable=untestable, progress=False,
                           output=str(tmp_path / f"{untestable}.npz"))
         assert family in str(report), str(report)
+
+
+def test_an_lds_run_with_a_fit_runs_examples_is_refused_before_any_output(tmp_path):
+    """A run of the LDS folder trained on exactly a fit run's examples (here a copy) is
+    refused, naming it, before the scores are written."""
+    import shutil
+
+    exp = _random_experiment(tmp_path / "exp")
+    shutil.copytree(f"{exp}/0.5/3", f"{exp}/0.3/0")
+    with pytest.raises(ParameterError, match=r"1 of the 1 evaluation runs \(0\.3/0\)") as error:
+        estimate(experiment_dir=exp, subsets=("0.5",), estimators=("datamodel",),
+                 metric="correctness", lds_subset="0.3", progress=False)
+    assert error.value.parameter == "lds_subset"
+    assert sorted(os.listdir(exp)) == ["0.3", "0.5"]
