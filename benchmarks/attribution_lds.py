@@ -17,7 +17,17 @@ subsets (``0.5``, the published protocol), on which every score matrix
 * influence functions with identity, diagonal, KFAC and EKFAC factors (true Fisher,
   ``--fisher_draws`` label draws, factors fitted on the run's own training subset) on
   run 0's final model, and the mean over runs 0..4; KFAC and EKFAC also with the
-  expected Fisher (exact expectation over labels: no sampling noise).
+  expected Fisher (exact expectation over labels: no sampling noise);
+* exact metagradients (d f_j / d w_i through the whole recorded training of a run,
+  `heldout.attribution.metagradient`) of run 0, and the mean over runs 0..4: the
+  single-model method judged on fresh seeds (its own yardstick, fixed seed and
+  dropped examples, is `benchmarks/metagradient_lds.py`).
+
+Noise ceiling: every LDS mask is trained a second time with other seeds
+(design ``0.5-reseed1``: the same subsets, independent initial weights and batch
+order); the ceiling of eval example j is the square root of the rank correlation of the
+two trainings over masks, the highest LDS any method could reach on these noisy
+outputs. It is printed beside every LDS, with the LDS as a fraction of it.
 
 For each: LDS with a bootstrap interval over test examples, seconds of the method,
 trained models used, and the cost = method seconds + models x measured seconds of
@@ -45,8 +55,17 @@ import numpy as np  # noqa: E402
 from absl import app, flags, logging  # noqa: E402
 
 import heldout  # noqa: E402
+import heldout.runtime  # noqa: E402
+
+heldout.runtime.import_tensorflow()  # without its start-up lines
+
 from heldout import attribution  # noqa: E402
-from heldout.attribution import influence_functions, runs_attribution, trak  # noqa: E402
+from heldout.attribution import (  # noqa: E402
+    influence_functions,
+    metagradient,
+    runs_attribution,
+    trak,
+)
 from heldout.data import sources  # noqa: E402
 from heldout.estimate import datamodels, estimators, lds, plots  # noqa: E402
 from heldout.models import checkpoints as checkpoints_lib  # noqa: E402
@@ -70,6 +89,7 @@ _REPLOT = flags.DEFINE_string("replot", None, "Only redraw the PNG (beside the C
                               "CSV this script wrote; nothing is trained or computed.")
 
 FIT_RATIO, LDS_RATIO = 0.7, 0.5
+RESEED = "0.5-reseed1"  # the LDS masks trained again with other seeds: the noise ceiling
 RUN_COUNTS = (100, 250, 500, 1000)  # fit runs of the retraining estimators
 TRAK_MODELS = (1, 5, 20)
 GRADIENT_RUNS = 20  # fit runs 0..19 keep every epoch's checkpoint
@@ -112,7 +132,8 @@ def train(work_dir: str, data: sources.Dataset, fit_runs: int, lds_runs: int, se
                                            models_at_once=GRADIENT_RUNS)
     calls = [(with_checkpoints, FIT_RATIO, range(GRADIENT_RUNS), True),
              (config, FIT_RATIO, range(GRADIENT_RUNS, fit_runs), False),
-             (config, LDS_RATIO, range(lds_runs), False)]
+             (config, LDS_RATIO, range(lds_runs), False),
+             (config, RESEED, range(lds_runs), False)]
     for train_config, ratio, run_ids, save in calls:
         summary = heldout.train_experiment(work_dir, "digits", train_config, ratio, run_ids,
                                            seed=seed, save_checkpoints=save, progress=False,
@@ -131,6 +152,17 @@ def sorted_runs(experiment: heldout.Experiment, count: int) -> tuple[np.ndarray,
         raise ValueError(f"the experiment lacks some of runs 0..{count - 1}")
     rows = order[:count]
     return experiment.membership[rows], experiment.logodds_test[rows]
+
+
+def ceiling_of(evaluation: heldout.Experiment, again: heldout.Experiment) -> lds.NoiseCeiling:
+    """The noise ceiling of the LDS runs from their second training (same run ids, same
+    masks: checked)."""
+    count = evaluation.num_runs
+    masks, outputs = sorted_runs(evaluation, count)
+    masks_again, outputs_again = sorted_runs(again, count)
+    if not np.array_equal(masks, masks_again):
+        raise ValueError(f"{RESEED} runs do not train the masks of the {LDS_RATIO} runs")
+    return lds.noise_ceiling(outputs, outputs_again)
 
 
 def judge(scores: np.ndarray, evaluation: heldout.Experiment, seed: int) -> lds.LDSResult:
@@ -245,36 +277,66 @@ def gradient_rows(run_dirs: list[str], data: sources.Dataset,
     return rows
 
 
-def format_table(rows: list[Row], train_seconds: float, rate: float) -> str:
-    lines = [f"{'method':<44}{'LDS':>7}{'95% interval':>17}{'method s':>10}{'models':>8}"
-             f"{'cost s':>9}{'of rate':>9}"]
+def metagradient_rows(run_dirs: list[str], data: sources.Dataset,
+                      evaluation: heldout.Experiment) -> list[Row]:
+    """Exact metagradients of fit runs 0..4 (d f_j / d w_i through each run's own
+    training, `heldout.attribution.metagradient`) on the standard protocol: one run, and
+    the mean over the runs. A run says nothing of the examples outside its 70% subset
+    (NaN rows): the mean is over the runs that trained on each example, 0 where none did.
+    """
+    per_run, seconds = [], []
+    config = metagradient.MetagradientConfig(progress=False)
+    for run_dir in run_dirs[:AVERAGED]:
+        start = time.perf_counter()
+        per_run.append(metagradient.score_metagradient(run_dir, data, config=config).scores)
+        seconds.append(time.perf_counter() - start)
+    rows = []
+    for count in (1, AVERAGED):
+        stacked = np.stack(per_run[:count]).astype(np.float64)
+        trained = np.isfinite(stacked).sum(axis=0)
+        scores = np.nansum(stacked, axis=0) / np.maximum(trained, 1)
+        rows.append(Row("metagradient", f"metagradient ({count} run{'s' * (count > 1)})",
+                        judge(scores, evaluation, 0), sum(seconds[:count]), count))
+    return rows
+
+
+def format_table(rows: list[Row], train_seconds: float, rate: float,
+                 ceiling: lds.NoiseCeiling) -> str:
+    lines = [f"{'method':<44}{'LDS':>7}{'95% interval':>17}{'ceiling':>9}{'of ceil':>8}"
+             f"{'method s':>10}{'models':>8}{'cost s':>9}{'of rate':>9}"]
     for row in rows:
+        # The ceiling over the eval examples where this LDS is defined.
+        defined = np.isfinite(row.lds.per_example) & np.isfinite(ceiling.per_example)
+        bound = float(ceiling.per_example[defined].mean()) if defined.any() else np.nan
         cost = row.seconds + row.models * train_seconds
         share = (f"{row.flops / rate / row.seconds:.0%}" if np.isfinite(row.flops)
                  and row.seconds > 0 else "-")
         lines.append(f"{row.method:<44}{row.lds.mean:>7.3f}   [{row.lds.ci_low:6.3f}, "
-                     f"{row.lds.ci_high:6.3f}]{row.seconds:>10.2f}{row.models:>8}{cost:>9.1f}"
-                     f"{share:>9}")
+                     f"{row.lds.ci_high:6.3f}]{bound:>9.3f}{row.lds.mean / bound:>8.0%}"
+                     f"{row.seconds:>10.2f}{row.models:>8}{cost:>9.1f}{share:>9}")
     return "\n".join(lines)
 
 
-def write_csv(rows: list[Row], train_seconds: float, path: str) -> None:
+def write_csv(rows: list[Row], train_seconds: float, path: str,
+              ceiling: lds.NoiseCeiling) -> None:
     header = ["family", "method", "lds", "ci_low", "ci_high", "method_seconds", "models",
-              "cost_seconds", "eval_examples_defined"]
+              "cost_seconds", "eval_examples_defined", "noise_ceiling"]
     files.write_csv(path, header, [
         (row.family, row.method, row.lds.mean, row.lds.ci_low, row.lds.ci_high, row.seconds,
          row.models, row.seconds + row.models * train_seconds,
-         int(np.isfinite(row.lds.per_example).sum())) for row in rows])
+         int(np.isfinite(row.lds.per_example).sum()), ceiling.mean) for row in rows])
 
 
-def plot(rows: list[Row], train_seconds: float, title: str, path: str) -> None:
-    """LDS against cost, one line per family, each point labelled with its models."""
+def plot(rows: list[Row], train_seconds: float, title: str, path: str,
+         ceiling: lds.NoiseCeiling) -> None:
+    """LDS against cost, one line per family, each point labelled with its models, and
+    the noise ceiling."""
     points: dict[str, list] = {}
     for r in rows:
         points.setdefault(r.family, []).append(
             (r.seconds + r.models * train_seconds, r.lds.mean, r.lds.ci_low, r.lds.ci_high,
              r.models))
-    plots.plot_lds_against_cost(points, path, title)
+    plots.plot_lds_against_cost(points, path, title, ceiling=ceiling.mean)
 
 
 def replot(csv_path: str, title: str, path: str) -> None:
@@ -286,7 +348,9 @@ def replot(csv_path: str, title: str, path: str) -> None:
         points.setdefault(r["family"], []).append(
             (float(r["cost_seconds"]), float(r["lds"]), float(r["ci_low"]),
              float(r["ci_high"]), int(r["models"])))
-    plots.plot_lds_against_cost(points, path, title)
+    ceiling = float(records[0]["noise_ceiling"]) if records and "noise_ceiling" in records[0] \
+        else None
+    plots.plot_lds_against_cost(points, path, title, ceiling=ceiling)
 
 
 def main(argv):
@@ -309,10 +373,11 @@ def main(argv):
           "the machine may be shared")
     data = sources.load_digits()
     print(f"Training: {_FIT_RUNS.value} fit runs ({FIT_RATIO}), {_LDS_RUNS.value} LDS runs "
-          f"({LDS_RATIO}) into {work_dir}")
+          f"({LDS_RATIO}), each LDS mask trained twice ({RESEED}) into {work_dir}")
     train_seconds = train(work_dir, data, _FIT_RUNS.value, _LDS_RUNS.value, seed)
     fit = heldout.load_experiment(work_dir, "0.7", progress=False)
     evaluation = heldout.load_experiment(work_dir, "0.5", progress=False)
+    ceiling = ceiling_of(evaluation, heldout.load_experiment(work_dir, RESEED, progress=False))
     print(f"  {train_seconds * 1e3:.1f} ms of training per model (K at once)")
     run_dirs = [runs_lib.run_dir(work_dir, "0.7", r) for r in range(GRADIENT_RUNS)]
 
@@ -320,14 +385,20 @@ def main(argv):
     for name, function in (("retraining", lambda: retraining_rows(fit, evaluation)),
                            ("TRAK", lambda: trak_rows(run_dirs, data, fit, evaluation)),
                            ("TracIn and influence functions",
-                            lambda: gradient_rows(run_dirs, data, evaluation))):
+                            lambda: gradient_rows(run_dirs, data, evaluation)),
+                           ("metagradients",
+                            lambda: metagradient_rows(run_dirs, data, evaluation))):
         section = time.time()
         rows += function()
         print(f"  {name}: {time.time() - section:.0f} s")
 
     title = (f"digits MLP: LDS on {evaluation.num_runs} runs at {LDS_RATIO:.0%} "
              f"(log-odds), {data.num_train} train x {len(data.y_test)} test")
-    print(f"\n{title}\n" + format_table(rows, train_seconds, rate))
+    print(f"\n{title}\n" + format_table(rows, train_seconds, rate, ceiling))
+    print(f"ceiling: noise ceiling of the LDS on these outputs, mean over eval examples of "
+          f"sqrt(Spearman of two trainings of each of the {ceiling.num_runs} masks, design "
+          f"{RESEED}); median reliability {np.nanmedian(ceiling.reliability):.3f}; "
+          "'of ceil': LDS / ceiling")
     print(f"cost s = method seconds + models x {train_seconds:.3f} s of training per model; "
           "'of rate': arithmetic of the matrix products / (seconds x measured rate)")
     print(f"Influence functions: fisher={_FISHER.value}"
@@ -336,8 +407,8 @@ def main(argv):
           + "; '(expected F)': the exact expectation over labels")
     csv_path = os.path.join(work_dir, "attribution_lds.csv")
     png_path = os.path.join(work_dir, "attribution_lds.png")
-    write_csv(rows, train_seconds, csv_path)
-    plot(rows, train_seconds, title, png_path)
+    write_csv(rows, train_seconds, csv_path, ceiling)
+    plot(rows, train_seconds, title, png_path, ceiling)
     print(f"\nCSV {csv_path}\nPNG {png_path}\nTotal {time.time() - start:.0f} s")
 
 

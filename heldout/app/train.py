@@ -3,8 +3,7 @@
 Three jobs, each frozen and each *holding* the lower layers' settings (a `TrainConfig`,
 a `DataSource`, a `RunSettings`) instead of copying their fields:
 
-    TrainDesign   runs on random subsets of a ratio (``0.7``), on every example (``full``),
-                  or a metagradient bank (``bank-<p>``)
+    TrainDesign   runs on random subsets of a ratio (``0.7``), or on every example (``full``)
     TrainDrop     the drop arm of a targeted experiment: all but a target set (``drop-<name>``)
     TrainPreset   a whole preset experiment (`presets.PRESETS`): pilot, targets, both arms
 
@@ -178,14 +177,13 @@ def _check_parts(config: TrainConfig, data: DataSource, runs: RunSettings) -> No
 
 @dataclasses.dataclass(frozen=True)
 class TrainDesign:
-    """Runs on random subsets of a ratio of the training set, on all of it, or a
-    metagradient bank.
+    """Runs on random subsets of a ratio of the training set, or on all of it.
 
     Attributes:
         config: how each run is trained.
         design: a ratio in (0, 1) such as ``0.7``, ``full`` (every training example), or
-            ``bank-<p>`` (the base run's seeds with a fraction p of the examples
-            down-weighted, `heldout.store.designs`).
+            ``bank-<p>`` (every example's batch slots, a fraction p at loss weight 0 in
+            runs r > 0; `heldout.store.designs`).
         data: where the examples come from.
         runs: which runs, where, and what is kept.
     """
@@ -331,7 +329,7 @@ def job_from_flags(given: Mapping[str, Any],
     config = recipes.config_for(overrides, recipe)
     data = DataSource(**picked(DATA_FLAGS))
     if kind is TrainDrop:
-        return TrainDrop(designs.drop_target_name(given["subset"]), config,
+        return TrainDrop(given["subset"][len(designs.DROP_PREFIX):], config,
                          **picked(["targets", "target_indices", "pilot_runs"]),
                          data=data, runs=runs)
     if "subset_ratio" in given:
@@ -461,8 +459,8 @@ def train(job: TrainJob) -> TrainReport:
             directory = runs.experiment_dir or presets.DEFAULT_EXPERIMENT_DIR
             arms = {design: list(run_ids)}
             launch = functools.partial(_train_design, subset=design)
-            if design != designs.FULL and not designs.is_bank_design(design):
-                ratio_design = design
+            ratio_design = None if design == designs.FULL or designs.is_bank_design(
+                design) else design  # a bank's runs have every example's batch slots
         case _:
             raise TypeError(f"not a training job: {job!r}")
     checks.check_writable(directory, "experiment_dir")
@@ -501,7 +499,7 @@ def _load(source: DataSource):
                                     max_classes=source.max_classes)
     size = {} if source.image_size is None else {"image_size": source.image_size}
     data = imagenet.streaming_data(source.dataset, **size)
-    check_class_count(source.dataset, data.num_classes, source.max_classes)
+    check_class_count(f"dataset={source.dataset}", data.num_classes, source.max_classes)
     return data
 
 

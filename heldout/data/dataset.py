@@ -53,8 +53,8 @@ class Dataset:
             _check_split(self.name, split, getattr(self, f"x_{split}"),
                          getattr(self, f"y_{split}"), self.num_classes)
         if self.x_train.shape[1:] != self.x_test.shape[1:]:
-            raise _bad(
-                self.name, f"x_test holds examples of shape "
+            raise ValueError(
+                f"dataset={self.name}: x_test holds examples of shape "
                 f"{self.x_test.shape[1:]} but x_train of shape {self.x_train.shape[1:]}; "
                 "expected one shape")
 
@@ -84,12 +84,12 @@ def check_not_empty(data: Dataset) -> None:
     evaluate). Not part of `Dataset` itself: trainers use empty ones to carry shapes.
 
     Raises:
-        ParameterError: naming the data set (``dataset``) and the empty split.
+        ValueError: naming the empty split.
     """
     for split in ("train", "test"):
         if len(getattr(data, f"y_{split}")) == 0:
-            raise _bad(data.name, f"x_{split} is empty; expected at least one "
-                             f"{split} example")
+            raise ParameterError("dataset", f"x_{split} is empty; expected at least one "
+                                 f"{split} example", data.name)
 
 
 def check_class_count(source: str, num_classes: int,
@@ -97,45 +97,40 @@ def check_class_count(source: str, num_classes: int,
     """Refuses a class count above `max_classes` (a model gets one output per class).
 
     Raises:
-        ParameterError: naming ``max_classes`` (the limit a caller may raise), the source
-            and the count.
+        ParameterError: (``max_classes``, the parameter that raises the limit) naming the
+            source and the count.
     """
     if not max_classes >= 1:
         raise ParameterError("max_classes", "expected a positive number", max_classes)
     if num_classes > max_classes:
         raise ParameterError(
             "max_classes", f"{source}: labels give {num_classes:,} classes, above the limit "
-            f"of {max_classes:,}; expected smaller labels or a higher max_classes",
-            max_classes)
-
-
-def _bad(name: str, message: str) -> ParameterError:
-    """The error for data set `name` (its spec) that `message` describes."""
-    return ParameterError("dataset", message, name)
+            f"of {max_classes:,}; expected smaller labels (or a higher max_classes)",
+            f"{max_classes:,}")
 
 
 def _check_split(name: str, split: str, x: np.ndarray, y: np.ndarray, num_classes: int) -> None:
     """Refuses empty, non-finite, complex or mislabelled arrays of one split."""
     if len(x) != len(y):
-        raise _bad(name, f"x_{split} has {len(x)} rows but y_{split} has "
-                         f"{len(y)}")
+        raise ParameterError("dataset", f"x_{split} has {len(x)} rows but y_{split} has "
+                             f"{len(y)}", name)
     if not (np.issubdtype(x.dtype, np.floating) or np.issubdtype(x.dtype, np.integer)
             or x.dtype == np.bool_):
-        raise _bad(name, f"x_{split} has dtype {x.dtype}; expected real "
-                         "numbers")
+        raise ParameterError("dataset", f"x_{split} has dtype {x.dtype}; expected real "
+                             "numbers", name)
     if len(x) and np.issubdtype(x.dtype, np.floating):
         finite = np.isfinite(x.reshape(len(x), -1)).all(axis=1)
         if not finite.all():
             row = int(np.argmin(finite))
-            raise _bad(name, f"x_{split} holds NaN or infinity (example {row}); "
-                             "expected finite real numbers")
+            raise ParameterError("dataset", f"x_{split} holds NaN or infinity (example {row}); "
+                                 "expected finite real numbers", name)
     if y.ndim != 1 or not np.issubdtype(y.dtype, np.integer):
-        raise _bad(name, f"y_{split} has dtype {y.dtype} and shape {y.shape}; "
-                         "expected a 1-D array of integer labels")
+        raise ParameterError("dataset", f"y_{split} has dtype {y.dtype} and shape {y.shape}; "
+                             "expected a 1-D array of integer labels", name)
     if not num_classes >= 1:
-        raise _bad(name, f"num_classes={num_classes}; expected a positive "
-                         "number")
+        raise ParameterError("dataset", f"num_classes={num_classes}; expected a positive "
+                             "number", name)
     if len(y) and (y.min() < 0 or y.max() >= num_classes):
         bad = int(y.min()) if y.min() < 0 else int(y.max())
-        raise _bad(name, f"y_{split} holds label {bad}; expected labels in "
-                         f"[0, num_classes={num_classes})")
+        raise ParameterError("dataset", f"y_{split} holds label {bad}; expected labels in "
+                             f"[0, num_classes={num_classes})", name)
