@@ -32,7 +32,7 @@ from heldout.attribution.influence_functions import (
     STRATEGIES,
     Factors,
     InfluenceConfig,
-    InfluenceResult,
+    InfluenceFunctionsResult,
     LayerFactors,
     Timings,
     factors_exist,
@@ -67,7 +67,7 @@ from heldout.attribution.trak import (
 
 __all__ = [
     "FISHERS", "MEASUREMENTS", "PHASES", "STRATEGIES", "Checkpoint", "Factors",
-    "GaussianProjection", "InfluenceConfig", "InfluenceResult", "Kernel", "LayerFactors",
+    "GaussianProjection", "InfluenceConfig", "InfluenceFunctionsResult", "Kernel", "LayerFactors",
     "LayerGradients", "LayerSpec", "RandomProjection", "TRAKConfig", "TRAKFeatures",
     "TRAKResult", "Timings", "TracInConfig", "TracInResult",
     "factors_exist", "find_layers", "fit_factors", "layer_damping", "load_factors", "measure",

@@ -1,7 +1,7 @@
 """Builds indexed ImageNet TFRecord shards, in the order of the published index file.
 
 The released ImageNet ResNet-50 runs store example indices that refer to the order of
-``imagenet_index.npz`` (Feldman & Zhang; SPEC §10): ``tr_filenames``/``tr_labels`` for
+``imagenet_index.npz`` (Feldman & Zhang): ``tr_filenames``/``tr_labels`` for
 the 1,281,167 training images, ``tt_filenames``/``tt_labels`` for the 50,000 validation
 images. This module turns a raw ImageNet folder into TFRecords in exactly that order,
 with the features the published demo reads (see `heldout.data.imagenet`):
@@ -58,6 +58,7 @@ import numpy as np
 import tensorflow as tf
 
 from heldout.data import imagenet as imagenet_lib
+from heldout.progress import Progress
 
 SPLITS = ("train", "validation")
 # Index-file keys and folder of each split.
@@ -190,7 +191,7 @@ def build_imagenet_tfrecords(imagenet_dir: str, index_file: str, output_dir: str
                 if was_converted:
                     converted.append(posixpath.basename(name))
                 if bar is not None:
-                    bar.update(1)
+                    bar.advance(1)
             yield record
 
     def build(job) -> str:
@@ -399,12 +400,8 @@ def _check_labels(index_file: str, split: str, filenames: Sequence[str], labels:
                              f"(index_label_offset={offset})")
 
 
-def _progress_bar(total: int, enabled: bool):
-    if not enabled:
-        return None
-    from tqdm import tqdm
-
-    return tqdm(total=total, desc="images", unit="img", mininterval=1.0, dynamic_ncols=True)
+def _progress_bar(total: int, enabled: bool) -> Progress | None:
+    return Progress(total, "images", "img") if enabled else None
 
 
 def main(argv: Sequence[str]) -> None:

@@ -1,11 +1,11 @@
 """Which training examples each run trains on, derived from seeds alone.
 
-Designs (the names of subset folders, SPEC §3):
+Designs (the names of subset folders):
   * ``"0.7"``: a random subset of that fraction of the training set, new for every run
     (the heldout procedure of Feldman & Zhang);
   * ``"full"``: every training example;
   * ``"drop-<name>"``: every training example except a target set (the other arm of a
-    targeted self-influence experiment, `heldout.targets`).
+    targeted self-influence experiment, `heldout.store.targets`).
 
 A run's subset is a pure function of (experiment seed, subset name, run id, number of
 training examples), so the same run id trains on the same subset on any machine, and

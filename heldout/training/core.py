@@ -62,21 +62,9 @@ import tensorflow as tf
 
 from heldout.data import augment as augment_lib
 from heldout.data.dataset import Dataset
-from heldout.models.predict import (  # noqa: F401
-    Predictions,
-    predict_in_chunks,
-    prediction_arrays,
-)
+from heldout.models.predict import Predictions, predict_in_chunks
 from heldout.training import losses as losses_lib
-from heldout.training.config import (  # noqa: F401
-    ALL_LR_SCHEDULES,
-    COMPUTE_DTYPES,
-    LR_SCHEDULES,
-    PRECISIONS,
-    TRIANGLE_END,
-    TRIANGLE_START,
-    TrainConfig,
-)
+from heldout.training.config import COMPUTE_DTYPES, TRIANGLE_END, TRIANGLE_START, TrainConfig
 
 # Stateless-seed stream of a run's alternating-flip phase (steps use streams 0, 1, ...).
 FLIP_PHASE_STREAM = 2**31 - 1

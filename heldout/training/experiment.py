@@ -11,27 +11,24 @@ from __future__ import annotations
 import concurrent.futures
 import contextlib
 import dataclasses
-import os
-import platform
-import socket
 import time
 from collections.abc import Sequence
 
 import numpy as np
-import sonnet as snt
 import tensorflow as tf
 
 from heldout.data import sources as data_lib
 from heldout.data.imagenet import StreamingData
+from heldout.progress import Progress
 from heldout.store import coordination, files
 from heldout.store import designs as subsets_lib
 from heldout.store import experiment_info as info_lib
 from heldout.store import layout as layout_lib
 from heldout.store import runs as runs_lib
 from heldout.store import targets as targets_lib
-from heldout.store.experiment_info import read_experiment_info  # noqa: F401  (public API)
-from heldout.store.layout import EXPERIMENT_INFO_FILENAME  # noqa: F401  (kept for readers)
+from heldout.store.layout import EXPERIMENT_INFO_FILENAME
 from heldout.training import core as training
+from heldout.training import run_record as run_record_lib
 from heldout.training import streaming
 from heldout.training.select import make_trainer
 
@@ -159,7 +156,7 @@ def train_experiment(experiment_dir: str, dataset: str, config: training.TrainCo
               if claim_runs else None)
     accuracies, trained, claimed_elsewhere = [], [], []
     pending = list(todo)
-    bar = files.progress_bar(len(todo), "training", enabled=progress, whole_units=True)
+    bar = Progress(len(todo), "training", enabled=progress)
 
     def next_group() -> list[int]:
         """Claims the next group of runs nobody else holds or finished (up to K)."""
@@ -286,21 +283,10 @@ def _train_group(trainer, writers: concurrent.futures.Executor, experiment_dir: 
         if non_finite:
             diverged[run_id] = non_finite
             continue
-        info = _run_info(settings, data, subset, run_id, subset_indices, result,
-                         seconds_per_run, len(group))
-        if dropped is not None:
-            info["targets"] = {"name": targets.name, "groups": {
-                g: list(v) for g, v in targets.groups.items()}}
-        checkpoints = []  # (epoch, tf.train.Checkpoint), saved as ckpt-<epoch>
-        if result.model is not None:
-            final = training.Snapshot(config.epochs, result.steps, float("nan"), result.model)
-            for snapshot in (*result.snapshots, final):
-                checkpoints.append((snapshot.epoch, tf.train.Checkpoint(
-                    model=snapshot.model, epoch=tf.Variable(snapshot.epoch, dtype=tf.int64),
-                    global_step=tf.Variable(snapshot.steps, dtype=tf.int64))))
-            info["checkpoints"] = [
-                {"epoch": s.epoch, "global_step": s.steps, "learning_rate": s.learning_rate}
-                for s in result.snapshots]
+        record = run_record_lib.run_record(
+            settings, data, subset, run_id, subset_indices, result, config.epochs,
+            seconds_per_run, len(group), targets if dropped is not None else None)
+        checkpoints = run_record_lib.run_checkpoints(result, config.epochs)
         arrays = runs_lib.aux_arrays(
             subset_indices, result.train.correctness, result.test.correctness,
             margin_train=result.train.margin, margin_test=result.test.margin,
@@ -308,8 +294,8 @@ def _train_group(trainer, writers: concurrent.futures.Executor, experiment_dir: 
             logits_train=result.train.logits, logits_test=result.test.logits)
         # `save_run` leaves a run another worker completed meanwhile as it is (False):
         # checking here too cost a listing per run while the next group waited.
-        pending.append((run_id, info["accuracy"]["test"], writers.submit(
-            runs_lib.save_run, directory, arrays, info, checkpoints=checkpoints)))
+        pending.append((run_id, record.accuracy.test, writers.submit(
+            runs_lib.save_run, directory, arrays, record, checkpoints=checkpoints)))
     return _WrittenGroup(pending, diverged, experiment_dir, subset, config.learning_rate)
 
 
@@ -444,34 +430,6 @@ def train_targeted_experiment(experiment_dir: str, dataset: str, config: trainin
     return summaries
 
 
-def _run_info(settings: dict, data: data_lib.Dataset, subset: str, run_id: int,
-              subset_indices: np.ndarray, result: training.TrainedRun,
-              seconds_per_run: float, group_size: int) -> dict:
-    """The ``run.json`` of one run: how it was made and how well it did."""
-    in_subset = np.zeros(data.num_train, dtype=bool)
-    in_subset[subset_indices] = True
-    return {
-        **settings,
-        "subset": subset,
-        "run_id": run_id,
-        "num_train_examples": int(len(subset_indices)),
-        "optimizer_steps": result.steps,
-        "accuracy": {
-            "train": float(result.train.correctness[in_subset].mean()),
-            "removed": float(result.train.correctness[~in_subset].mean())
-            if (~in_subset).any() else None,
-            "test": float(result.test.correctness.mean()),
-        },
-        "seconds": seconds_per_run,
-        "models_trained_together": group_size,
-        "finished_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-        "host": socket.gethostname(),
-        "pid": os.getpid(),
-        "versions": {"python": platform.python_version(), "tensorflow": tf.__version__,
-                     "sonnet": snt.__version__, "numpy": np.__version__},
-    }
-
-
 def _advance(bar, runs: float, _steps: int) -> None:
     """Moves the progress bar by the fraction of runs one epoch of a group stands for."""
-    bar.update(runs)
+    bar.advance(runs)
