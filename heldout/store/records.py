@@ -163,20 +163,21 @@ class RunRecord:
         final = self.final_checkpoint
         return saved + ([final.epoch] if final and final.epoch not in saved else [])
 
-    def tracin_checkpoints(self, run_dir: str = "run_dir") -> list[tuple[int, float]]:
+    def tracin_checkpoints(self, run_dir: str | None = None) -> list[tuple[int, float]]:
         """``(epoch, learning rate)`` of every checkpoint TracIn uses, the final model last:
         the checkpoints saved during training and the final model, as recorded.
 
         Raises:
             ParameterError: the record lacks the final model's checkpoint (a run without
                 ``save_checkpoints``, or a ``run.json`` of an earlier version, which did
-                not record its learning rate); `run_dir` names the run.
+                not record its learning rate); `run_dir`, when given, names the run.
         """
         if self.final_checkpoint is None:
             raise ParameterError(
                 "run_dir", "run.json records no final checkpoint with its learning rate "
                 "(a run without save_checkpoints, or one trained by an earlier version); "
-                "train it again with save_checkpoints and retrain_complete", run_dir)
+                "train it again with save_checkpoints and retrain_complete",
+                *([run_dir] if run_dir is not None else []))
         result = [(c.epoch, c.learning_rate) for c in sorted(self.checkpoints,
                                                                key=lambda c: c.epoch)]
         if not result or result[-1][0] != self.final_checkpoint.epoch:

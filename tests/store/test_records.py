@@ -79,6 +79,8 @@ def test_earlier_version_file_reads(tmp_path):
         record.tracin_checkpoints(directory)
     assert raised.value.parameter == "run_dir" and raised.value.value == directory
     assert "earlier version" in str(raised.value) and "\n" not in str(raised.value)
+    with pytest.raises(ParameterError, match="^run_dir: run.json records no final"):
+        record.tracin_checkpoints()
 
 
 def test_unknown_keys_are_kept_and_written_back(tmp_path):
