@@ -34,9 +34,12 @@ setup(
     install_requires=_tensorflow_requirement() + [
         "dm-sonnet>=2.0.2",
         "tensorflow-datasets>=4.9.10",
+        # TFDS 4.9.10 imports it to download and prepare any data set but requires it
+        # for Python < 3.9 only (tests/data/test_sources.py checks every module it imports).
+        "importlib_resources>=6.0",
         "absl-py>=2.1",
         "numpy>=2.0",
-        "scipy>=1.13",
+        "scipy>=1.15",  # scipy.stats.bootstrap(rng=...)
         "scikit-learn>=1.5",
         "matplotlib>=3.9",
         "tqdm>=4.66",

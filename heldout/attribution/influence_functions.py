@@ -100,8 +100,7 @@ class InfluenceConfig:
         if not (np.isfinite(self.damping_factor) and self.damping_factor > 0):
             raise ValueError(f"damping_factor={self.damping_factor}: expected a positive "
                              "number")
-        if self.batch_size < 1:
-            raise ValueError(f"batch_size={self.batch_size}: expected a positive number")
+        gradients_lib.check_size("batch_size", self.batch_size, gradients_lib.MAX_BATCH_SIZE)
         if self.fisher_draws < 1:
             raise ValueError(f"fisher_draws={self.fisher_draws}: expected a positive number")
         if self.fisher_draws > 1 and self.fisher != "true":

@@ -20,6 +20,9 @@ import numpy as np
 import tensorflow as tf
 
 from heldout.attribution import gradients as gradients_lib
+from heldout.errors import ParameterError
+
+MAX_MATRIX_BYTES = 8 << 30  # most memory the projection matrices may take
 
 KINDS = ("gaussian", "rademacher")
 
@@ -37,8 +40,13 @@ class RandomProjection:
 
     def __init__(self, layer_sizes: Sequence[int], dim: int, seed: int | Sequence[int] = 0,
                  kind: str = "gaussian"):
-        if dim < 1:
-            raise ValueError(f"projection_dim={dim}: expected a positive number")
+        gradients_lib.check_size("projection_dim", dim, gradients_lib.MAX_PROJECTION_DIM)
+        size = 4 * dim * int(sum(layer_sizes))  # float32 matrices
+        if size > MAX_MATRIX_BYTES:
+            raise ParameterError("projection_dim", f"a projection of the {sum(layer_sizes):,} "
+                                 f"parameters to {dim:,} dimensions needs {size / 2**30:.1f} "
+                                 f"GiB, above the {MAX_MATRIX_BYTES / 2**30:.0f} GiB allowed",
+                                 dim)
         if kind not in KINDS:
             raise ValueError(f"projection={kind!r}: expected one of {', '.join(KINDS)}")
         self.dim = dim

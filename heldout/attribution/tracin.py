@@ -61,12 +61,10 @@ class TracInConfig:
         if self.measurement not in gradients_lib.MEASUREMENTS:
             raise ValueError(f"measurement={self.measurement!r}: expected one of "
                              f"{', '.join(gradients_lib.MEASUREMENTS)}")
-        if self.projection_dim is not None and self.projection_dim < 1:
-            raise ValueError(f"projection_dim={self.projection_dim}: expected a positive "
-                             "number (or no projection)")
-        if self.batch_size < 1:
-            raise ValueError(f"batch_size={self.batch_size}: expected a positive "
-                             "number")
+        if self.projection_dim is not None:
+            gradients_lib.check_size("projection_dim", self.projection_dim,
+                                     gradients_lib.MAX_PROJECTION_DIM)
+        gradients_lib.check_size("batch_size", self.batch_size, gradients_lib.MAX_BATCH_SIZE)
 
 
 @dataclasses.dataclass(frozen=True)

@@ -48,12 +48,14 @@ import tensorflow as tf
 
 from heldout.attribution import gradients as gradients_lib
 from heldout.attribution import projection as projection_lib
+from heldout.errors import ParameterError
 from heldout.estimate import lds as lds_lib
 from heldout.progress import Progress
 
 PROJECTIONS = ("rademacher", "gaussian", "none")
 REWEIGHTINGS = ("published", "per_model", "none")
 OUTPUT = "logodds"  # TRAK's output function f
+DEFAULT_PROJECTION_DIM = 1024  # d when a projection is used and projection_dim is unset
 # Eigenvalues below this fraction of the largest count as zero in a pseudo-inverse.
 _PINV_RTOL = 1e-10
 
@@ -65,7 +67,9 @@ class TRAKConfig:
     Errors name these fields; the CLI maps them to its flags.
     """
 
-    projection_dim: int | None = 1024  # d; None exactly when projection="none"
+    # d; None: DEFAULT_PROJECTION_DIM with a projection, unused without one (given with
+    # projection="none", it is refused: d is then the number of parameters).
+    projection_dim: int | None = None
     projection: str = "rademacher"  # one of PROJECTIONS; "none": raw gradients, d = #params
     seed: int = 0  # of the projections: model m uses (seed, m)
     # x mean eigenvalue of Phi^T Phi; a tuple is a grid, chosen by LDS on selection runs.
@@ -81,11 +85,12 @@ class TRAKConfig:
                              f"{', '.join(PROJECTIONS)}")
         if self.projection == "none":
             if self.projection_dim is not None:
-                raise ValueError(f"projection_dim={self.projection_dim}: must be None with "
-                                 "projection='none' (d is the number of parameters)")
-        elif self.projection_dim is None or self.projection_dim < 1:
-            raise ValueError(f"projection_dim={self.projection_dim}: expected a positive "
-                             f"number with projection={self.projection!r}")
+                raise ParameterError("projection_dim", "not used with projection='none' (d "
+                                     "is the number of parameters); leave it unset",
+                                     self.projection_dim)
+        elif self.projection_dim is not None:
+            gradients_lib.check_size("projection_dim", self.projection_dim,
+                                     gradients_lib.MAX_PROJECTION_DIM)
         grid = self.lambda_grid
         if not grid or not all(np.isfinite(v) and v >= 0 for v in grid):
             raise ValueError(f"lambda_reg={self.lambda_reg}: expected a number >= 0 or a "
@@ -93,8 +98,15 @@ class TRAKConfig:
         if self.reweighting not in REWEIGHTINGS:
             raise ValueError(f"reweighting={self.reweighting!r}: expected one of "
                              f"{', '.join(REWEIGHTINGS)}")
-        if self.batch_size < 1:
-            raise ValueError(f"batch_size={self.batch_size}: expected a positive number")
+        gradients_lib.check_size("batch_size", self.batch_size, gradients_lib.MAX_BATCH_SIZE)
+
+    @property
+    def dim(self) -> int | None:
+        """The projection's d: `projection_dim`, `DEFAULT_PROJECTION_DIM` when unset, None
+        without a projection."""
+        if self.projection == "none":
+            return None
+        return DEFAULT_PROJECTION_DIM if self.projection_dim is None else self.projection_dim
 
     @property
     def lambda_grid(self) -> tuple[float, ...]:
@@ -220,7 +232,7 @@ def ensemble_features(models: Sequence[snt.Module], x_train: np.ndarray, y_train
                                           config.batch_size, progress=bar)
     logodds_function = tf.function(lambda x, y: gradients_lib.measure(
         tf.cast(template(x, is_training=False), tf.float32), y, OUTPUT), autograph=False)
-    dim = config.projection_dim or engine.num_parameters
+    dim = config.dim or engine.num_parameters
     saved = [v.numpy() for v in template.variables]
     result = []
     try:
@@ -230,7 +242,7 @@ def ensemble_features(models: Sequence[snt.Module], x_train: np.ndarray, y_train
             projection = None
             if config.projection != "none":
                 projection = projection_lib.RandomProjection(
-                    [spec.size for spec in engine.specs], config.projection_dim,
+                    [spec.size for spec in engine.specs], config.dim,
                     (config.seed, first_index + offset), config.projection)
 
             train, query = (_features(engine, projection, x, y, dim)

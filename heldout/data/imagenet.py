@@ -33,12 +33,12 @@ All file access goes through TensorFlow's file systems, so patterns may be gs://
 from __future__ import annotations
 
 import dataclasses
-import io
 from collections.abc import Sequence
 
 import numpy as np
 import tensorflow as tf
 
+from heldout.data import safe_npz
 from heldout.data.dataset import Dataset
 
 IMAGE_KEY = "image/encoded"
@@ -90,28 +90,30 @@ class ImagenetIndex:
     tr_mem: np.ndarray | None = None
 
 
-def read_npz_keys(path: str, required: Sequence[str], what: str = "file",
-                  allow_pickle: bool = False) -> dict[str, np.ndarray]:
+def read_npz_keys(path: str, required: Sequence[str], what: str = "file"
+                  ) -> dict[str, np.ndarray]:
     """Every array of an ``.npz`` (local or gs://), after checking `required` keys are there.
+
+    Nothing in the file is unpickled: object arrays are read only when they hold plain
+    strings (the published ImageNet index's file names), by `safe_npz`. A bare ``.npy``
+    reads as the one key ``arr_0``.
 
     Args:
         path: the file.
         required: keys that must be present.
         what: what the file should be, for messages ("C-score file").
-        allow_pickle: also read object arrays (pickled). Only for trusted files: the
-            published ImageNet index may hold its file names as an object array of bytes
-            (the published builder loads it with ``allow_pickle=True``).
 
     Raises:
         ValueError: one line naming the file and the first missing key, or saying that
-            the file cannot be read.
+            the file cannot be read or asks for more than arrays of numbers and strings.
     """
     try:
         with tf.io.gfile.GFile(path, "rb") as f:
             content = f.read()
-        with np.load(io.BytesIO(content), allow_pickle=allow_pickle) as npz:
-            arrays = {key: npz[key] for key in npz.files}
-    except Exception as e:  # noqa: BLE001 (GFile, zipfile and np.load raise many types)
+        arrays = safe_npz.read_npz_bytes(content)
+    except safe_npz.UnsafeFileError as e:
+        raise ValueError(f"{path}: refused as a {what}: {e}") from None
+    except Exception as e:  # noqa: BLE001 (GFile, zipfile and numpy raise many types)
         raise ValueError(f"{path}: cannot read as a {what} .npz "
                          f"({type(e).__name__}: {e})") from None
     missing = [key for key in required if key not in arrays]
@@ -130,7 +132,7 @@ def load_imagenet_index(path: str) -> ImagenetIndex:
     Raises:
         ValueError: a key is missing (named), or filenames and labels differ in length.
     """
-    arrays = read_npz_keys(path, INDEX_FILE_KEYS, "ImageNet index file", allow_pickle=True)
+    arrays = read_npz_keys(path, INDEX_FILE_KEYS, "ImageNet index file")
     for prefix in ("tr", "tt"):
         if len(arrays[f"{prefix}_filenames"]) != len(arrays[f"{prefix}_labels"]):
             raise ValueError(f"{path}: {prefix}_filenames has {len(arrays[f'{prefix}_filenames'])} "
@@ -140,13 +142,14 @@ def load_imagenet_index(path: str) -> ImagenetIndex:
         raise ValueError(f"{path}: tr_mem has {len(tr_mem)} entries but tr_labels has "
                          f"{len(arrays['tr_labels'])}")
     return ImagenetIndex(
-        tr_filenames=_as_strings(arrays["tr_filenames"]),
+        tr_filenames=as_strings(arrays["tr_filenames"]),
         tr_labels=arrays["tr_labels"].astype(np.int64),
-        tt_filenames=_as_strings(arrays["tt_filenames"]),
+        tt_filenames=as_strings(arrays["tt_filenames"]),
         tt_labels=arrays["tt_labels"].astype(np.int64), tr_mem=tr_mem)
 
 
-def _as_strings(values: np.ndarray) -> list[str]:
+def as_strings(values: np.ndarray) -> list[str]:
+    """A vector of file names (str, bytes or an object array of them) as str."""
     return [v.decode() if isinstance(v, bytes) else str(v) for v in values.tolist()]
 
 

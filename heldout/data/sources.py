@@ -31,6 +31,7 @@ from heldout.data.dataset import (
     check_class_count,
     check_not_empty,
 )
+from heldout.errors import ParameterError
 
 NPZ_KEYS = ("x_train", "y_train", "x_test", "y_test")
 
@@ -192,7 +193,11 @@ def load_tfds(name: str, version: str | None = None,
     full_name = f"{name}:{version}" if version else name
     try:
         builder = tfds.builder(full_name, data_dir=data_dir)
+        if not builder.is_prepared() and _downloads(builder):
+            _check_can_prepare(builder, full_name, data_dir)
         builder.download_and_prepare()
+    except ParameterError:
+        raise
     except Exception as e:  # TFDS raises many types; the user needs one line.
         # Some messages list every data set TFDS knows (hundreds of lines): keep the first.
         first = (str(e).strip().splitlines() or [type(e).__name__])[0][:200]
@@ -216,6 +221,82 @@ def load_tfds(name: str, version: str | None = None,
             x_test=splits["test"][0], y_test=splits["test"][1],
             num_classes=label_feature.num_classes,
             original_index_train=splits["train"][2], original_index_test=splits["test"][2])
+
+
+# Where most TFDS downloads come from, probed when a builder lists no download URLs.
+_TFDS_HOST = "storage.googleapis.com"
+# Seconds to wait for one host before calling the network unreachable.
+_PROBE_SECONDS = 5.0
+
+
+def _downloads(builder) -> bool:
+    """Whether `builder.download_and_prepare` is TFDS's own, which downloads.
+
+    Under a test double (``tfds.testing.mock_data``) it prepares nothing, so there is
+    nothing to check before it.
+    """
+    method = getattr(type(builder), "download_and_prepare", None)
+    return getattr(method, "__module__", "").startswith("tensorflow_datasets.core")
+
+
+def _check_can_prepare(builder, full_name: str, data_dir: str | None) -> None:
+    """Refuses at once, in one line saying what to do, a data set TFDS could not prepare.
+
+    TFDS 4.9.10 imports ``importlib_resources`` while preparing (declared for Python
+    < 3.9 only, so a fresh install may lack it), and offline it retries every download
+    for minutes before failing. Both are checked here in well under a second.
+
+    Raises:
+        ParameterError: (``dataset``) the module is missing or the download hosts are
+            unreachable.
+    """
+    try:
+        import importlib_resources  # noqa: F401  (TFDS's dataset_builder imports it)
+    except ImportError:
+        raise ParameterError(
+            "dataset", "preparing a TFDS data set needs the module importlib_resources "
+            "(TFDS imports it without requiring it): pip install importlib_resources, or "
+            "reinstall heldout (bash scripts/install.sh)", f"tfds:{full_name}") from None
+    problem = _unreachable(_download_hosts(builder))
+    if problem:
+        where = data_dir or "~/tensorflow_datasets"
+        raise ParameterError(
+            "dataset", f"not prepared in {where} and the network is unreachable "
+            f"({problem}); give data_dir=<a directory holding the prepared data set>, or "
+            f"run `tfds build {full_name} --data_dir=DIR` on a "
+            "machine with internet and copy DIR here", f"tfds:{full_name}")
+
+
+def _download_hosts(builder) -> list[tuple[str, int]]:
+    """(host, port) of the builder's download URLs (TFDS's bucket if it lists none)."""
+    import urllib.parse
+    import urllib.request
+
+    proxy = urllib.request.getproxies().get("https")
+    try:
+        urls = list(builder.url_infos or ())
+    except Exception:  # a builder without a checksums file: TFDS's bucket
+        urls = []
+    urls = [proxy] if proxy else urls or [f"https://{_TFDS_HOST}/"]
+    hosts = set()
+    for url in urls:
+        parsed = urllib.parse.urlsplit(url if "//" in url else f"//{url}")
+        if parsed.hostname:
+            default = 80 if parsed.scheme == "http" else 443
+            hosts.add((parsed.hostname, parsed.port or default))
+    return sorted(hosts)
+
+
+def _unreachable(hosts: list[tuple[str, int]]) -> str | None:
+    """The first host that cannot be connected to, with why; None if all can."""
+    import socket
+
+    for host, port in hosts:
+        try:
+            socket.create_connection((host, port), timeout=_PROBE_SECONDS).close()
+        except OSError as e:
+            return f"{host}: {e.strerror or type(e).__name__}"
+    return None
 
 
 def _original_index(example_id: bytes | str | None) -> int | None:

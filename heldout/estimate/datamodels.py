@@ -31,6 +31,8 @@ import dataclasses
 
 import numpy as np
 
+from heldout.errors import ParameterError
+
 DEFAULT_LAMBDAS = tuple(float(x) for x in np.logspace(-1, 4, 11))  # 0.1 ... 10,000
 SELECTIONS = ("loo", "kfold")
 PRECISIONS = ("float32", "float64")
@@ -322,8 +324,9 @@ def _check(masks, outputs, lambdas, selection, folds, block_size, top_k) -> None
         raise ValueError(f"masks has {masks.shape[0]} runs, leave-one-out needs >= 3")
     if block_size < 1:
         raise ValueError(f"block_size={block_size}: expected a positive number")
-    if top_k is not None and top_k < 1:
-        raise ValueError(f"top_k={top_k}: expected a positive number or None")
+    if top_k is not None and not 1 <= top_k <= masks.shape[1]:
+        raise ParameterError("top_k", f"expected a whole number from 1 to the "
+                             f"{masks.shape[1]:,} training examples (or None)", top_k)
 
 
 def fit_lasso(masks: np.ndarray, outputs: np.ndarray, *, alpha: float,

@@ -199,7 +199,8 @@ class TopInfluences:
 
     Attributes:
         train: int64 ``[num_eval, k]`` training indices, highest influence first (-1 where
-            an evaluation example has fewer than k defined scores).
+            an evaluation example has fewer than k defined scores, or, after
+            `most_influential`, fewer than k positive scores above the rest).
         score: float32 ``[num_eval, k]`` their influence (NaN where ``train`` is -1).
         above_threshold: every pair with influence above the threshold (None when no
             threshold was given), as (train, eval column, score) arrays, eval-major.
@@ -378,6 +379,32 @@ def _top_influences_bfloat16(membership: np.ndarray, values: np.ndarray, k: int,
         best_score = merged.values
         best_train = tf.gather(owners, merged.indices, batch_dims=1)
     return _pack_top(best_train.numpy(), best_score.numpy(), k, threshold, above, dense)
+
+
+def most_influential(top: TopInfluences, k: int) -> TopInfluences:
+    """The top-`k` table with only the entries that are really among the most influential.
+
+    `top` is a top-``(k + 1)`` table (`top_influences` with ``k + 1``). An entry stays
+    only if its score is positive and strictly above the best score left out (the
+    ``(k + 1)``-th): a zero or negative influence raises nothing, and an entry tied with
+    one left out is "most influential" only by its index (with 0/1 correctness most
+    scores are ties, so a plain top-k lists training examples 0, 1, 2, ... at score 0).
+    Dropped entries become -1 / NaN, like undefined ones, and tables and CSVs leave
+    them out. The result keeps `top`'s threshold pairs and dense matrix.
+
+    Raises:
+        ValueError: `top` does not have ``k + 1`` columns.
+    """
+    if top.train.shape[1] != k + 1:
+        raise ValueError(f"most_influential: expected a top-{k + 1} table, got "
+                         f"{top.train.shape[1]} columns")
+    score = top.score[:, :k]
+    left_out = np.nan_to_num(top.score[:, k:], nan=-np.inf)
+    with np.errstate(invalid="ignore"):
+        keep = (score > 0) & (score > left_out)
+    return dataclasses.replace(
+        top, train=np.where(keep, top.train[:, :k], -1).astype(np.int64),
+        score=np.where(keep, score, np.nan).astype(np.float32))
 
 
 def top_influence_pairs(membership: np.ndarray, values: np.ndarray, num_pairs: int,

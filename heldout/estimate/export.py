@@ -5,7 +5,23 @@ So a notebook loads exactly what a command wrote:
 * `save_estimates` / `load_estimates`: the ``.npz`` of `pipeline.Estimates`.
 * `save_targeted_report` / `load_targeted_report`: the targeted self-influence report.
 * `save_attribution_scores` / `load_attribution_scores`: a gradient-based method's
-  scores on one run (`heldout.attribution.runs_attribution` writes through these).
+  scores on one run (`heldout.attribution.runs_attribution` writes through these);
+  `load_attribution_scores` also reads TRAK and datamodels files, so one call gives the
+  ``[num_train, E]`` score matrix of any method.
+* `save_trak_scores` / `load_trak_scores`: TRAK scores of an ensemble of runs; keys
+  ``scores`` ``[num_train, E]``, ``eval_indices`` ``[E]``, ``run_ids`` ``[M]`` (the
+  models), ``lambda_reg`` (scalar), ``meta`` (``kind: "trak"``, settings).
+* `save_datamodels` / `load_datamodels`: ridge datamodels (`datamodels.Datamodels`);
+  keys ``eval_indices`` ``[E]``, ``run_ids`` ``[R]`` (fit runs), ``intercept`` and
+  ``lam`` ``[E]``, ``lambdas`` ``[L]``, ``cv_error`` ``[L, E]``, and either ``weights``
+  ``[num_train, E]`` or ``top_train``, ``top_weights`` ``[E, k]``; ``meta``
+  (``kind: "datamodels"``, ``selection``, output metric, subset).
+* `save_lds` / `load_lds`: an LDS result (`lds.LDSResult`); keys ``per_example``
+  ``[E]`` (Spearman of each eval example, NaN where undefined), ``eval_indices``
+  ``[E]``, ``run_ids`` ``[k]`` (the evaluation runs), ``mean``, ``ci_low``,
+  ``ci_high`` (bootstrap interval of the mean), ``num_runs`` (scalars); ``meta``
+  (``kind: "lds"``, the method and its scores file, LDS folder, output, confidence,
+  bootstrap settings).
 * `write_tables`, `write_targeted_csv`: per-example CSV tables.
 
 Every file is written atomically through `heldout.store.files`. Settings and small
@@ -19,7 +35,9 @@ Keys of the estimates ``.npz`` (each group present when its estimator ran):
   * influence (``infl_``): ``eval_indices`` ``[E]`` (test examples estimated, the
     columns below); ``matrix`` ``[num_train, E]`` (dense output); ``topk_train``,
     ``topk_score``, ``topk_stderr``, ``topk_p_value`` ``[E, k]`` (most influential
-    training examples of each test example, best first, -1/NaN when undefined), and
+    training examples of each test example, best first; -1/NaN where fewer are listed:
+    only positive influence strictly above every training example left out is listed,
+    never zeros or ties (`estimators.most_influential`)), and
     every statistic of those entries, flattened ``[E * k]``: ``topstat_train,
     topstat_eval, topstat_score, topstat_num_in, topstat_num_out, topstat_stderr,
     topstat_p_value, topstat_ci_low, topstat_ci_high``;
@@ -43,6 +61,8 @@ from typing import Any
 import numpy as np
 
 from heldout.estimate import estimators as estimators_lib
+from heldout.estimate.datamodels import Datamodels
+from heldout.estimate.lds import LDSResult
 from heldout.estimate.pipeline import EstimateConfig, Estimates, InfluenceResult
 from heldout.estimate.targeted import TargetedReport
 from heldout.store import files
@@ -262,17 +282,203 @@ def save_attribution_scores(path: str, self_influence: np.ndarray, in_subset: np
 
 
 def load_attribution_scores(path: str) -> dict[str, Any]:
-    """What `save_attribution_scores` wrote: its arrays (``scores`` None when absent)
-    and ``meta`` as a dict."""
+    """The scores of any attribution file: a gradient method's, TRAK's or datamodels'.
+
+    Returns:
+        ``kind`` (``"gradient"``, ``"trak"`` or ``"datamodels"``), ``scores``
+        ``[num_train, E]`` (None when absent: a gradient method's self-influence only, or
+        datamodels kept in top-k form), ``eval_indices`` ``[E]``, ``self_influence`` and
+        ``in_subset`` ``[num_train]`` (gradient methods; None otherwise), ``run_ids``
+        (TRAK's models, the datamodels' fit runs; None for a gradient method) and
+        ``meta`` (a dict; empty for files written without one).
+
+    Raises:
+        files.StoredFileError: the file is not one of these.
+    """
     arrays = files.read_npz(path)
-    for key in ("self_influence", "in_subset", "eval_indices"):
-        if key not in arrays:
-            raise files.StoredFileError(f"{path}: not an attribution file (no {key} entry)")
-    loaded: dict[str, Any] = {key: arrays[key] for key in
-                              ("self_influence", "in_subset", "eval_indices")}
-    loaded["scores"] = arrays.get("scores")
+    meta = json.loads(str(arrays[META_KEY])) if META_KEY in arrays else {}
+    if "intercept" in arrays:
+        stored = _datamodel_arrays(path, arrays)
+        return {"kind": "datamodels", "scores": stored["weights"],
+                "eval_indices": stored["eval_indices"], "self_influence": None,
+                "in_subset": None, "run_ids": stored["run_ids"], "meta": meta}
+    if "lambda_reg" in arrays:
+        stored = _required(path, arrays, _TRAK_KEYS, "a TRAK scores file")
+        _check_columns(path, stored["scores"], stored["eval_indices"])
+        return {"kind": "trak", **stored, "self_influence": None, "in_subset": None,
+                "meta": meta}
+    if "self_influence" not in arrays:
+        raise files.StoredFileError(f"{path}: not an attribution file (no self_influence "
+                                    "entry, nor TRAK's lambda_reg or datamodels' intercept)")
+    loaded = _required(path, arrays, ("self_influence", "in_subset", "eval_indices"),
+                       "an attribution file")
+    _check_columns(path, arrays.get("scores"), loaded["eval_indices"])
+    return {"kind": "gradient", **loaded, "scores": arrays.get("scores"), "run_ids": None,
+            "meta": meta}
+
+
+_TRAK_KEYS = ("scores", "eval_indices", "run_ids", "lambda_reg")
+
+
+def save_trak_scores(path: str, scores: np.ndarray, eval_indices: np.ndarray,
+                     run_ids: np.ndarray, lambda_reg: float, meta: dict | None = None
+                     ) -> None:
+    """Writes TRAK scores of an ensemble (keys in the module docstring).
+
+    Args:
+        path: the file (``trak-<subset>-runs<ids>.npz`` in the experiment by default).
+        scores: ``[num_train, E]`` TRAK scores.
+        eval_indices: ``[E]`` test examples scored, the columns of `scores`.
+        run_ids: ``[M]`` runs whose final models form the ensemble.
+        lambda_reg: the kernel's ridge term used.
+        meta: small JSON-able facts (subset, projection settings, how lambda was chosen).
+    """
+    _check_columns(path, scores, eval_indices, ValueError)
+    arrays = {"scores": scores, "eval_indices": np.asarray(eval_indices),
+              "run_ids": np.asarray(run_ids), "lambda_reg": np.float64(lambda_reg)}
+    _write_with_meta(path, arrays, {"kind": "trak", **(meta or {})})
+
+
+def load_trak_scores(path: str) -> dict[str, Any]:
+    """What `save_trak_scores` wrote: ``scores``, ``eval_indices``, ``run_ids``,
+    ``lambda_reg`` (a float) and ``meta`` (empty for files written without one).
+
+    Raises:
+        files.StoredFileError: the file is not a TRAK scores file.
+    """
+    arrays = files.read_npz(path)
+    loaded = _required(path, arrays, _TRAK_KEYS, "a TRAK scores file")
+    _check_columns(path, loaded["scores"], loaded["eval_indices"])
+    loaded["lambda_reg"] = float(loaded["lambda_reg"])
     loaded["meta"] = json.loads(str(arrays[META_KEY])) if META_KEY in arrays else {}
     return loaded
+
+
+def save_datamodels(path: str, fitted: Datamodels, eval_indices: np.ndarray,
+                    run_ids: np.ndarray, meta: dict | None = None) -> None:
+    """Writes fitted datamodels (keys in the module docstring).
+
+    Args:
+        path: the file (``datamodels-<subset>.npz`` in the experiment by default).
+        fitted: the datamodels (dense weights or top-k form).
+        eval_indices: ``[E]`` test examples, one datamodel each.
+        run_ids: ``[R]`` runs the datamodels were fit on.
+        meta: small JSON-able facts (subset, output metric).
+    """
+    arrays = {"eval_indices": np.asarray(eval_indices), "run_ids": np.asarray(run_ids),
+              "intercept": fitted.intercept, "lam": fitted.lam, "lambdas": fitted.lambdas,
+              "cv_error": fitted.cv_error}
+    if fitted.weights is not None:
+        _check_columns(path, fitted.weights, eval_indices, ValueError)
+        arrays["weights"] = fitted.weights
+    else:
+        arrays.update(top_train=fitted.top_train, top_weights=fitted.top_weights)
+    _write_with_meta(path, arrays, {"kind": "datamodels", "selection": fitted.selection,
+                                    **(meta or {})})
+
+
+def load_datamodels(path: str) -> dict[str, Any]:
+    """What `save_datamodels` wrote: ``datamodels`` (a `Datamodels`), ``eval_indices``,
+    ``run_ids`` and ``meta``.
+
+    Files written before the grid was stored (no ``lambdas``/``cv_error``) load with
+    those two empty and ``selection`` ``"unknown"``.
+
+    Raises:
+        files.StoredFileError: the file is not a datamodels file.
+    """
+    arrays = files.read_npz(path)
+    stored = _datamodel_arrays(path, arrays)
+    meta = json.loads(str(arrays[META_KEY])) if META_KEY in arrays else {}
+    num_eval = len(stored["eval_indices"])
+    fitted = Datamodels(
+        weights=stored["weights"], top_train=arrays.get("top_train"),
+        top_weights=arrays.get("top_weights"), intercept=stored["intercept"],
+        lam=stored["lam"], lambdas=arrays.get("lambdas", np.zeros(0)),
+        cv_error=arrays.get("cv_error", np.zeros((0, num_eval))),
+        selection=str(meta.get("selection", "unknown")))
+    return {"datamodels": fitted, "eval_indices": stored["eval_indices"],
+            "run_ids": stored["run_ids"], "meta": meta}
+
+
+_LDS_SCALARS = ("mean", "ci_low", "ci_high", "num_runs")
+
+
+def save_lds(path: str, result: LDSResult, eval_indices: np.ndarray, run_ids: np.ndarray,
+             meta: dict | None = None) -> None:
+    """Writes an LDS result with its per-example values (keys in the module docstring).
+
+    Args:
+        path: the file.
+        result: the LDS of one score matrix on one set of evaluation runs.
+        eval_indices: ``[E]`` test examples, the entries of ``result.per_example``.
+        run_ids: ``[k]`` the evaluation runs (``len == result.num_runs``).
+        meta: the settings that made it (method, scores file, LDS folder, output,
+            confidence, bootstrap resamples and seed).
+
+    Raises:
+        ValueError: `eval_indices` or `run_ids` do not match `result`.
+    """
+    if len(eval_indices) != len(result.per_example) or len(run_ids) != result.num_runs:
+        raise ValueError(f"{path}: {len(result.per_example)} per-example values and "
+                         f"{result.num_runs} runs, given {len(eval_indices)} eval indices "
+                         f"and {len(run_ids)} run ids")
+    arrays = {"per_example": result.per_example, "eval_indices": np.asarray(eval_indices),
+              "run_ids": np.asarray(run_ids), "mean": np.float64(result.mean),
+              "ci_low": np.float64(result.ci_low), "ci_high": np.float64(result.ci_high),
+              "num_runs": np.int64(result.num_runs)}
+    _write_with_meta(path, arrays, {"kind": "lds", **(meta or {})})
+
+
+def load_lds(path: str) -> dict[str, Any]:
+    """What `save_lds` wrote: ``result`` (an `LDSResult`), ``eval_indices``,
+    ``run_ids`` and ``meta``.
+
+    Raises:
+        files.StoredFileError: the file is not an LDS result.
+    """
+    arrays, meta = _read_with_meta(path, "an LDS result")
+    loaded = _required(path, arrays, ("per_example", "eval_indices", "run_ids",
+                                      *_LDS_SCALARS), "an LDS result")
+    result = LDSResult(mean=float(loaded["mean"]), ci_low=float(loaded["ci_low"]),
+                       ci_high=float(loaded["ci_high"]), per_example=loaded["per_example"],
+                       num_runs=int(loaded["num_runs"]),
+                       num_finite=int(np.isfinite(loaded["per_example"]).sum()),
+                       num_eval=len(loaded["per_example"]))
+    return {"result": result, "eval_indices": loaded["eval_indices"],
+            "run_ids": loaded["run_ids"], "meta": meta}
+
+
+def _required(path: str, arrays: dict[str, np.ndarray], keys: tuple[str, ...], what: str
+              ) -> dict[str, np.ndarray]:
+    """`keys` of `arrays`, or an error naming the file and the first missing key."""
+    for key in keys:
+        if key not in arrays:
+            raise files.StoredFileError(f"{path}: not {what} (no {key} entry)")
+    return {key: arrays[key] for key in keys}
+
+
+def _datamodel_arrays(path: str, arrays: dict[str, np.ndarray]) -> dict[str, Any]:
+    """The datamodel entries every version of the file has, ``weights`` None in top-k
+    form."""
+    stored: dict[str, Any] = _required(path, arrays, ("eval_indices", "run_ids",
+                                                      "intercept", "lam"),
+                                       "a datamodels file")
+    stored["weights"] = arrays.get("weights")
+    if stored["weights"] is None and "top_train" not in arrays:
+        raise files.StoredFileError(f"{path}: not a datamodels file (neither weights nor "
+                                    "top_train)")
+    _check_columns(path, stored["weights"], stored["eval_indices"])
+    return stored
+
+
+def _check_columns(path: str, scores: np.ndarray | None, eval_indices: np.ndarray,
+                   error: type[Exception] = files.StoredFileError) -> None:
+    """A score matrix has one column per eval example (`error` otherwise: ValueError
+    when saving, StoredFileError when loading)."""
+    if scores is not None and (scores.ndim != 2 or scores.shape[1] != len(eval_indices)):
+        raise error(f"{path}: scores of shape {scores.shape} do not have "
+                                    f"one column per eval example ({len(eval_indices)})")
 
 
 def _fields(instance: Any, prefix: str) -> dict[str, np.ndarray]:

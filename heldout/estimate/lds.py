@@ -7,8 +7,11 @@ evaluation runs with membership ``masks[k, num_train]`` (0/1) and outputs
 between those predictions and the real outputs ``outputs[:, j]``. The score of the method
 is the mean of ``LDS_j`` over eval examples, with a bootstrap interval over eval examples.
 
-Evaluation runs must not be runs the method was fit on (`check_disjoint`), else a
-method that memorizes its fit runs looks perfect.
+Evaluation runs must not be runs the method was fit on, else a method that memorizes
+its fit runs looks perfect. Runs are judged by what they trained on
+(`check_disjoint_membership`: an evaluation run whose membership row equals a fit run's
+is the same run, whatever folder or id it has, e.g. runs copied into another folder),
+and, within one folder, by id (`check_disjoint`).
 
 Pure NumPy and SciPy; ranks and correlations are vectorized over eval examples and
 computed in blocks of eval examples, so memory stays ``O(k * block_size)``.
@@ -17,11 +20,12 @@ computed in blocks of eval examples, so memory stays ``O(k * block_size)``.
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 
 import numpy as np
 from scipy import stats as scipy_stats
 
+from heldout.errors import ParameterError
 from heldout.estimate import stats
 
 
@@ -38,6 +42,8 @@ class LDSResult:
             NaN where the outputs or the predictions are constant over the runs (a rank
             correlation is undefined there, as in `scipy.stats.spearmanr`).
         num_runs: number of evaluation runs ``k``.
+        num_finite: eval examples with a defined ``per_example`` value, the ones ``mean``
+            averages; num_eval: all eval examples.
     """
 
     mean: float
@@ -45,6 +51,17 @@ class LDSResult:
     ci_high: float
     per_example: np.ndarray
     num_runs: int
+    num_finite: int
+    num_eval: int
+
+    def summary(self) -> str:
+        """``0.512 [0.480, 0.541] over 54 of 445 eval examples`` (the count is said, and
+        why, whenever some eval examples have no value)."""
+        text = f"{self.mean:.3f} [{self.ci_low:.3f}, {self.ci_high:.3f}]"
+        if self.num_finite == self.num_eval:
+            return f"{text} over {self.num_eval} eval examples"
+        return (f"{text} over {self.num_finite} of {self.num_eval} eval examples (undefined "
+                "for the others: outputs or predictions constant over the runs)")
 
 
 def lds(scores: np.ndarray, masks: np.ndarray, outputs: np.ndarray, *,
@@ -102,7 +119,7 @@ def lds(scores: np.ndarray, masks: np.ndarray, outputs: np.ndarray, *,
     mean = float(defined.mean()) if len(defined) else np.nan
     ci_low, ci_high = stats.bootstrap_interval(defined, num_bootstrap, seed, confidence)
     return LDSResult(mean=mean, ci_low=ci_low, ci_high=ci_high, per_example=per_example,
-                     num_runs=masks.shape[0])
+                     num_runs=masks.shape[0], num_finite=len(defined), num_eval=num_eval)
 
 
 def spearman_columns(a: np.ndarray, b: np.ndarray) -> np.ndarray:
@@ -149,3 +166,38 @@ def check_disjoint(fit_run_ids: Iterable[int], lds_run_ids: Iterable[int]) -> No
         more = f" and {len(overlap) - 20} more" if len(overlap) > 20 else ""
         raise ValueError(f"lds_run_ids overlap fit_run_ids in {len(overlap)} runs: "
                          f"{shown}{more}; LDS needs evaluation runs the method was not fit on")
+
+
+def check_disjoint_membership(fit_masks: np.ndarray, lds_masks: np.ndarray,
+                              lds_names: Sequence[str] | None = None) -> None:
+    """Refuses evaluation runs that trained on exactly what a fit run trained on.
+
+    Two runs of random subsets with the same membership row are, in practice, the same
+    run (copied into another folder or under another id); an LDS over such runs measures
+    how well the method remembers its own fit runs (it inflates LDS towards 1).
+
+    Args:
+        fit_masks: ``[num_fit, num_train]`` membership of the runs the scores came from.
+        lds_masks: ``[k, num_train]`` membership of the evaluation runs.
+        lds_names: names of the evaluation runs for the message (``0.5/3``); default
+            their row numbers.
+
+    Raises:
+        ParameterError: (``lds_subset``) naming how many evaluation runs repeat a fit run,
+            and the first few.
+    """
+    fit_masks = np.asarray(fit_masks, dtype=bool)
+    lds_masks = np.asarray(lds_masks, dtype=bool)
+    if fit_masks.ndim != 2 or lds_masks.ndim != 2 or fit_masks.shape[1] != lds_masks.shape[1]:
+        raise ValueError(f"fit_masks {fit_masks.shape} and lds_masks {lds_masks.shape}: "
+                         "expected [runs, num_train] of the same num_train")
+    fit_rows = {np.packbits(row).tobytes() for row in fit_masks}
+    repeated = [r for r, row in enumerate(lds_masks) if np.packbits(row).tobytes() in fit_rows]
+    if repeated:
+        names = [str(lds_names[r]) if lds_names is not None else str(r) for r in repeated]
+        shown = ", ".join(names[:10]) + (f" and {len(names) - 10} more" if len(names) > 10
+                                         else "")
+        raise ParameterError("lds_subset", f"{len(repeated)} of the {len(lds_masks)} "
+                             f"evaluation runs ({shown}) trained on exactly the examples of "
+                             "a run the scores were fit on; LDS needs runs the method was "
+                             "not fit on")

@@ -15,6 +15,7 @@ from collections.abc import Sequence
 import numpy as np
 
 from heldout.data.dataset import Dataset
+from heldout.errors import ParameterError
 from heldout.estimate import estimators as estimators_lib
 from heldout.estimate import plots, stats
 from heldout.store import layout as layout_lib
@@ -22,8 +23,15 @@ from heldout.store import runs as runs_lib
 
 ESTIMATORS = ("memorization", "self_influence", "influence", "cscore")
 INFLUENCE_OUTPUTS = ("dense", "topk")
-# Scores above this count as "high" in summary lines (Feldman & Zhang's cut-off).
+# Most training examples kept per test example: the top-k arrays are [num_eval, top_k]
+# (a typo like top_k=10**9 would otherwise die in a MemoryError).
+MAX_TOP_K = 100_000
+# Memorization (and influence) on correctness above this counts as "high" in summary
+# lines (Feldman & Zhang's cut-off). It is a difference of probabilities, so summaries
+# use it only on correctness; margins and C-scores are on other scales.
 HIGH_SCORE = 0.25
+# C-scores (expected held-out accuracy) below this: held out, wrong more often than right.
+LOW_CSCORE = 0.5
 
 
 @dataclasses.dataclass(frozen=True)
@@ -38,6 +46,9 @@ class EstimateConfig:
     confidence: float = 0.95  # level of confidence intervals
     alpha: float = 0.05  # significance level of the `significant` flags
     fdr: bool = False  # Benjamini-Hochberg across examples at level alpha
+    # untestable examples (p = NaN, e.g. right in every run) in the FDR family: left out
+    # ("exclude") or counted as p = 1 ("count", the conservative family)
+    fdr_untestable: str = "exclude"
     influence_output: str = "dense"  # dense | topk
     top_k: int = 10  # most influential training examples kept per test example
     threshold: float | None = None  # also keep every pair with influence above this
@@ -61,11 +72,15 @@ class EstimateConfig:
             raise ValueError(f"--alpha={self.alpha}: expected a number in (0, 1)")
         if self.min_runs < 1:
             raise ValueError(f"--min_runs={self.min_runs}: expected a positive number")
+        if self.fdr_untestable not in stats.UNTESTABLE:
+            raise ParameterError("fdr_untestable", f"expected {' or '.join(stats.UNTESTABLE)}",
+                                 self.fdr_untestable)
         if self.influence_output not in INFLUENCE_OUTPUTS:
             raise ValueError(f"--influence_output={self.influence_output}: expected "
                              f"{' or '.join(INFLUENCE_OUTPUTS)}")
-        if self.top_k < 1:
-            raise ValueError(f"--top_k={self.top_k}: expected a positive number")
+        if not 1 <= self.top_k <= MAX_TOP_K:
+            raise ParameterError("top_k", f"expected a whole number from 1 to {MAX_TOP_K:,}",
+                                 self.top_k)
         if self.eval_shard is not None:
             index, count = self.eval_shard
             if not 0 <= index < count:
@@ -103,8 +118,12 @@ class Estimates:
 
 
 def estimate_experiment(experiment_dir: str, config: EstimateConfig | None = None,
-                        progress: bool = True) -> Estimates:
+                        progress: bool = True, exclude_subsets: Sequence[str | None] = ()
+                        ) -> Estimates:
     """Reads the runs of an experiment and computes the estimators of `config`.
+
+    `exclude_subsets` are folders the default subset is not chosen from (the LDS
+    evaluation folder; `choose_subset`).
 
     Raises:
         ValueError: the directory has no usable runs, a subset or metric is not there,
@@ -116,7 +135,7 @@ def estimate_experiment(experiment_dir: str, config: EstimateConfig | None = Non
     subset, experiment = None, None
     if needs_single:
         start = time.time()
-        subset = choose_subset(experiment_dir, config.subsets)
+        subset = choose_subset(experiment_dir, config.subsets, exclude_subsets)
         experiment = runs_lib.load_experiment(experiment_dir, subset, progress=progress)
         seconds["reading"] = time.time() - start
 
@@ -152,19 +171,37 @@ def estimate_experiment(experiment_dir: str, config: EstimateConfig | None = Non
         seconds=seconds, config=config)
 
 
-def choose_subset(experiment_dir: str, subsets: Sequence[str] | None) -> str:
+def choose_subset(experiment_dir: str, subsets: Sequence[str] | None,
+                  exclude: Sequence[str | None] = ()) -> str:
     """The one subset folder to estimate from: the one chosen, or the only one present.
+
+    Args:
+        experiment_dir: the experiment directory.
+        subsets: the folder chosen (one name), or None for the default.
+        exclude: folders that are not candidates for the default, such as the LDS
+            evaluation folder (``lds_subset``): with runs in ``0.7`` and an LDS folder
+            ``0.5``, the default is ``0.7``. None entries are ignored. A folder chosen
+            explicitly is returned even if excluded (callers refuse that overlap with
+            their own message).
 
     Raises:
         ValueError: the directory holds no runs, the chosen folder is not there, or
-            there are several and none (or more than one) was chosen.
+            there are several candidates and none (or more than one) was chosen.
     """
     present = _present_subsets(experiment_dir)
     if subsets is None:
-        if len(present) > 1:
+        excluded = {e for e in exclude if e is not None}
+        candidates = [s for s in present if s not in excluded]
+        if len(candidates) > 1:
+            also = f"; {', '.join(sorted(excluded))} excluded (LDS runs)" if excluded else ""
             raise ValueError(f"--experiment_dir={experiment_dir} holds several subset "
-                             f"folders ({', '.join(present)}); choose one with --subset")
-        return present[0]
+                             f"folders ({', '.join(candidates)}{also}); choose one with "
+                             "--subset")
+        if not candidates:
+            raise ParameterError("subsets", f"{experiment_dir} holds only "
+                                 f"{', '.join(present)}, set aside as evaluation runs; "
+                                 "train the runs to estimate from into another folder")
+        return candidates[0]
     if len(subsets) != 1:
         raise ValueError(f"--subset={','.join(subsets)}: memorization and influence use "
                          "one subset folder; several are for --estimator=cscore only")
@@ -184,7 +221,7 @@ def _present_subsets(experiment_dir: str) -> list[str]:
 
 def _significant(p_values: np.ndarray, config: EstimateConfig) -> np.ndarray:
     if config.fdr:
-        return stats.benjamini_hochberg(p_values, config.alpha)[0]
+        return stats.benjamini_hochberg(p_values, config.alpha, config.fdr_untestable)[0]
     with np.errstate(invalid="ignore"):
         return p_values < config.alpha
 
@@ -206,18 +243,23 @@ def _influence(experiment: runs_lib.Experiment, config: EstimateConfig) -> Influ
     values = experiment.metric(config.metric, "test")
     eval_indices = _eval_indices(values.shape[1], config)
     values = values[:, eval_indices]
-    top = estimators_lib.top_influences(
-        experiment.membership, values, config.top_k, config.threshold,
-        min_runs=config.min_runs, keep_dense=config.influence_output == "dense")
+    top = estimators_lib.most_influential(estimators_lib.top_influences(
+        experiment.membership, values, config.top_k + 1, config.threshold,
+        min_runs=config.min_runs, keep_dense=config.influence_output == "dense"),
+        config.top_k)
     num_eval, k = top.train.shape
     columns = np.repeat(np.arange(num_eval), k)
     defined = top.train.ravel() >= 0
     top_stats = estimators_lib.pair_statistics(
         experiment.membership, values, np.maximum(top.train.ravel(), 0), columns,
         config.min_runs, config.test, config.confidence)
+    # Entries left out of the table (-1) have no statistics: -1, no runs, NaN.
     top_stats = dataclasses.replace(
-        top_stats, **{name: np.where(defined, getattr(top_stats, name), np.nan)
-                      for name in ("score", "stderr", "p_value", "ci_low", "ci_high")})
+        top_stats, train=np.where(defined, top_stats.train, -1),
+        num_in=np.where(defined, top_stats.num_in, 0),
+        num_out=np.where(defined, top_stats.num_out, 0),
+        **{name: np.where(defined, getattr(top_stats, name), np.nan)
+           for name in ("score", "stderr", "p_value", "ci_low", "ci_high")})
     return InfluenceResult(eval_indices=eval_indices, top=top, top_stats=top_stats,
                            pairs=highest_pairs(top.score, top_stats, eval_indices,
                                                config.num_pairs),
@@ -272,7 +314,14 @@ def _cscore(experiment_dir: str, config: EstimateConfig, progress: bool
 
 
 def summary_lines(estimates: Estimates) -> list[str]:
-    """One line per estimator: runs used, mean test accuracy, high scores, time taken."""
+    """One line per estimator: runs used, mean test accuracy, what the scores show, time.
+
+    A count above `HIGH_SCORE` is given only for scores on correctness (memorization,
+    self-influence and influence with ``metric="correctness"``), where the cut-off is a
+    difference of probabilities; C-scores get their mean and the count below
+    `LOW_CSCORE`. The significance count says which test and which family it used.
+    """
+    config = estimates.config
     runs = (f"{len(estimates.run_ids)} runs of {estimates.subset}"
             + (f" ({len(estimates.skipped_runs)} incomplete skipped)"
                if estimates.skipped_runs else ""))
@@ -283,31 +332,61 @@ def summary_lines(estimates: Estimates) -> list[str]:
         estimate = getattr(estimates, name)
         if estimate is not None:
             finite = np.isfinite(estimate.score)
-            lines.append(
-                f"{name}: {runs}, {accuracy}, "
-                f"{int((estimate.score[finite] > HIGH_SCORE).sum())} of {int(finite.sum())} "
-                f"examples with score > {HIGH_SCORE}, "
-                f"{int(estimates.significant[name].sum())} significant, "
-                f"{estimates.seconds[name]:.1f} s")
+            on_correctness = name == "memorization" or config.metric == "correctness"
+            scores = (f"{int((estimate.score[finite] > HIGH_SCORE).sum())} of "
+                      f"{int(finite.sum())} examples with score > {HIGH_SCORE}"
+                      if on_correctness else
+                      f"mean {config.metric} self-influence "
+                      f"{float(np.mean(estimate.score[finite])) if finite.any() else np.nan:+.3f}"
+                      f" over {int(finite.sum())} examples")
+            significance = significance_text(estimates.significant[name], estimate.p_value,
+                                             config)
+            lines.append(f"{name}: {runs}, {accuracy}, {scores}, {significance}, "
+                         f"{estimates.seconds[name]:.1f} s")
     if estimates.influence is not None:
         top = estimates.influence.top
-        high = (int(np.sum(estimates.influence.matrix > HIGH_SCORE))
-                if estimates.influence.matrix is not None else None)
-        lines.append(
-            f"influence: {runs}, {accuracy}, {len(estimates.influence.eval_indices)} test "
-            f"examples, {int(np.sum(top.score[:, 0] > HIGH_SCORE))} with a top pair > "
-            f"{HIGH_SCORE}" + (f", {high} pairs > {HIGH_SCORE}" if high is not None else "")
-            + f", {estimates.seconds['influence']:.1f} s")
+        num_eval, k = top.train.shape
+        high = ""
+        if config.metric == "correctness":
+            high = (f", {int(np.sum(top.score[:, 0] > HIGH_SCORE))} with a top pair > "
+                    f"{HIGH_SCORE}")
+            if estimates.influence.matrix is not None:
+                high += f", {int(np.sum(estimates.influence.matrix > HIGH_SCORE))} pairs > " \
+                        f"{HIGH_SCORE}"
+        short = int(np.sum(top.train[:, -1] < 0))
+        listed = (f", {short} of them list fewer than {k} most influential (only positive "
+                  "influence above every training example left out is listed; zeros and "
+                  "ties are not)" if short else "")
+        lines.append(f"influence: {runs}, {accuracy}, {num_eval} test examples{high}{listed}"
+                     f", {estimates.seconds['influence']:.1f} s")
     if estimates.cscore is not None:
         cscore = estimates.cscore
         folders = ", ".join(f"{n} runs of {s}" for s, n in estimates.cscore_runs.items())
         finite = np.isfinite(cscore.train)
+        mean = float(np.mean(cscore.train[finite])) if finite.any() else np.nan
         lines.append(
             f"cscore: {folders}, mean test accuracy "
-            f"{cscore.test_by_ratio.mean():.4f}, "
-            f"{int((cscore.train[finite] > HIGH_SCORE).sum())} of {int(finite.sum())} "
-            f"examples with score > {HIGH_SCORE}, {estimates.seconds['cscore']:.1f} s")
+            f"{cscore.test_by_ratio.mean():.4f}, mean C-score {mean:.3f}, "
+            f"{int((cscore.train[finite] < LOW_CSCORE).sum())} of {int(finite.sum())} "
+            f"examples below {LOW_CSCORE} (held out, wrong more often than right), "
+            f"{estimates.seconds['cscore']:.1f} s")
     return lines
+
+
+def significance_text(significant: np.ndarray, p_values: np.ndarray,
+                      config: EstimateConfig) -> str:
+    """How many are significant, by which rule, and what became of untestable examples
+    (p = NaN: fewer than ``min_runs`` runs, or no spread, e.g. right in every run)."""
+    untestable = int(np.isnan(p_values).sum())
+    testable = len(p_values) - untestable
+    count = int(significant.sum())
+    if not config.fdr:
+        return (f"{count} significant (p < {config.alpha:g}, {config.test} test; "
+                f"{untestable} untestable, p = NaN)")
+    family = (f"{testable} testable examples; {untestable} untestable (p = NaN) left out"
+              if config.fdr_untestable == "exclude" else
+              f"all {len(p_values)} examples, {untestable} untestable counted as p = 1")
+    return (f"{count} significant (Benjamini-Hochberg FDR {config.alpha:g} over {family})")
 
 
 def format_report(estimates: Estimates, labels_train: np.ndarray | None = None,

@@ -5,7 +5,7 @@ on the example) - mean(values over runs that held it out)``, one per example, fo
 to millions of examples. This module turns their summary statistics (means, unbiased
 variances with ``ddof=1``, counts) into standard errors, test statistics, p-values and
 confidence intervals, all at once with numpy (no loop over examples), and controls the
-false discovery rate over the resulting p-values with Benjamini-Hochberg.
+false discovery rate over the resulting p-values with Benjamini-Hochberg (scipy's).
 
 Two tests (`TESTS`):
   * ``welch``: Welch's unequal-variances t-test with Welch-Satterthwaite degrees of
@@ -21,6 +21,9 @@ import dataclasses
 import numpy as np
 import numpy.typing as npt
 from scipy import special
+from scipy import stats as sp_stats
+
+from heldout.errors import ParameterError
 
 TESTS = ("welch", "z")
 
@@ -128,8 +131,14 @@ def difference_test(mean_in: npt.ArrayLike, var_in: npt.ArrayLike, num_in: npt.A
                         ci_high=masked(ci_high))
 
 
-def benjamini_hochberg(p_values: npt.ArrayLike, alpha: float = 0.05
-                       ) -> tuple[np.ndarray, np.ndarray]:
+# How `benjamini_hochberg` treats untestable examples (p = NaN, e.g. examples every run
+# gets right, whose in- and out-means are both 1 with no spread): left out of the family
+# (the default), or counted in it as p = 1 (conservative: a larger m).
+UNTESTABLE = ("exclude", "count")
+
+
+def benjamini_hochberg(p_values: npt.ArrayLike, alpha: float = 0.05,
+                       untestable: str = "exclude") -> tuple[np.ndarray, np.ndarray]:
     """Benjamini-Hochberg step-up control of the false discovery rate at `alpha`.
 
     Used to pick the examples whose difference is significant among many tested at once.
@@ -137,41 +146,41 @@ def benjamini_hochberg(p_values: npt.ArrayLike, alpha: float = 0.05
     (q-value) of ``p_(i)`` is ``min(1, min_{j >= i} p_(j) * m / j)``; an example is
     rejected where its q-value is ``<= alpha``, which is the step-up rule "reject the
     ``k`` smallest, with ``k`` the largest ``i`` such that ``p_(i) <= i * alpha / m``".
+    The q-values are `scipy.stats.false_discovery_control` (``method="bh"``).
 
-    NaN p-values (examples without an estimate) take no part: they are not counted in
-    ``m``, are never rejected, and get a NaN q-value.
+    NaN p-values (untestable examples) are never rejected and get a NaN q-value. With
+    ``untestable="exclude"`` they are not counted in ``m``; with ``"count"`` they are
+    counted as p = 1, so ``m`` is the number of examples and fewer are rejected.
 
     Args:
         p_values: p-values of any shape, each in ``[0, 1]`` or NaN.
         alpha: false discovery rate to control, in ``(0, 1]``.
+        untestable: ``"exclude"`` or ``"count"`` (`UNTESTABLE`).
 
     Returns:
         ``(rejected, q_values)``: bool and float64 arrays of the shape of `p_values`.
 
     Raises:
-        ValueError: a p-value is outside ``[0, 1]`` (and not NaN), or `alpha` is not in
-            ``(0, 1]``.
+        ValueError: a p-value is outside ``[0, 1]`` (and not NaN), `alpha` is not in
+            ``(0, 1]``, or `untestable` is not one of `UNTESTABLE`.
     """
     if not 0.0 < alpha <= 1.0:
         raise ValueError(f"alpha must be in (0, 1]; got {alpha!r}")
+    if untestable not in UNTESTABLE:
+        raise ParameterError("fdr_untestable", f"expected {' or '.join(UNTESTABLE)}",
+                             untestable)
     p_values = np.asarray(p_values, dtype=np.float64)
     flat = p_values.ravel()
     present = ~np.isnan(flat)
-    present_p = flat[present]
-    if np.any((present_p < 0) | (present_p > 1)):
+    if np.any((flat[present] < 0) | (flat[present] > 1)):
         raise ValueError("p-values must be in [0, 1] or NaN")
-
-    num = present_p.size
-    order = np.argsort(present_p, kind="stable")
-    scaled = present_p[order] * num / np.arange(1, num + 1)
-    sorted_q = np.minimum(np.minimum.accumulate(scaled[::-1])[::-1], 1.0)
-    present_q = np.empty(num)
-    present_q[order] = sorted_q
-
+    family = flat if untestable == "count" else flat[present]
     q_values = np.full(flat.shape, np.nan)
-    q_values[present] = present_q
+    if family.size:
+        family_q = sp_stats.false_discovery_control(np.nan_to_num(family, nan=1.0))
+        q_values[present] = family_q[present] if untestable == "count" else family_q
     rejected = np.zeros(flat.shape, dtype=bool)
-    rejected[present] = present_q <= alpha
+    rejected[present] = q_values[present] <= alpha
     return rejected.reshape(p_values.shape), q_values.reshape(p_values.shape)
 
 
@@ -201,17 +210,16 @@ def bootstrap_interval(values: np.ndarray, num_bootstrap: int, seed: int,
                        confidence: float, chunk: int = 100) -> tuple[float, float]:
     """Percentile bootstrap interval of the mean of `values` (``[n]``, finite).
 
-    Returns ``(nan, nan)`` when there is nothing to resample or `num_bootstrap` is 0.
-    Resamples are drawn ``chunk`` at a time, so memory is ``O(chunk * n)``.
+    `scipy.stats.bootstrap` (``method="percentile"``) with ``numpy.random.default_rng
+    (seed)``, `chunk` resamples at a time, so memory is ``O(chunk * n)``. Returns ``(nan,
+    nan)`` when there is nothing to resample or `num_bootstrap` is 0, and ``(v, v)`` for
+    a single value (every resample is that value; scipy needs two).
     """
     if num_bootstrap == 0 or len(values) == 0:
         return np.nan, np.nan
-    rng = np.random.default_rng(seed)
-    means = np.empty(num_bootstrap)
-    for start in range(0, num_bootstrap, chunk):
-        size = min(chunk, num_bootstrap - start)
-        means[start:start + size] = values[rng.integers(0, len(values),
-                                                        (size, len(values)))].mean(axis=1)
-    tail = (1.0 - confidence) / 2.0
-    low, high = np.quantile(means, [tail, 1.0 - tail])
-    return float(low), float(high)
+    if len(values) == 1:
+        return float(values[0]), float(values[0])
+    result = sp_stats.bootstrap((values,), np.mean, n_resamples=num_bootstrap, batch=chunk,
+                                method="percentile", confidence_level=confidence,
+                                rng=np.random.default_rng(seed), vectorized=True)
+    return float(result.confidence_interval.low), float(result.confidence_interval.high)

@@ -37,6 +37,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import math
 import os
 import socket
 import threading
@@ -46,28 +47,41 @@ from collections.abc import Iterable, Iterator, Mapping, Sequence
 
 import tensorflow as tf
 
+from heldout.errors import ParameterError
 from heldout.store import files
 from heldout.store import layout as layout_lib
 
 # Exit status of a worker whose shard still has runs missing because other workers hold
 # their claims (live or not yet expired): not done, not failed, retry later.
 EXIT_RUNS_CLAIMED_ELSEWHERE = 3
+MAX_LEASE_SECONDS = 7 * 24 * 3600  # a week: longer leases would outlive any preemption
 
 
 def task_identity(environ: Mapping[str, str] | None = None) -> str | None:
     """The scheduler's identity of this task, the same after a requeue; None outside one.
 
-    Slurm: ``slurm:<SLURM_ARRAY_JOB_ID>:<SLURM_ARRAY_TASK_ID>`` for array tasks, else
-    ``slurm:<SLURM_JOB_ID>`` (a requeued job keeps its id). Kubernetes Indexed Jobs:
+    It names one *task*, never a whole job: two tasks running at once must never share
+    it, or each would take the other's live claims for its own.
+
+    Slurm: the array task (``SLURM_ARRAY_JOB_ID``, ``SLURM_ARRAY_TASK_ID``) or else the
+    job (``SLURM_JOB_ID``), then the job step (``SLURM_STEP_ID``; ``batch`` for the
+    batch script) and the task of the step (``SLURM_PROCID``):
+    ``slurm:<job>[_<array task>]:<step>:<procid>``. Two ``srun`` steps of one job, or two
+    tasks of one step, differ; a requeued job keeps its id and numbers its steps from 0
+    again, so its tasks find their predecessors' claims. Kubernetes Indexed Jobs:
     ``k8s:<JOB_NAME or the pod's host name prefix>:<JOB_COMPLETION_INDEX>`` (the pods of
-    an Indexed Job are named ``<job name>-<index>-<suffix>``; set ``JOB_NAME`` through
-    the downward API to be exact).
+    an Indexed Job are named ``<job name>-<index>-<suffix>``, one pod per index at a
+    time; set ``JOB_NAME`` through the downward API to be exact).
     """
     environ = os.environ if environ is None else environ
+    job = None
     if environ.get("SLURM_ARRAY_JOB_ID") and environ.get("SLURM_ARRAY_TASK_ID"):
-        return f"slurm:{environ['SLURM_ARRAY_JOB_ID']}:{environ['SLURM_ARRAY_TASK_ID']}"
-    if environ.get("SLURM_JOB_ID"):
-        return f"slurm:{environ['SLURM_JOB_ID']}"
+        job = f"{environ['SLURM_ARRAY_JOB_ID']}_{environ['SLURM_ARRAY_TASK_ID']}"
+    elif environ.get("SLURM_JOB_ID"):
+        job = environ["SLURM_JOB_ID"]
+    if job is not None:
+        step = environ.get("SLURM_STEP_ID") or "batch"
+        return f"slurm:{job}:{step}:{environ.get('SLURM_PROCID') or '0'}"
     index = environ.get("JOB_COMPLETION_INDEX")
     if index:
         name = environ.get("JOB_NAME") or socket.gethostname().rsplit(f"-{index}-", 1)[0]
@@ -148,10 +162,16 @@ class Claims:
     _lock: threading.Lock = dataclasses.field(default_factory=threading.Lock, repr=False)
 
     def __post_init__(self):
-        if self.lease_seconds <= 0:
-            raise ValueError(f"lease_seconds={self.lease_seconds}: expected a positive number")
-        if self.settle_seconds < 0:
-            raise ValueError(f"settle_seconds={self.settle_seconds}: expected a number >= 0")
+        # NaN would write claims that never expire; inf (or a lease of centuries) stops
+        # the heartbeat thread, whose wait cannot be that long.
+        if not (isinstance(self.lease_seconds, int | float) and math.isfinite(
+                self.lease_seconds) and 0 < self.lease_seconds <= MAX_LEASE_SECONDS):
+            raise ParameterError("lease_seconds", "expected a number of seconds above 0 and "
+                                 f"at most {MAX_LEASE_SECONDS:,}", self.lease_seconds)
+        if not (isinstance(self.settle_seconds, int | float) and math.isfinite(
+                self.settle_seconds) and 0 <= self.settle_seconds <= MAX_LEASE_SECONDS):
+            raise ParameterError("settle_seconds", "expected a finite number of seconds >= 0",
+                                 self.settle_seconds)
 
     @classmethod
     def for_subset(cls, experiment_dir: str, subset: str, **settings) -> Claims:
@@ -223,8 +243,10 @@ class Claims:
         claim = self._read(run_id)
         if not claim or claim.get("token") == self.token:
             return False
-        if claim.get("expires", 0) < time.time():
-            return False  # lease expired: the worker died or hangs
+        expires = claim.get("expires")
+        if not isinstance(expires, int | float) or not math.isfinite(expires) or (
+                expires < time.time()):
+            return False  # lease expired (the worker died or hangs), or a broken claim
         if self.task is not None and claim.get("task") == self.task:
             return False  # an earlier instance of this very task, preempted and requeued
         if claim.get("host") == socket.gethostname() and not _process_alive(claim.get("pid")):

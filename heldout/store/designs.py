@@ -72,6 +72,18 @@ def design_name(subset: str | float) -> str:
                          "'drop-<name>'") from None
 
 
+def drop_target_name(design: str) -> str | None:
+    """The target-set name a ``drop-<name>`` design leaves out, or None for any other.
+
+    ``full`` is an arm of a targeted experiment but leaves nothing out, so it has no
+    target set (its runs need none); ratio designs have none either. Callers that
+    route a design to its trainer use this, never ``design[len("drop-"):]``, which
+    reads ``full`` as a drop arm with an empty name.
+    """
+    design = design_name(design)
+    return design[len(DROP_PREFIX):] if design.startswith(DROP_PREFIX) else None
+
+
 def is_targeted_design(subset: str) -> bool:
     """Whether a design is an arm of a targeted experiment (``full`` or ``drop-<name>``)."""
     return subset == FULL or subset.startswith(DROP_PREFIX)

@@ -16,7 +16,10 @@
   plots/, tables/                     default folders of figures and CSV tables
 ```
 No other module builds these paths; they ask `ExperimentDir` and `RunDir`. Paths are
-joined with ``tf.io.gfile.join`` so ``gs://`` roots work.
+joined with ``tf.io.gfile.join`` so ``gs://`` roots work. Every name joined below the
+root (a subset, a target set's name, a method) must be one path component
+(`check_component`), so a name read from a file or typed by a user (``../../etc``,
+``x/../../..``) never reaches outside the experiment.
 """
 
 from __future__ import annotations
@@ -25,6 +28,8 @@ import dataclasses
 import time
 
 import tensorflow as tf
+
+from heldout.errors import ParameterError
 
 EXPERIMENT_INFO_FILENAME = "experiment.json"
 AUX_FILENAME = "aux_arrays.npz"
@@ -37,6 +42,28 @@ CLAIMS_DIRNAME = ".claims"
 TARGETS_DIRNAME = "targets"
 PLOTS_DIRNAME = "plots"
 TABLES_DIRNAME = "tables"
+
+
+_GLOB = "*"
+
+
+def check_component(name: object, parameter: str, allow_glob: bool = False) -> str:
+    """Refuses a name that is not exactly one path component; returns it.
+
+    Refused: empty, ``.``, ``..``, anything with ``/``, ``\\`` or a NUL byte, and
+    surrounding spaces. With `allow_glob`, ``"*"`` (every entry) is accepted.
+
+    Raises:
+        ParameterError: naming `parameter`.
+    """
+    if allow_glob and name == _GLOB:
+        return name
+    if (not isinstance(name, str) or name in ("", ".", "..") or name != name.strip()
+            or any(c in name for c in "/\\\0")):
+        raise ParameterError(parameter, "expected a single folder or file name (no '/', "
+                             "'\\', '..' or empty name), so that it stays inside the "
+                             "experiment", name)
+    return name
 
 
 @dataclasses.dataclass(frozen=True)
@@ -103,14 +130,15 @@ class ExperimentDir:
 
     def subset(self, subset: str) -> str:
         """Folder of the runs of design `subset`."""
-        return tf.io.gfile.join(self.root, subset)
+        return tf.io.gfile.join(self.root, check_component(subset, "subset"))
 
     def run(self, subset: str, run_id: int) -> RunDir:
-        return RunDir(tf.io.gfile.join(self.root, subset, str(run_id)))
+        return RunDir(tf.io.gfile.join(self.subset(subset),
+                                       check_component(str(run_id), "run_id")))
 
     def aux_arrays_glob(self, subset: str) -> str:
         """Glob pattern of the aux arrays of every run of `subset`."""
-        return tf.io.gfile.join(self.root, subset, "*", AUX_FILENAME)
+        return tf.io.gfile.join(self.subset(subset), _GLOB, AUX_FILENAME)
 
     @property
     def targets_dir(self) -> str:
@@ -118,23 +146,27 @@ class ExperimentDir:
 
     def targets(self, name: str) -> str:
         """File of the target set `name` (``"*"`` for a glob)."""
-        return tf.io.gfile.join(self.targets_dir, f"{name}.json")
+        return tf.io.gfile.join(self.targets_dir,
+                                f"{check_component(name, 'targets', allow_glob=True)}.json")
 
     def claims(self, subset: str) -> str:
         """Folder of the claim files of the runs of `subset`."""
-        return tf.io.gfile.join(self.root, CLAIMS_DIRNAME, subset)
+        return tf.io.gfile.join(self.root, CLAIMS_DIRNAME, check_component(subset, "subset"))
 
     def estimates(self, subset: str | None) -> str:
         """Default output of ``estimate.py`` (``cscore`` when estimated across subsets)."""
-        return tf.io.gfile.join(self.root, f"estimates-{subset or 'cscore'}.npz")
+        name = check_component(subset, "subset") if subset else "cscore"
+        return tf.io.gfile.join(self.root, f"estimates-{name}.npz")
 
     def targeted_report(self, targets: str) -> str:
         """Default output of the targeted self-influence report of target set `targets`."""
-        return tf.io.gfile.join(self.root, f"self_influence-{targets}.npz")
+        return tf.io.gfile.join(self.root,
+                                f"self_influence-{check_component(targets, 'targets')}.npz")
 
     def attribution(self, method: str, subset: str, run_id: int) -> str:
         """Default output of a gradient-based method on one run."""
-        return tf.io.gfile.join(self.root, f"{method}-{subset}-run{run_id}.npz")
+        name = f"{check_component(method, 'method')}-{check_component(subset, 'subset')}"
+        return tf.io.gfile.join(self.root, f"{name}-run{run_id}.npz")
 
     @property
     def plots(self) -> str:

@@ -46,6 +46,7 @@ PUBLISHED_MEM_THRESHOLD = 0.25
 PUBLISHED_INFL_THRESHOLD = 0.15
 _CLASS_MATRIX = re.compile(r"infl_matrix_class(\d+)$")
 _DENSE_MAX_BYTES = 8 << 30  # refuse to assemble a bigger dense matrix by default
+_BARE_ARRAY = "arr_0"  # the one key of a bare .npy read as an .npz
 
 
 @dataclasses.dataclass(frozen=True)
@@ -91,16 +92,21 @@ class ClasswiseInfluence:
 
 @dataclasses.dataclass(frozen=True)
 class CScores:
-    """Published C-scores in the original data order, each ``[num_train]``.
+    """Published C-scores, each ``[num_train]``.
 
     Attributes:
-        labels: int64 labels. scores: float64 C-scores.
+        labels: int64 labels, or None for a file without them (MNIST's bare array).
+        scores: float64 C-scores.
         filenames: ImageNet file names (str), or None for files without them.
+        dataset_order: True when the scores are already in the data set's order (MNIST's
+            ``mnist-cscores.npy`` is in TFDS order); False for the original data order
+            (CIFAR) or, with `filenames`, an order given by the file names (ImageNet).
     """
 
-    labels: np.ndarray
+    labels: np.ndarray | None
     scores: np.ndarray
     filenames: list[str] | None = None
+    dataset_order: bool = False
 
 
 def load_high_influence_pairs(path: str) -> HighInfluencePairs:
@@ -188,23 +194,53 @@ def dense_influence(classwise: ClasswiseInfluence, dtype: type = np.float32,
 
 
 def load_cscores(path: str, require_filenames: bool = False) -> CScores:
-    """Reads a published C-score file (``labels``, ``scores``; ImageNet: ``filenames``).
+    """Reads a published C-score file.
+
+    Accepts ``cifar{10,100}-cscores-orig-order.npz`` (``labels``, ``scores``, original
+    order), ``imagenet-cscores-with-filename.npz`` (also ``filenames``) and
+    ``mnist-cscores.npy`` (a bare float array of scores in TFDS order, no labels).
 
     Raises:
-        ValueError: a key is missing (``filenames`` only with `require_filenames`), or the
-            arrays differ in length.
+        ValueError: a key is missing (``filenames`` only with `require_filenames`), the
+            arrays differ in length, or the scores are not finite numbers in [0, 1]
+            (NaN allowed for examples without one).
     """
     required = CSCORE_KEYS + (("filenames",) if require_filenames else ())
-    arrays = imagenet_lib.read_npz_keys(path, required, "C-score file",
-                                        allow_pickle=True)  # file names may be objects
+    arrays = imagenet_lib.read_npz_keys(path, (), "C-score file")
+    if set(arrays) == {_BARE_ARRAY} and not require_filenames:
+        return CScores(labels=None, scores=_scores(path, arrays[_BARE_ARRAY]),
+                       dataset_order=True)
+    missing = [key for key in required if key not in arrays]
+    if missing:
+        raise ValueError(f"{path}: not a C-score file: missing key {missing[0]!r} "
+                         f"(has {', '.join(sorted(arrays)) or 'no keys'})")
     _same_length(path, arrays, tuple(key for key in (*CSCORE_KEYS, "filenames")
                                      if key in arrays))
     filenames = arrays.get("filenames")
-    return CScores(labels=arrays["labels"].astype(np.int64),
-                   scores=arrays["scores"].astype(np.float64),
-                   filenames=None if filenames is None else [
-                       v.decode() if isinstance(v, bytes) else str(v)
-                       for v in filenames.tolist()])
+    return CScores(labels=_integers(path, "labels", arrays["labels"]),
+                   scores=_scores(path, arrays["scores"]),
+                   filenames=None if filenames is None else imagenet_lib.as_strings(
+                       filenames))
+
+
+def _scores(path: str, values: np.ndarray) -> np.ndarray:
+    """C-scores as float64 ``[n]``, checked: numbers in [0, 1] or NaN."""
+    if values.ndim != 1 or values.dtype.kind not in "fiu":
+        raise ValueError(f"{path}: C-scores must be a vector of numbers, got dtype "
+                         f"{values.dtype} and shape {list(values.shape)}")
+    scores = values.astype(np.float64)
+    bad = np.flatnonzero(np.isinf(scores) | (scores < 0) | (scores > 1))
+    if len(bad):
+        raise ValueError(f"{path}: C-score {scores[bad[0]]} at position {bad[0]} is not in "
+                         "[0, 1]")
+    return scores
+
+
+def _integers(path: str, key: str, values: np.ndarray) -> np.ndarray:
+    if values.ndim != 1 or values.dtype.kind not in "iu":
+        raise ValueError(f"{path}: {key} must be a vector of integers, got dtype "
+                         f"{values.dtype} and shape {list(values.shape)}")
+    return values.astype(np.int64)
 
 
 def detect_kind(path: str) -> str:
@@ -215,9 +251,13 @@ def detect_kind(path: str) -> str:
         ValueError: the keys fit none of them.
     """
     keys = set(imagenet_lib.read_npz_keys(path, (), "published file"))
-    for kind, required in (("pairs", PAIRS_KEYS), ("classwise", CLASSWISE_KEYS),
+    if keys == {_BARE_ARRAY}:  # a bare .npy: MNIST's C-scores
+        return "cscores"
+    # The ImageNet index also has tr_mem, tr_labels and tt_labels: test it before the
+    # class-wise file.
+    for kind, required in (("pairs", PAIRS_KEYS),
                            ("imagenet_index", imagenet_lib.INDEX_FILE_KEYS),
-                           ("cscores", CSCORE_KEYS)):
+                           ("classwise", CLASSWISE_KEYS), ("cscores", CSCORE_KEYS)):
         if set(required) <= keys:
             return kind
     raise ValueError(f"{path}: not a published estimates file (keys {', '.join(sorted(keys))}"

@@ -47,6 +47,7 @@ from typing import BinaryIO, NamedTuple
 
 import tensorflow as tf
 
+from heldout.errors import ParameterError
 from heldout.progress import Progress
 from heldout.store import files, layout, runs
 
@@ -259,6 +260,54 @@ def extract_release(source: str, destination: str, md5: str | None = None,
         skipped=counts["skipped"], rejected=tuple(rejected), bytes_read=consumed,
         bytes_written=target.bytes_written, seconds=time.monotonic() - start, md5=digest,
         md5_verified=md5 is not None)
+
+
+def verify_md5(source: str, md5: str | None, parameter: str = "md5") -> str | None:
+    """Honours an expected MD5 for a source that `extract_release` does not read: a
+    single file (a published ``.npz``, a data file) is hashed and compared, and a
+    directory, which has no MD5, is refused rather than the setting ignored.
+
+    Release tarballs are verified while they are extracted (`extract_release`); calling
+    this on one hashes it a second time, so front doors call it for the other sources.
+
+    Args:
+        source: a local, ``gs://`` or ``http(s)://`` file, or a directory.
+        md5: the expected hex MD5; None: nothing to check (returns None).
+        parameter: the setting `md5` came from, for messages.
+
+    Returns:
+        The file's MD5 (equal to `md5`), or None when `md5` is None.
+
+    Raises:
+        ParameterError: `md5` is not 32 hex digits, `source` is a directory or cannot be
+            read, or its MD5 differs (one line naming the file and both digests).
+    """
+    if md5 is None:
+        return None
+    expected = md5.strip().lower()
+    if not re.fullmatch(r"[0-9a-f]{32}", expected):
+        raise ParameterError(parameter, "expected 32 hexadecimal digits", md5)
+    if "://" not in source or source.startswith("gs://"):
+        try:
+            is_directory = tf.io.gfile.isdir(source)
+        except tf.errors.OpError:
+            is_directory = False
+        if is_directory:
+            raise ParameterError(parameter, f"{source} is a directory, which has no MD5; "
+                                            "an MD5 checks a tarball or a single file", md5)
+    try:
+        stream, _ = _open(source)
+        digest = hashlib.md5()
+        with stream:
+            while chunk := stream.read(_CHUNK_BYTES):
+                digest.update(chunk)
+    except (ValueError, OSError) as e:
+        raise ParameterError(parameter, f"cannot read {source} to check its MD5 ({e})",
+                             md5) from None
+    if digest.hexdigest() != expected:
+        raise ParameterError(parameter, f"{source} has MD5 {digest.hexdigest()}, not the "
+                                        "expected one", md5)
+    return expected
 
 
 def experiment_root(destination: str, max_depth: int = 2) -> str:

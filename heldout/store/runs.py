@@ -21,6 +21,7 @@ from __future__ import annotations
 import concurrent.futures
 import dataclasses
 import errno
+import hashlib
 import os
 import shutil
 import uuid
@@ -31,9 +32,11 @@ import numpy as np
 import tensorflow as tf
 
 from heldout.progress import track
+from heldout.store import designs as designs_lib
 from heldout.store import experiment_info as info_lib
 from heldout.store import files, records
 from heldout.store import layout as layout_lib
+from heldout.store import targets as targets_lib
 from heldout.store.layout import AUX_FILENAME
 
 SPLITS = ("train", "removed", "test")
@@ -363,6 +366,8 @@ def load_experiment(experiment_dir: str, subset: str, num_threads: int = 16,
         raise ValueError(f"--experiment_dir={experiment_dir}: no complete runs in {where} "
                          f"(expected <run_id>/{AUX_FILENAME} folders)")
     directories = [run_dir(experiment_dir, subset, i) for i in complete]
+    seed = _recorded_seed(experiment_dir)
+    dropped = _dropped(experiment_dir, subset)
     matrices: dict[str, np.ndarray] = {}
     present = dict.fromkeys(_FLOAT_METRICS, True)  # metric -> recorded by every run so far
     vanished = []  # complete when listed, gone when read: being redone by a writer
@@ -386,6 +391,9 @@ def load_experiment(experiment_dir: str, subset: str, num_threads: int = 16,
                                  f"examples, but {directories[0]} has {num_train} and "
                                  f"{num_test}")
             _raise_on_problem(directories[r], check_run_arrays(run, num_train, num_test))
+            _raise_on_problem(directories[r], design_problem(
+                subset, complete[r], run[SUBSET_INDICES], num_train, seed, dropped,
+                derive=False))
             matrices["membership"][r, run["index_train"]] = True
             for metric, prefix in _FLOAT_METRICS.items():
                 present[metric] &= all(prefix + split in run for split in SPLITS)
@@ -403,6 +411,16 @@ def load_experiment(experiment_dir: str, subset: str, num_threads: int = 16,
         matrices = {key: value[used] for key, value in matrices.items()}
     floats = {f"{metric}_{kind}": matrices[f"{metric}_{kind}"] if present[metric] else None
               for metric in _FLOAT_METRICS for kind in ("train", "test")}
+    # Bits hashed per run; the float metrics confirm a candidate copy.
+    rows = [matrices["membership"], matrices["correctness_train"], matrices["correctness_test"]]
+    kept = [d for d, u in zip(directories, used, strict=True) if u]
+    for copy, original in duplicate_runs(rows).items():
+        if any(not np.array_equal(v[copy], v[original]) for v in floats.values()
+               if v is not None):
+            continue
+        raise RunFileError(f"{layout_lib.RunDir(kept[copy]).aux_arrays}: the same training "
+                           f"subset and predictions as {kept[original]} (a run copied under "
+                           "another id); remove the copy")
     return Experiment(run_ids=np.asarray(complete)[used], membership=matrices["membership"],
                       correctness_train=matrices["correctness_train"],
                       correctness_test=matrices["correctness_test"], **floats,
@@ -419,7 +437,10 @@ def _load_run_unless_vanished(directory: str) -> dict[str, np.ndarray] | None:
 
 def verify_runs(experiment_dir: str, subsets: Sequence[str] | None = None,
                 num_threads: int = 16) -> tuple[int, list[tuple[str, str]]]:
-    """Reads every complete run and checks its aux arrays (`check_run_arrays`).
+    """Reads every complete run and checks its aux arrays (`check_run_arrays`), its
+    subset against its folder's design (`design_problem`, with the experiment seed of
+    ``experiment.json`` when recorded) and finds runs copied under another id (the same
+    training subset and the same arrays as a run of a lower id, in any subset folder).
 
     Sizes are checked against ``num_train``/``num_test`` of ``experiment.json``; for
     released runs, which have none, against the sizes most runs agree on.
@@ -438,29 +459,48 @@ def verify_runs(experiment_dir: str, subsets: Sequence[str] | None = None,
     if not reachable:
         raise ValueError(f"experiment_dir={experiment_dir}: no such directory")
     subsets = list(subsets) if subsets is not None else list_subsets(experiment_dir)
-    directories = [run_dir(experiment_dir, subset, i) for subset in subsets
-                   for i in list_runs(experiment_dir, subset)[0]]
+    located = [(subset, i) for subset in subsets for i in list_runs(experiment_dir, subset)[0]]
+    directories = [run_dir(experiment_dir, subset, i) for subset, i in located]
     if not directories:
         raise ValueError(f"experiment_dir={experiment_dir}: no complete runs to verify "
                          f"(expected <subset>/<run_id>/{AUX_FILENAME})")
-    recorded = info_lib.read_experiment_info(experiment_dir).get("data", {})
+    info = info_lib.read_experiment_info(experiment_dir)
+    recorded = info.get("data", {})
+    seed = _recorded_seed(experiment_dir, info)
     expected = (recorded.get("num_train"), recorded.get("num_test"))
     expected = (None, None) if None in expected else tuple(int(n) for n in expected)
+    dropped = {subset: _dropped(experiment_dir, subset) for subset in subsets}
+    fingerprints: list[bytes | None] = [None] * len(directories)
 
-    def check(directory: str) -> tuple[tuple[int, int] | None, str | None]:
+    def check(position: int) -> tuple[tuple[int, int] | None, str | None]:
+        subset, run_id = located[position]
         try:
-            run = load_run(directory)
+            run = load_run(directories[position])
         except RunFileError as e:
             return None, str(e)
         sizes = (len(run["index_train"]) + len(run["index_removed"]), len(run["index_test"]))
         if None not in expected and sizes != expected:
             return sizes, None  # named below, with the sizes
-        return sizes, check_run_arrays(run, *sizes)
+        problem = check_run_arrays(run, *sizes) or design_problem(
+            subset, run_id, run[SUBSET_INDICES], sizes[0], seed, dropped[subset])
+        if problem is None:
+            fingerprints[position] = _run_fingerprint(run)
+        return sizes, problem
 
     with concurrent.futures.ThreadPoolExecutor(num_threads) as pool:
-        checked = list(pool.map(check, directories))
+        checked = list(pool.map(check, range(len(directories))))
     if None in expected:  # no record: the sizes most runs have
         expected = Counter(s for s, _ in checked if s is not None).most_common(1)[0][0]
+    first: dict[bytes, str] = {}
+    for position, fingerprint in enumerate(fingerprints):
+        if fingerprint is None:
+            continue
+        if fingerprint in first:
+            checked[position] = (checked[position][0], (
+                f"the same training subset and arrays as {first[fingerprint]} (a run copied "
+                "under another id)"))
+        else:
+            first[fingerprint] = directories[position]
     problems = []
     for directory, (sizes, problem) in zip(directories, checked, strict=True):
         if problem is None and sizes != tuple(expected):
@@ -501,6 +541,120 @@ def check_run_arrays(run: dict[str, np.ndarray], num_train: int, num_test: int) 
         return (f"indices do not cover each of {num_train} training and {num_test} test "
                 "examples exactly once")
     return None
+
+
+def design_problem(subset: str, run_id: int, subset_indices: np.ndarray, num_train: int,
+                   seed: int | None = None, dropped: np.ndarray | None = None,
+                   derive: bool = True) -> str | None:
+    """What is wrong with a run's training subset for the design of its folder, or None.
+
+    ``full`` trains on every example, ``drop-<name>`` on all but its target set
+    (`dropped`, when known; at least one example left out otherwise). A ratio design
+    (``0.7``) never trains on every example, and its size must fit the ratio: with the
+    experiment `seed` recorded (our trainer draws exactly ``round(ratio * num_train)``)
+    within one example; without it (released runs, subsets drawn elsewhere, perhaps
+    example by example) within four binomial standard deviations. With the `seed` and
+    `derive`, the subset must be exactly the one the design derives for `run_id`
+    (`designs.subset_indices`), which also finds a run copied from another id or
+    another experiment. Folders that are not design names are not checked.
+    """
+    try:
+        if designs_lib.design_name(subset) != subset:
+            return None
+    except ValueError:
+        return None
+    chosen = np.unique(subset_indices)
+    size = len(chosen)
+    if subset == designs_lib.FULL:
+        expected, text = num_train, "every"
+    elif subset.startswith(designs_lib.DROP_PREFIX):
+        if dropped is None:
+            if size < num_train:
+                return None
+            return (f"trains on all {num_train} examples, but design {subset} leaves its "
+                    "target set out")
+        expected = num_train - len(np.unique(dropped))
+        text = f"{expected} (all but the target set) of the"
+    else:
+        ratio = designs_lib.parse_subset_ratio(subset)
+        slack = 1.0 if seed is not None else max(
+            1.0, 4.0 * np.sqrt(num_train * ratio * (1.0 - ratio)))
+        if size >= num_train or abs(size - ratio * num_train) > slack:
+            return (f"trains on {size} of {num_train} examples, but design {subset} takes "
+                    f"{int(round(ratio * num_train))} (a run of another design?)")
+        expected = size
+        text = ""
+    if size != expected:
+        return (f"trains on {size} of {num_train} examples, but design {subset} takes "
+                f"{text} {num_train} examples".replace("  ", " "))
+    if seed is not None and derive:
+        derived = designs_lib.subset_indices(num_train, subset, seed, run_id, dropped)
+        if not np.array_equal(chosen, derived):
+            return (f"trains on other examples than run {run_id} of design {subset} with "
+                    f"experiment seed {seed} (copied from another run or experiment?)")
+    return None
+
+
+def duplicate_runs(matrices: Sequence[np.ndarray]) -> dict[int, int]:
+    """Rows that repeat an earlier row in every one of `matrices`: copy -> original.
+
+    Args:
+        matrices: ``[num_runs, ...]`` arrays of the same runs (membership, predictions);
+            two runs are duplicates when their rows are equal in all of them.
+    """
+    seen: dict[bytes, int] = {}
+    copies = {}
+    for r in range(len(matrices[0]) if matrices else 0):
+        digest = hashlib.sha256()
+        for matrix in matrices:
+            digest.update(np.ascontiguousarray(matrix[r]).tobytes())
+        key = digest.digest()
+        if key in seen:
+            copies[r] = seen[key]
+        else:
+            seen[key] = r
+    return copies
+
+
+def _run_fingerprint(run: dict[str, np.ndarray]) -> bytes:
+    """SHA-256 of a run's arrays in index order (the same whatever order they were
+    stored in): two runs with equal fingerprints trained on the same subset and
+    predicted the same."""
+    digest = hashlib.sha256()
+    for key in sorted(run):
+        if key.startswith("index_"):
+            continue
+        split = key.rpartition("_")[2]
+        values = run[key]
+        if key != SUBSET_INDICES and f"index_{split}" in run:
+            values = values[np.argsort(run[f"index_{split}"], kind="stable")]
+        elif key == SUBSET_INDICES:
+            values = np.sort(values)
+        digest.update(key.encode())
+        digest.update(np.ascontiguousarray(values).tobytes())
+    return digest.digest()
+
+
+def _recorded_seed(experiment_dir: str, info: dict | None = None) -> int | None:
+    """The experiment seed of ``experiment.json``, or None (released runs)."""
+    if info is None:
+        try:
+            info = info_lib.read_experiment_info(experiment_dir)
+        except files.StoredFileError:
+            return None
+    seed = info.get("seed")
+    return seed if isinstance(seed, int) and not isinstance(seed, bool) else None
+
+
+def _dropped(experiment_dir: str, subset: str) -> np.ndarray | None:
+    """The target set of a ``drop-<name>`` design, if stored; else None."""
+    if not subset.startswith(designs_lib.DROP_PREFIX):
+        return None
+    try:
+        name = subset[len(designs_lib.DROP_PREFIX):]
+        return targets_lib.load_targets(targets_lib.targets_path(experiment_dir, name)).indices
+    except ValueError:
+        return None
 
 
 def quarantine_run(directory: str) -> str:

@@ -18,6 +18,7 @@ import numpy as np
 import tensorflow as tf
 
 from heldout.data.dataset import Dataset
+from heldout.errors import ParameterError
 from heldout.store import designs as subsets_lib
 from heldout.store import files
 from heldout.store import layout as layout_lib
@@ -52,6 +53,14 @@ class TargetSet:
     name: str
     groups: dict[str, tuple[int, ...]]
     provenance: dict = dataclasses.field(default_factory=dict)
+
+    def __post_init__(self):
+        # The name becomes a file (targets/<name>.json) and a folder (drop-<name>): a name
+        # read from a file must not lead outside the experiment.
+        layout_lib.check_component(self.name, "name")
+        if not all(c.isalnum() or c in "_-" for c in self.name):
+            raise ParameterError("name", "expected letters, digits, '_' or '-' (it "
+                                 "names the folder drop-<name>)", self.name)
 
     @property
     def indices(self) -> np.ndarray:

@@ -128,7 +128,7 @@ def test_a_grid_needs_selection_runs_and_settings_are_checked():
     with pytest.raises(ValueError, match="lambda_reg=.*selection_masks"):
         trak.score_trak([_model(0)], x, y, x, y, trak.TRAKConfig(lambda_reg=(0.1, 1.0)))
     bad = [({"projection": "sparse"}, "projection="),
-           ({"projection": "none"}, "projection_dim=1024: must be None"),
+           ({"projection": "none", "projection_dim": 1024}, "projection_dim=1024: not used"),
            ({"projection_dim": 0}, "projection_dim=0"),
            ({"lambda_reg": -1.0}, "lambda_reg="),
            ({"lambda_reg": ()}, "lambda_reg="),

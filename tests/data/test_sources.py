@@ -375,3 +375,181 @@ def test_imagenet_spec_is_loaded_in_memory_up_to_the_byte_limit(tmp_path):
         data.load_dataset(spec, max_record_bytes=total - 1)
     with pytest.raises(ValueError, match="imagenet:<train file pattern>,<test file pattern>"):
         data.load_dataset(f"imagenet:{train}")
+
+
+# --- TFDS preparation: what the install must bring, offline failures --------------------
+
+# Modules TFDS imports only for data sets that need them (Beam, Hugging Face, Croissant,
+# pandas-based builders, the Riegeli file format, TF-Agents): not on an image data
+# set's download path.
+_TFDS_OPTIONAL = {"apache_beam", "datasets", "huggingface_hub", "mlcroissant", "pandas",
+                  "riegeli", "tf_agents"}
+
+
+def _requirement_closure(distribution, extras=()):
+    """Names of the distributions `distribution[extras]` installs (markers evaluated)."""
+    from importlib import metadata
+
+    from packaging.requirements import Requirement
+    from packaging.utils import canonicalize_name
+
+    seen, stack = set(), [(distribution, tuple(extras))]
+    while stack:
+        name, wanted = stack.pop()
+        key = (canonicalize_name(name), wanted)
+        if key in seen:
+            continue
+        seen.add(key)
+        try:
+            requires = metadata.requires(name) or []
+        except metadata.PackageNotFoundError:
+            continue
+        for text in requires:
+            requirement = Requirement(text)
+            environments = [{"extra": e} for e in wanted] or [{"extra": ""}]
+            if requirement.marker is None or any(requirement.marker.evaluate(env)
+                                                 for env in environments):
+                stack.append((requirement.name, tuple(sorted(requirement.extras))))
+    return {name for name, _ in seen}
+
+
+def _setup_requirements():
+    """The distribution names in setup.py's install_requires list, read without running it."""
+    import ast
+    import pathlib
+
+    from packaging.requirements import Requirement
+    from packaging.utils import canonicalize_name
+
+    tree = ast.parse((pathlib.Path(__file__).parents[2] / "setup.py").read_text())
+    names = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.keyword) and node.arg == "install_requires":
+            for item in ast.walk(node.value):
+                if isinstance(item, ast.Constant) and isinstance(item.value, str):
+                    names.add(canonicalize_name(Requirement(item.value).name))
+    return names
+
+
+def test_install_brings_every_module_tfds_imports_to_prepare():
+    """Every third-party module TFDS's core imports (its download and prepare path) comes
+    with the install: from TFDS's own requirements, or from setup.py (importlib_resources:
+    TFDS 4.9.10 imports it but requires it for Python < 3.9 only)."""
+    import ast
+    import pathlib
+    import sys
+    from importlib import metadata
+
+    from packaging.utils import canonicalize_name
+
+    root = pathlib.Path(tfds.__file__).parent / "core"
+    modules = set()
+    for path in root.rglob("*.py"):
+        if path.name.endswith("_test.py"):
+            continue
+        for node in ast.walk(ast.parse(path.read_text())):
+            names = [a.name for a in node.names] if isinstance(node, ast.Import) else \
+                [node.module] if isinstance(node, ast.ImportFrom) and not node.level \
+                and node.module else []
+            modules.update(n.split(".")[0] for n in names)
+    modules -= set(sys.stdlib_module_names) | {"tensorflow_datasets", "__main__"}
+    modules -= _TFDS_OPTIONAL
+    modules -= {"tensorflow"}  # setup.py asks for a build unless one is installed
+    assert "importlib_resources" in modules and "etils" in modules
+    provided = _requirement_closure("tensorflow-datasets") | _requirement_closure("heldout")
+    provided |= _setup_requirements()
+    by_module = metadata.packages_distributions()
+    missing = sorted(m for m in modules
+                     if not {canonicalize_name(d) for d in by_module.get(m, [m])} & provided)
+    assert not missing, f"modules TFDS imports that the install does not bring: {missing}"
+
+
+def _stand_in_importlib_resources(monkeypatch):
+    """The standard library's importlib.resources in place of the backport setup.py now
+    installs (this environment predates it)."""
+    import importlib.resources
+    import sys
+
+    monkeypatch.setitem(sys.modules, "importlib_resources", importlib.resources)
+
+
+def _offline(monkeypatch):
+    import socket
+
+    def refuse(*args, **kwargs):
+        raise OSError(-2, "Name or service not known")
+
+    monkeypatch.setattr(socket, "create_connection", refuse)
+    for name in ("https_proxy", "HTTPS_PROXY"):
+        monkeypatch.delenv(name, raising=False)
+
+
+def test_tfds_without_importlib_resources_is_one_line_at_once(monkeypatch, tmp_path):
+    import sys
+    import time
+
+    monkeypatch.setitem(sys.modules, "importlib_resources", None)  # import fails
+    start = time.time()
+    with pytest.raises(ValueError) as raised:
+        data.load_dataset("tfds:mnist", data_dir=str(tmp_path))
+    assert time.time() - start < 5
+    assert raised.value.parameter == "dataset"
+    assert str(raised.value).startswith("dataset=tfds:mnist: preparing a TFDS data set "
+                                        "needs the module importlib_resources")
+    assert "\n" not in str(raised.value)
+
+
+def test_tfds_offline_fails_at_once_saying_what_to_do(monkeypatch, tmp_path):
+    """Offline, TFDS retries each download for minutes (204 s for mnist here): the
+    loader sees the hosts are unreachable and stops in one line naming data_dir and
+    `tfds build`."""
+    import time
+
+    _stand_in_importlib_resources(monkeypatch)
+    _offline(monkeypatch)
+    start = time.time()
+    with pytest.raises(ValueError) as raised:
+        data.load_dataset("tfds:mnist:3.0.1", data_dir=str(tmp_path))
+    assert time.time() - start < 5
+    message = str(raised.value)
+    assert message.startswith(f"dataset=tfds:mnist:3.0.1: not prepared in {tmp_path} and "
+                              "the network is unreachable (storage.googleapis.com: ")
+    assert "data_dir=" in message and "tfds build mnist:3.0.1 --data_dir=DIR" in message
+    assert "\n" not in message
+    assert not list(tmp_path.rglob("*.tfrecord*")), "nothing half-written"
+
+
+class HeldoutTinyImages(tfds.core.GeneratorBasedBuilder):
+    """A five-example image data set generated from code (no download)."""
+
+    VERSION = tfds.core.Version("1.0.0")
+
+    def _info(self):
+        return tfds.core.DatasetInfo(builder=self, features=tfds.features.FeaturesDict({
+            "image": tfds.features.Image(shape=(4, 4, 1)),
+            "label": tfds.features.ClassLabel(num_classes=3),
+            "id": tfds.features.Text()}))
+
+    def _split_generators(self, dl_manager):
+        return {"train": self._generate_examples("train", 5),
+                "test": self._generate_examples("test", 3)}
+
+    def _generate_examples(self, split, count):
+        for n in range(count):
+            yield n, {"image": np.full((4, 4, 1), 40 * n + (split == "test"), np.uint8),
+                      "label": n % 3, "id": f"{split}_{10 + n}"}
+
+
+def test_tfds_prepared_data_dir_loads_offline(monkeypatch, tmp_path):
+    """A data set prepared into data_dir (here generated from code, as `tfds build`
+    would on another machine) loads with the network unreachable."""
+    _stand_in_importlib_resources(monkeypatch)
+    tfds.builder("heldout_tiny_images", data_dir=str(tmp_path)).download_and_prepare()
+    _offline(monkeypatch)
+    ds = data.load_dataset("tfds:heldout_tiny_images", data_dir=str(tmp_path))
+    order = np.argsort(ds.original_index_train)
+    np.testing.assert_array_equal(ds.original_index_train[order], 10 + np.arange(5))
+    np.testing.assert_allclose(ds.x_train[order, 0, 0, 0], 40 * np.arange(5) / 255.0,
+                               rtol=1e-6)
+    np.testing.assert_array_equal(ds.y_train[order], np.arange(5) % 3)
+    assert ds.x_test.shape == (3, 4, 4, 1) and ds.num_classes == 3

@@ -476,3 +476,34 @@ def test_bfloat16_engine_refuses_what_it_cannot_do_exactly():
                                   engine="bfloat16")
     with pytest.raises(ValueError, match="engine"):
         estimators.top_influences(membership, values, 2, engine="tf32")
+
+
+@pytest.mark.parametrize("engine", ["numpy", "bfloat16"])
+def test_most_influential_lists_no_zero_and_no_tie_with_the_rest(engine):
+    """Correctness on few runs: many scores tie, some columns are constant (every score
+    0). Only positive scores strictly above the best left out are listed (brute force),
+    identically on both engines; the rest is -1 / NaN."""
+    membership = _membership(11, num_runs=12)
+    values = _values("correctness", 12, (12, NUM_EVAL))
+    values[:, :3] = True  # right in every run: influence 0 on every training example
+    k = 3
+    top = estimators.most_influential(
+        estimators.top_influences(membership, values, k + 1, min_runs=2, engine=engine), k)
+    assert top.train.shape == (NUM_EVAL, k)
+    listed_any, short_any = False, False
+    brute = _brute_influence(membership, values, 2)
+    for j in range(NUM_EVAL):
+        column = brute[:, j]
+        # Ties are ties in float32, the precision of the scores.
+        defined = np.sort(column[np.isfinite(column)].astype(np.float32))[::-1]
+        count = int(((defined[:k] > 0) & (defined[:k] > defined[k])).sum())
+        np.testing.assert_allclose(top.score[j, :count], defined[:count], rtol=0, atol=TOL)
+        np.testing.assert_allclose(column[top.train[j, :count]], top.score[j, :count],
+                                   rtol=0, atol=TOL)
+        assert (top.train[j, count:] == -1).all() and np.isnan(top.score[j, count:]).all()
+        listed_any |= count > 0
+        short_any |= 0 < count < k
+    assert (top.train[:3] == -1).all(), "all-zero columns list nothing"
+    assert listed_any and short_any
+    with pytest.raises(ValueError, match="expected a top-4 table"):
+        estimators.most_influential(top, k)

@@ -156,14 +156,16 @@ def _assert_self_matches(estimate, expected):
 
 
 def _assert_top_matches(top, brute, k):
+    """Each test example lists, best first, its training examples of positive influence
+    strictly above the best one left out (ties with it and zeros are not listed)."""
     num_eval = brute.shape[1]
-    assert top.train.shape == (num_eval, min(k, brute.shape[0]))
+    assert top.train.shape == (num_eval, k)
     for j in range(num_eval):
         column = brute[:, j]
-        order = np.argsort(-np.nan_to_num(column, nan=-np.inf), kind="stable")
-        count = min(k, int(np.isfinite(column).sum()))
-        np.testing.assert_allclose(top.score[j, :count], column[order[:count]], rtol=0,
-                                   atol=TOL)
+        defined = np.sort(column[np.isfinite(column)])[::-1]
+        left_out = defined[k] if len(defined) > k else -np.inf
+        count = int(((defined[:k] > 0) & (defined[:k] > left_out)).sum())
+        np.testing.assert_allclose(top.score[j, :count], defined[:count], rtol=0, atol=TOL)
         np.testing.assert_allclose(column[top.train[j, :count]], top.score[j, :count],
                                    rtol=0, atol=TOL)
         assert (top.train[j, count:] == -1).all() and np.isnan(top.score[j, count:]).all()
@@ -253,6 +255,10 @@ def test_dense_influence_matches_brute_force(main_experiment, metric):
     for position in range(got.top.train.size):
         j, rank = divmod(position, 5)
         i = got.top.train[j, rank]
+        if i < 0:  # not listed: no statistics
+            assert got.top_stats.train[position] == -1 and got.top_stats.num_in[position] == 0
+            assert np.isnan(got.top_stats.p_value[position])
+            continue
         expected = _brute_pair(syn.membership, values, i, j, 3)
         for key in ("score", "stderr", "p_value", "ci_low", "ci_high"):
             assert getattr(got.top_stats, key)[position] == pytest.approx(
@@ -734,7 +740,7 @@ def test_plot_estimates_with_images_and_without_data(all_estimates, tmp_path):
     ({"test": "t"}, "--test"),
     ({"confidence": 1.0}, "--confidence"),
     ({"confidence": 0.0}, "--confidence"),
-    ({"top_k": 0}, "--top_k"),
+    ({"top_k": 0}, "top_k=0"),
     ({"eval_shard": (2, 2)}, "--eval_shard"),
     ({"eval_shard": (-1, 2)}, "--eval_shard"),
     ({"min_runs": 0}, "--min_runs"),
@@ -812,3 +818,100 @@ def test_estimate_cli_margin_on_released_runs_is_a_one_line_error(cli_processes)
     last = err.strip().splitlines()[-1]
     assert last.startswith("estimate.py: error:") and "--metric" in last, err
     assert "margin" in last and "Saved" not in out
+
+
+def test_default_subset_leaves_out_the_lds_folder(multi_experiment, tmp_path):
+    """With an LDS folder excluded, the only other folder is the default (the README's
+    ``--lds_subset=0.5`` commands stopped with "several subset folders")."""
+    directory, synthetics = multi_experiment
+    with pytest.raises(ValueError, match="0.3, 0.7; 0.5 excluded"):
+        analysis.choose_subset(directory, None, exclude=("0.5",))
+    two = tmp_path / "two"
+    for subset in ("0.5", "0.7"):
+        _write_runs(two, subset, synthetics[subset])
+    assert analysis.choose_subset(str(two), None, exclude=("0.5",)) == "0.7"
+    with pytest.raises(ValueError, match="several subset folders"):
+        analysis.choose_subset(str(two), None, exclude=(None,))
+    assert analysis.choose_subset(str(two), ("0.5",), exclude=("0.5",)) == "0.5"
+    got = estimate_experiment(str(two), EstimateConfig(estimators=("memorization",),
+                                                       min_runs=3),
+                              progress=False, exclude_subsets=("0.5",))
+    assert got.subset == "0.7" and len(got.run_ids) == 40
+    only = tmp_path / "only"
+    _write_runs(only, "0.5", synthetics["0.5"])
+    with pytest.raises(ValueError, match="subsets: .* evaluation runs") as error:
+        analysis.choose_subset(str(only), None, exclude=("0.5",))
+    assert error.value.parameter == "subsets"
+
+
+def _step_up_count(p, alpha):
+    """Rejections of the textbook step-up rule on a 1-d array without NaNs."""
+    ordered = np.sort(p)
+    passing = [i for i in range(p.size) if ordered[i] <= (i + 1) * alpha / p.size]
+    return max(passing) + 1 if passing else 0
+
+
+def _line(lines, prefix):
+    (found,) = [line for line in lines if line.startswith(prefix)]
+    return found
+
+
+def test_summary_lines_say_what_each_metric_means(main_experiment, all_estimates, tmp_path):
+    """"> 0.25" only on correctness; margins get their mean, C-scores their mean and the
+    count below 0.5; the influence line counts test examples listing fewer than k."""
+    _, syn = main_experiment
+    lines = analysis.summary_lines(all_estimates)  # metric=margin, min_runs=3, top_k=4
+    mem = _brute_self(syn.membership, syn.correct_train, 3)["score"]
+    finite = np.isfinite(mem)
+    assert (f"{int((mem[finite] > 0.25).sum())} of {int(finite.sum())} examples with "
+            "score > 0.25") in _line(lines, "memorization:")
+    margin = _brute_self(syn.membership, syn.margin_train, 3)["score"]
+    line = _line(lines, "self_influence:")
+    assert "> 0.25" not in line
+    assert (f"mean margin self-influence {np.nanmean(margin):+.3f} over "
+            f"{int(np.isfinite(margin).sum())} examples") in line
+    line = _line(lines, "influence:")
+    assert "> 0.25" not in line and "list fewer" not in line  # margins: no ties here
+    # Test examples 1 and 2 right in every run: every influence on them is 0.
+    tied = dataclasses.replace(syn, correct_test=syn.correct_test.copy())
+    tied.correct_test[:, 1:3] = True
+    _write_runs(tmp_path, "0.7", tied)
+    correctness = estimate_experiment(str(tmp_path), EstimateConfig(
+        estimators=("influence",), min_runs=3, top_k=4), progress=False)
+    line = _line(analysis.summary_lines(correctness), "influence:")
+    brute = _brute_influence(tied.membership, tied.correct_test, 3)
+    short = 0
+    for column in brute.T:
+        defined = np.sort(column[np.isfinite(column)])[::-1]
+        short += not (defined[3] > 0 and defined[3] > defined[4])
+    assert short > 0
+    assert f"{short} of them list fewer than 4 most influential" in line
+    assert f"{int((np.nanmax(brute, axis=0) > 0.25).sum())} with a top pair > 0.25" in line
+    train, _, _ = _brute_cscore([syn], 3)
+    line = _line(lines, "cscore:")
+    assert "> 0.25" not in line
+    assert (f"mean C-score {np.nanmean(train):.3f}, {int((train < 0.5).sum())} of "
+            f"{int(np.isfinite(train).sum())} examples below 0.5") in line
+
+
+@pytest.mark.parametrize("untestable", ["exclude", "count"])
+def test_fdr_summary_states_its_family(main_experiment, untestable):
+    """The Benjamini-Hochberg family is stated: untestable examples (p = NaN) left out,
+    or counted as p = 1; the count is the step-up rule's on that family."""
+    directory, syn = main_experiment
+    config = EstimateConfig(estimators=("memorization",), min_runs=3, fdr=True, alpha=0.2,
+                            fdr_untestable=untestable)
+    got = estimate_experiment(directory, config, progress=False)
+    p = _brute_self(syn.membership, syn.correct_train, 3)["p_value"]
+    nan = int(np.isnan(p).sum())
+    assert nan > 0  # the example in every run, at least
+    family = p[~np.isnan(p)] if untestable == "exclude" else np.nan_to_num(p, nan=1.0)
+    count = _step_up_count(family, 0.2)
+    assert int(got.significant["memorization"].sum()) == count
+    line = _line(analysis.summary_lines(got), "memorization:")
+    where = (f"{len(p) - nan} testable examples; {nan} untestable (p = NaN) left out"
+             if untestable == "exclude" else
+             f"all {len(p)} examples, {nan} untestable counted as p = 1")
+    assert f"{count} significant (Benjamini-Hochberg FDR 0.2 over {where})" in line
+    with pytest.raises(ValueError, match="fdr_untestable=some: expected exclude or count"):
+        EstimateConfig(fdr_untestable="some")

@@ -297,3 +297,67 @@ def test_bootstrap_interval_edge_cases_and_a_plain_loop():
     low, high = np.quantile(means, [0.025, 0.975])
     got = stats.bootstrap_interval(values, 150, 3, 0.95, chunk=150)
     np.testing.assert_allclose(got, (low, high), atol=1e-12)
+
+
+def _hand_written_bh_q(p):
+    """The q-values of the hand-written Benjamini-Hochberg this module used before scipy
+    (kept here as the reference): NaN p-values outside the family."""
+    flat = np.asarray(p, np.float64).ravel()
+    present = ~np.isnan(flat)
+    values = flat[present]
+    order = np.argsort(values, kind="stable")
+    scaled = values[order] * values.size / np.arange(1, values.size + 1)
+    sorted_q = np.minimum(np.minimum.accumulate(scaled[::-1])[::-1], 1.0)
+    q = np.full(flat.shape, np.nan)
+    present_q = np.empty(values.size)
+    present_q[order] = sorted_q
+    q[present] = present_q
+    return q
+
+
+def _hand_written_bootstrap(values, num_bootstrap, seed, confidence, chunk=100):
+    """The percentile bootstrap this module used before scipy (the reference)."""
+    rng = np.random.default_rng(seed)
+    means = np.empty(num_bootstrap)
+    for start in range(0, num_bootstrap, chunk):
+        size = min(chunk, num_bootstrap - start)
+        means[start:start + size] = values[rng.integers(0, len(values),
+                                                        (size, len(values)))].mean(axis=1)
+    tail = (1.0 - confidence) / 2.0
+    return tuple(float(v) for v in np.quantile(means, [tail, 1.0 - tail]))
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_scipy_statistics_agree_with_the_hand_written_ones(seed):
+    """scipy's Benjamini-Hochberg and bootstrap give what the hand-written code gave
+    (the README's LDS intervals do not move)."""
+    rng = np.random.default_rng(seed)
+    p = np.where(rng.random(300) < 0.3, rng.random(300) * 1e-3, rng.random(300))
+    p[rng.random(300) < 0.2] = np.nan
+    np.testing.assert_allclose(stats.benjamini_hochberg(p, 0.05)[1], _hand_written_bh_q(p),
+                               rtol=1e-12, equal_nan=True)
+    values = rng.normal(size=int(rng.integers(2, 500)))
+    for num_bootstrap, confidence in ((1000, 0.95), (250, 0.9), (37, 0.99)):
+        np.testing.assert_allclose(
+            stats.bootstrap_interval(values, num_bootstrap, seed, confidence),
+            _hand_written_bootstrap(values, num_bootstrap, seed, confidence), rtol=1e-12)
+    assert stats.bootstrap_interval(np.array([0.3]), 20, 0, 0.9) == (0.3, 0.3)
+
+
+def test_benjamini_hochberg_counting_untestable_as_p_one():
+    """``untestable="count"``: the NaN p-values join the family as p = 1 (m grows), by
+    the step-up rule on the completed family; they are never rejected."""
+    rng = np.random.default_rng(7)
+    p = np.where(rng.random(120) < 0.4, rng.random(120) * 0.03, rng.random(120))
+    untestable = rng.random(120) < 0.3
+    p[untestable] = np.nan
+    excluded, _ = stats.benjamini_hochberg(p, 0.05)
+    counted, q = stats.benjamini_hochberg(p, 0.05, untestable="count")
+    completed = np.where(untestable, 1.0, p)
+    np.testing.assert_array_equal(counted, _step_up_rejections(completed, 0.05))
+    np.testing.assert_array_equal(excluded[~untestable],
+                                  _step_up_rejections(p[~untestable], 0.05))
+    assert not counted[untestable].any() and np.isnan(q[untestable]).all()
+    assert counted.sum() < excluded.sum()  # a larger family: fewer discoveries
+    with pytest.raises(ValueError, match="fdr_untestable=all: expected exclude or count"):
+        stats.benjamini_hochberg(p, 0.05, untestable="all")

@@ -114,8 +114,10 @@ def test_case2_requeued_task_takes_over_its_claims_and_others_exit_3(tmp_path):
     slurm = {"SLURM_ARRAY_JOB_ID": "77", "SLURM_ARRAY_TASK_ID": "0"}
     flags = [f"--experiment_dir={directory}", *TINY, "--run_ids=0-7", "--num_shards=1",
              "--shard_index=0"]
-    _dead_claims(directory, range(4), "slurm:77:0")  # task 0 was killed holding these
-    _dead_claims(directory, (4, 5), "slurm:77:1")  # and task 1 these
+    # Task 0 was killed holding these, and task 1 these.
+    _dead_claims(directory, range(4), coordination.task_identity(slurm))
+    _dead_claims(directory, (4, 5), coordination.task_identity(
+        {**slurm, "SLURM_ARRAY_TASK_ID": "1"}))
     start = time.time()
     code, stdout, stderr = _run("train.py", *flags, env=slurm)  # task 0, requeued
     assert code == coordination.EXIT_RUNS_CLAIMED_ELSEWHERE == 3, stderr

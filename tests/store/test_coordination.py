@@ -113,8 +113,9 @@ def test_racing_claims_have_one_winner(tmp_path):
 @pytest.mark.parametrize("environ, expected", [
     ({}, None),
     ({"SLURM_ARRAY_JOB_ID": "77", "SLURM_ARRAY_TASK_ID": "3", "SLURM_JOB_ID": "80"},
-     "slurm:77:3"),
-    ({"SLURM_JOB_ID": "80"}, "slurm:80"),
+     "slurm:77_3:batch:0"),
+    ({"SLURM_JOB_ID": "80"}, "slurm:80:batch:0"),
+    ({"SLURM_JOB_ID": "80", "SLURM_STEP_ID": "1", "SLURM_PROCID": "2"}, "slurm:80:1:2"),
     ({"JOB_COMPLETION_INDEX": "2", "JOB_NAME": "heldout"}, "k8s:heldout:2"),
 ])
 def test_task_identity_from_the_scheduler(environ, expected):

@@ -141,3 +141,17 @@ def test_parse_run_ids_rejects(text):
 def test_parse_run_ids_large_range():
     assert subsets.parse_run_ids("0-99") == list(range(100))
     assert list(itertools.islice(subsets.parse_run_ids("10-20,0"), 3)) == [0, 10, 11]
+
+
+@pytest.mark.parametrize("design, name", [("full", None), ("drop-nsi", "nsi"),
+                                          ("drop-a-b_1", "a-b_1"), ("0.7", None),
+                                          ("0.50", None)])
+def test_drop_target_name_full_is_no_drop_arm(design, name):
+    """``full`` is not a drop arm with an empty name (it was, and --subset=full failed)."""
+    assert subsets.drop_target_name(design) == name
+
+
+@pytest.mark.parametrize("design", ["drop-", "drop-a/b", "most"])
+def test_drop_target_name_refuses_non_designs(design):
+    with pytest.raises(ValueError, match="--subset"):
+        subsets.drop_target_name(design)
