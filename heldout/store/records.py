@@ -101,6 +101,7 @@ _SCALARS = {"dataset": _scalar(str), "seed": _scalar(int), "subset": _scalar(str
             "models_trained_together": _scalar(int), "finished_at": _scalar(str),
             "host": _scalar(str), "pid": _scalar(int)}
 _MAPPINGS = ("train_config", "data", "versions", "targets")
+_SETTINGS = ("dataset", "seed", "train_config", "data")  # what experiment.json also holds
 
 
 @dataclasses.dataclass(frozen=True)
@@ -148,6 +149,11 @@ class RunRecord:
     extra: Mapping[str, Any] = dataclasses.field(default_factory=dict)
 
     @property
+    def is_empty(self) -> bool:
+        """Whether nothing is known (no ``run.json``, as for the released runs, or ``{}``)."""
+        return self == RunRecord()
+
+    @property
     def model(self) -> str | None:
         """The architecture's name (``train_config["model"]``), or None when unknown."""
         return self.train_config.get("model")
@@ -156,6 +162,16 @@ class RunRecord:
     def model_width(self) -> float:
         """The width multiplier of the model (1 when not recorded)."""
         return float(self.train_config.get("model_width", 1.0))
+
+    def with_settings(self, settings: Mapping[str, Any]) -> RunRecord:
+        """This record with the experiment's settings (the JSON object of
+        ``experiment.json``: ``dataset``, ``seed``, ``train_config``, ``data``); keys
+        of it that are no field of the record are kept in `extra`."""
+        read = RunRecord.from_json({key: value for key, value in settings.items()
+                                    if key in _SETTINGS}, where="settings")
+        others = {key: value for key, value in settings.items() if key not in _SETTINGS}
+        return dataclasses.replace(self, **{key: getattr(read, key) for key in _SETTINGS},
+                                   extra={**self.extra, **others})
 
     def saved_epochs(self) -> list[int]:
         """Epochs of every checkpoint written: during training, then the final model."""

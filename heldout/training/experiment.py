@@ -284,8 +284,8 @@ def _train_group(trainer, writers: concurrent.futures.Executor, experiment_dir: 
             diverged[run_id] = non_finite
             continue
         record = run_record_lib.run_record(
-            settings, data, subset, run_id, subset_indices, result, config.epochs,
-            seconds_per_run, len(group), targets if dropped is not None else None)
+            data, subset, run_id, subset_indices, result, config.epochs, seconds_per_run,
+            len(group), targets if dropped is not None else None).with_settings(settings)
         checkpoints = run_record_lib.run_checkpoints(result, config.epochs)
         arrays = runs_lib.aux_arrays(
             subset_indices, result.train.correctness, result.test.correctness,

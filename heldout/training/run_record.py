@@ -25,15 +25,13 @@ from heldout.store import targets as targets_lib
 from heldout.training import core
 
 
-def run_record(settings: dict, data: Dataset, subset: str, run_id: int,
-               subset_indices: np.ndarray, result: core.TrainedRun, epochs: int,
-               seconds_per_run: float, group_size: int,
+def run_record(data: Dataset, subset: str, run_id: int, subset_indices: np.ndarray,
+               result: core.TrainedRun, epochs: int, seconds_per_run: float, group_size: int,
                targets: targets_lib.TargetSet | None = None) -> records.RunRecord:
-    """The record of one trained run: how it was made and how well it did.
+    """The record of one trained run: how it was made and how well it did; the
+    experiment's settings are added by `records.RunRecord.with_settings`.
 
     Args:
-        settings: the experiment's settings (``dataset``, ``seed``, ``train_config``,
-            ``data``: what ``experiment.json`` holds).
         data: the data set (its size splits accuracy into trained-on and removed).
         subset, run_id: the run's design folder and id.
         subset_indices: the training examples it trained on.
@@ -50,8 +48,6 @@ def run_record(settings: dict, data: Dataset, subset: str, run_id: int,
                       for s in result.snapshots)
         final = records.CheckpointRecord(epochs, result.steps, result.final_learning_rate)
     return records.RunRecord(
-        dataset=settings.get("dataset"), seed=settings.get("seed"),
-        train_config=settings.get("train_config", {}), data=settings.get("data"),
         subset=subset, run_id=run_id, num_train_examples=int(len(subset_indices)),
         optimizer_steps=result.steps,
         accuracy=records.Accuracy(
@@ -66,11 +62,7 @@ def run_record(settings: dict, data: Dataset, subset: str, run_id: int,
                   "sonnet": snt.__version__, "numpy": np.__version__},
         targets=None if targets is None else {
             "name": targets.name, "groups": {g: list(v) for g, v in targets.groups.items()}},
-        checkpoints=saved, final_checkpoint=final,
-        extra={key: value for key, value in settings.items() if key not in _SETTINGS})
-
-
-_SETTINGS = ("dataset", "seed", "train_config", "data")  # the record's fields among them
+        checkpoints=saved, final_checkpoint=final)
 
 
 def run_checkpoints(result: core.TrainedRun, epochs: int

@@ -97,7 +97,7 @@ def test_released_runs_and_empty_files_give_an_empty_record(tmp_path):
     assert records.read_run_record(directory) == records.RunRecord()
     files.write_json(f"{directory}/run.json", {})
     empty = records.read_run_record(directory)
-    assert empty == records.RunRecord()
+    assert empty == records.RunRecord() and empty.is_empty and not _record().is_empty
     assert (empty.model, empty.model_width, empty.checkpoints, empty.saved_epochs()) == (
         None, 1.0, (), [])
     assert empty.to_json() == {}
@@ -129,3 +129,13 @@ def test_tracin_checkpoints_and_saved_epochs():
     assert shuffled.tracin_checkpoints() == record.tracin_checkpoints()
     final_only = _record(checkpoints=())
     assert final_only.tracin_checkpoints() == [(6, 0.0125)] and final_only.saved_epochs() == [6]
+
+
+def test_with_settings_adds_the_experiment_settings():
+    bare = _record(dataset=None, seed=None, train_config={}, data=None)
+    settings = {"dataset": "digits", "seed": 3, "train_config": {"model": "cnn", "epochs": 6},
+                "data": {"num_train": 10}, "note": "kept"}
+    record = bare.with_settings(settings)
+    assert record == _record(extra={"note": "kept"})
+    with pytest.raises(files.StoredFileError, match="^settings: malformed 'seed'"):
+        bare.with_settings({"seed": "three"})
