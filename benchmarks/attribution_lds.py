@@ -32,8 +32,8 @@ Usage:
   python benchmarks/attribution_lds.py [--work_dir=/tmp/attribution_lds] [--lds_runs=200]
 """
 
+import csv
 import dataclasses
-import io
 import os
 import sys
 import time
@@ -48,7 +48,7 @@ import heldout  # noqa: E402
 from heldout import attribution  # noqa: E402
 from heldout.attribution import influence_functions, runs_attribution, trak  # noqa: E402
 from heldout.data import sources  # noqa: E402
-from heldout.estimate import datamodels, estimators, lds  # noqa: E402
+from heldout.estimate import datamodels, estimators, lds, plots  # noqa: E402
 from heldout.models import checkpoints as checkpoints_lib  # noqa: E402
 from heldout.store import files, layout, records  # noqa: E402
 from heldout.store import runs as runs_lib  # noqa: E402
@@ -66,6 +66,8 @@ _FISHER = flags.DEFINE_enum("fisher", "true", ["true", "empirical", "expected"],
 _FISHER_DRAWS = flags.DEFINE_integer("fisher_draws", 1, "Influence functions: label draws "
                                      "of the true Fisher.")
 _NUM_BOOTSTRAP = flags.DEFINE_integer("num_bootstrap", 1000, "LDS bootstrap resamples.")
+_REPLOT = flags.DEFINE_string("replot", None, "Only redraw the PNG (beside the CSV) from a "
+                              "CSV this script wrote; nothing is trained or computed.")
 
 FIT_RATIO, LDS_RATIO = 0.7, 0.5
 RUN_COUNTS = (100, 250, 500, 1000)  # fit runs of the retraining estimators
@@ -265,40 +267,39 @@ def write_csv(rows: list[Row], train_seconds: float, path: str) -> None:
 
 
 def plot(rows: list[Row], train_seconds: float, title: str, path: str) -> None:
-    import matplotlib
+    """LDS against cost, one line per family, each point labelled with its models."""
+    points: dict[str, list] = {}
+    for r in rows:
+        points.setdefault(r.family, []).append(
+            (r.seconds + r.models * train_seconds, r.lds.mean, r.lds.ci_low, r.lds.ci_high,
+             r.models))
+    plots.plot_lds_against_cost(points, path, title)
 
-    matplotlib.use("Agg")
-    from matplotlib import pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(7, 4.8))
-    families = list(dict.fromkeys(row.family for row in rows))
-    for family in families:
-        members = sorted((r for r in rows if r.family == family),
-                         key=lambda r: r.seconds + r.models * train_seconds)
-        cost = [r.seconds + r.models * train_seconds for r in members]
-        mean = np.array([r.lds.mean for r in members])
-        error = np.abs(np.array([[r.lds.ci_low for r in members],
-                                 [r.lds.ci_high for r in members]]) - mean)
-        ax.errorbar(cost, mean, yerr=np.nan_to_num(error), marker="o", capsize=3,
-                    label=family)
-    ax.set_xscale("log")
-    ax.set_xlabel("cost: seconds (training of the models used + the method), log scale")
-    ax.set_ylabel("LDS (mean Spearman over test examples)")
-    ax.axhline(0, color="k", lw=0.5)
-    ax.set_title(title, fontsize=9)
-    ax.legend(fontsize=7, ncol=2)
-    ax.grid(alpha=0.3)
-    fig.tight_layout()
-    buffer = io.BytesIO()
-    fig.savefig(buffer, format="png", dpi=120)
-    plt.close(fig)
-    files.write_bytes(path, buffer.getvalue())
+def replot(csv_path: str, title: str, path: str) -> None:
+    """The PNG again from a CSV this script wrote (`write_csv`), without retraining."""
+    with open(csv_path, newline="") as handle:
+        records = list(csv.DictReader(handle))
+    points: dict[str, list] = {}
+    for r in records:
+        points.setdefault(r["family"], []).append(
+            (float(r["cost_seconds"]), float(r["lds"]), float(r["ci_low"]),
+             float(r["ci_high"]), int(r["models"])))
+    plots.plot_lds_against_cost(points, path, title)
 
 
 def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
     logging.set_verbosity(logging.WARNING)  # not a line per checkpoint written
+    if _REPLOT.value:
+        digits = sources.load_digits()
+        png_path = os.path.splitext(_REPLOT.value)[0] + ".png"
+        replot(_REPLOT.value, f"digits MLP: LDS on {_LDS_RUNS.value} runs at "
+               f"{LDS_RATIO:.0%} (log-odds), {digits.num_train} train x "
+               f"{len(digits.y_test)} test", png_path)
+        print(f"PNG {png_path}")
+        return
     start = time.time()
     work_dir, seed = _WORK_DIR.value, _SEED.value
     os.makedirs(work_dir, exist_ok=True)

@@ -140,7 +140,7 @@ def sonnet_trainer(model: str, batch_size: int, xla: bool, models_at_once: int =
     """Optimizer steps of a toolkit trainer's epoch program (epoch 5: averaging is on)."""
     chosen = {"model": model, "xla": xla, "batch_size": batch_size, "epochs": 10,
               "models_at_once": models_at_once, "model_width": width}
-    config = recipes_lib.apply_recipe(training.TrainConfig(**chosen), model, keep=list(chosen))
+    config = recipes_lib.config_for(chosen, model)
     data = _synthetic(batch_size * 2)
     trainer = select.make_trainer(data, config)
     k = trainer.num_models
@@ -148,7 +148,7 @@ def sonnet_trainer(model: str, batch_size: int, xla: bool, models_at_once: int =
     trainer._initialize(subsets, [np.random.SeedSequence(i) for i in range(k)])
     rng = np.random.default_rng(0)
     seed_values = rng.integers(0, 2**31 - 1, (k, 2)).astype(np.int32)
-    seeds, phases = tf.constant(seed_values), trainer._flip_phases(seed_values)
+    seeds, phases = tf.constant(seed_values), trainer.flip_phases(seed_values)
     epoch, per_epoch, warmup = (tf.constant(5), tf.constant([1000] * k),
                                 tf.constant([1] * k))
 

@@ -19,7 +19,7 @@ This module is the small stable public API (`__all__`); the subpackages hold the
 Its three front doors are what the CLIs call, one each, so a notebook gets exactly the
 behaviour of the command line (checks, defaults, presets, output paths):
 
-    train(TrainRequest(...)) -> TrainReport                 train.py
+    train(TrainDesign | TrainDrop | TrainPreset) -> TrainReport   train.py
     run_estimate(EstimateRequest(...)) -> EstimateReport    estimate.py
     run_demo(DemoRequest(...)) -> DemoReport                demo.py
 
@@ -84,6 +84,7 @@ _EXPORTS: dict[str, tuple[str, str | None]] = {
     "parse_shard": ("heldout.store.designs", "parse_shard"),
     "read_indices": ("heldout.store.designs", "read_indices"),
     "subset_indices": ("heldout.store.designs", "subset_indices"),
+    "ExperimentInfo": ("heldout.store.experiment_info", "ExperimentInfo"),
     "read_experiment_info": ("heldout.store.experiment_info", "read_experiment_info"),
     "Experiment": ("heldout.store.runs", "Experiment"),
     "RunFileError": ("heldout.store.runs", "RunFileError"),
@@ -92,9 +93,13 @@ _EXPORTS: dict[str, tuple[str, str | None]] = {
     "RunRecord": ("heldout.store.records", "RunRecord"),
     "read_run_record": ("heldout.store.records", "read_run_record"),
     "save_run": ("heldout.store.runs", "save_run"),
-    "TrainReport": ("heldout.training.api", "TrainReport"),
-    "TrainRequest": ("heldout.training.api", "TrainRequest"),
-    "train": ("heldout.training.api", "train"),
+    "DataSource": ("heldout.app.train", "DataSource"),
+    "RunSettings": ("heldout.app.train", "RunSettings"),
+    "TrainDesign": ("heldout.app.train", "TrainDesign"),
+    "TrainDrop": ("heldout.app.train", "TrainDrop"),
+    "TrainPreset": ("heldout.app.train", "TrainPreset"),
+    "TrainReport": ("heldout.app.train", "TrainReport"),
+    "train": ("heldout.app.train", "train"),
     "TrainConfig": ("heldout.training.config", "TrainConfig"),
     "EnsembleTrainer": ("heldout.training.ensemble", "EnsembleTrainer"),
     "TrainSummary": ("heldout.training.experiment", "TrainSummary"),
@@ -123,8 +128,9 @@ __all__ = [
     # modules
     "coordination", "designs", "export", "released", "runs", "targeted", "targets",
     # training
-    "TrainRequest", "TrainReport", "train",
-    "EnsembleTrainer", "TrainConfig", "TrainSummary", "read_experiment_info",
+    "TrainDesign", "TrainDrop", "TrainPreset", "DataSource", "RunSettings", "TrainReport",
+    "train",
+    "EnsembleTrainer", "TrainConfig", "TrainSummary", "ExperimentInfo", "read_experiment_info",
     "resolve_targets", "train_experiment", "train_targeted_experiment",
     # data and runs
     "Dataset", "Experiment", "RunFileError", "load_dataset", "load_experiment", "load_run",

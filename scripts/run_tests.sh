@@ -9,3 +9,4 @@ PYTHON="${PYTHON:-python3}"
 bash scripts/install.sh
 "$PYTHON" -m ruff check .
 "$PYTHON" -m pytest -q -n 2 --dist loadfile tests "$@"
+"$PYTHON" scripts/readme_commands.py

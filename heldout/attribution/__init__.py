@@ -11,6 +11,11 @@ Front doors, each one call from arrays to NumPy scores:
 * `score_trak(models, x_train, y_train, x_query, y_query, TRAKConfig(...))`: TRAK scores
   ``[num_train, num_query]`` of an ensemble (projected log-odds gradients, regularized
   kernel, ``1 - p`` reweighting), with lambda_reg chosen by LDS on selection runs.
+* `score_metagradient(run_dir, data, eval_indices, split, MetagradientConfig(...))`: exact
+  metagradients ``[num_train, num_eval]`` of a recorded run (d f_j / d w_i through its
+  whole training, replayed bit for bit; NaN rows for examples without a batch slot),
+  with `save_metagradient_scores` / `load_metagradient_scores`; `metagradients` for a
+  `Trajectory` given directly.
 * `per_example_gradients(model, x, y)`: per-example gradients of every Linear/Conv2D
   variable, vectorized over examples.
 
@@ -44,6 +49,15 @@ from heldout.attribution.influence_functions import (
     score_influence_functions,
     scores_from_factors,
 )
+from heldout.attribution.metagradient import (
+    MetagradientConfig,
+    MetagradientScores,
+    Trajectory,
+    load_metagradient_scores,
+    metagradients,
+    save_metagradient_scores,
+    score_metagradient,
+)
 from heldout.attribution.projection import GaussianProjection, RandomProjection
 from heldout.attribution.tracin import (
     Checkpoint,
@@ -67,8 +81,11 @@ from heldout.attribution.trak import (
 
 __all__ = [
     "FISHERS", "MEASUREMENTS", "PHASES", "STRATEGIES", "Checkpoint", "Factors",
-    "GaussianProjection", "InfluenceConfig", "InfluenceFunctionsResult", "Kernel", "LayerFactors",
-    "LayerGradients", "LayerSpec", "RandomProjection", "TRAKConfig", "TRAKFeatures",
+    "GaussianProjection", "InfluenceConfig", "InfluenceFunctionsResult", "Kernel",
+    "LayerFactors",
+    "LayerGradients", "LayerSpec", "MetagradientConfig", "MetagradientScores", "Trajectory",
+    "load_metagradient_scores", "metagradients", "save_metagradient_scores",
+    "score_metagradient", "RandomProjection", "TRAKConfig", "TRAKFeatures",
     "TRAKResult", "Timings", "TracInConfig", "TracInResult",
     "factors_exist", "find_layers", "fit_factors", "layer_damping", "load_factors", "measure",
     "per_example_gradients", "precondition", "save_factors", "score_influence_functions",

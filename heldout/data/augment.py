@@ -13,10 +13,8 @@ from __future__ import annotations
 
 import tensorflow as tf
 
-AUGMENTATIONS = ("none", "flip", "crop_flip", "altflip", "crop_altflip", "crop_flip_cutout",
-                 "airbench")
-# Kinds whose flips alternate by epoch: they need the `flips` of `alternating_flips`.
-ALTERNATING = ("altflip", "crop_altflip", "airbench")
+from heldout.data.augment_kinds import ALTERNATING, AUGMENTATIONS  # noqa: F401
+
 CROP_PADDING = 4  # pixels of zero padding per side for crop_* (the published CIFAR runs)
 AIRBENCH_TRANSLATE = 2  # pixels of reflect padding per side for airbench94's translation
 CUTOUT_SIZE = 12  # side in pixels of the square that cutout zeroes (airbench96's size)

@@ -36,7 +36,21 @@ flat validation files a labels file) must give the class the index says.
 
 Building runs over shards in threads, is resumable (each shard is written to a temporary
 name and renamed when whole; a shard whose final name exists is never rewritten) and shows
-a progress bar. Usage::
+a progress bar. Resuming is safe:
+
+* Temporaries are hidden names (``.tmp-<uuid>.tfrecord``) that no reader pattern
+  (``train-*``, ``validation-*``) matches, and the temporaries a killed build left are
+  deleted when the next build starts.
+* ``build_imagenet.json`` records what the shards are built from (SHA-256 of the index
+  file and of the synset list, shard counts, label offset) before the first shard is
+  written; a build into a folder recorded for another index file or other shard counts
+  is refused, so two builds are never mixed. A folder with shards but no record is
+  refused too.
+* A lock file (``.build_imagenet.lock``: host, pid) keeps a second builder out of the
+  folder while one runs; the lock of a builder that died on this host is taken over.
+
+Every failure (a bad setting, an unreadable index, image or labels file, an unwritable
+output folder, a second builder) is one ``ValueError`` line naming the file. Usage::
 
     python -m heldout.data.build_imagenet --imagenet_dir=/data/imagenet \\
         --index_file=imagenet_index.npz --output_dir=/data/imagenet-tfrecords \\
@@ -46,19 +60,28 @@ a progress bar. Usage::
 from __future__ import annotations
 
 import concurrent.futures
+import contextlib
 import dataclasses
+import hashlib
+import json
 import os
 import posixpath
+import re
+import socket
+import sys
 import threading
 import time
 import uuid
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 
 import numpy as np
-import tensorflow as tf
 
-from heldout.data import imagenet as imagenet_lib
 from heldout.progress import Progress
+from heldout.runtime import import_tensorflow
+
+tf = import_tensorflow()  # quietly, before heldout.data.imagenet imports it
+
+from heldout.data import imagenet as imagenet_lib  # noqa: E402
 
 SPLITS = ("train", "validation")
 # Index-file keys and folder of each split.
@@ -69,6 +92,13 @@ _JPEG_QUALITY = 100  # of re-encoded CMYK/PNG files, as published
 _PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 # JPEG start-of-frame markers (baseline, progressive, lossless, ...; not DHT/JPG/DAC).
 _SOF_MARKERS = frozenset(range(0xC0, 0xD0)) - {0xC4, 0xC8, 0xCC}
+RECORD_FILENAME = "build_imagenet.json"  # what the shards of a folder are built from
+LOCK_FILENAME = ".build_imagenet.lock"  # held by the builder writing into the folder
+_TEMPORARY_PREFIX = ".tmp-"  # hidden: matches no reader pattern (train-*, validation-*)
+# Temporaries of older builds, named <shard>.tmp-<hex>: they matched train-*.
+_OLD_TEMPORARY = re.compile(r"^(train|validation)-\d+-of-\d+\.tmp-[0-9a-f]{32}$")
+_SHARD = re.compile(r"^(train|validation)-\d+-of-\d+$")
+_LOCK_SETTLE_SECONDS = 1.0  # on object stores (no exclusive create): write, wait, read back
 
 
 @dataclasses.dataclass(frozen=True)
@@ -175,8 +205,24 @@ def build_imagenet_tfrecords(imagenet_dir: str, index_file: str, output_dir: str
             path = posixpath.join(output_dir, shard_name(split, shard, count))
             jobs.append((path, [filenames[i] for i in rows], [paths[i] for i in rows],
                          labels[rows], rows))
-    tf.io.gfile.makedirs(output_dir)
-    present = {e.rstrip("/") for e in tf.io.gfile.listdir(output_dir)}
+    record = {"index_sha256": _sha256(index_file, "index_file"),
+              "synsets_sha256": hashlib.sha256("\n".join(synsets).encode()).hexdigest(),
+              "num_train_shards": num_train_shards,
+              "num_validation_shards": num_validation_shards,
+              "index_label_offset": index_label_offset}
+    _io(output_dir, "output_dir", lambda: tf.io.gfile.makedirs(output_dir))
+    with _locked(output_dir):
+        _check_record(output_dir, record, index_file)
+        return _build_shards(output_dir, jobs, synsets, num_threads, progress,
+                             on_shard_written, start)
+
+
+def _build_shards(output_dir: str, jobs: list, synsets: Sequence[str], num_threads: int,
+                  progress: bool, on_shard_written: Callable[[str], None] | None,
+                  start: float) -> BuildSummary:
+    """Writes the shards of `jobs` not yet complete (the folder is locked and checked)."""
+    present = {e.rstrip("/") for e in _io(output_dir, "output_dir",
+                                          lambda: tf.io.gfile.listdir(output_dir))}
     todo = [job for job in jobs if posixpath.basename(job[0]) not in present]
     skipped = tuple(posixpath.basename(job[0]) for job in jobs
                     if posixpath.basename(job[0]) in present)
@@ -264,8 +310,11 @@ def jpeg_components(data: bytes) -> int | None:
 def _example(name: str, path: str, label: int, index: int, synsets: Sequence[str]
              ) -> tuple[bytes, bool]:
     """One serialized ``tf.train.Example`` and whether the image was re-encoded."""
-    with tf.io.gfile.GFile(path, "rb") as f:
-        data = f.read()
+    def read() -> bytes:
+        with tf.io.gfile.GFile(path, "rb") as f:
+            return f.read()
+
+    data = _io(path, "image", read)
     try:
         data, height, width, converted = encode_rgb_jpeg(data)
     except ValueError as e:
@@ -297,23 +346,162 @@ def _write_shard(path: str, records: Iterable[bytes]) -> None:
     """Writes a TFRecord file under a temporary name and renames it to `path` when whole.
 
     Records are written as they come, so memory holds one image per thread, not a shard.
+    The temporary is a hidden name in the same folder (``.tmp-<uuid>.tfrecord``), which
+    no reader pattern matches even if a killed build leaves it behind.
     """
-    temporary = f"{path}.tmp-{uuid.uuid4().hex}"
+    temporary = posixpath.join(posixpath.dirname(path),
+                               f"{_TEMPORARY_PREFIX}{uuid.uuid4().hex}.tfrecord")
     try:
         with tf.io.TFRecordWriter(temporary) as writer:
             for record in records:
                 writer.write(record)
         tf.io.gfile.rename(temporary, path, overwrite=False)
+    except tf.errors.OpError as e:
+        _remove_quietly(temporary)
+        raise ValueError(f"{path}: cannot write the shard ({_op_message(e)})") from None
     except BaseException:
-        if tf.io.gfile.exists(temporary):
-            tf.io.gfile.remove(temporary)
+        _remove_quietly(temporary)
         raise
+
+
+def _remove_quietly(path: str) -> None:
+    with contextlib.suppress(tf.errors.OpError):
+        if tf.io.gfile.exists(path):
+            tf.io.gfile.remove(path)
+
+
+def _op_message(error: Exception) -> str:
+    text = getattr(error, "message", None) or str(error) or type(error).__name__
+    return text.splitlines()[0]
+
+
+def _io(path: str, what: str, action: Callable[[], object]):
+    """`action()`, with a file system error turned into one line naming `path`."""
+    try:
+        return action()
+    except (tf.errors.OpError, OSError) as e:
+        raise ValueError(f"{what}={path}: cannot read or write it ({_op_message(e)})") \
+            from None
+
+
+def _sha256(path: str, what: str) -> str:
+    """SHA-256 of a file's bytes, read in chunks."""
+    def digest() -> str:
+        hasher = hashlib.sha256()
+        with tf.io.gfile.GFile(path, "rb") as f:
+            while chunk := f.read(1 << 22):
+                hasher.update(chunk)
+        return hasher.hexdigest()
+
+    return _io(path, what, digest)
+
+
+def _check_record(output_dir: str, record: dict, index_file: str) -> None:
+    """Refuses a folder built from something else; records `record` in a new one; and
+    deletes the temporaries a killed build left (the folder is locked)."""
+    entries = [e.rstrip("/") for e in tf.io.gfile.listdir(output_dir)]
+    path = posixpath.join(output_dir, RECORD_FILENAME)
+    if RECORD_FILENAME in entries:
+        try:
+            with tf.io.gfile.GFile(path, "r") as f:
+                stored = json.load(f)
+        except (tf.errors.OpError, ValueError) as e:
+            raise ValueError(f"{path}: not a readable build record ({_op_message(e)})") \
+                from None
+        differ = [key for key in record if stored.get(key) != record[key]] if isinstance(
+            stored, dict) else list(record)
+        if differ:
+            what = ("another index file" if "index_sha256" in differ
+                    else "other settings")
+            raise ValueError(f"output_dir={output_dir}: its shards were built from {what} "
+                             f"({', '.join(differ)} differ from {path}); resume with the same "
+                             f"index file ({index_file} is not it) and settings, or use a new "
+                             "output_dir")
+    else:
+        shards = sorted(e for e in entries if _SHARD.match(e))
+        if shards:
+            raise ValueError(f"output_dir={output_dir}: holds shards ({shards[0]}, ...) but no "
+                             f"{RECORD_FILENAME}, so which index they came from is unknown; "
+                             "use a new output_dir (or delete them)")
+        temporary = posixpath.join(output_dir, f"{_TEMPORARY_PREFIX}{uuid.uuid4().hex}")
+        with tf.io.gfile.GFile(temporary, "w") as f:
+            json.dump(record, f, indent=1, sort_keys=True)
+        tf.io.gfile.rename(temporary, path, overwrite=True)
+    for entry in entries:
+        if entry.startswith(_TEMPORARY_PREFIX) or _OLD_TEMPORARY.match(entry):
+            _remove_quietly(posixpath.join(output_dir, entry))
+
+
+@contextlib.contextmanager
+def _locked(output_dir: str) -> Iterator[None]:
+    """Holds the folder's lock file while the block runs; refuses a folder another live
+    builder holds (one line naming it). A lock left by a builder that died on this host
+    is taken over."""
+    path = posixpath.join(output_dir, LOCK_FILENAME)
+    token = uuid.uuid4().hex
+    content = json.dumps({"host": socket.gethostname(), "pid": os.getpid(), "token": token})
+    for _ in range(2):
+        if _try_lock(path, content, token):
+            break
+        holder = _read_lock(path)
+        if not (holder.get("host") == socket.gethostname()
+                and not _process_alive(holder.get("pid"))):
+            raise ValueError(f"output_dir={output_dir}: another build is writing into it "
+                             f"({holder.get('host', '?')}, pid {holder.get('pid', '?')}; lock "
+                             f"file {path}); wait for it, or delete the lock file if no "
+                             "build runs")
+        _remove_quietly(path)  # its builder died on this host
+    else:
+        raise ValueError(f"output_dir={output_dir}: could not take the lock file {path}")
+    try:
+        yield
+    finally:
+        if _read_lock(path).get("token") == token:
+            _remove_quietly(path)
+
+
+def _try_lock(path: str, content: str, token: str) -> bool:
+    """Creates the lock file if absent (exclusively where the file system can)."""
+    try:
+        if "://" not in path:
+            descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+            with os.fdopen(descriptor, "w") as f:
+                f.write(content)
+            return True
+        if tf.io.gfile.exists(path):
+            return False
+        with tf.io.gfile.GFile(path, "w") as f:
+            f.write(content)
+        time.sleep(_LOCK_SETTLE_SECONDS)
+        return _read_lock(path).get("token") == token
+    except FileExistsError:
+        return False
+    except (OSError, tf.errors.OpError) as e:
+        raise ValueError(f"{path}: cannot create the lock file ({_op_message(e)})") from None
+
+
+def _read_lock(path: str) -> dict:
+    try:
+        with tf.io.gfile.GFile(path, "r") as f:
+            holder = json.loads(f.read())
+    except (tf.errors.OpError, ValueError):
+        return {}
+    return holder if isinstance(holder, dict) else {}
+
+
+def _process_alive(pid: object) -> bool:
+    try:
+        os.kill(int(pid), 0)
+    except (ProcessLookupError, TypeError, ValueError):
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 def _read_synsets(imagenet_dir: str, synsets_file: str | None) -> list[str]:
     if synsets_file is not None:
-        with tf.io.gfile.GFile(synsets_file, "r") as f:
-            synsets = [line.strip() for line in f if line.strip()]
+        synsets = _read_lines(synsets_file, "synsets_file")
         if not synsets:
             raise ValueError(f"synsets_file={synsets_file}: holds no synsets")
         return synsets
@@ -323,6 +511,15 @@ def _read_synsets(imagenet_dir: str, synsets_file: str | None) -> list[str]:
                          "from (pass synsets_file)")
     return sorted(e.rstrip("/") for e in tf.io.gfile.listdir(train)
                   if tf.io.gfile.isdir(posixpath.join(train, e)))
+
+
+def _read_lines(path: str, what: str) -> list[str]:
+    """The non-empty lines of a text file, stripped."""
+    def read() -> list[str]:
+        with tf.io.gfile.GFile(path, "r") as f:
+            return [line.strip() for line in f if line.strip()]
+
+    return _io(path, what, read)
 
 
 def _locate(imagenet_dir: str, split: str, filenames: Sequence[str]
@@ -354,8 +551,7 @@ def _locate(imagenet_dir: str, split: str, filenames: Sequence[str]
 
 def _validation_synsets(labels_file: str, filenames: Sequence[str]) -> list[str | None]:
     """Synset of each validation filename from a labels file (formats in the caller)."""
-    with tf.io.gfile.GFile(labels_file, "r") as f:
-        lines = [line.strip() for line in f if line.strip()]
+    lines = _read_lines(labels_file, "validation_labels_file")
     pairs = [line.replace(",", " ").split() for line in lines]
     if all(len(p) == 1 for p in pairs):  # one synset per file, sorted file names
         ordered = sorted(posixpath.basename(n) for n in filenames)
@@ -405,12 +601,16 @@ def _progress_bar(total: int, enabled: bool) -> Progress | None:
 
 
 def main(argv: Sequence[str]) -> None:
-    """Command line: flags -> `build_imagenet_tfrecords` -> one summary line."""
-    from absl import app
+    """Command line: flags -> `build_imagenet_tfrecords` -> one summary line.
 
+    Every failure is one line on standard error and exit status 1 (not the flags' help).
+    """
     if len(argv) > 1:
-        raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
+        _fail(f"unexpected arguments: {' '.join(argv[1:])}")
     flags = _FLAGS
+    for name in ("imagenet_dir", "index_file", "output_dir"):
+        if not getattr(flags, name):
+            _fail(f"--{name}: required")
     try:
         summary = build_imagenet_tfrecords(
             flags.imagenet_dir, flags.index_file, flags.output_dir,
@@ -421,18 +621,28 @@ def main(argv: Sequence[str]) -> None:
             index_label_offset=flags.index_label_offset, num_threads=flags.num_threads,
             progress=flags.progress)
     except ValueError as e:
-        raise app.UsageError(str(e)) from None
+        _fail(str(e))
+    except (tf.errors.OpError, OSError) as e:
+        _fail(_op_message(e))
+    except KeyboardInterrupt:
+        _fail("interrupted; finished shards are kept, so the command can be rerun")
     print(summary)
+
+
+def _fail(message: str) -> None:
+    """Prints the one line of a failure and exits with status 1."""
+    print(f"build_imagenet: {message.splitlines()[0] if message else 'failed'}",
+          file=sys.stderr)
+    sys.exit(1)
 
 
 def _define_flags():
     from absl import flags
 
-    flags.DEFINE_string("imagenet_dir", None, "Folder with train/<synset>/*.JPEG and val/.",
-                        required=True)
-    flags.DEFINE_string("index_file", None, "The published imagenet_index.npz.",
-                        required=True)
-    flags.DEFINE_string("output_dir", None, "Folder of the TFRecord shards.", required=True)
+    # Required, checked in main (absl would print the whole help for a missing flag).
+    flags.DEFINE_string("imagenet_dir", None, "Folder with train/<synset>/*.JPEG and val/.")
+    flags.DEFINE_string("index_file", None, "The published imagenet_index.npz.")
+    flags.DEFINE_string("output_dir", None, "Folder of the TFRecord shards.")
     flags.DEFINE_integer("num_shards", 1024, "Training shards.")
     flags.DEFINE_integer("num_validation_shards", 128, "Validation shards.")
     flags.DEFINE_list("splits", list(SPLITS), "Splits to build: train, validation.")

@@ -149,6 +149,13 @@ def load_npz(path: str, max_classes: int = DEFAULT_MAX_CLASSES) -> Dataset:
                 f"{', '.join(NPZ_KEYS)}")
     for split in ("train", "test"):
         x, y = arrays[f"x_{split}"], arrays[f"y_{split}"]
+        if x.ndim < 2:
+            raise ValueError(f"--dataset=npz:{path}: x_{split} has shape {list(x.shape)}; "
+                             "expected [examples, features...] (images NHWC or flat vectors)")
+        if y.ndim != 1:  # before len(y): a scalar has none
+            raise ValueError(
+                    f"--dataset=npz:{path}: y_{split} must be a 1-D array of non-negative "
+                    f"integer labels, got dtype {y.dtype} and shape {y.shape}")
         if len(x) != len(y):
             raise ValueError(
                     f"--dataset=npz:{path}: x_{split} has {len(x)} rows but y_{split} has "
@@ -166,7 +173,11 @@ def load_npz(path: str, max_classes: int = DEFAULT_MAX_CLASSES) -> Dataset:
     num_classes = int(max(arrays["y_train"].max(initial=0),
                           arrays["y_test"].max(initial=0))) + 1
     if "num_classes" in arrays:  # optional: when some classes have no examples
-        declared = int(arrays["num_classes"])
+        declared = arrays["num_classes"]
+        if declared.ndim != 0 or not np.issubdtype(declared.dtype, np.integer):
+            raise ValueError(f"--dataset=npz:{path}: num_classes is {declared.tolist()!r} "
+                             f"(dtype {declared.dtype}); expected one integer")
+        declared = int(declared)
         if declared < num_classes:
             raise ValueError(f"--dataset=npz:{path}: num_classes={declared} but labels go up "
                              f"to {num_classes - 1}")

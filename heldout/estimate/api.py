@@ -246,7 +246,8 @@ def eval_indices(request: EstimateRequest, num_test: int) -> np.ndarray:
 def load_data(request: EstimateRequest, experiment_dir: str, required: bool = False
               ) -> Dataset | None:
     """The data set of the request or of the experiment (None for released runs)."""
-    dataset = request.dataset or read_experiment_info(experiment_dir).get("dataset")
+    info = read_experiment_info(experiment_dir)
+    dataset = request.dataset or (info.dataset if info else None)
     if not dataset:
         if required:
             raise ValueError("dataset: needed (the experiment does not record its data set)")

@@ -201,6 +201,16 @@ def check_comparable(published_path: str, num_train: int, num_test: int, *,
     return _checked(published_path, num_train, num_test, data, estimators, imagenet_index)[0]
 
 
+def check_estimates_comparable(published_path: str, estimates: Estimates,
+                               data: Dataset | None = None,
+                               imagenet_index: str | None = None) -> str:
+    """`check_comparable` for estimates already computed (merged parts, say), with the
+    sizes and estimators taken from them: call it before they are saved."""
+    num_train, num_test = _sizes(estimates, data)
+    return _checked(published_path, num_train, num_test, data, _computed(estimates),
+                    imagenet_index)[0]
+
+
 def _checked(path: str, num_train: int, num_test: int, data: Dataset | None,
              estimators: Sequence[str] | None, imagenet_index: str | None
              ) -> tuple[str, _Aligned]:
@@ -419,6 +429,15 @@ def _positions(data: Dataset | None, split: str, labels: np.ndarray | None, path
     """
     original = None if data is None else getattr(data, f"original_index_{split}")
     if original is None or not _is_permutation(original):
+        if data is not None and labels is not None:  # same order: the labels must agree
+            ours = getattr(data, f"y_{split}")
+            differ = np.flatnonzero(np.asarray(labels) != ours) if len(labels) == len(
+                ours) else np.array([min(len(labels), len(ours))])
+            if len(differ):
+                i = int(differ[0])
+                raise ValueError(f"{path}: labels disagree with {data.name} at {split} index "
+                                 f"{i} (file label {labels[i] if i < len(labels) else '-'}, "
+                                 f"data set label {ours[i] if i < len(ours) else '-'})")
         return _Identity()
     if labels is not None:  # checks labels, names the first mismatch
         published_lib.to_dataset_order(np.zeros(len(labels)), labels, data, split, path)

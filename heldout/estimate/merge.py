@@ -20,6 +20,7 @@ import numpy as np
 
 from heldout.estimate import estimators as estimators_lib
 from heldout.estimate.pipeline import Estimates, InfluenceResult, highest_pairs
+from heldout.store import files
 
 # Results that do not depend on the test examples: every part must hold the same.
 _WHOLE_RESULTS = ("memorization", "self_influence", "cscore")
@@ -49,6 +50,7 @@ def merge_estimates(parts: Sequence[Estimates], names: Sequence[str] | None = No
         raise ValueError(f"names has {len(names)} entries for {len(parts)} parts")
     first, first_name = parts[0], names[0]
     for part, name in zip(parts, names, strict=True):
+        check_values(part, name)
         if part.config.eval_shard is None:
             raise ValueError(f"{name}: not a shard (computed without eval_shard)")
         if part.influence is None:
@@ -86,7 +88,72 @@ def merge_estimate_files(paths: Sequence[str]) -> Estimates:
     """
     from heldout.estimate import export  # the save/load pair of estimate files
 
-    return merge_estimates([export.load_estimates(path) for path in paths], names=list(paths))
+    parts = []
+    for path in paths:
+        try:
+            parts.append(export.load_estimates(path))
+        except files.StoredFileError as e:
+            raise ValueError(str(e).splitlines()[0]) from None
+        except Exception as e:  # noqa: BLE001 (a malformed part: missing keys, bad meta)
+            raise ValueError(f"{path}: not a readable estimates part ({type(e).__name__}: "
+                             f"{str(e).splitlines()[0] if str(e) else 'malformed'})") from None
+    return merge_estimates(parts, names=list(paths))
+
+
+def check_values(estimates: Estimates, name: str) -> None:
+    """Refuses estimates whose values no computation of ours can give.
+
+    NaN is what an estimate is where too few runs trained on, or held out, an example;
+    it is accepted there (for influence: whole rows of the dense matrix, one per
+    training example, since the in/out counts depend on the training example only; in
+    the top-k, ``-inf`` marks "no score"). Infinite values, NaN entries of a top-k list
+    or scattered in a row, and, with the correctness metric (0/1 values), influence or
+    self-influence outside ``[-1, 1]`` and C-scores outside ``[0, 1]`` are refused.
+
+    Raises:
+        ValueError: one line naming `name`, the array and the first bad entry.
+    """
+    bounded = estimates.config.metric == "correctness"
+
+    def check(array: np.ndarray | None, what: str, low: float, high: float,
+              allow_nan: bool = True) -> None:
+        if array is None:
+            return
+        values = np.asarray(array, np.float64)
+        bad = np.isinf(values) if allow_nan else ~np.isfinite(values)
+        if bounded:
+            with np.errstate(invalid="ignore"):
+                bad |= (values < low - 1e-6) | (values > high + 1e-6)
+        if bad.any():
+            position = np.unravel_index(np.flatnonzero(bad)[0], values.shape)
+            where = ", ".join(map(str, position))
+            raise ValueError(f"{name}: {what}[{where}] is {values[position]}, impossible "
+                             f"for {estimates.config.metric} estimates (a damaged or edited "
+                             "part?)")
+
+    for result in ("memorization", "self_influence"):
+        estimate = getattr(estimates, result)
+        if estimate is not None:
+            check(estimate.score, f"{result} score", -1.0, 1.0)
+    if estimates.cscore is not None:
+        check(estimates.cscore.train, "cscore train", 0.0, 1.0)
+        check(estimates.cscore.test, "cscore test", 0.0, 1.0)
+    influence = estimates.influence
+    if influence is None:
+        return
+    scored = influence.top.train >= 0
+    top = np.where(scored, influence.top.score, 0.0)
+    check(top, "influence top-k score", -1.0, 1.0, allow_nan=False)
+    if influence.matrix is not None:
+        matrix = influence.matrix
+        check(matrix, "influence matrix", -1.0, 1.0)
+        undefined = np.isnan(matrix)
+        partial = undefined.any(axis=1) & ~undefined.all(axis=1)
+        if partial.any():
+            row = int(np.flatnonzero(partial)[0])
+            raise ValueError(f"{name}: influence matrix row {row} is NaN for some test "
+                             "examples only (a training example's influence is undefined "
+                             "for all of them or none; a damaged or edited part?)")
 
 
 def _check_same(first: Estimates, first_name: str, part: Estimates, name: str) -> None:

@@ -176,3 +176,44 @@ def plot_estimate_scatter(x: np.ndarray, y: np.ndarray, path: str, x_label: str,
     ax.set_ylabel(y_label)
     ax.set_title(title, fontsize=9)
     return _save(fig, path)
+
+
+def plot_lds_against_cost(points: dict[str, list[tuple[float, float, float, float, int]]],
+                          path: str, title: str = "") -> tuple[str, list[str]]:
+    """LDS of attribution methods against their cost, each point labelled with the number
+    of trained models it uses.
+
+    Args:
+        points: family (a line) -> its points ``(cost seconds, LDS mean, interval low,
+            interval high, models)``; drawn in order of cost, on a log cost axis.
+        path: the PNG.
+        title: the figure's title.
+
+    Returns:
+        ``(path, labels)``: the labels written beside the points, in drawing order
+        (``"1 model"``, ``"20 models"``).
+    """
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(7.5, 5.0))
+    labels = []
+    for family, members in points.items():
+        members = sorted(members, key=lambda point: point[0])
+        cost = np.array([p[0] for p in members])
+        mean = np.array([p[1] for p in members])
+        error = np.abs(np.array([[p[2] for p in members], [p[3] for p in members]]) - mean)
+        line = ax.errorbar(cost, mean, yerr=np.nan_to_num(error), marker="o", capsize=3,
+                           label=family)
+        for x, y, (*_, models) in zip(cost, mean, members, strict=True):
+            text = f"{models} model{'s' if models != 1 else ''}"
+            labels.append(text)
+            ax.annotate(text, (x, y), xytext=(4, -9), textcoords="offset points", fontsize=6,
+                        color=line[0].get_color())
+    ax.set_xscale("log")
+    ax.set_xlabel("cost: seconds (training of the models used + the method), log scale")
+    ax.set_ylabel("LDS (mean Spearman over test examples)")
+    ax.axhline(0, color="k", lw=0.5)
+    ax.set_title((title + "\n" if title else "") + "each point: the number of trained "
+                 "models it uses (runs for retraining, ensemble size otherwise)", fontsize=8)
+    ax.legend(fontsize=7, ncol=2)
+    ax.grid(alpha=0.3)
+    return _save(fig, path), labels

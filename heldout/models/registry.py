@@ -10,11 +10,10 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 
-import sonnet as snt
-import tensorflow as tf
-
-from heldout.models import ensemble
+if TYPE_CHECKING:  # the table itself imports no TensorFlow: settings check without it
+    import sonnet as snt
 
 # Trainer kinds: "ensemble" (K at once, stacked weights), "single" (one run per program,
 # batch normalization), "airbench" (K at once with grouped convolutions, its own recipe).
@@ -39,6 +38,7 @@ class ModelSpec:
         trainer: one of `TRAINER_KINDS`.
         recipe: name of the model's published recipe, or None.
         needs_images: whether inputs must be images ``[H, W, C]``.
+        has_widths: whether ``width`` scales the model (else only width 1 exists).
     """
 
     name: str
@@ -47,11 +47,38 @@ class ModelSpec:
     trainer: str
     recipe: str | None = None
     needs_images: bool = True
+    has_widths: bool = True
 
 
 def _scaled(sizes: tuple[int, ...], width: float) -> tuple[int, ...]:
     """Layer sizes multiplied by `width`, rounded, at least 1."""
     return tuple(max(1, round(size * width)) for size in sizes)
+
+
+def _mlp(num_classes: int, width: float) -> snt.Module:
+    from heldout.models import ensemble
+
+    return ensemble.MLP(_scaled(MLP_HIDDEN, width), num_classes)
+
+
+def _mlps(num_classes: int, num_models: int, width: float) -> snt.Module:
+    from heldout.models import ensemble
+
+    return ensemble.EnsembleMLP(_scaled(MLP_HIDDEN, width), num_classes, num_models)
+
+
+def _cnn(num_classes: int, width: float) -> snt.Module:
+    from heldout.models import ensemble
+
+    return ensemble.CNN(_scaled(CNN_CHANNELS, width), _scaled((CNN_HIDDEN,), width)[0],
+                        num_classes)
+
+
+def _cnns(num_classes: int, num_models: int, width: float) -> snt.Module:
+    from heldout.models import ensemble
+
+    return ensemble.EnsembleCNN(_scaled(CNN_CHANNELS, width),
+                                _scaled((CNN_HIDDEN,), width)[0], num_classes, num_models)
 
 
 def _small_inception(num_classes: int, width: float) -> snt.Module:
@@ -61,12 +88,16 @@ def _small_inception(num_classes: int, width: float) -> snt.Module:
 
 
 def _resnet50(num_classes: int, width: float) -> snt.Module:
+    import sonnet as snt
+
     if width != 1.0:
         raise ValueError(f"width={width}: resnet50 has only the published width 1")
     return snt.nets.ResNet50(num_classes=num_classes)
 
 
 def _airbench(num_classes: int, num_models: int, width: float) -> snt.Module:
+    import tensorflow as tf
+
     from heldout.models.airbench import Airbench
 
     on_gpu = bool(tf.config.list_physical_devices("GPU"))
@@ -75,21 +106,13 @@ def _airbench(num_classes: int, num_models: int, width: float) -> snt.Module:
 
 
 MODELS: dict[str, ModelSpec] = {spec.name: spec for spec in (
-    ModelSpec(
-        "mlp",
-        build_single=lambda c, w: ensemble.MLP(_scaled(MLP_HIDDEN, w), c),
-        build_ensemble=lambda c, k, w: ensemble.EnsembleMLP(_scaled(MLP_HIDDEN, w), c, k),
-        trainer="ensemble", needs_images=False),
-    ModelSpec(
-        "cnn",
-        build_single=lambda c, w: ensemble.CNN(_scaled(CNN_CHANNELS, w),
-                                               _scaled((CNN_HIDDEN,), w)[0], c),
-        build_ensemble=lambda c, k, w: ensemble.EnsembleCNN(
-            _scaled(CNN_CHANNELS, w), _scaled((CNN_HIDDEN,), w)[0], c, k),
-        trainer="ensemble"),
+    ModelSpec("mlp", build_single=_mlp, build_ensemble=_mlps, trainer="ensemble",
+              needs_images=False),
+    ModelSpec("cnn", build_single=_cnn, build_ensemble=_cnns, trainer="ensemble"),
     ModelSpec("small_inception", build_single=_small_inception, build_ensemble=None,
               trainer="single", recipe="small_inception"),
-    ModelSpec("resnet50", build_single=_resnet50, build_ensemble=None, trainer="single"),
+    ModelSpec("resnet50", build_single=_resnet50, build_ensemble=None, trainer="single",
+              has_widths=False),
     ModelSpec("airbench", build_single=lambda c, w: _airbench(c, 1, w),
               build_ensemble=_airbench, trainer="airbench", recipe="airbench"),
 )}

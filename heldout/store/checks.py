@@ -1,7 +1,7 @@
 """Checks made before work starts, and the one-line form of every error a CLI reports.
 
 A command that computes for minutes and then cannot write its output loses the work,
-so the front doors (`heldout.training.api`, `heldout.estimate.api`) check every output
+so the front doors (`heldout.app.train`, `heldout.estimate.api`) check every output
 location with `check_writable` first. The CLIs turn whatever still goes wrong (the
 toolkit's `ValueError`s, TensorFlow's file errors, the operating system's) into one line
 with `one_line_error`, mapping the library's parameter names to their flags.

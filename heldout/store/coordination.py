@@ -56,6 +56,9 @@ from heldout.store import layout as layout_lib
 EXIT_RUNS_CLAIMED_ELSEWHERE = 3
 MAX_LEASE_SECONDS = 7 * 24 * 3600  # a week: longer leases would outlive any preemption
 
+# Seconds after which a claim not renewed is taken as abandoned (a killed worker's).
+DEFAULT_LEASE_SECONDS = 600.0
+
 
 def task_identity(environ: Mapping[str, str] | None = None) -> str | None:
     """The scheduler's identity of this task, the same after a requeue; None outside one.
@@ -124,14 +127,15 @@ def resolve_shard(num_shards: int | None, shard_index: int | None,
             source = "JOB_COMPLETION_INDEX"
     if shard_index is None:
         if num_shards not in (None, 1):
-            raise ValueError(f"--num_shards={num_shards}: also give --shard_index (or run "
-                             "under a Slurm array / Kubernetes Indexed Job)")
+            raise ParameterError("num_shards", "also give shard_index (or run under a "
+                                 "Slurm array / Kubernetes Indexed Job)", num_shards)
         return Shard(0, 1, "single")
     if num_shards is None:
-        raise ValueError(f"shard index {shard_index} from {source}: give --num_shards too")
+        raise ParameterError("num_shards", f"needed with shard index {shard_index} from "
+                             f"{source}")
     if not 0 <= shard_index < num_shards:
-        raise ValueError(f"--shard_index={shard_index} (from {source}): expected 0 <= index "
-                         f"< --num_shards={num_shards}")
+        raise ParameterError("shard_index", f"(from {source}) expected 0 <= index < "
+                             f"num_shards={num_shards}", shard_index)
     return Shard(shard_index, num_shards, source)
 
 
@@ -153,7 +157,7 @@ class Claims:
     """
 
     directory: str  # where the claim files go: <experiment_dir>/.claims/<subset>
-    lease_seconds: float = 600.0  # a claim not renewed for this long is stale
+    lease_seconds: float = DEFAULT_LEASE_SECONDS  # a claim not renewed for this long is stale
     settle_seconds: float = 1.0  # wait between writing a claim and reading it back
     token: str = dataclasses.field(default_factory=lambda: uuid.uuid4().hex)
     held: set[int] = dataclasses.field(default_factory=set)

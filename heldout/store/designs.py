@@ -5,7 +5,13 @@ Designs (the names of subset folders):
     (the heldout procedure of Feldman & Zhang);
   * ``"full"``: every training example;
   * ``"drop-<name>"``: every training example except a target set (the other arm of a
-    targeted self-influence experiment, `heldout.store.targets`).
+    targeted self-influence experiment, `heldout.store.targets`);
+  * ``"bank-<p>"`` (``bank-0.01``): the single-model yardstick of metagradients (SPEC
+    §11). Every run has the same seeds, those of the experiment's base run (initial
+    weights, batch order, augmentation: `bank_seeds`, shared by every bank fraction),
+    and every training example's batch slots; run 0 is the base run (every loss weight
+    1) and run r > 0 drops a random fraction p of the training set as loss weights 0
+    (`bank_weights`), stored with the run (``example_weights`` in its aux arrays).
 
 A run's subset is a pure function of (experiment seed, subset name, run id, number of
 training examples), so the same run id trains on the same subset on any machine, and
@@ -22,26 +28,29 @@ from typing import NamedTuple
 
 import numpy as np
 
-from heldout.store import files
+from heldout.errors import ParameterError
 
 
 def parse_subset_ratio(subset: str) -> float:
     """The training-set fraction of a random-subset design named like ``"0.7"``.
 
     Raises:
-        ValueError: `subset` is not a number strictly between 0 and 1.
+        ParameterError: `subset` is not a number strictly between 0 and 1 (NaN included),
+            naming ``subset_ratio``.
     """
     try:
         ratio = float(subset)
     except ValueError:
-        raise ValueError(f"--subset_ratio={subset!r}: expected a number in (0, 1)") from None
+        raise ParameterError("subset_ratio", "expected a number in (0, 1)",
+                             repr(subset)) from None
     if not 0.0 < ratio < 1.0:
-        raise ValueError(f"--subset_ratio={subset}: expected a number in (0, 1)")
+        raise ParameterError("subset_ratio", "expected a number in (0, 1)", subset)
     return ratio
 
 
 FULL = "full"
 DROP_PREFIX = "drop-"
+BANK_PREFIX = "bank-"
 
 
 def subset_name(ratio: float) -> str:
@@ -53,23 +62,25 @@ def design_name(subset: str | float) -> str:
     """The canonical folder name of a design: ``"0.7"``, ``"full"`` or ``"drop-<name>"``.
 
     Raises:
-        ValueError: not a ratio in (0, 1), ``full``, or ``drop-`` followed by a name of
-            letters, digits, ``_`` or ``-``.
+        ParameterError: not a ratio in (0, 1), ``full``, or ``drop-`` followed by a name
+            of letters, digits, ``_`` or ``-`` (naming ``subset``).
     """
     text = str(subset)
     if text == FULL:
         return text
+    if text.startswith(BANK_PREFIX):
+        return f"{BANK_PREFIX}{bank_fraction(text):g}"
     if text.startswith(DROP_PREFIX):
         name = text[len(DROP_PREFIX):]
         if not name or not all(c.isalnum() or c in "_-" for c in name):
-            raise ValueError(f"--subset={text}: expected drop-<name> with a name of letters, "
-                             "digits, '_' or '-'")
+            raise ParameterError("subset", "expected drop-<name> with a name of letters, "
+                                 "digits, '_' or '-'", text)
         return text
     try:
         return subset_name(float(text))
     except ValueError:
-        raise ValueError(f"--subset={text}: expected a ratio in (0, 1), 'full' or "
-                         "'drop-<name>'") from None
+        raise ParameterError("subset", "expected a ratio in (0, 1), 'full', "
+                             "'drop-<name>' or 'bank-<p>'", text) from None
 
 
 def drop_target_name(design: str) -> str | None:
@@ -89,8 +100,58 @@ def is_targeted_design(subset: str) -> bool:
     return subset == FULL or subset.startswith(DROP_PREFIX)
 
 
+def is_bank_design(subset: str) -> bool:
+    """Whether a design is a metagradient bank (``bank-<p>``)."""
+    return subset.startswith(BANK_PREFIX)
+
+
+def bank_fraction(subset: str) -> float:
+    """The dropped fraction p of a bank design ``bank-<p>``.
+
+    Raises:
+        ValueError: not ``bank-`` followed by a number in (0, 1).
+    """
+    try:
+        fraction = float(subset[len(BANK_PREFIX):])
+    except ValueError:
+        fraction = float("nan")
+    if not 0.0 < fraction < 1.0:
+        raise ValueError(f"--subset={subset}: expected bank-<p> with a dropped fraction p "
+                         "in (0, 1), e.g. bank-0.01")
+    return fraction
+
+
+def bank_weights(num_train: int, subset: str, experiment_seed: int, run_id: int
+                 ) -> np.ndarray:
+    """Loss weights ``float32 [num_train]`` of run `run_id` of bank design `subset`:
+    all 1 for run 0 (the base run), else ``round(p * num_train)`` examples, chosen at
+    random for each run, at 0."""
+    weights = np.ones(num_train, np.float32)
+    if run_id == 0:
+        return weights
+    size = int(round(bank_fraction(subset) * num_train))
+    keys = np.random.PCG64(run_seeds(experiment_seed, subset, run_id).subset).random_raw(num_train)
+    weights[np.argsort(keys, kind="stable")[:size]] = 0.0
+    return weights
+
+
 def run_seeds(experiment_seed: int, subset: str, run_id: int) -> RunSeeds:
-    """Independent seeds of everything random in one run."""
+    """Independent seeds of everything random in one run. The runs of a bank design
+    train from its base run's initial weights and batch order (`bank_seeds`): only the
+    choice of dropped examples (the ``subset`` seed) is their own."""
+    if is_bank_design(subset):
+        base = _root_seeds(experiment_seed, BANK_PREFIX, 0)
+        return RunSeeds(_root_seeds(experiment_seed, subset, run_id).subset, base.init,
+                        base.order)
+    return _root_seeds(experiment_seed, subset, run_id)
+
+
+def bank_seeds(experiment_seed: int) -> RunSeeds:
+    """The seeds every run of every bank design trains from (the base run's)."""
+    return run_seeds(experiment_seed, f"{BANK_PREFIX}0.5", 0)
+
+
+def _root_seeds(experiment_seed: int, subset: str, run_id: int) -> RunSeeds:
     root = np.random.SeedSequence([experiment_seed, zlib.crc32(subset.encode()), run_id])
     return RunSeeds(*root.spawn(3))
 
@@ -109,20 +170,22 @@ def subset_indices(num_train: int, subset: str, experiment_seed: int, run_id: in
 
     For a ratio design ``"0.7"`` this is ``round(0.7 * num_train)`` examples chosen
     uniformly at random without replacement, independently for each run. For ``full``
-    it is every example, and for ``drop-<name>`` every example but `dropped`.
+    it is every example, and for ``drop-<name>`` every example but `dropped`. A bank
+    design's runs have every example's batch slots (`bank_weights` zeroes the dropped).
 
     Raises:
         ValueError: a ``drop-`` design without `dropped` indices, or indices out of range.
     """
-    if subset == FULL:
+    if subset == FULL or is_bank_design(subset):
         return np.arange(num_train, dtype=np.int64)
     if subset.startswith(DROP_PREFIX):
         if dropped is None or not len(dropped):
-            raise ValueError(f"--subset={subset}: needs the target indices to drop "
-                             "(--target_indices or --targets)")
+            raise ParameterError("subset", "needs the target indices to drop "
+                                 "(target_indices or targets)", subset)
         dropped = np.asarray(dropped, dtype=np.int64)
         if dropped.min() < 0 or dropped.max() >= num_train:
-            raise ValueError(f"--subset={subset}: target indices must be in [0, {num_train})")
+            raise ParameterError("subset", f"target indices must be in [0, {num_train})",
+                                 subset)
         keep = np.ones(num_train, dtype=bool)
         keep[dropped] = False
         return np.flatnonzero(keep).astype(np.int64)
@@ -136,12 +199,12 @@ def subset_indices(num_train: int, subset: str, experiment_seed: int, run_id: in
 MAX_RUN_ID = 1_000_000
 
 
-def parse_run_ids(text: str, flag: str = "--run_ids") -> list[int]:
+def parse_run_ids(text: str, flag: str = "run_ids") -> list[int]:
     """Ids from ``"0-99"``, ``"3,5,8"`` or a mix (``"0-9,20"``), in increasing order.
 
     Raises:
-        ValueError: the text is not a comma list of ids and inclusive ranges, or an id
-            is not below `MAX_RUN_ID` (the message names `flag`).
+        ParameterError: the text is not a comma list of ids and inclusive ranges, or an
+            id is not below `MAX_RUN_ID` (naming the parameter `flag`).
     """
     ids: set[int] = set()
     try:
@@ -156,13 +219,12 @@ def parse_run_ids(text: str, flag: str = "--run_ids") -> list[int]:
             else:
                 ids.add(_check_run_id_bound(int(first), text, flag))
     except _RunIdBoundError as e:
-        raise ValueError(str(e)) from None
+        raise ParameterError(flag, str(e), repr(text)) from None
     except ValueError:
-        raise ValueError(
-            f"{flag}={text!r}: expected non-negative ids and ranges like '0-99' or '3,5,8'"
-        ) from None
+        raise ParameterError(flag, "expected non-negative ids and ranges like '0-99' or "
+                             "'3,5,8'", repr(text)) from None
     if not ids or min(ids) < 0:
-        raise ValueError(f"{flag}={text!r}: expected non-negative ids")
+        raise ParameterError(flag, "expected non-negative ids", repr(text))
     return sorted(ids)
 
 
@@ -172,7 +234,7 @@ class _RunIdBoundError(Exception):
 
 def _check_run_id_bound(run_id: int, text: str, flag: str) -> int:
     if run_id >= MAX_RUN_ID:
-        raise _RunIdBoundError(f"{flag}={text!r}: run ids must be below {MAX_RUN_ID:,}")
+        raise _RunIdBoundError(f"run ids must be below {MAX_RUN_ID:,}")
     return run_id
 
 
@@ -195,6 +257,8 @@ def read_indices(spec: str, flag: str) -> list[int]:
     A file (local or gs://) holds integers separated by whitespace or commas; lines
     starting with ``#`` are comments.
     """
+    from heldout.store import files  # TensorFlow's file system: only when reading one
+
     try:
         text = files.read_bytes(spec).decode()
     except files.StoredFileMissing:

@@ -13,7 +13,7 @@ atomic and which leaves no temporary behind once the file is in place (where the
 lacks it: ``os.link``, then removing the temporary); elsewhere (``gs://``,
 ``ram://``) it is TensorFlow's rename without overwrite, which checks and renames in two
 steps, so callers that must be exact there read the file back and compare (as
-`experiment_info.save_experiment_info` does).
+`experiment_info.record_experiment_info` does).
 """
 
 from __future__ import annotations

@@ -31,6 +31,7 @@ from collections.abc import Sequence
 import numpy as np
 import tensorflow as tf
 
+from heldout.errors import ParameterError
 from heldout.progress import track
 from heldout.store import designs as designs_lib
 from heldout.store import experiment_info as info_lib
@@ -51,6 +52,8 @@ METRICS = ("correctness", "margin", "logodds")
 # Float metrics an experiment may hold, by the prefix of their aux keys.
 _FLOAT_METRICS = {"margin": MARGIN_PREFIX, "logodds": LOGODDS_PREFIX}
 LOGITS_PREFIX = "logits_"
+# Loss weights float32 [num_train] a run trained with (bank designs, SPEC §11).
+EXAMPLE_WEIGHTS = "example_weights"
 
 
 class RunFileError(files.StoredFileError):
@@ -263,17 +266,36 @@ def read_run_info(directory: str) -> dict:
 
 
 def list_subsets(experiment_dir: str) -> list[str]:
-    """Names of the subset folders of an experiment that hold at least one run folder."""
-    if not tf.io.gfile.isdir(experiment_dir):
+    """Names of the subset folders of an experiment that hold at least one run folder.
+
+    A directory that does not exist (or a file) holds none.
+
+    Raises:
+        ParameterError: (``experiment_dir``) the directory cannot be read: an unreachable
+            or forbidden ``gs://`` bucket, a folder without read permission. TensorFlow's
+            ``isdir`` answers False for those, which read as "no runs".
+    """
+    try:
+        if not tf.io.gfile.isdir(experiment_dir):
+            tf.io.gfile.stat(experiment_dir)  # NotFoundError if missing, else why not
+            return []
+        names = []
+        for entry in sorted(tf.io.gfile.listdir(experiment_dir)):
+            entry = entry.rstrip("/")
+            try:
+                folder = layout_lib.ExperimentDir(experiment_dir).subset(entry)
+            except ValueError:
+                continue  # a name no subset can have (surrounding spaces, say): not a subset
+            if tf.io.gfile.isdir(folder) and any(
+                    e.rstrip("/").isdigit() for e in tf.io.gfile.listdir(folder)):
+                names.append(entry)
+        return names
+    except tf.errors.NotFoundError:
         return []
-    names = []
-    for entry in sorted(tf.io.gfile.listdir(experiment_dir)):
-        entry = entry.rstrip("/")
-        folder = layout_lib.ExperimentDir(experiment_dir).subset(entry)
-        if tf.io.gfile.isdir(folder) and any(
-                e.rstrip("/").isdigit() for e in tf.io.gfile.listdir(folder)):
-            names.append(entry)
-    return names
+    except tf.errors.OpError as e:
+        reason = (e.message or type(e).__name__).strip().splitlines()[0]
+        raise ParameterError("experiment_dir", f"cannot be read ({reason})",
+                             experiment_dir) from None
 
 
 def list_runs(experiment_dir: str, subset: str) -> tuple[list[int], list[int]]:
@@ -414,7 +436,11 @@ def load_experiment(experiment_dir: str, subset: str, num_threads: int = 16,
     # Bits hashed per run; the float metrics confirm a candidate copy.
     rows = [matrices["membership"], matrices["correctness_train"], matrices["correctness_test"]]
     kept = [d for d, u in zip(directories, used, strict=True) if u]
-    for copy, original in duplicate_runs(rows).items():
+    # Runs of full/drop designs all train on the same examples: without float metrics,
+    # equal 0/1 predictions alone do not show a copy.
+    comparable = not designs_lib.is_targeted_design(subset) or any(
+        v is not None for v in floats.values())
+    for copy, original in (duplicate_runs(rows) if comparable else {}).items():
         if any(not np.array_equal(v[copy], v[original]) for v in floats.values()
                if v is not None):
             continue
@@ -465,7 +491,7 @@ def verify_runs(experiment_dir: str, subsets: Sequence[str] | None = None,
         raise ValueError(f"experiment_dir={experiment_dir}: no complete runs to verify "
                          f"(expected <subset>/<run_id>/{AUX_FILENAME})")
     info = info_lib.read_experiment_info(experiment_dir)
-    recorded = info.get("data", {})
+    recorded = dict(info.data) if info and info.data else {}
     seed = _recorded_seed(experiment_dir, info)
     expected = (recorded.get("num_train"), recorded.get("num_test"))
     expected = (None, None) if None in expected else tuple(int(n) for n in expected)
@@ -483,8 +509,9 @@ def verify_runs(experiment_dir: str, subsets: Sequence[str] | None = None,
             return sizes, None  # named below, with the sizes
         problem = check_run_arrays(run, *sizes) or design_problem(
             subset, run_id, run[SUBSET_INDICES], sizes[0], seed, dropped[subset])
-        if problem is None:
-            fingerprints[position] = _run_fingerprint(run)
+        if problem is None and (not designs_lib.is_targeted_design(subset) or any(
+                key.startswith(tuple(_FLOAT_METRICS.values())) for key in run)):
+            fingerprints[position] = _run_fingerprint(run)  # see load_experiment
         return sizes, problem
 
     with concurrent.futures.ThreadPoolExecutor(num_threads) as pool:
@@ -532,6 +559,11 @@ def check_run_arrays(run: dict[str, np.ndarray], num_train: int, num_test: int) 
                 return f"{key} has dtype {value.dtype}, expected floats"
             if not key.startswith(LOGITS_PREFIX) and not np.isfinite(value).all():
                 return f"{key} has {int((~np.isfinite(value)).sum())} non-finite values"
+    weights = run.get(EXAMPLE_WEIGHTS)
+    if weights is not None and (weights.shape != (num_train,)
+                                or not np.issubdtype(weights.dtype, np.floating)
+                                or not np.isfinite(weights).all()):
+        return f"{EXAMPLE_WEIGHTS} is not {num_train} finite floats"
     if not np.array_equal(np.unique(run[SUBSET_INDICES]), np.unique(run["index_train"])) \
             or len(run[SUBSET_INDICES]) != len(run["index_train"]):
         return f"{SUBSET_INDICES} differs from index_train"
@@ -563,7 +595,7 @@ def design_problem(subset: str, run_id: int, subset_indices: np.ndarray, num_tra
             return None
     except ValueError:
         return None
-    chosen = np.unique(subset_indices)
+    chosen = np.asarray(subset_indices)  # each index once (`check_run_arrays`)
     size = len(chosen)
     if subset == designs_lib.FULL:
         expected, text = num_train, "every"
@@ -575,6 +607,9 @@ def design_problem(subset: str, run_id: int, subset_indices: np.ndarray, num_tra
                     "target set out")
         expected = num_train - len(np.unique(dropped))
         text = f"{expected} (all but the target set) of the"
+        if np.isin(dropped, chosen).any():
+            first = int(np.asarray(dropped)[np.isin(dropped, chosen)][0])
+            return (f"trains on target example {first}, which design {subset} leaves out")
     else:
         ratio = designs_lib.parse_subset_ratio(subset)
         slack = 1.0 if seed is not None else max(
@@ -589,7 +624,7 @@ def design_problem(subset: str, run_id: int, subset_indices: np.ndarray, num_tra
                 f"{text} {num_train} examples".replace("  ", " "))
     if seed is not None and derive:
         derived = designs_lib.subset_indices(num_train, subset, seed, run_id, dropped)
-        if not np.array_equal(chosen, derived):
+        if not np.array_equal(np.sort(chosen), derived):
             return (f"trains on other examples than run {run_id} of design {subset} with "
                     f"experiment seed {seed} (copied from another run or experiment?)")
     return None
@@ -635,14 +670,15 @@ def _run_fingerprint(run: dict[str, np.ndarray]) -> bytes:
     return digest.digest()
 
 
-def _recorded_seed(experiment_dir: str, info: dict | None = None) -> int | None:
+def _recorded_seed(experiment_dir: str, info: info_lib.ExperimentInfo | None = None
+                   ) -> int | None:
     """The experiment seed of ``experiment.json``, or None (released runs)."""
     if info is None:
         try:
             info = info_lib.read_experiment_info(experiment_dir)
         except files.StoredFileError:
             return None
-    seed = info.get("seed")
+    seed = info.seed if info is not None else None
     return seed if isinstance(seed, int) and not isinstance(seed, bool) else None
 
 

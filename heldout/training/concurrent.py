@@ -45,7 +45,8 @@ class ConcurrentTrainer:
     def train(self, subsets: Sequence[np.ndarray], init_seeds: Sequence[np.random.SeedSequence],
               order_seeds: Sequence[np.random.SeedSequence], save_logits: bool = False,
               export_models: bool = False, steps_per_epoch: Sequence[int] | None = None,
-              on_epoch: Callable[[int], None] | None = None) -> list[core.TrainedRun]:
+              on_epoch: Callable[[int], None] | None = None,
+              example_weights: Sequence[np.ndarray] | None = None) -> list[core.TrainedRun]:
         """`core.Trainer.train` over up to `num_models` runs: the first K go to the first
         program, the next K to the second, and so on; only as many programs run as
         there are groups. `on_epoch` is called once per epoch, when every program has
@@ -70,7 +71,8 @@ class ConcurrentTrainer:
                 subsets[part], init_seeds[part], order_seeds[part], save_logits=save_logits,
                 export_models=export_models,
                 steps_per_epoch=None if steps_per_epoch is None else steps_per_epoch[part],
-                on_epoch=report)
+                on_epoch=report,
+                example_weights=None if example_weights is None else example_weights[part])
 
         if len(parts) == 1:
             return run(*parts[0])

@@ -1,19 +1,22 @@
 """`TrainConfig`: how every run of an experiment is trained, validated on construction.
 
 Every field is honoured by the trainer of its model or refused here with a one-line
-`ValueError` naming the flag (the fields are ``train.py``'s flags). What each field does
+`heldout.errors.ParameterError` naming the field (the fields are ``train.py``'s flags;
+the front door maps a field to its flag). Validation imports no TensorFlow, so a bad
+setting is reported before it loads; floats must be finite. What each field does
 for each trainer kind (`heldout.models.registry.TRAINER_KINDS`):
 
 * ``model_width``: scales the layer widths of every model (mlp, cnn: hidden sizes and
-  channels, rounded); resnet50 has only width 1.
+  channels, rounded); models without widths (resnet50) refuse any width but 1.
 * ``epochs`` ... ``label_smoothing``, ``augment``, ``checkpoint_every``: the one
   training skeleton (`heldout.training.core.Trainer`) applies them to every kind.
   ``augment`` needs image inputs ``[H, W, C]`` (refused by the trainer otherwise).
 * ``models_at_once``: speed only; a run's arrays are bit-identical whatever runs share
   its group and whatever K (every group runs the one program of K models, padded; the
   cross-entropy sums classes in a fixed order, `heldout.training.losses`; tested with
-  K = 4, 5, 64, 250). Kinds trained one run per program (small_inception, resnet50)
-  refuse any K but 1.
+  K = 4, 5, 64, 250). None (the default): `DEFAULT_MODELS_AT_ONCE` for the K-at-once
+  kinds, 1 for kinds trained one run per program (small_inception, resnet50), which
+  refuse any other K.
 * ``concurrent_programs``: speed only; that many programs of K runs train side by side
   in threads (`heldout.training.concurrent`), each run still in a program of K, so its
   arrays are bit-identical whatever this number. 0: 2 for mlp and cnn, 1 for the
@@ -36,10 +39,11 @@ for each trainer kind (`heldout.models.registry.TRAINER_KINDS`):
 from __future__ import annotations
 
 import dataclasses
+import math
+from typing import Any
 
-import tensorflow as tf
-
-from heldout.data import augment as augment_lib
+from heldout.data.augment_kinds import AUGMENTATIONS
+from heldout.errors import ParameterError
 from heldout.models import registry
 
 LR_SCHEDULES = ("cosine", "linear", "constant")  # decays after a warm-up from zero
@@ -50,8 +54,18 @@ TRIANGLE_START = 0.2
 TRIANGLE_END = 0.07
 
 PRECISIONS = ("float32", "mixed_bfloat16", "mixed_float16")
-COMPUTE_DTYPES = {"float32": tf.float32, "mixed_bfloat16": tf.bfloat16,
-                  "mixed_float16": tf.float16}
+_COMPUTE_DTYPE_NAMES = {"float32": "float32", "mixed_bfloat16": "bfloat16",
+                        "mixed_float16": "float16"}
+
+
+def __getattr__(name: str) -> Any:
+    """``COMPUTE_DTYPES`` (precision -> TensorFlow dtype), made on first use so that
+    importing this module (and checking settings) loads no TensorFlow."""
+    if name == "COMPUTE_DTYPES":
+        import tensorflow as tf
+
+        return {p: tf.as_dtype(d) for p, d in _COMPUTE_DTYPE_NAMES.items()}
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 # Chunks hold at least as many models as a program (`heldout.training.ensemble`).
@@ -64,10 +78,18 @@ MIN_CHUNK_MODELS = 4
 # Every program holds K runs, so a run's numbers do not depend on this number.
 AUTO_CONCURRENT_PROGRAMS = 2
 
+# K of the kinds trained K at once when `models_at_once` is not given.
+DEFAULT_MODELS_AT_ONCE = 250
+
 
 @dataclasses.dataclass(frozen=True)
 class TrainConfig:
-    """How every run of an experiment is trained (see the module docstring per field)."""
+    """How every run of an experiment is trained (see the module docstring per field).
+
+    Raises:
+        ParameterError: a field this model's trainer cannot honour, or an invalid value
+            (naming the field).
+    """
 
     model: str = "mlp"  # a name in models.registry.MODELS
     model_width: float = 1.0  # multiplier of layer widths (1: the registered widths)
@@ -80,9 +102,11 @@ class TrainConfig:
     lr_schedule: str = "cosine"  # decay after warm-up: one of ALL_LR_SCHEDULES
     warmup_epochs: float = 1.0  # linear warm-up from 0 to learning_rate
     label_smoothing: float = 0.0  # weight of the uniform distribution in the targets
-    augment: str = "none"  # batch augmentation of image inputs: one of augment.AUGMENTATIONS
+    augment: str = "none"  # batch augmentation of image inputs: one of AUGMENTATIONS
     checkpoint_every: int = 0  # with checkpoints: also save every this many epochs (TracIn)
-    models_at_once: int = 250  # K: runs trained together in one program (speed only)
+    # K: runs trained together in one program (speed only); None: the model's kind's
+    # (DEFAULT_MODELS_AT_ONCE, or 1 for models trained one run per program).
+    models_at_once: int | None = None
     concurrent_programs: int = 0  # programs of K runs trained side by side (0: auto; speed only)
     chunk_models: int = 0  # M: an optimizer step trains M of the K models (0: auto; speed)
     xla: bool = True  # compile the training program with XLA (speed only)
@@ -90,62 +114,76 @@ class TrainConfig:
     test_time_flip: bool = False  # record predictions averaged with the mirrored image's
 
     def __post_init__(self):
-        positive = {"epochs": self.epochs, "batch_size": self.batch_size,
-                    "learning_rate": self.learning_rate,
-                    "models_at_once": self.models_at_once}
-        for name, value in positive.items():
-            if not value > 0:
-                raise ValueError(f"--{name}={value}: expected a positive number")
-        if self.concurrent_programs < 0:
-            raise ValueError(f"--concurrent_programs={self.concurrent_programs}: expected 0 "
-                             "(auto) or a positive number")
-        if self.concurrent_programs > 1 and self.spec.trainer != "ensemble":
-            raise ValueError(f"--concurrent_programs={self.concurrent_programs}: only the "
-                             "K-at-once small models (mlp, cnn) train programs side by side; "
-                             f"--model={self.model} takes 0 or 1")
-        if self.chunk_models < 0 or 0 < self.chunk_models < MIN_CHUNK_MODELS:
-            raise ValueError(f"--chunk_models={self.chunk_models}: expected 0 (automatic) or at "
-                             f"least {MIN_CHUNK_MODELS}")
-        if self.chunk_models and self.spec.trainer != "ensemble":
-            raise ValueError(f"--chunk_models={self.chunk_models}: only the K-at-once small "
-                             f"models (mlp, cnn) train in chunks; --model={self.model} takes 0")
-        if not 0.0 <= self.momentum < 1.0:
-            raise ValueError(f"--momentum={self.momentum}: expected a number in [0, 1)")
-        if self.weight_decay < 0:
-            raise ValueError(f"--weight_decay={self.weight_decay}: expected >= 0")
-        if self.warmup_epochs < 0 or self.warmup_epochs > self.epochs:
-            raise ValueError(f"--warmup_epochs={self.warmup_epochs}: expected a number "
-                             f"in [0, epochs={self.epochs}]")
-        if self.lr_schedule not in ALL_LR_SCHEDULES:
-            raise ValueError(f"--lr_schedule={self.lr_schedule!r}: expected one of "
-                             f"{', '.join(ALL_LR_SCHEDULES)}")
-        if self.checkpoint_every < 0:
-            raise ValueError(f"--checkpoint_every={self.checkpoint_every}: expected >= 0")
-        if not 0.0 <= self.label_smoothing < 1.0:
-            raise ValueError(f"--label_smoothing={self.label_smoothing}: expected a number "
-                             "in [0, 1)")
-        if self.augment not in augment_lib.AUGMENTATIONS:
-            raise ValueError(f"--augment={self.augment}: expected one of "
-                             f"{', '.join(augment_lib.AUGMENTATIONS)}")
         if self.model not in registry.MODELS:
-            raise ValueError(f"--model={self.model!r} is not a known model: expected one of "
-                             f"{', '.join(sorted(registry.MODELS))}")
+            raise ParameterError("model", "not a known model: expected one of "
+                                 f"{', '.join(sorted(registry.MODELS))}", repr(self.model))
+        spec = self.spec
+        if self.models_at_once is None:  # resolved here: the one owner of this default
+            object.__setattr__(self, "models_at_once",
+                               1 if spec.trainer == "single" else DEFAULT_MODELS_AT_ONCE)
+        for name in ("model_width", "learning_rate", "momentum", "weight_decay",
+                     "warmup_epochs", "label_smoothing"):
+            value = getattr(self, name)
+            if not math.isfinite(value):
+                raise ParameterError(name, "expected a finite number", value)
+        for name in ("epochs", "batch_size", "learning_rate", "models_at_once"):
+            value = getattr(self, name)
+            if not value > 0:
+                raise ParameterError(name, "expected a positive number", value)
+        if self.models_at_once != 1 and spec.trainer == "single":
+            raise ParameterError("models_at_once", f"model={self.model} trains one run per "
+                                 "program; leave models_at_once out or give 1",
+                                 self.models_at_once)
+        if self.concurrent_programs < 0:
+            raise ParameterError("concurrent_programs", "expected 0 (auto) or a positive "
+                                 "number", self.concurrent_programs)
+        if self.concurrent_programs > 1 and spec.trainer != "ensemble":
+            raise ParameterError("concurrent_programs", "only the K-at-once small models "
+                                 "(mlp, cnn) train programs side by side; "
+                                 f"model={self.model} takes 0 or 1", self.concurrent_programs)
+        if self.chunk_models < 0 or 0 < self.chunk_models < MIN_CHUNK_MODELS:
+            raise ParameterError("chunk_models", "expected 0 (automatic) or at least "
+                                 f"{MIN_CHUNK_MODELS}", self.chunk_models)
+        if self.chunk_models and spec.trainer != "ensemble":
+            raise ParameterError("chunk_models", "only the K-at-once small models (mlp, cnn) "
+                                 f"train in chunks; model={self.model} takes 0",
+                                 self.chunk_models)
+        if not 0.0 <= self.momentum < 1.0:
+            raise ParameterError("momentum", "expected a number in [0, 1)", self.momentum)
+        if self.weight_decay < 0:
+            raise ParameterError("weight_decay", "expected >= 0", self.weight_decay)
+        if self.warmup_epochs < 0 or self.warmup_epochs > self.epochs:
+            raise ParameterError("warmup_epochs", f"expected a number in [0, epochs="
+                                 f"{self.epochs}]", self.warmup_epochs)
+        if self.lr_schedule not in ALL_LR_SCHEDULES:
+            raise ParameterError("lr_schedule", "expected one of "
+                                 f"{', '.join(ALL_LR_SCHEDULES)}", repr(self.lr_schedule))
+        if self.checkpoint_every < 0:
+            raise ParameterError("checkpoint_every", "expected >= 0", self.checkpoint_every)
+        if not 0.0 <= self.label_smoothing < 1.0:
+            raise ParameterError("label_smoothing", "expected a number in [0, 1)",
+                                 self.label_smoothing)
+        if self.augment not in AUGMENTATIONS:
+            raise ParameterError("augment", f"expected one of {', '.join(AUGMENTATIONS)}",
+                                 self.augment)
         if not self.model_width > 0:
-            raise ValueError(f"--model_width={self.model_width}: expected a positive number")
-        if self.model == "resnet50" and self.model_width != 1.0:
-            raise ValueError(f"--model_width={self.model_width}: resnet50 has only the "
-                             "published width 1")
+            raise ParameterError("model_width", "expected a positive number",
+                                 self.model_width)
+        if not spec.has_widths and self.model_width != 1.0:
+            raise ParameterError("model_width", f"{self.model} has only the published "
+                                 "width 1", self.model_width)
         if self.precision not in PRECISIONS:
-            raise ValueError(f"--precision={self.precision}: expected one of "
-                             f"{', '.join(PRECISIONS)}")
+            raise ParameterError("precision", f"expected one of {', '.join(PRECISIONS)}",
+                                 self.precision)
         ensemble_models = sorted(n for n, s in registry.MODELS.items() if s.trainer == "ensemble")
-        if self.spec.trainer == "ensemble" and self.precision != "float32":
-            raise ValueError(f"--precision={self.precision}: the K-at-once models "
-                             f"({', '.join(ensemble_models)}) train in float32; "
-                             "mixed precision is for small_inception, resnet50 and airbench")
-        if self.spec.trainer == "ensemble" and self.test_time_flip:
-            raise ValueError(f"--test_time_flip: only for image models (small_inception, "
-                             f"resnet50, airbench), not --model={self.model}")
+        if spec.trainer == "ensemble" and self.precision != "float32":
+            raise ParameterError("precision", f"the K-at-once models "
+                                 f"({', '.join(ensemble_models)}) train in float32; mixed "
+                                 "precision is for small_inception, resnet50 and airbench",
+                                 self.precision)
+        if spec.trainer == "ensemble" and self.test_time_flip:
+            raise ParameterError("test_time_flip", "only for image models (small_inception, "
+                                 f"resnet50, airbench), not model={self.model}")
 
     @property
     def spec(self) -> registry.ModelSpec:
@@ -164,3 +202,19 @@ class TrainConfig:
     def one_model_at_a_time(self) -> bool:
         """Whether the model trains one run per program."""
         return self.spec.trainer == "single"
+
+
+def check_streamable(config: TrainConfig) -> None:
+    """Refuses settings that cannot apply to runs trained on streamed records
+    (`heldout.training.streaming`): models trained K at once, and ``augment`` (the
+    streamed pipeline has its own, published, augmentation).
+
+    Raises:
+        ParameterError: naming ``model`` or ``augment``.
+    """
+    if config.spec.trainer != "single":
+        raise ParameterError("model", "streamed training is for the models trained one at "
+                             "a time (small_inception, resnet50)", config.model)
+    if config.augment != "none":
+        raise ParameterError("augment", "streamed training applies the published "
+                             "random-resized crop and flip; use augment=none", config.augment)

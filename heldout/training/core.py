@@ -62,6 +62,7 @@ import tensorflow as tf
 
 from heldout.data import augment as augment_lib
 from heldout.data.dataset import Dataset
+from heldout.errors import ParameterError
 from heldout.models.predict import Predictions, predict_in_chunks
 from heldout.training import losses as losses_lib
 from heldout.training.config import COMPUTE_DTYPES, TRIANGLE_END, TRIANGLE_START, TrainConfig
@@ -205,6 +206,7 @@ class Trainer:
     reports_flip_accuracy = False  # also report flip-averaged test accuracy per run
     keep_float32: tuple[type, ...] = (snt.BaseBatchNorm,)  # modules kept float32 (mixed)
     default_eval_batch_size = 512
+    takes_example_weights = True  # trains with per-example loss weights (SPEC §11)
 
     def __init__(self, dataset: Dataset, config: TrainConfig,
                  eval_batch_size: int | None = None):
@@ -264,6 +266,7 @@ class Trainer:
                                      reduce_retracing=True, autograph=False)
             self._train_epoch = tf.function(self._train_epoch_eager, reduce_retracing=True,
                                             autograph=False)
+        self._one_step = None  # `step_program`, compiled when first asked for
         self._logits = tf.function(self._logits_eager, jit_compile=config.xla,
                                    autograph=False)
         self._logits_with_flip = tf.function(self._logits_with_flip_eager,
@@ -334,7 +337,8 @@ class Trainer:
     def train(self, subsets: Sequence[np.ndarray], init_seeds: Sequence[np.random.SeedSequence],
               order_seeds: Sequence[np.random.SeedSequence], save_logits: bool = False,
               export_models: bool = False, steps_per_epoch: Sequence[int] | None = None,
-              on_epoch: Callable[[int], None] | None = None) -> list[TrainedRun]:
+              on_epoch: Callable[[int], None] | None = None,
+              example_weights: Sequence[np.ndarray] | None = None) -> list[TrainedRun]:
         """Trains one group of up to K runs and predicts on both splits.
 
         Args:
@@ -348,16 +352,23 @@ class Trainer:
                 visit its subset once (`steps_per_epoch(len(subset))`). Designs that
                 compare subsets of different sizes at equal steps set it.
             on_epoch: called with the number of optimizer steps after every epoch.
+            example_weights: per run, a float loss weight per training example
+                ``[num_train]`` (SPEC §11: 1 in, 0 dropped, in the same batch slots);
+                None: all 1. Seeds, initial weights, batch order and augmentation do not
+                depend on them.
 
         Returns:
             One `TrainedRun` per given subset, in order.
 
         Raises:
             ValueError: no runs, or more than K.
+            ParameterError: `example_weights` of the wrong shape, not finite, or given
+                to a trainer that does not take them.
         """
         num_runs = len(subsets)
         if not 0 < num_runs <= self.num_models:
             raise ValueError(f"a group holds 1 to {self.num_models} runs, got {num_runs}")
+        weights = self._example_weights(example_weights, num_runs)
         config = self.config
         padding = self.num_models - num_runs
         subsets = list(subsets) + [subsets[-1]] * padding
@@ -375,7 +386,7 @@ class Trainer:
             steps[:num_runs] = steps_per_epoch
             steps[num_runs:] = steps[num_runs - 1]
         warmup_steps = np.round(config.warmup_epochs * steps).astype(np.int32)
-        phases = self._flip_phases(augment_seeds)
+        phases = self.flip_phases(augment_seeds)
         # Every model takes a step at every step of the group: the program skips masking.
         all_active = bool((steps == steps.max()).all())
         snapshots: list[list[Snapshot]] = [[] for _ in range(num_runs)]
@@ -395,7 +406,8 @@ class Trainer:
             batches = _epoch_batches(subsets, order_rngs, int(steps.max()), config.batch_size)
             self._train_epoch(tf.constant(batches), tf.constant(epoch, tf.int32),
                               tf.constant(steps), tf.constant(warmup_steps),
-                              tf.constant(augment_seeds), phases, all_active)
+                              tf.constant(augment_seeds), phases, all_active,
+                              **({} if weights is None else {"example_weights": weights}))
             if export_models and _snapshot_due(config, epoch):
                 for k in range(num_runs):
                     snapshots[k].append(Snapshot(epoch + 1, int(steps[k]) * (epoch + 1),
@@ -412,6 +424,25 @@ class Trainer:
             test_accuracy_tta=None if flip_accuracy is None else flip_accuracy[k],
             final_learning_rate=stretch_rate(k, config.epochs),
         ) for k in range(num_runs)]
+
+    def _example_weights(self, example_weights: Sequence[np.ndarray] | None,
+                         num_runs: int) -> tf.Tensor | None:
+        """The group's per-example loss weights ``float32 [K, num_train]`` (padded like
+        the runs; all 1 when none are given), or None for a trainer that takes none."""
+        num_train = self.dataset.num_train
+        if not self.takes_example_weights:
+            if example_weights is not None:
+                raise ParameterError("example_weights", f"{type(self).__name__} trains "
+                                     "without per-example loss weights")
+            return None
+        if example_weights is None:
+            return tf.ones([self.num_models, num_train], tf.float32)
+        weights = np.asarray(example_weights, np.float32)
+        if weights.shape != (num_runs, num_train) or not np.isfinite(weights).all():
+            raise ParameterError("example_weights", f"expected finite weights [{num_runs}, "
+                                 f"{num_train}], got shape {weights.shape}")
+        padding = np.repeat(weights[-1:], self.num_models - num_runs, axis=0)
+        return tf.constant(np.concatenate([weights, padding]))
 
     def steps_per_epoch(self, subset_size: int) -> int:
         """Optimizer steps per epoch of a run that trains on `subset_size` examples."""
@@ -436,7 +467,7 @@ class Trainer:
         test = flipped if self.config.test_time_flip else plain
         return train, test, [float(p.correctness.mean()) for p in flipped]
 
-    def _flip_phases(self, augment_seeds: np.ndarray) -> tf.Tensor | None:
+    def flip_phases(self, augment_seeds: np.ndarray) -> tf.Tensor | None:
         """Per model, the alternating-flip phase of every training example ``[K, n]``."""
         if self.config.augment not in augment_lib.ALTERNATING:
             return None
@@ -462,25 +493,29 @@ class Trainer:
     def _train_epoch_eager(self, batches: tf.Tensor, epoch: tf.Tensor,
                            steps_per_epoch: tf.Tensor, warmup_steps: tf.Tensor,
                            augment_seeds: tf.Tensor, phases: tf.Tensor | None,
-                           all_active: bool = False) -> None:
+                           all_active: bool = False,
+                           example_weights: tf.Tensor | None = None) -> None:
         """One epoch over ``batches[steps, K, batch_size]`` of training indices.
 
         With `all_active` (every model takes every step) the steps skip the masks that
         keep idle models unchanged: the same numbers, less memory traffic.
+        `example_weights` ``[K, num_train]``: each model's per-example loss weights
+        (`_losses`; None: unweighted).
         """
         if self.chunk_models == self.num_models:
             _repeat(tf.shape(batches)[0], lambda i: self._step(
                 batches[i], i, epoch, steps_per_epoch, warmup_steps, augment_seeds, phases,
-                all_active))
+                all_active, example_weights))
         else:
             self._train_epoch_in_chunks(batches, epoch, steps_per_epoch, warmup_steps,
-                                        augment_seeds, phases, all_active)
+                                        augment_seeds, phases, all_active, example_weights)
         self._after_epoch()
 
     def _train_epoch_in_chunks(self, batches: tf.Tensor, epoch: tf.Tensor,
                                steps_per_epoch: tf.Tensor, warmup_steps: tf.Tensor,
                                augment_seeds: tf.Tensor, phases: tf.Tensor | None,
-                               all_active: bool) -> None:
+                               all_active: bool, example_weights: tf.Tensor | None = None
+                               ) -> None:
         """The epoch of `_train_epoch_eager` for K / M chunks of M models in turn.
 
         Each chunk's weights and velocities are loaded into the step model, trained for
@@ -503,9 +538,11 @@ class Trainer:
             chunk_warmup = tf.gather(warmup_steps, rows)
             chunk_seeds = tf.gather(augment_seeds, rows)
             chunk_phases = None if phases is None else tf.gather(phases, rows)
+            chunk_weights = None if example_weights is None else tf.gather(
+                example_weights, rows)
             _repeat(tf.shape(batches)[0], lambda i: self._step(
                 chunk_batches[i], i, epoch, chunk_steps, chunk_warmup, chunk_seeds,
-                chunk_phases, all_active))
+                chunk_phases, all_active, chunk_weights))
             for target, source in zip(self._variables + self._velocity,
                                       self._step_variables + self._step_velocity,
                                       strict=True):
@@ -516,22 +553,36 @@ class Trainer:
     def _train_step_eager(self, indices: tf.Tensor, i: tf.Tensor, epoch: tf.Tensor,
                           steps_per_epoch: tf.Tensor, warmup_steps: tf.Tensor,
                           augment_seeds: tf.Tensor, phases: tf.Tensor | None,
-                          all_active: bool = False) -> None:
+                          all_active: bool = False,
+                          example_weights: tf.Tensor | None = None) -> None:
         """Step `i` of `epoch` on training indices ``[K, batch_size]``."""
+        images, labels = self.batch_inputs(indices, i, epoch, steps_per_epoch,
+                                           augment_seeds, phases)
+        weights = None if example_weights is None else tf.gather(
+            example_weights, indices, batch_dims=1)
+        self._train_step_on_batch(images, labels, i, epoch, steps_per_epoch, warmup_steps,
+                                  all_active, weights)
+
+    def batch_inputs(self, indices: tf.Tensor, i: tf.Tensor, epoch: tf.Tensor,
+                     steps_per_epoch: tf.Tensor, augment_seeds: tf.Tensor,
+                     phases: tf.Tensor | None) -> tuple[tf.Tensor, tf.Tensor]:
+        """Images (augmented as step `i` of `epoch` draws them) and int labels of the
+        training indices ``[K, batch_size]``: what an optimizer step trains on."""
         images = tf.gather(self._x_train, indices)
         labels = tf.gather(self._y_train, indices)
         if self.config.augment != "none":
             step = epoch * steps_per_epoch + i  # [K], 0-based
             images = self._augment(images, indices, step, epoch, augment_seeds, phases)
-        self._train_step_on_batch(images, labels, i, epoch, steps_per_epoch, warmup_steps,
-                                  all_active)
+        return images, labels
 
     def _train_step_on_batch(self, images: tf.Tensor, labels: tf.Tensor, i: tf.Tensor,
                              epoch: tf.Tensor, steps_per_epoch: tf.Tensor,
-                             warmup_steps: tf.Tensor, all_active: bool = False) -> None:
+                             warmup_steps: tf.Tensor, all_active: bool = False,
+                             weights: tf.Tensor | None = None) -> None:
         """Step `i` of `epoch` on a batch already gathered (and augmented): images
         ``[K, batch_size, ...]`` and int labels ``[K, batch_size]`` (streamed training
-        feeds batches here directly)."""
+        feeds batches here directly), per-example loss weights ``[K, batch_size]`` or
+        None."""
         config = self.config
         total_steps = steps_per_epoch * config.epochs
         step = epoch * steps_per_epoch + i  # [K], 0-based
@@ -542,7 +593,7 @@ class Trainer:
                                    self.keep_float32) as dtype:
                 logits = self._apply(tf.cast(images, dtype), is_training=True,
                                      model=self._step_model)
-            losses = self._losses(tf.cast(logits, tf.float32), labels)  # [K]
+            losses = self._losses(tf.cast(logits, tf.float32), labels, weights)  # [K]
             loss = self._loss_scale.scale_loss(losses)
         grads, finite = self._loss_scale.unscale(tape.gradient(loss, self._step_variables),
                                                  model_axis=self.model_axis)
@@ -565,16 +616,104 @@ class Trainer:
                           keep=None if keep is None else _per_model(keep, variable))
         self._after_step(step, active, epoch, total_steps)
 
-    def _losses(self, logits: tf.Tensor, labels: tf.Tensor) -> tf.Tensor:
-        """Each model's loss ``[K]`` from logits ``[K, batch, classes]`` and labels."""
+    def parameter_step(self, parameters: Sequence[tf.Tensor], velocities: Sequence[tf.Tensor],
+                       images: tf.Tensor, labels: tf.Tensor, weights: tf.Tensor,
+                       step: tf.Tensor, total_steps: tf.Tensor, warmup_steps: tf.Tensor
+                       ) -> tuple[list[tf.Tensor], list[tf.Tensor]]:
+        """One optimizer step of the group's K models as a pure function of tensors.
+
+        The step `_train_step_on_batch` takes, from the same pieces (`_apply`, `_losses`
+        with the per-example `weights`, `learning_rate_at`, the variable rules and
+        `momentum_update`), on values standing in for the trainable variables
+        (`substituted_variables`) instead of the variables themselves, so it can be
+        differentiated with respect to the weights, parameters and velocities (the
+        metagradients of `heldout.attribution.metagradient`). Float32 or float64 values;
+        no loss scaling, moving statistics or idle models (trainers with these are not
+        differentiated).
+
+        Args:
+            parameters, velocities: per trainable variable (in the order of
+                ``model.trainable_variables``) its values ``[K, ...]`` and momenta.
+            images: ``[K|1, batch, ...]`` already gathered and augmented (`batch_inputs`).
+            labels, weights: ``[K, batch]``.
+            step, total_steps, warmup_steps: 0-based optimizer step and the run's totals.
+
+        Returns:
+            The parameters and velocities after the step.
+        """
+        config = self.config
+        with tf.GradientTape() as tape:
+            tape.watch(parameters)
+            with substituted_variables(self._variables, parameters):
+                logits = self._apply(tf.cast(images, parameters[0].dtype), is_training=True)
+            loss = tf.reduce_sum(self._losses(logits, labels, weights))
+        grads = tape.gradient(loss, list(parameters))
+        lr = tf.cast(learning_rate_at(step, total_steps, warmup_steps, config.learning_rate,
+                                      config.lr_schedule), parameters[0].dtype)
+        new_parameters, new_velocities = [], []
+        for index, (value, velocity, grad) in enumerate(
+                zip(parameters, velocities, grads, strict=True)):
+            scale = self._rate_scales[index]
+            value, velocity = momentum_update(
+                value, velocity, grad, rate=lr * scale if scale != 1.0 else lr,
+                decay=self._decays[index], momentum=config.momentum,
+                nesterov=config.nesterov)
+            new_parameters.append(value)
+            new_velocities.append(velocity)
+        return new_parameters, new_velocities
+
+    def initial_parameters(self, subset: np.ndarray,
+                           init_seed: np.random.SeedSequence) -> list[np.ndarray]:
+        """A run's initial weights, per trainable variable ``[1, ...]`` (model 0 of a
+        group all of whose models are that run)."""
+        self._initialize([subset] * self.num_models, [init_seed] * self.num_models)
+        return [v.numpy()[:1] for v in self._variables]
+
+    def step_program(self) -> Callable[..., None]:
+        """The trainer's own optimizer step (`_train_step_eager`: indices ``[K, batch]``,
+        step in epoch, epoch, steps per epoch ``[K]``, warm-up steps ``[K]``, augmentation
+        seeds ``[K, 2]``, flip phases, all-active, example weights ``[K, num_train]``) as
+        a program of one step on the variables, compiled like `_train_epoch`'s. Stepped
+        one at a time it reproduces `train` bit for bit (the metagradient engine replays
+        runs with it)."""
+        if self._one_step is None:
+            self._one_step = tf.function(self._train_step_eager, jit_compile=self.config.xla,
+                                         reduce_retracing=True, autograph=False)
+        return self._one_step
+
+    def load_state(self, parameters: Sequence[tf.Tensor], velocities: Sequence[tf.Tensor]
+                   ) -> None:
+        """Sets every model of the group to one state: per trainable variable its values
+        and momenta ``[1, ...]``."""
+        for variable, value in zip(self._variables + self._velocity,
+                                   list(parameters) + list(velocities), strict=True):
+            variable.assign(tf.broadcast_to(value, variable.shape))
+
+    def model_state(self, k: int = 0) -> tuple[list[tf.Tensor], list[tf.Tensor]]:
+        """Copies of model k's parameters and velocities, per variable ``[1, ...]``."""
+        return ([tf.identity(v[k:k + 1]) for v in self._variables],
+                [tf.identity(v[k:k + 1]) for v in self._velocity])
+
+    def _losses(self, logits: tf.Tensor, labels: tf.Tensor,
+                weights: tf.Tensor | None = None) -> tf.Tensor:
+        """Each model's loss ``[K]`` from logits ``[K, batch, classes]`` and labels.
+
+        With `weights` ``[K, batch]`` (per-example loss weights, SPEC §11) each example's
+        loss is multiplied by its weight before the reduction, and the mean still divides
+        by the batch's slot count, as with all weights 1: a weight of 0 removes the
+        example's gradient and leaves every other example's as it was (dividing by the
+        sum of weights instead would rescale the others' and couple all weights).
+        """
         smoothing = self.config.label_smoothing
         if smoothing:
             num_classes = logits.shape[-1]
-            targets = tf.one_hot(labels, num_classes) * (1.0 - smoothing) + \
-                smoothing / num_classes
+            targets = tf.one_hot(labels, num_classes, dtype=logits.dtype) * (
+                1.0 - smoothing) + smoothing / num_classes
             losses = losses_lib.cross_entropy(targets, logits)
         else:
             losses = losses_lib.sparse_cross_entropy(labels, logits)
+        if weights is not None:
+            losses = losses * tf.cast(weights, losses.dtype)
         if self.loss_reduction == "sum":
             return tf.reduce_sum(losses, axis=1)
         return tf.reduce_mean(losses, axis=1)
@@ -596,6 +735,31 @@ class Trainer:
             return tf.stack([one(*(part[k] for part in parts))
                              for k in range(images.shape[0])])
         return tf.map_fn(lambda part: one(*part), parts, fn_output_signature=images.dtype)
+
+
+@contextlib.contextmanager
+def substituted_variables(variables: Sequence[tf.Variable], values: Sequence[tf.Tensor]
+                          ) -> Iterator[None]:
+    """While active, Sonnet modules read `values` in place of their `variables`
+    (a `snt.custom_variable_getter`): a module applied as a pure function of tensors,
+    as `Trainer.parameter_step` differentiates it."""
+    by_variable = {v.ref(): value for v, value in zip(variables, values, strict=True)}
+
+    def getter(variable: tf.Variable) -> tf.Tensor:
+        return by_variable.get(variable.ref(), variable)
+
+    with snt.custom_variable_getter(getter):
+        yield
+
+
+def run_batches(subset: np.ndarray, order_seed: np.random.SeedSequence, epochs: int,
+                steps_per_epoch: int, batch_size: int) -> np.ndarray:
+    """Training indices ``[epochs, steps_per_epoch, batch_size]`` of every step of one
+    run: the batches `Trainer.train` draws for it (`_epoch_batches`), whatever group it
+    trains in."""
+    rng = np.random.default_rng(order_seed)
+    return np.stack([_epoch_batches([subset], [rng], steps_per_epoch, batch_size)[:, 0]
+                     for _ in range(epochs)])
 
 
 def _repeat(count: tf.Tensor, body: Callable[[tf.Tensor], None]) -> None:
@@ -621,16 +785,26 @@ def momentum_step(variable: tf.Variable, velocity: tf.Variable, grad: tf.Tensor,
     Args:
         rate, keep: learning rate and bool, broadcastable to the variable (``[K, 1, ...]``).
     """
+    new_variable, new_velocity = momentum_update(variable, velocity, grad, rate, decay,
+                                                 momentum, nesterov)
+    if keep is None:
+        velocity.assign(new_velocity)
+        variable.assign(new_variable)
+    else:
+        velocity.assign(tf.where(keep, new_velocity, velocity))
+        variable.assign(tf.where(keep, new_variable, variable))
+
+
+def momentum_update(variable: tf.Tensor, velocity: tf.Tensor, grad: tf.Tensor,
+                    rate: tf.Tensor, decay: float, momentum: float, nesterov: bool
+                    ) -> tuple[tf.Tensor, tf.Tensor]:
+    """The values `momentum_step` assigns: ``(new variable, new velocity)``, a pure
+    function (what the metagradient engine differentiates, `heldout.attribution`)."""
     if decay:
         grad = grad + decay * variable
     new_velocity = momentum * velocity + grad
     update = grad + momentum * new_velocity if nesterov else new_velocity
-    if keep is None:
-        velocity.assign(new_velocity)
-        variable.assign(variable - rate * update)
-    else:
-        velocity.assign(tf.where(keep, new_velocity, velocity))
-        variable.assign(tf.where(keep, variable - rate * update, variable))
+    return variable - rate * update, new_velocity
 
 
 def _per_model(values: tf.Tensor, variable: tf.Variable) -> tf.Tensor:

@@ -11,16 +11,19 @@ from __future__ import annotations
 import concurrent.futures
 import contextlib
 import dataclasses
+import functools
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 import numpy as np
 import tensorflow as tf
 
 from heldout.data import sources as data_lib
 from heldout.data.imagenet import StreamingData
+from heldout.errors import ParameterError
 from heldout.progress import Progress
-from heldout.store import coordination, files
+from heldout.store import coordination, files, records
 from heldout.store import designs as subsets_lib
 from heldout.store import experiment_info as info_lib
 from heldout.store import layout as layout_lib
@@ -68,8 +71,8 @@ def train_experiment(experiment_dir: str, dataset: str, config: training.TrainCo
                      targets: targets_lib.TargetSet | None = None,
                      data: data_lib.Dataset | StreamingData | None = None,
                      claim_runs: bool = True,
-                     lease_seconds: float = 600.0, settle_seconds: float = 1.0
-                     ) -> TrainSummary:
+                     lease_seconds: float = coordination.DEFAULT_LEASE_SECONDS,
+                     settle_seconds: float = 1.0) -> TrainSummary:
     """Trains every run of `run_ids` that is not yet complete in `experiment_dir`.
 
     Args:
@@ -101,7 +104,9 @@ def train_experiment(experiment_dir: str, dataset: str, config: training.TrainCo
     Settings: the first call records `dataset`, `seed`, `config` (without speed-only
     fields) and a fingerprint of the data in ``experiment.json`` (create-if-absent, read
     back and compared, so of racing workers with different settings exactly one
-    proceeds); every later call compares. A directory with runs but no
+    proceeds); every later call compares. A first attempt that fails before any run of
+    the directory is written (a refused setting, every run diverged) takes its record
+    back, so the corrected command is not refused. A directory with runs but no
     ``experiment.json`` (released runs) is refused: their settings are unknown.
 
     Returns:
@@ -119,13 +124,13 @@ def train_experiment(experiment_dir: str, dataset: str, config: training.TrainCo
     subset = subsets_lib.design_name(subset)
     if subset.startswith(subsets_lib.DROP_PREFIX):
         if targets is None or targets.drop_subset != subset:
-            raise ValueError(f"--subset={subset}: needs its target set "
-                             "(--target_indices or --targets)")
-    settings = {"dataset": dataset, "seed": seed, "train_config": {
+            raise ParameterError("targets", f"subset={subset} needs its target set "
+                                 "(target_indices or targets)")
+    settings = info_lib.ExperimentInfo(dataset, seed, {
         key: value for key, value in dataclasses.asdict(config).items()
-        if key not in _SPEED_ONLY_SETTINGS}}
+        if key not in _SPEED_ONLY_SETTINGS})
     stored = info_lib.read_experiment_info(experiment_dir)
-    if not stored and runs_lib.list_subsets(experiment_dir):
+    if stored is None and runs_lib.list_subsets(experiment_dir):
         raise ValueError(f"experiment_dir={experiment_dir} holds runs but no "
                          f"{EXPERIMENT_INFO_FILENAME}, so their settings are unknown (released "
                          "runs can be read, not added to); train into a new experiment_dir")
@@ -135,69 +140,145 @@ def train_experiment(experiment_dir: str, dataset: str, config: training.TrainCo
         fingerprint = info_lib.check_data(experiment_dir, data)  # also with nothing to train
     complete = set(runs_lib.list_runs(experiment_dir, subset)[0])
     todo = [r for r in run_ids if r not in complete]
-    already = tuple(r for r in run_ids if r in complete)  # grows if others finish runs
+    already = tuple(r for r in run_ids if r in complete)
     if not todo:
         return TrainSummary(experiment_dir, subset, (), already, float("nan"),
                             time.time() - start)
 
     data = data or data_lib.load_dataset(dataset, data_dir=data_dir)
-    dropped = targets.indices if subset.startswith(subsets_lib.DROP_PREFIX) else None
     streamed = isinstance(data, StreamingData)
-    settings["data"] = (data.fingerprint() if streamed
-                        else fingerprint or info_lib.data_fingerprint(data))
-    info_lib.save_experiment_info(experiment_dir, settings, settle_seconds)
-    # Always the full K: every group, padded if short, runs the same compiled program, so
-    # a run's numbers do not depend on how many runs were left to train with it.
-    trainer = streaming.StreamingTrainer(data, config) if streamed else make_trainer(data, config)
-    group_size = trainer.num_models
-    claims = (coordination.Claims.for_subset(experiment_dir, subset,
-                                             lease_seconds=lease_seconds,
-                                             settle_seconds=settle_seconds)
-              if claim_runs else None)
-    accuracies, trained, claimed_elsewhere = [], [], []
-    pending = list(todo)
-    bar = Progress(len(todo), "training", enabled=progress)
+    settings = dataclasses.replace(settings, data=data.fingerprint() if streamed
+                                   else fingerprint or info_lib.data_fingerprint(data))
+    created = info_lib.record_experiment_info(experiment_dir, settings, settle_seconds)
+    try:
+        # Always the full K: every group, padded if short, runs the same compiled program,
+        # so a run's numbers do not depend on how many runs were left to train with it.
+        trainer = (streaming.StreamingTrainer(data, config) if streamed
+                   else make_trainer(data, config))
+        claims = (coordination.Claims.for_subset(experiment_dir, subset,
+                                                 lease_seconds=lease_seconds,
+                                                 settle_seconds=settle_seconds)
+                  if claim_runs else None)
+        queue = _RunQueue(experiment_dir, subset, todo, trainer.num_models, claims)
+        bar = Progress(len(todo), "training", enabled=progress)
+        with (concurrent.futures.ThreadPoolExecutor(_writer_threads(experiment_dir)) as threads,
+              claims.heartbeat() if claims else contextlib.nullcontext()):
+            writer = _RunWriter(experiment_dir, subset, settings, threads, settle_seconds)
+            group = _GroupTrainer(trainer, data, config, subset, seed, targets,
+                                  save_checkpoints, save_logits, bar)
+            written = _train_groups(queue, group, writer)
+        bar.close()
+    except BaseException:
+        if created and not runs_lib.list_subsets(experiment_dir):
+            # A failed first attempt (refused, or every run diverged) takes its record
+            # back, so the corrected command is not refused for these settings.
+            info_lib.remove_experiment_info(experiment_dir)
+        raise
+    return TrainSummary(experiment_dir, subset, tuple(written), already + tuple(queue.finished),
+                        float(np.mean(list(written.values()))) if written else float("nan"),
+                        time.time() - start, tuple(queue.claimed_elsewhere),
+                        queue.still_claimed())
 
-    def next_group() -> list[int]:
+
+class _RunQueue:
+    """The runs of one subset still to train, handed out group by group: each group
+    claimed (when there are claims) and free of runs other workers hold or finished.
+
+    Only the claimer thread calls `next_group` while training runs, and the queue's
+    lists are read when it is done (`_train_groups` waits for it).
+    """
+
+    def __init__(self, experiment_dir: str, subset: str, run_ids: Sequence[int],
+                 group_size: int, claims: coordination.Claims | None):
+        self.experiment_dir, self.subset = experiment_dir, subset
+        self.pending = list(run_ids)
+        self.group_size = group_size
+        self.claims = claims
+        self.finished: list[int] = []  # completed by other workers since the first listing
+        self.claimed_elsewhere: list[int] = []  # skipped: another worker held their claim
+
+    def next_group(self) -> list[int]:
         """Claims the next group of runs nobody else holds or finished (up to K)."""
-        nonlocal pending, already
         group = []
-        while pending and len(group) < group_size:
-            batch, pending = (pending[:group_size - len(group)],
-                              pending[group_size - len(group):])
-            complete = set(runs_lib.list_runs(experiment_dir, subset)[0])
-            batch = [r for r in batch if r not in complete]
-            won = claims.claim(batch) if claims else batch
-            claimed_elsewhere.extend(r for r in batch if r not in won)
-            if claims and won:
+        while self.pending and len(group) < self.group_size:
+            wanted = self.group_size - len(group)
+            batch, self.pending = self.pending[:wanted], self.pending[wanted:]
+            batch = [r for r in batch if r not in self._complete()]
+            won = self.claims.claim(batch) if self.claims else batch
+            self.claimed_elsewhere.extend(r for r in batch if r not in won)
+            if self.claims and won:
                 # A worker writes a run before releasing its claim, so a run finished
                 # between the listing above and our claim shows up complete now.
-                complete = set(runs_lib.list_runs(experiment_dir, subset)[0])
+                complete = self._complete()
                 finished = [r for r in won if r in complete]
-                claims.release(finished)
-                already += tuple(finished)
+                self.claims.release(finished)
+                self.finished += finished
                 won = [r for r in won if r not in complete]
                 for run_id in won:  # ours alone now: what a killed writer left goes
-                    runs_lib.remove_leftovers(runs_lib.run_dir(experiment_dir, subset, run_id))
+                    runs_lib.remove_leftovers(
+                        runs_lib.run_dir(self.experiment_dir, self.subset, run_id))
             group += won
         return group
 
-    def finish(group: list[int], written: _WrittenGroup) -> None:
-        """Waits for a group's writes, counts its runs, and releases its claims."""
-        try:
-            done = written.wait()
-            accuracies.extend(done.values())
-            trained.extend(done)
-        finally:
-            if claims:
-                claims.release(group)
+    def release(self, group: Sequence[int]) -> None:
+        """Gives up the claims of `group` (trained and written, or abandoned)."""
+        if self.claims:
+            self.claims.release(group)
 
-    # The pipeline: while group g trains (TensorFlow, without the GIL), a thread claims
-    # group g + 1 (the claims' settle wait) and the writers write group g - 1.
-    with (concurrent.futures.ThreadPoolExecutor(_writer_threads(experiment_dir)) as writers,
-          concurrent.futures.ThreadPoolExecutor(1) as claimer,
-          claims.heartbeat() if claims else contextlib.nullcontext()):
-        upcoming = claimer.submit(next_group)
+    def still_claimed(self) -> tuple[int, ...]:
+        """Runs skipped for other workers' claims and still not complete."""
+        if not self.claimed_elsewhere:
+            return ()
+        return tuple(sorted(set(self.claimed_elsewhere) - self._complete()))
+
+    def _complete(self) -> set[int]:
+        return set(runs_lib.list_runs(self.experiment_dir, self.subset)[0])
+
+
+class _RunWriter:
+    """Writes trained runs on writer threads. Before the first run it writes it records
+    the experiment's settings again (created if absent, else compared): a worker whose
+    record a failed first attempt of another took back still writes no run without one."""
+
+    def __init__(self, experiment_dir: str, subset: str, settings: info_lib.ExperimentInfo,
+                 threads: concurrent.futures.Executor, settle_seconds: float):
+        self.experiment_dir, self.subset = experiment_dir, subset
+        self.settings = settings
+        self.threads = threads
+        self.settle_seconds = settle_seconds
+        self.recorded = False
+
+    def submit(self, runs: Sequence[_TrainedRun], diverged: Mapping[int, int],
+               learning_rate: float) -> _WrittenGroup:
+        """Hands `runs` to the writer threads; returns the writes in flight."""
+        if runs and not self.recorded:
+            info_lib.record_experiment_info(self.experiment_dir, self.settings,
+                                            self.settle_seconds)
+            self.recorded = True
+        pending = [(run.run_id, run.test_accuracy, self.threads.submit(
+            runs_lib.save_run, runs_lib.run_dir(self.experiment_dir, self.subset, run.run_id),
+            run.arrays, run.record.with_settings(self.settings.to_json()),
+            checkpoints=run.checkpoints))
+            for run in runs]
+        return _WrittenGroup(pending, dict(diverged), self.experiment_dir, self.subset,
+                             learning_rate)
+
+
+def _train_groups(queue: _RunQueue, group_trainer: _GroupTrainer, writer: _RunWriter
+                  ) -> dict[int, float]:
+    """The group loop: while group g trains (TensorFlow, without the GIL), a thread
+    claims group g + 1 (the claims' settle wait) and the writers write group g - 1.
+
+    Returns:
+        Run id -> test accuracy of the runs this worker wrote.
+
+    Raises:
+        NonFiniteRunError: after the group with diverged runs is written (no later group
+            is trained).
+    """
+    written: dict[int, float] = {}
+    with concurrent.futures.ThreadPoolExecutor(1) as claimer:
+        upcoming = claimer.submit(queue.next_group)
         previous: tuple[list[int], _WrittenGroup] | None = None
         try:
             while True:
@@ -205,38 +286,36 @@ def train_experiment(experiment_dir: str, dataset: str, config: training.TrainCo
                 upcoming = None
                 if not group:
                     break
-                upcoming = claimer.submit(next_group)
+                upcoming = claimer.submit(queue.next_group)
                 try:
-                    written = _train_group(
-                        trainer, writers, experiment_dir, subset, group, data, config,
-                        settings, seed, dropped, targets, save_checkpoints, save_logits, bar)
+                    runs, diverged = group_trainer.train(group)
+                    in_flight = writer.submit(runs, diverged, group_trainer.config.learning_rate)
                 except BaseException:
-                    if claims:
-                        claims.release(group)
+                    queue.release(group)
                     raise
                 # Kept before the last group is finished, so that if finishing it fails,
                 # the `finally` below still waits for this group's writes and releases it.
-                finishing, previous = previous, (group, written)
+                finishing, previous = previous, (group, in_flight)
                 if finishing is not None:
-                    finish(*finishing)
-                if written.diverged:
+                    written.update(_finish(queue, *finishing))
+                if in_flight.diverged:
                     break  # finished and reported below, before any further group
         finally:
             if upcoming is not None:  # claimed ahead but not trained: give the runs back
                 with contextlib.suppress(Exception):
-                    if claims:
-                        claims.release(upcoming.result())
+                    queue.release(upcoming.result())
             if previous is not None:
                 finishing, previous = previous, None
-                finish(*finishing)
-    bar.close()
-    still_claimed = ()
-    if claimed_elsewhere:
-        complete = set(runs_lib.list_runs(experiment_dir, subset)[0])
-        still_claimed = tuple(sorted(set(claimed_elsewhere) - complete))
-    return TrainSummary(experiment_dir, subset, tuple(trained), already,
-                        float(np.mean(accuracies)) if accuracies else float("nan"),
-                        time.time() - start, tuple(claimed_elsewhere), still_claimed)
+                written.update(_finish(queue, *finishing))
+    return written
+
+
+def _finish(queue: _RunQueue, group: list[int], in_flight: _WrittenGroup) -> dict[int, float]:
+    """Waits for a group's writes and releases its claims; returns its runs written."""
+    try:
+        return in_flight.wait()
+    finally:
+        queue.release(group)
 
 
 # Threads writing runs: on a local disk a write is Python work (zip, json) that holds the
@@ -252,51 +331,76 @@ def _writer_threads(experiment_dir: str) -> int:
     return LOCAL_WRITER_THREADS if files.is_local(experiment_dir) else REMOTE_WRITER_THREADS
 
 
-def _train_group(trainer, writers: concurrent.futures.Executor, experiment_dir: str,
-                 subset: str, group: list[int], data: data_lib.Dataset,
-                 config: training.TrainConfig, settings: dict, seed: int,
-                 dropped: np.ndarray | None, targets: targets_lib.TargetSet | None,
-                 save_checkpoints: bool, save_logits: bool, bar) -> _WrittenGroup:
-    """Trains one group of runs and hands each run with finite predictions to the
-    `writers`; returns the writes in flight (`_WrittenGroup.wait` collects them and
-    reports runs that diverged)."""
-    group_start = time.time()
-    seeds = [subsets_lib.run_seeds(seed, subset, r) for r in group]
-    subsets = [subsets_lib.subset_indices(data.num_train, subset, seed, r, dropped)
-               for r in group]
-    equal_steps = None
-    if subsets_lib.is_targeted_design(subset):
-        equal_steps = [trainer.steps_per_epoch(data.num_train)] * len(group)
+@dataclasses.dataclass(frozen=True)
+class _TrainedRun:
+    """One trained run ready to write: its aux arrays, its ``run.json`` fields (without
+    the experiment's settings, which the writer adds) and its checkpoints."""
 
-    def after_epoch(steps: int) -> None:
-        _advance(bar, len(group) / config.epochs, steps)
+    run_id: int
+    test_accuracy: float
+    arrays: dict[str, np.ndarray]
+    record: records.RunRecord
+    checkpoints: list  # (epoch, tf.train.Checkpoint), saved as ckpt-<epoch>
 
-    results = trainer.train(
-        subsets, [s.init for s in seeds], [s.order for s in seeds],
-        save_logits=save_logits, export_models=save_checkpoints,
-        steps_per_epoch=equal_steps, on_epoch=after_epoch)
-    seconds_per_run = (time.time() - group_start) / len(group)
-    pending, diverged = [], {}
-    for run_id, subset_indices, result in zip(group, subsets, results, strict=True):
-        directory = runs_lib.run_dir(experiment_dir, subset, run_id)
-        non_finite = _count_non_finite(result)
-        if non_finite:
-            diverged[run_id] = non_finite
-            continue
-        record = run_record_lib.run_record(
-            data, subset, run_id, subset_indices, result, config.epochs, seconds_per_run,
-            len(group), targets if dropped is not None else None).with_settings(settings)
-        checkpoints = run_record_lib.run_checkpoints(result, config.epochs)
-        arrays = runs_lib.aux_arrays(
-            subset_indices, result.train.correctness, result.test.correctness,
-            margin_train=result.train.margin, margin_test=result.test.margin,
-            logodds_train=result.train.logodds, logodds_test=result.test.logodds,
-            logits_train=result.train.logits, logits_test=result.test.logits)
-        # `save_run` leaves a run another worker completed meanwhile as it is (False):
-        # checking here too cost a listing per run while the next group waited.
-        pending.append((run_id, record.accuracy.test, writers.submit(
-            runs_lib.save_run, directory, arrays, record, checkpoints=checkpoints)))
-    return _WrittenGroup(pending, diverged, experiment_dir, subset, config.learning_rate)
+
+@dataclasses.dataclass
+class _GroupTrainer:
+    """Trains one group of runs of a subset at a time (`train`)."""
+
+    trainer: Any  # core.Trainer, ConcurrentTrainer or StreamingTrainer
+    data: data_lib.Dataset | StreamingData
+    config: training.TrainConfig
+    subset: str
+    seed: int
+    targets: targets_lib.TargetSet | None
+    save_checkpoints: bool
+    save_logits: bool
+    bar: Progress
+
+    def train(self, group: list[int]) -> tuple[list[_TrainedRun], dict[int, int]]:
+        """The runs of `group` with finite predictions, and run id -> count of non-finite
+        predictions of the runs that diverged (not to be written)."""
+        group_start = time.time()
+        subset, data = self.subset, self.data
+        dropped = self.targets.indices if subset.startswith(subsets_lib.DROP_PREFIX) else None
+        seeds = [subsets_lib.run_seeds(self.seed, subset, r) for r in group]
+        subsets = [subsets_lib.subset_indices(data.num_train, subset, self.seed, r, dropped)
+                   for r in group]
+        equal_steps = None
+        if subsets_lib.is_targeted_design(subset):
+            equal_steps = [self.trainer.steps_per_epoch(data.num_train)] * len(group)
+        weights = None  # a bank's runs: loss weights, stored beside the aux arrays
+        if subsets_lib.is_bank_design(subset):
+            weights = [subsets_lib.bank_weights(data.num_train, subset, self.seed, r)
+                       for r in group]
+        results = self.trainer.train(
+            subsets, [s.init for s in seeds], [s.order for s in seeds],
+            save_logits=self.save_logits, export_models=self.save_checkpoints,
+            steps_per_epoch=equal_steps,
+            on_epoch=functools.partial(_advance, self.bar, len(group) / self.config.epochs),
+            **({} if weights is None else {"example_weights": weights}))
+        seconds_per_run = (time.time() - group_start) / len(group)
+        trained, diverged = [], {}
+        for k, (run_id, subset_indices, result) in enumerate(zip(group, subsets, results,
+                                                                 strict=True)):
+            non_finite = _count_non_finite(result)
+            if non_finite:
+                diverged[run_id] = non_finite
+                continue
+            record = run_record_lib.run_record(
+                data, subset, run_id, subset_indices, result, self.config.epochs,
+                seconds_per_run, len(group), self.targets if dropped is not None else None)
+            checkpoints = run_record_lib.run_checkpoints(result, self.config.epochs)
+            arrays = runs_lib.aux_arrays(
+                subset_indices, result.train.correctness, result.test.correctness,
+                margin_train=result.train.margin, margin_test=result.test.margin,
+                logodds_train=result.train.logodds, logodds_test=result.test.logodds,
+                logits_train=result.train.logits, logits_test=result.test.logits)
+            if weights is not None:
+                arrays[runs_lib.EXAMPLE_WEIGHTS] = weights[k]
+            trained.append(_TrainedRun(run_id, record.accuracy.test, arrays, record,
+                                       checkpoints))
+        return trained, diverged
 
 
 @dataclasses.dataclass
@@ -357,11 +461,12 @@ def resolve_targets(experiment_dir: str, data: data_lib.Dataset, name: str,
         seed: experiment seed (for random choices).
 
     Raises:
-        ValueError: nothing stored and nothing to make it from, both ways given, a
-            stored set differing from what was asked, or no pilot runs for ``easy``.
+        ParameterError: nothing stored and nothing to make it from, both ways given, or
+            no pilot runs for ``easy`` (naming ``targets`` or ``target_indices``).
+        ValueError: a stored set differing from what was asked (naming its file).
     """
     if choose and indices:
-        raise ValueError("--targets and --target_indices: give one of them, not both")
+        raise ParameterError("target_indices", "give targets or target_indices, not both")
     made = None
     if indices:
         if indices in targets_lib.BUILTIN_TARGETS:
@@ -370,7 +475,8 @@ def resolve_targets(experiment_dir: str, data: data_lib.Dataset, name: str,
         else:
             chosen = targets_lib.parse_index_list(indices)
             if max(chosen) >= data.num_train:
-                raise ValueError(f"--target_indices: indices must be below {data.num_train}")
+                raise ParameterError("target_indices", "indices must be below "
+                                     f"{data.num_train}", indices)
             made = targets_lib.TargetSet(name=name, groups={"user": tuple(chosen)},
                                          provenance={"target_indices": indices})
     path = targets_lib.targets_path(experiment_dir, name)
@@ -380,19 +486,20 @@ def resolve_targets(experiment_dir: str, data: data_lib.Dataset, name: str,
             raise ValueError(f"{path} already holds other indices for target set {name!r}; "
                              "choose another drop-<name>")
         if choose and stored.provenance.get("spec") not in (None, choose):
-            raise ValueError(f"{path} was chosen with --targets={stored.provenance['spec']}; "
+            raise ValueError(f"{path} was chosen with targets={stored.provenance['spec']}; "
                              "choose another drop-<name>")
         return stored
     if made is None:
         if not choose:
-            raise ValueError(f"--subset=drop-{name}: no stored target set {path}; pass "
-                             "--targets=random:<n>,easy:<n> or --target_indices")
+            raise ParameterError("targets", f"subset=drop-{name} has no stored target set "
+                                 f"{path}; give targets=random:<n>,easy:<n> or "
+                                 "target_indices")
         pilot = None
         if "easy" in choose:
             if "full" not in runs_lib.list_subsets(experiment_dir):
-                raise ValueError(f"--targets={choose}: easy examples are chosen by margin over "
-                                 "pilot runs of the full arm; train some first "
-                                 "(--subset=full) or pass --pilot_runs")
+                raise ParameterError("targets", "easy examples are chosen by margin over "
+                                     "pilot runs of the full arm; train some first "
+                                     "(subset=full) or give pilot_runs", choose)
             pilot = runs_lib.load_experiment(experiment_dir, "full", progress=False).metric(
                 "logodds", "train")
         made = targets_lib.choose_targets(choose, data.num_train, seed, name, pilot)

@@ -1,16 +1,17 @@
-"""Preset experiments and recipe resolution, as data: what ``train.py --config=`` means.
+"""Preset experiments as data: what ``train.py --config=`` means.
 
 A preset names a whole experiment (data set, design, target set, pilot runs, default
-directory), so a published analysis is one flag; `resolve_recipe` applies a model's
-published training recipe (`recipes.RECIPES`) under the settings the user chose.
+directory, training settings), so a published analysis is one flag; `preset_config`
+builds its `TrainConfig` from the values a user gave over the preset's (`recipes`).
 """
 
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Collection
+from collections.abc import Mapping
+from typing import Any
 
-from heldout.models import registry
+from heldout.errors import ParameterError
 from heldout.training import recipes
 from heldout.training.config import TrainConfig
 
@@ -29,7 +30,7 @@ class Preset:
     choose: str  # how the target set is chosen (`targets.choose_targets`)
     pilot_runs: int  # full-arm runs trained first, to choose easy targets from
     arms: tuple[str, ...] = ("full", "drop")
-    # TrainConfig values of the preset's recipe; flags given on the command line win.
+    # TrainConfig values of the preset's recipe; values the user gives win.
     train: tuple[tuple[str, object], ...] = ()
 
 
@@ -47,44 +48,19 @@ PRESETS: dict[str, Preset] = {
 }
 
 
-def preset_config(name: str, config: TrainConfig | None = None,
-                  chosen: Collection[str] = ()) -> TrainConfig:
-    """`config` (default: `TrainConfig()`) with preset `name`'s training settings, except
-    the fields named in `chosen` (set by the user), which keep their values."""
-    preset = get_preset(name)
-    config = config or TrainConfig()
-    return dataclasses.replace(config, **{k: v for k, v in preset.train if k not in chosen})
+def preset_config(name: str, overrides: Mapping[str, Any] | None = None,
+                  recipe: str = recipes.AUTO) -> TrainConfig:
+    """The `TrainConfig` of preset `name`: the values given (`overrides`) over the
+    preset's training settings over the model's recipe (`recipes.config_for`)."""
+    return recipes.config_for(overrides, recipe, base=dict(get_preset(name).train))
 
 
 def get_preset(name: str) -> Preset:
     """The preset called `name`.
 
     Raises:
-        ValueError: no such preset (naming the parameter ``preset``).
+        ParameterError: no such preset (naming the parameter ``preset``).
     """
     if name not in PRESETS:
-        raise ValueError(f"preset={name!r}: expected one of {', '.join(PRESETS)}")
+        raise ParameterError("preset", f"expected one of {', '.join(PRESETS)}", repr(name))
     return PRESETS[name]
-
-
-def resolve_recipe(config: TrainConfig, recipe: str = "auto",
-                   chosen: Collection[str] = ()) -> TrainConfig:
-    """`config` under a published recipe; the fields in `chosen` keep the user's values.
-
-    Args:
-        config: the settings so far.
-        recipe: ``auto`` (the model's recipe in `registry.MODELS`, if it has one),
-            ``none``, or a name in `recipes.RECIPES`.
-        chosen: names of `TrainConfig` fields the user set explicitly.
-
-    Raises:
-        ValueError: an unknown recipe, or invalid combined settings.
-    """
-    if recipe == "auto":
-        recipe = registry.get(config.model).recipe or "none"
-    if recipe == "none":
-        return config
-    if recipe not in recipes.RECIPES:
-        raise ValueError(f"recipe={recipe!r}: expected auto, none or one of "
-                         f"{', '.join(recipes.RECIPES)}")
-    return recipes.apply_recipe(config, recipe, keep=list(chosen))

@@ -63,12 +63,14 @@ class SingleModelTrainer(core.Trainer):
     def train(self, subsets: Sequence[np.ndarray], init_seeds: Sequence[np.random.SeedSequence],
               order_seeds: Sequence[np.random.SeedSequence], save_logits: bool = False,
               export_models: bool = False, steps_per_epoch: Sequence[int] | None = None,
-              on_epoch=None) -> list[core.TrainedRun]:
+              on_epoch=None, example_weights: Sequence[np.ndarray] | None = None
+              ) -> list[core.TrainedRun]:
         """Trains the given runs one after another; arguments as `core.Trainer.train`."""
         results = []
         for k, (subset, init_seed, order_seed) in enumerate(
                 zip(subsets, init_seeds, order_seeds, strict=True)):
             results += super().train(
                 [subset], [init_seed], [order_seed], save_logits, export_models,
-                None if steps_per_epoch is None else [steps_per_epoch[k]], on_epoch)
+                None if steps_per_epoch is None else [steps_per_epoch[k]], on_epoch,
+                None if example_weights is None else [example_weights[k]])
         return results

@@ -34,20 +34,17 @@ from heldout.data.dataset import Dataset
 from heldout.data.imagenet import StreamingData
 from heldout.models.predict import Predictions, prediction_arrays
 from heldout.training import single
-from heldout.training.config import TrainConfig
+from heldout.training.config import TrainConfig, check_streamable
 
 
 class StreamingTrainer(single.SingleModelTrainer):
     """Trains one run at a time on records streamed from `StreamingData`."""
 
+    takes_example_weights = False  # records are streamed, not gathered by index
+
     def __init__(self, data: StreamingData, config: TrainConfig,
                  eval_batch_size: int | None = None):
-        if config.spec.trainer != "single":
-            raise ValueError(f"--model={config.model}: streamed training is for the models "
-                             "trained one at a time (small_inception, resnet50)")
-        if config.augment != "none":
-            raise ValueError(f"--augment={config.augment}: streamed training applies the "
-                             "published random-resized crop and flip; use --augment=none")
+        check_streamable(config)
         self.data = data
         # The skeleton reads shapes and classes from a Dataset: one with no examples.
         empty = np.zeros((0, *data.input_shape), np.float32)

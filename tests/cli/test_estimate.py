@@ -144,7 +144,7 @@ def test_gradient_flags_reach_their_config_and_errors_name_the_flags(experiment,
         "invalid": (("estimate.py", f"--experiment_dir={experiment}", "--estimator=if_ekfac",
                      "--gradient_batch_size=0", f"--output={tmp_path}/b.npz"), None)})
     assert_one_line_error(results["lacking"], "--fisher: not a setting of --estimator=tracin")
-    assert_one_line_error(results["invalid"], "--gradient_batch_size=0: expected a positive")
+    assert_one_line_error(results["invalid"], "--gradient_batch_size=0: expected a whole number")
     assert not list(tmp_path.iterdir())
 
 
@@ -308,9 +308,9 @@ def test_trak_of_an_ensemble_through_the_front_door(tmp_path):
     from heldout.store import files, runs
 
     exp = str(tmp_path / "exp")
-    heldout.train(heldout.TrainRequest(
-        experiment_dir=exp, num_runs=2, save_checkpoints=True, progress=False,
-        config=heldout.TrainConfig(epochs=1, models_at_once=4)))
+    heldout.train(heldout.TrainDesign(
+        heldout.TrainConfig(epochs=1, models_at_once=4),
+        runs=heldout.RunSettings(exp, num_runs=2, save_checkpoints=True, progress=False)))
     settings = {"projection_dim": 32, "projection_seed": 5, "lambda_reg": 0.5}
     report = heldout.run_estimate(heldout.EstimateRequest(
         experiment_dir=exp, estimators=("trak",), trak_runs="0-1", eval_indices="0-4",

@@ -9,7 +9,8 @@ import numpy as np
 import pytest
 
 import heldout
-from heldout.training import presets, recipes
+from heldout.app import train as train_job
+from heldout.training import presets
 from tests.cli.runner import TINY, assert_one_line_error, run_cli
 
 
@@ -109,13 +110,14 @@ def test_other_settings_in_the_same_directory_are_refused(experiment):
 # --- the front door, in process: every request checked before any training -------------
 
 
-def _refused(tmp_path, fragment, **fields):
-    """`heldout.train` refuses the request with a message holding `fragment`, and leaves
-    no directory behind when it is refused before the writable check."""
-    request = heldout.TrainRequest(**{"experiment_dir": str(tmp_path / "e"), "num_runs": 2,
-                                      "progress": False, **fields})
+def _refused(tmp_path, fragment, environ=None, **given):
+    """The job of the flags `given` (built as train.py builds it) is refused, when built
+    or by `heldout.train`, with a message holding `fragment`."""
+    defaults = {"experiment_dir": str(tmp_path / "e"), "progress": False}
+    if "run_ids" not in given:
+        defaults["num_runs"] = 2
     with pytest.raises(ValueError) as raised:
-        heldout.train(request)
+        heldout.train(train_job.job_from_flags({**defaults, **given}, environ))
     assert fragment in str(raised.value), str(raised.value)
     return str(raised.value)
 
@@ -129,11 +131,11 @@ def _refused(tmp_path, fragment, **fields):
     (dict(num_runs=3_000_000_000), "num_runs=3000000000"),
     (dict(environ={"SLURM_ARRAY_TASK_ID": "abc"}), "SLURM_ARRAY_TASK_ID='abc'"),
     (dict(environ={"JOB_COMPLETION_INDEX": "1.5"}), "JOB_COMPLETION_INDEX='1.5'"),
-    (dict(config=heldout.TrainConfig(checkpoint_every=2)), "also give save_checkpoints"),
-    (dict(targets="random:2"), "targets: only for subset=drop-<name>"),
-    (dict(preset="nope"), "preset='nope': expected one of digits_nsi"),
-    (dict(preset="digits_nsi", subset="full"), "subset=full: set by preset=digits_nsi"),
-    (dict(preset="digits_nsi", dataset="npz:x.npz"), "preset=digits_nsi trains on digits"),
+    (dict(checkpoint_every=2), "also give save_checkpoints"),
+    (dict(targets="random:2"), "targets=random:2: only for subset=drop-<name>"),
+    (dict(config="nope"), "preset='nope': expected one of digits_nsi"),
+    (dict(config="digits_nsi", subset="full"), "subset=full: set by config=digits_nsi"),
+    (dict(config="digits_nsi", dataset="npz:x.npz"), "config=digits_nsi trains on digits"),
     (dict(dataset="tfds:nosuchds"), "cannot load from TFDS"),
 ])
 def test_requests_refused_before_training(tmp_path, fields, fragment):
@@ -170,24 +172,11 @@ def test_label_beyond_max_classes_is_refused_naming_the_limit(tmp_path):
     assert data.num_classes == 1_000_001
 
 
-def test_presets_and_recipes_as_data():
+def test_presets_as_data():
     preset = presets.get_preset("digits_nsi")
     assert (preset.dataset, preset.target_name, preset.pilot_runs) == ("digits", "nsi", 100)
     assert preset.experiment_dir == "./experiments/digits_nsi"
-    mlp = heldout.TrainConfig()
-    assert presets.resolve_recipe(mlp, "auto") == mlp  # the MLP has no published recipe
-    inception = heldout.TrainConfig(model="small_inception", epochs=8)
-    resolved = presets.resolve_recipe(inception, "auto", chosen={"epochs"})
-    expected = dict(recipes.SMALL_INCEPTION_RECIPE)
-    # Epochs chosen by the user win; the warm-up keeps its fraction of training.
-    assert resolved.epochs == 8
-    assert resolved.warmup_epochs == pytest.approx(
-        expected["warmup_epochs"] * 8 / expected["epochs"])
-    for field in ("batch_size", "learning_rate", "lr_schedule", "augment", "models_at_once"):
-        assert getattr(resolved, field) == expected[field], field
-    assert presets.resolve_recipe(inception, "none") == inception
-    with pytest.raises(ValueError, match="recipe='nope'"):
-        presets.resolve_recipe(inception, "nope")
+    # Recipes built from the values given: tests/training/test_presets.py.
 
 
 @pytest.mark.slow
@@ -195,17 +184,17 @@ def test_complete_runs_without_checkpoints_are_refused_then_retrained_bit_identi
         tmp_path):
     """Issue 13 case 10 in process: refusal names the runs; retrain_complete adds the
     checkpoints and snapshots, and the aux arrays equal the earlier ones byte for byte."""
-    common = dict(experiment_dir=str(tmp_path), num_runs=3, progress=False,
-                  config=heldout.TrainConfig(epochs=2, models_at_once=4))
-    heldout.train(heldout.TrainRequest(**common))
+    runs = heldout.RunSettings(experiment_dir=str(tmp_path), num_runs=3, progress=False)
+    heldout.train(heldout.TrainDesign(heldout.TrainConfig(epochs=2, models_at_once=4),
+                                      runs=runs))
     before = {r: (tmp_path / "0.7" / str(r) / "aux_arrays.npz").read_bytes() for r in range(3)}
-    with_checkpoints = dict(common, save_checkpoints=True,
-                            config=heldout.TrainConfig(epochs=2, models_at_once=4,
-                                                       checkpoint_every=1))
+    config = heldout.TrainConfig(epochs=2, models_at_once=4, checkpoint_every=1)
+    with_checkpoints = dataclasses.replace(runs, save_checkpoints=True)
     with pytest.raises(ValueError, match=r"3 requested runs .* already complete .*0\.7 runs "
                                          r"0-2.*retrain_complete"):
-        heldout.train(heldout.TrainRequest(**with_checkpoints))
-    report = heldout.train(heldout.TrainRequest(**with_checkpoints, retrain_complete=True))
+        heldout.train(heldout.TrainDesign(config, runs=with_checkpoints))
+    report = heldout.train(heldout.TrainDesign(config, runs=dataclasses.replace(
+        with_checkpoints, retrain_complete=True)))
     assert (report.retrained, report.retrained_identical) == (3, 3)
     assert "bit-identical to the earlier ones in 3 of 3" in str(report)
     for r in range(3):
@@ -218,7 +207,7 @@ def test_complete_runs_without_checkpoints_are_refused_then_retrained_bit_identi
         assert (run / "checkpoints" / "ckpt-2.index").exists()  # the final model
     assert not list((tmp_path / "0.7" / ".retrain").iterdir())
     # Now complete with checkpoints: asking again trains nothing and refuses nothing.
-    again = heldout.train(heldout.TrainRequest(**with_checkpoints))
+    again = heldout.train(heldout.TrainDesign(config, runs=with_checkpoints))
     assert again.summaries[0].already_complete == (0, 1, 2) and not again.retrained
 
 
@@ -236,10 +225,10 @@ def test_stream_records_trains_as_the_library_does(tmp_path):
     test = _write_shards(tmp_path, "validation", _split(rng, 12), 1)
     spec = f"imagenet:{train},{test}"
     config = dataclasses.replace(CONFIG, epochs=1)
-    report = heldout.train(heldout.TrainRequest(
-        experiment_dir=str(tmp_path / "front"), dataset=spec, config=config, recipe="none",
-        subset="0.5", run_ids="0", stream_records=True, image_size=IMAGE_SIZE,
-        progress=False, claim_runs=False))
+    report = heldout.train(heldout.TrainDesign(
+        config, "0.5", heldout.DataSource(spec, stream_records=True, image_size=IMAGE_SIZE),
+        heldout.RunSettings(str(tmp_path / "front"), run_ids="0", progress=False,
+                            claim_runs=False)))
     assert report.summaries[0].trained == (0,)
     experiment.train_experiment(str(tmp_path / "direct"), spec, config, "0.5", [0],
                                 data=imagenet.streaming_data(spec, IMAGE_SIZE),
@@ -250,5 +239,4 @@ def test_stream_records_trains_as_the_library_does(tmp_path):
     for key in front:
         np.testing.assert_array_equal(front[key], direct[key], err_msg=key)
     with pytest.raises(ValueError, match="stream_records: only for imagenet:"):
-        heldout.train(heldout.TrainRequest(experiment_dir=str(tmp_path / "d"),
-                                           stream_records=True, progress=False))
+        heldout.DataSource(stream_records=True)

@@ -135,7 +135,7 @@ def test_case10_readme_commands_work_in_order(tmp_path):
                    "--save_checkpoints", "--checkpoint_every=1")
     refused = run_cli(*checkpoints)
     assert_one_line_error(refused, "--save_checkpoints: 2 requested runs", "0.7 runs 0-1",
-                          "new --experiment_dir", "--retrain_complete")
+                          "new experiment_dir", "add retrain_complete")
     retrained = run_cli(*checkpoints, "--retrain_complete")
     assert retrained.returncode == 0, retrained.stderr
     assert "aux arrays bit-identical to the earlier ones in 2 of 2" in retrained.stdout

@@ -112,7 +112,8 @@ def _dead_claims(directory, run_ids, task):
 def test_case2_requeued_task_takes_over_its_claims_and_others_exit_3(tmp_path):
     directory = str(tmp_path / "requeue")
     slurm = {"SLURM_ARRAY_JOB_ID": "77", "SLURM_ARRAY_TASK_ID": "0"}
-    flags = [f"--experiment_dir={directory}", *TINY, "--run_ids=0-7", "--num_shards=1",
+    # --run_ids instead of TINY's --num_runs (given both, train.py refuses --num_runs).
+    flags = [f"--experiment_dir={directory}", *TINY[1:], "--run_ids=0-7", "--num_shards=1",
              "--shard_index=0"]
     # Task 0 was killed holding these, and task 1 these.
     _dead_claims(directory, range(4), coordination.task_identity(slurm))

@@ -167,6 +167,10 @@ def test_mnist_cscores_bare_array_in_dataset_order(tmp_path):
     with pytest.raises(ValueError, match="mnist-cscores.npy: scores has 30 entries, the "
                                          "data set has 31 training"):
         compare.check_comparable(path, 31, 5)
+    longer = _cscore_estimates(np.append(ours, 0.5), 5)
+    with pytest.raises(ValueError, match="data set has 31 training"):
+        compare.check_estimates_comparable(path, longer)
+    assert compare.check_estimates_comparable(path, _cscore_estimates(ours, 5)) == "cscores"
 
 
 def test_compare_on_the_digits_default(tmp_path):
@@ -203,6 +207,12 @@ def test_compare_on_the_digits_default(tmp_path):
         size=data.num_train))
     assert compare.check_comparable(str(tmp_path / "cscores.npz"), data.num_train,
                                     data.num_test, data=data) == "cscores"
+    shifted = np.roll(data.y_train, 1)
+    np.savez(tmp_path / "other_labels.npz", labels=shifted, scores=np.zeros(data.num_train))
+    first = int(np.flatnonzero(shifted != data.y_train)[0])
+    with pytest.raises(ValueError, match=f"labels disagree with digits at train index {first}"):
+        compare.check_comparable(str(tmp_path / "other_labels.npz"), data.num_train,
+                                 data.num_test, data=data)
     np.savez(tmp_path / "cifar10-cscores-orig-order.npz", labels=np.zeros(50000, int),
              scores=np.zeros(50000))
     with pytest.raises(ValueError, match="scores has 50000 entries, the data set has 1352"):

@@ -161,5 +161,29 @@ def test_design_problem_matches_a_plain_rule():
         full = runs.design_problem("full", 0, chosen, NUM_TRAIN)
         assert (full is None) == (size == NUM_TRAIN)
         drop = runs.design_problem("drop-x", 0, chosen, NUM_TRAIN, dropped=np.array([3, 5]))
-        assert (drop is None) == (size == NUM_TRAIN - 2)
+        assert (drop is None) == (size == NUM_TRAIN - 2 and not np.isin([3, 5], chosen).any())
+    kept = np.setdiff1d(np.arange(NUM_TRAIN), [3, 5])
+    assert runs.design_problem("drop-x", 0, kept, NUM_TRAIN, dropped=np.array([3, 5])) is None
+    swapped = np.append(np.setdiff1d(kept, [7]), 3)  # the right size, a target inside
+    assert "target example 3" in runs.design_problem("drop-x", 0, swapped, NUM_TRAIN,
+                                                       dropped=np.array([3, 5]))
     assert runs.design_problem("not-a-design", 0, np.arange(3), NUM_TRAIN) is None
+
+
+def test_full_runs_with_equal_predictions_are_not_taken_for_copies(tmp_path):
+    """Runs of the full design all train on every example: two of them that happen to
+    predict alike (0/1 only, as released files) are not copies; with margins, an exact
+    copy still is."""
+    directory = str(tmp_path / "targeted")
+    right_train, right_test = np.ones(NUM_TRAIN, bool), np.ones(NUM_TEST, bool)
+    for r in range(2):
+        runs.save_run(runs.run_dir(directory, "full", r), runs.aux_arrays(
+            np.arange(NUM_TRAIN), right_train, right_test), {})
+    assert runs.verify_runs(directory) == (2, [])
+    assert runs.load_experiment(directory, "full", progress=False).num_runs == 2
+    _save(directory, "full", 5, np.arange(NUM_TRAIN))
+    shutil.copytree(runs.run_dir(directory, "full", 5), runs.run_dir(directory, "full", 6))
+    shutil.rmtree(runs.run_dir(directory, "full", 0))
+    shutil.rmtree(runs.run_dir(directory, "full", 1))
+    assert [p[0] for p in runs.verify_runs(directory)[1]] == [
+        runs.run_dir(directory, "full", 6)]

@@ -17,6 +17,7 @@ import pytest
 import tensorflow as tf
 
 import heldout
+from heldout.errors import ParameterError
 from heldout.store import coordination, layout, records, runs
 
 REPO_ROOT = pathlib.Path(__file__).resolve().parents[2]
@@ -64,13 +65,14 @@ def test_shard_from_flags_or_scheduler(flags_, environ, expected):
 
 
 @pytest.mark.parametrize("flags_, environ, message", [
-    ((None, None), {"JOB_COMPLETION_INDEX": "2"}, "--num_shards"),
-    ((4, 4), {}, "--shard_index=4"),
-    ((4, None), {}, "--shard_index"),
+    ((None, None), {"JOB_COMPLETION_INDEX": "2"}, "num_shards"),
+    ((4, 4), {}, "shard_index"),
+    ((4, None), {}, "num_shards"),  # a count without an index
 ])
-def test_bad_shards_name_the_flag(flags_, environ, message):
-    with pytest.raises(ValueError, match=message):
+def test_bad_shards_name_the_parameter(flags_, environ, message):
+    with pytest.raises(ParameterError) as raised:
         coordination.resolve_shard(*flags_, environ=environ)
+    assert raised.value.parameter == message
 
 
 # --- claims --------------------------------------------------------------------------

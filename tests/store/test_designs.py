@@ -106,12 +106,12 @@ def test_parse_subset_ratio_accepts(text, expected):
 
 @pytest.mark.parametrize("text", ["0", "1", "1.5", "abc", "-0.3", "", "full", "nan"])
 def test_parse_subset_ratio_rejects(text):
-    with pytest.raises(ValueError, match="--subset_ratio"):
+    with pytest.raises(ValueError, match="^subset_ratio="):
         subsets.parse_subset_ratio(text)
 
 
 def test_subset_indices_rejects_non_design_subset():
-    with pytest.raises(ValueError, match="--subset_ratio"):
+    with pytest.raises(ValueError, match="^subset_ratio="):
         subsets.subset_indices(10, "most", 0, 0)
 
 
@@ -134,13 +134,33 @@ def test_parse_run_ids_accepts(text, expected):
 
 @pytest.mark.parametrize("text", ["3-1", "a", "-1", "", "1,,2", "0-x", "1.5"])
 def test_parse_run_ids_rejects(text):
-    with pytest.raises(ValueError, match="--run_ids"):
+    with pytest.raises(ValueError, match="^run_ids="):
         subsets.parse_run_ids(text)
 
 
 def test_parse_run_ids_large_range():
     assert subsets.parse_run_ids("0-99") == list(range(100))
     assert list(itertools.islice(subsets.parse_run_ids("10-20,0"), 3)) == [0, 10, 11]
+
+
+def test_bank_designs():
+    assert subsets.design_name("bank-0.010") == "bank-0.01"
+    for bad in ("bank-0", "bank-1", "bank-x"):
+        with pytest.raises(ValueError, match=f"--subset={bad}"):
+            subsets.design_name(bad)
+    # Every run of every bank fraction trains from the base run's seeds.
+    base = subsets.bank_seeds(3)
+    for design, run_id in (("bank-0.01", 0), ("bank-0.05", 7)):
+        seeds = subsets.run_seeds(3, design, run_id)
+        assert seeds.init.entropy == base.init.entropy
+        assert seeds.init.spawn_key == base.init.spawn_key
+        assert seeds.order.spawn_key == base.order.spawn_key
+    assert (subsets.bank_weights(200, "bank-0.05", 3, 0) == 1).all()
+    first, second = (subsets.bank_weights(200, "bank-0.05", 3, r) for r in (1, 2))
+    assert (first == 0).sum() == (second == 0).sum() == 10
+    assert not np.array_equal(first, second)
+    np.testing.assert_array_equal(first, subsets.bank_weights(200, "bank-0.05", 3, 1))
+    assert len(subsets.subset_indices(200, "bank-0.05", 3, 1)) == 200
 
 
 @pytest.mark.parametrize("design, name", [("full", None), ("drop-nsi", "nsi"),

@@ -22,9 +22,10 @@ def _data(seed=0, num_train=12, num_test=5):
 
 
 def _settings(epochs=2, data=None):
-    return {"dataset": "npz:toy.npz", "seed": 0,
-            "train_config": {"epochs": epochs, "learning_rate": 0.1, "model": "mlp"},
-            "data": info_lib.data_fingerprint(data or _data())}
+    return info_lib.ExperimentInfo(
+        dataset="npz:toy.npz", seed=0,
+        train_config={"epochs": epochs, "learning_rate": 0.1, "model": "mlp"},
+        data=info_lib.data_fingerprint(data or _data()))
 
 
 def test_fingerprint_is_sha256_of_the_arrays_and_changes_with_any_of_them():
@@ -49,11 +50,11 @@ def test_fingerprint_is_sha256_of_the_arrays_and_changes_with_any_of_them():
 
 def test_first_save_records_and_later_saves_compare(tmp_path):
     directory = str(tmp_path / "exp")
-    assert info_lib.read_experiment_info(directory) == {}
-    assert info_lib.save_experiment_info(directory, _settings()) == _settings()
-    assert info_lib.save_experiment_info(directory, _settings()) == _settings()
+    assert info_lib.read_experiment_info(directory) is None
+    assert info_lib.record_experiment_info(directory, _settings())  # created
+    assert not info_lib.record_experiment_info(directory, _settings())  # compared
     with pytest.raises(info_lib.SettingsMismatchError) as error:
-        info_lib.save_experiment_info(directory, _settings(epochs=3))
+        info_lib.record_experiment_info(directory, _settings(epochs=3))
     message = str(error.value)
     assert "train_config.epochs (stored 2, given 3)" in message
     assert "learning_rate" not in message and "\n" not in message  # the key, not a dump
@@ -62,21 +63,22 @@ def test_first_save_records_and_later_saves_compare(tmp_path):
 
 def test_replaced_data_behind_the_same_spec_is_refused(tmp_path):
     directory = str(tmp_path / "exp")
-    info_lib.save_experiment_info(directory, _settings())
+    info_lib.record_experiment_info(directory, _settings())
     with pytest.raises(info_lib.SettingsMismatchError, match=r"data\.sha256 \(stored '"):
-        info_lib.save_experiment_info(directory, _settings(data=_data(seed=1)))
+        info_lib.record_experiment_info(directory, _settings(data=_data(seed=1)))
     with pytest.raises(info_lib.SettingsMismatchError,
                        match=r"data\.num_test \(stored 5, given 4\)"):
-        info_lib.save_experiment_info(directory, _settings(data=_data(num_test=4)))
+        info_lib.record_experiment_info(directory, _settings(data=_data(num_test=4)))
 
 
 def test_record_without_fingerprint_is_compared_on_the_other_keys(tmp_path):
     directory = str(tmp_path / "exp")
-    old = {key: value for key, value in _settings().items() if key != "data"}
+    old = {key: value for key, value in _settings().to_json().items() if key != "data"}
     files.write_json(layout.ExperimentDir(directory).experiment_info, old)
-    assert info_lib.save_experiment_info(directory, _settings()) == old
+    assert not info_lib.record_experiment_info(directory, _settings())
+    assert info_lib.read_experiment_info(directory).to_json() == old
     with pytest.raises(info_lib.SettingsMismatchError, match="train_config.epochs"):
-        info_lib.save_experiment_info(directory, _settings(epochs=5))
+        info_lib.record_experiment_info(directory, _settings(epochs=5))
 
 
 @pytest.mark.parametrize("file_system", ["local", "ram"])
@@ -91,7 +93,8 @@ def test_racing_writers_with_different_settings_one_proceeds(tmp_path, file_syst
         def save(epochs, directory=directory, start=start):
             start.wait()
             try:
-                info_lib.save_experiment_info(directory, _settings(epochs), settle_seconds=0.05)
+                info_lib.record_experiment_info(directory, _settings(epochs),
+                                                settle_seconds=0.05)
             except info_lib.SettingsMismatchError as e:
                 return str(e)
             return None
@@ -112,6 +115,9 @@ def test_invalid_record_names_the_file(tmp_path):
     path.write_text("[1, 2]")
     with pytest.raises(files.StoredFileError, match="expected a JSON object"):
         info_lib.read_experiment_info(str(tmp_path))
+    path.write_text('{"seed": "zero"}')
+    with pytest.raises(files.StoredFileError, match="experiment.json: seed is str, expected int"):
+        info_lib.read_experiment_info(str(tmp_path))
 
 
 def test_check_data_refuses_other_data_and_accepts_the_recorded_data(tmp_path):
@@ -128,7 +134,8 @@ def test_check_data_refuses_other_data_and_accepts_the_recorded_data(tmp_path):
 
     directory = str(tmp_path / "exp")
     recorded = data(0.5)
-    info_lib.save_experiment_info(directory, {"data": info_lib.data_fingerprint(recorded)})
+    info_lib.record_experiment_info(
+        directory, info_lib.ExperimentInfo(data=info_lib.data_fingerprint(recorded)))
     info_lib.check_data(directory, recorded)  # the same arrays: accepted
     with pytest.raises(ValueError, match="dataset=npz:x.npz: not the data .* sha256"):
         info_lib.check_data(directory, data(0.25))

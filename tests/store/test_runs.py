@@ -542,3 +542,37 @@ def test_verify_of_missing_or_empty_directory_raises(tmp_path):
     (tmp_path / "empty").mkdir()
     with pytest.raises(ValueError, match="empty: no complete runs to verify"):
         runs.verify_runs(str(tmp_path / "empty"))
+
+
+
+# What TensorFlow's GCS file system raised for a bucket it could not reach (no network):
+# `isdir` answered False, `stat` and `listdir` raised this.
+_UNREACHABLE = ("Error executing an HTTP request: libcurl code 6 meaning 'Could not "
+                "resolve hostname', error details: Could not resolve host: www.googleapis.com"
+                "\n\t when reading metadata of gs://bucket/exp")
+
+
+def test_list_subsets_reports_an_unreadable_directory_not_no_runs(monkeypatch, tmp_path):
+    from heldout.errors import ParameterError
+
+    def unreachable(path):
+        raise tf.errors.FailedPreconditionError(None, None, _UNREACHABLE)
+
+    monkeypatch.setattr(tf.io.gfile, "stat", unreachable)
+    with pytest.raises(ParameterError) as raised:
+        runs.list_subsets("gs://bucket/exp")
+    assert raised.value.parameter == "experiment_dir"
+    assert str(raised.value) == ("experiment_dir=gs://bucket/exp: cannot be read (Error "
+                                 "executing an HTTP request: libcurl code 6 meaning 'Could "
+                                 "not resolve hostname', error details: Could not resolve "
+                                 "host: www.googleapis.com)")
+    monkeypatch.undo()
+    runs.save_run(runs.run_dir(str(tmp_path), "0.7", 0), _arrays(_truth(0)))
+    assert runs.list_subsets(str(tmp_path)) == ["0.7"]
+    monkeypatch.setattr(tf.io.gfile, "listdir", lambda path: (_ for _ in ()).throw(
+        tf.errors.PermissionDeniedError(None, None, f"{path}; Permission denied")))
+    with pytest.raises(ValueError, match=r"cannot be read \(.*Permission denied\)"):
+        runs.list_subsets(str(tmp_path))
+    monkeypatch.undo()
+    a_file = tmp_path / "0.7" / "0" / "run.json"
+    assert runs.list_subsets(str(a_file)) == [] and runs.list_subsets(str(tmp_path / "no")) == []

@@ -169,7 +169,7 @@ def test_recipe_in_toolkit_units():
     assert (values["batch_size"], values["momentum"], values["nesterov"]) == (1024, 0.85, True)
     assert values["warmup_epochs"] == pytest.approx(0.23 * values["epochs"])
     assert (values["label_smoothing"], values["augment"]) == (0.2, "airbench")
-    config = recipes_lib.apply_recipe(training.TrainConfig(model="airbench"), "airbench")
+    config = recipes_lib.config_for({"model": "airbench"})
     assert config.lr_schedule == "triangle" and config.models_at_once == 1
 
 
@@ -206,8 +206,7 @@ def cifar():
 def _config(**kwargs):
     """The airbench recipe at tiny width and batch, with `kwargs` set as if by flags."""
     chosen = {"model_width": TINY_WIDTH, "epochs": 1, "batch_size": 8, "xla": False, **kwargs}
-    return recipes_lib.apply_recipe(training.TrainConfig(model="airbench", **chosen), "airbench",
-                                 keep=list(chosen))
+    return recipes_lib.config_for({"model": "airbench", **chosen})
 
 
 def _group(dataset, run_ids):

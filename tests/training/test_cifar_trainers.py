@@ -26,27 +26,27 @@ REPO_ROOT = pathlib.Path(__file__).resolve().parents[2]
 # --- recipes and settings ------------------------------------------------------------
 
 
-def test_apply_recipe_keeps_chosen_settings_and_scales_warmup():
-    chosen = training.TrainConfig(model="small_inception", epochs=40, batch_size=32)
-    config = recipes_lib.apply_recipe(chosen, "small_inception", keep=["epochs", "batch_size"])
+def test_config_for_keeps_given_settings_and_scales_warmup():
+    given = {"model": "small_inception", "epochs": 40, "batch_size": 32}
+    config = recipes_lib.config_for(given)
     recipe = recipes_lib.SMALL_INCEPTION_RECIPE
     assert (config.epochs, config.batch_size) == (40, 32)
     assert (config.learning_rate, config.momentum, config.augment, config.lr_schedule) == (
         recipe["learning_rate"], recipe["momentum"], "crop_flip", "linear")
     assert config.warmup_epochs == pytest.approx(recipe["warmup_epochs"] * 40 / recipe["epochs"])
-    full = recipes_lib.apply_recipe(
-        training.TrainConfig(model="small_inception"), "small_inception")
+    full = recipes_lib.config_for({"model": "small_inception"})
     assert (full.epochs, full.warmup_epochs, full.models_at_once) == (
         recipe["epochs"], recipe["warmup_epochs"], 1)
-    with pytest.raises(ValueError, match="--recipe=nope"):
-        recipes_lib.apply_recipe(chosen, "nope")
+    with pytest.raises(ValueError, match="^recipe='nope'"):
+        recipes_lib.config_for(given, "nope")
+    assert recipes_lib.config_for(given, "none") == training.TrainConfig(**given)
 
 
 @pytest.mark.parametrize(("kwargs", "message"), [
-    ({"precision": "float16"}, "--precision=float16: expected one of float32, mixed_bfloat16"),
+    ({"precision": "float16"}, "^precision=float16: expected one of float32, mixed_bfloat16"),
     ({"model": "cnn", "precision": "mixed_bfloat16"}, "K-at-once models .* train in float32"),
-    ({"model": "mlp", "test_time_flip": True}, "--test_time_flip: only for image models"),
-    ({"augment": "cutout"}, "--augment=cutout"),
+    ({"model": "mlp", "test_time_flip": True}, "^test_time_flip: only for image models"),
+    ({"augment": "cutout"}, "^augment=cutout"),
 ])
 def test_train_config_rejects_precision_and_augment(kwargs, message):
     with pytest.raises(ValueError, match=message):
@@ -227,9 +227,8 @@ def test_train_py_airbench_recipe_and_demo_py(tmp_path, cifar):
         capture_output=True, text=True, timeout=300, cwd=REPO_ROOT, env=env)
     assert result.returncode == 0, result.stderr
     record = records.read_run_record(runs.run_dir(str(experiment_dir), "0.7", 0))
-    recipe = dataclasses.asdict(recipes_lib.apply_recipe(
-        training.TrainConfig(model="airbench", model_width=0.0625, epochs=1, batch_size=16),
-        "airbench", keep=["model_width", "epochs", "batch_size"]))
+    recipe = dataclasses.asdict(recipes_lib.config_for(
+        {"model": "airbench", "model_width": 0.0625, "epochs": 1, "batch_size": 16}))
     for key in ("learning_rate", "momentum", "nesterov", "label_smoothing", "augment",
                 "lr_schedule", "warmup_epochs", "weight_decay"):
         assert record.train_config[key] == recipe[key], key

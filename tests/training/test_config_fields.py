@@ -25,6 +25,7 @@ import tensorflow as tf
 
 from heldout.data import sources
 from heldout.data.dataset import Dataset
+from heldout.errors import ParameterError
 from heldout.store import designs
 from heldout.training import select
 from heldout.training.config import TrainConfig
@@ -131,8 +132,8 @@ def test_field_is_honoured_or_refused(kind, field):
     try:
         config = dataclasses.replace(_base(kind), **{field: value})
         changed = _train(config, kind, eager)
-    except ValueError as error:
-        assert f"--{field}" in str(error)
+    except ParameterError as error:
+        assert error.parameter == field, str(error)
         return
     base = _base_runs(kind, eager)
     pairs = list(zip(_arrays(base), _arrays(changed), strict=True))
@@ -159,8 +160,9 @@ REFUSED = [
 
 @pytest.mark.parametrize(("kind", "field"), REFUSED)
 def test_refusals_are_the_expected_ones(kind, field):
-    with pytest.raises(ValueError, match=f"--{field}"):
+    with pytest.raises(ParameterError, match=f"^{field}") as raised:
         dataclasses.replace(_base(kind), **{field: OTHER_VALUES[field](kind)})
+    assert raised.value.parameter == field
 
 
 def test_image_augmentation_of_flat_vectors_is_refused():

@@ -156,3 +156,54 @@ def test_snapshot_learning_rate_covers_every_step_since_the_previous_snapshot():
     assert run.final_learning_rate == pytest.approx(np.mean(rates[12:15]), rel=1e-6)
     # Not the last epoch's mean alone (what run.json recorded before).
     assert abs(run.snapshots[1].learning_rate - np.mean(rates[9:12])) > 1e-3
+
+
+# --- per-example loss weights (SPEC §11) ----------------------------------------------
+
+
+def _train_weighted(config, weights, num_runs=2):
+    """`num_runs` runs of one group on the first 96 digits, all with run 0's seeds."""
+    from heldout.training.ensemble import EnsembleTrainer
+
+    digits = data.load_digits()
+    seeds = subsets_lib.run_seeds(SEED, SUBSET, 0)
+    subset = np.arange(96)
+    return EnsembleTrainer(digits, config).train(
+        [subset] * num_runs, [seeds.init] * num_runs, [seeds.order] * num_runs,
+        example_weights=weights)
+
+
+def test_example_weights_scale_the_gradient_like_the_learning_rate():
+    """Weights of 2 on every example double each gradient: without weight decay, the
+    same run as weights of 1 at twice the learning rate, bit for bit (scaling by 2 is
+    exact); and weights of 1 are the unweighted run."""
+    config = training.TrainConfig(epochs=2, batch_size=16, weight_decay=0.0, models_at_once=4)
+    num_train = data.load_digits().num_train
+    doubled = _train_weighted(config, [np.full(num_train, 2.0)] * 2)
+    faster = _train_weighted(training.TrainConfig(
+        epochs=2, batch_size=16, weight_decay=0.0, models_at_once=4, learning_rate=0.2), None)
+    ones = _train_weighted(config, [np.ones(num_train)] * 2)
+    plain = _train_weighted(config, None)
+    np.testing.assert_array_equal(doubled[0].test.logodds, faster[0].test.logodds)
+    np.testing.assert_array_equal(ones[1].train.logodds, plain[1].train.logodds)
+    assert not np.array_equal(doubled[0].test.logodds, plain[0].test.logodds)
+
+
+def test_zero_weights_change_only_their_run():
+    """A run with dropped examples (weights 0) differs from the base run; its group
+    neighbour with all weights 1 is the unweighted run bit for bit."""
+    config = training.TrainConfig(epochs=2, batch_size=16, models_at_once=4)
+    weights = np.ones((2, data.load_digits().num_train))
+    weights[1, :10] = 0.0
+    base, dropped = _train_weighted(config, weights)
+    plain = _train_weighted(config, None, num_runs=1)[0]
+    np.testing.assert_array_equal(base.test.logodds, plain.test.logodds)
+    assert np.abs(dropped.test.logodds - base.test.logodds).max() > 1e-4
+
+
+def test_example_weights_of_the_wrong_shape_are_refused():
+    from heldout.errors import ParameterError
+
+    config = training.TrainConfig(epochs=1, batch_size=16, models_at_once=4)
+    with pytest.raises(ParameterError, match="example_weights"):
+        _train_weighted(config, [np.ones(5)] * 2)

@@ -244,9 +244,9 @@ def test_chunks_train_each_run_as_a_program_of_their_size(digits, model):
 
 def test_chunk_settings_refused_with_their_flag():
     for value in (-1, 1, 3):
-        with pytest.raises(ValueError, match=f"--chunk_models={value}: expected 0"):
+        with pytest.raises(ValueError, match=f"^chunk_models={value}: expected 0"):
             training.TrainConfig(chunk_models=value)
-    with pytest.raises(ValueError, match="--chunk_models=8: only the K-at-once"):
+    with pytest.raises(ValueError, match="^chunk_models=8: only the K-at-once"):
         training.TrainConfig(model="airbench", chunk_models=8)
 
 

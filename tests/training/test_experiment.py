@@ -37,7 +37,7 @@ def test_runs_of_a_replaced_data_file_and_claimed_runs(tmp_path):
     assert summary.trained == (0, 1) and summary.still_claimed == (2, 3)
     assert summary.exit_status == coordination.EXIT_RUNS_CLAIMED_ELSEWHERE == 3
     recorded = info_lib.read_experiment_info(directory)
-    assert recorded["data"] == info_lib.data_fingerprint(
+    assert recorded.data == info_lib.data_fingerprint(
         sources.load_dataset(f"npz:{data_file}"))
     assert runs.verify_runs(directory) == (2, [])
 
@@ -83,3 +83,31 @@ def test_writer_threads_fewer_for_local_disks_than_remote_stores(tmp_path):
     assert experiment._writer_threads(f"file://{tmp_path}") == experiment.LOCAL_WRITER_THREADS
     assert experiment._writer_threads("gs://bucket/exp") == experiment.REMOTE_WRITER_THREADS
     assert experiment.LOCAL_WRITER_THREADS < experiment.REMOTE_WRITER_THREADS
+
+
+def test_bank_runs_share_the_base_seeds_and_store_their_weights(tmp_path):
+    """A bank design: run 0 is the base (all weights 1), run 1 drops 10% of the
+    examples as zero weights, stored beside its aux arrays; the base equals a run of
+    the same seeds trained by the trainer directly, and run 1 retrained with its stored
+    weights is reproduced bit for bit."""
+    from heldout.store import designs
+    from heldout.training.ensemble import EnsembleTrainer
+
+    data_file = tmp_path / "data.npz"
+    _write_small_npz(data_file)
+    directory = str(tmp_path / "exp")
+    experiment.train_experiment(directory, f"npz:{data_file}", TINY, "bank-0.1", [0, 1],
+                                progress=False)
+    base = runs.load_run(runs.run_dir(directory, "bank-0.1", 0))
+    dropped = runs.load_run(runs.run_dir(directory, "bank-0.1", 1))
+    assert (base[runs.EXAMPLE_WEIGHTS] == 1).all()
+    assert (dropped[runs.EXAMPLE_WEIGHTS] == 0).sum() == 8
+    assert len(dropped[runs.SUBSET_INDICES]) == 80  # every example keeps its batch slots
+    data = sources.load_dataset(f"npz:{data_file}")
+    seeds = designs.bank_seeds(0)
+    again = EnsembleTrainer(data, TINY).train(
+        [np.arange(80)] * 2, [seeds.init] * 2, [seeds.order] * 2,
+        example_weights=[base[runs.EXAMPLE_WEIGHTS], dropped[runs.EXAMPLE_WEIGHTS]])
+    np.testing.assert_array_equal(again[0].test.logodds, base["logodds_test"])
+    np.testing.assert_array_equal(again[1].test.logodds, dropped["logodds_test"])
+    assert not np.array_equal(base["logodds_test"], dropped["logodds_test"])
