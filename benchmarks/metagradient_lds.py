@@ -1,4 +1,4 @@
-"""Exact metagradients on the digits MLP, judged by the single-model LDS (SPEC §8, §11).
+"""Exact metagradients on the digits MLP, judged by the single-model LDS.
 
 Trains a base run and banks of runs with the base run's seeds and a random fraction p
 of the training set dropped as zero loss weights (designs ``bank-<p>``), computes the

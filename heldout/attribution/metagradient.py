@@ -1,7 +1,7 @@
 """Exact metagradients: d f_j(theta_T(w)) / d w_i, stepping backwards through training.
 
 A run of the deterministic trainer is a function of the per-example loss weights w
-(SPEC §11: ``w_i = 1`` in, ``0`` dropped, the same batch slots, seed, initial weights,
+(``w_i = 1`` in, ``0`` dropped, the same batch slots, seed, initial weights,
 batch order and augmentation draws). The metagradient ``g[i, j]`` is the derivative of
 target j's log-odds margin after the last step with respect to ``w_i``; the predicted
 effect of dropping a set S is ``-sum_{i in S} g[i, j]`` (MAGIC, Ilyas, Engstrom et al.

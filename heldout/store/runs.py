@@ -52,7 +52,7 @@ METRICS = ("correctness", "margin", "logodds")
 # Float metrics an experiment may hold, by the prefix of their aux keys.
 _FLOAT_METRICS = {"margin": MARGIN_PREFIX, "logodds": LOGODDS_PREFIX}
 LOGITS_PREFIX = "logits_"
-# Loss weights float32 [num_train] a run trained with (bank designs, SPEC §11).
+# Loss weights float32 [num_train] a run trained with (bank designs).
 EXAMPLE_WEIGHTS = "example_weights"
 
 

@@ -206,7 +206,7 @@ class Trainer:
     reports_flip_accuracy = False  # also report flip-averaged test accuracy per run
     keep_float32: tuple[type, ...] = (snt.BaseBatchNorm,)  # modules kept float32 (mixed)
     default_eval_batch_size = 512
-    takes_example_weights = True  # trains with per-example loss weights (SPEC §11)
+    takes_example_weights = True  # trains with per-example loss weights
 
     def __init__(self, dataset: Dataset, config: TrainConfig,
                  eval_batch_size: int | None = None):
@@ -353,7 +353,7 @@ class Trainer:
                 compare subsets of different sizes at equal steps set it.
             on_epoch: called with the number of optimizer steps after every epoch.
             example_weights: per run, a float loss weight per training example
-                ``[num_train]`` (SPEC §11: 1 in, 0 dropped, in the same batch slots);
+                ``[num_train]`` (1 in, 0 dropped, in the same batch slots);
                 None: all 1. Seeds, initial weights, batch order and augmentation do not
                 depend on them.
 
@@ -698,7 +698,7 @@ class Trainer:
                 weights: tf.Tensor | None = None) -> tf.Tensor:
         """Each model's loss ``[K]`` from logits ``[K, batch, classes]`` and labels.
 
-        With `weights` ``[K, batch]`` (per-example loss weights, SPEC §11) each example's
+        With `weights` ``[K, batch]`` (per-example loss weights) each example's
         loss is multiplied by its weight before the reduction, and the mean still divides
         by the batch's slot count, as with all weights 1: a weight of 0 removes the
         example's gradient and leaves every other example's as it was (dividing by the

@@ -1,7 +1,7 @@
 """Training the runs of an experiment into its directory, skipping the ones already done.
 
 This is the job behind ``train.py``: find which requested runs are missing, train
-them in groups of K models at once, and write each as a run directory (SPEC §3). It
+them in groups of K models at once, and write each as a run directory. It
 is idempotent: complete runs are never retrained, and leftovers of interrupted runs
 are redone from scratch with the same seeds, hence the same subsets.
 """

@@ -158,7 +158,7 @@ def test_snapshot_learning_rate_covers_every_step_since_the_previous_snapshot():
     assert abs(run.snapshots[1].learning_rate - np.mean(rates[9:12])) > 1e-3
 
 
-# --- per-example loss weights (SPEC §11) ----------------------------------------------
+# --- per-example loss weights -------------------------------------------------------
 
 
 def _train_weighted(config, weights, num_runs=2):
