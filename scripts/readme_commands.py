@@ -13,9 +13,9 @@ Every command in the README's ``bash`` blocks is taken in order:
   the repository (so ``./experiments`` and ``data.npz`` are its own), at small sizes:
   ``train.py`` commands get ``--epochs=1`` and at most `SMALL_RUNS` runs (``--num_runs``
   capped, ``--run_ids`` cut to its first ids, ``--num_runs`` added when neither is
-  given), ``--models_at_once`` of that size unless given (so no group is padded to the
-  default's 250 models; runs are bit-identical whatever the group) and
-  ``--progress=false``; nothing else is changed. Optional ``[...]`` groups
+  given), ``--models_at_once`` of that size and ``--concurrent_programs=1`` unless
+  given (one group, not padded to the default's 250 models; runs are bit-identical
+  whatever the group) and ``--progress=false``; nothing else is changed. Optional ``[...]`` groups
   are left out when running and included when parsing.
 
 Commands with ``<placeholders>`` (a released run directory, a bucket) are parsed only.
@@ -67,12 +67,8 @@ EXECUTE = (
     "python train.py --experiment_dir=./experiments/by_hand --subset=full --num_runs=1000",
 )
 
-# README command -> why it fails today (outside the README's control).
-KNOWN_FAILURES = {
-    "python train.py --experiment_dir=./experiments/by_hand --subset=full --num_runs=1000":
-        "train.py routes --subset=full to the drop arm with an empty target-set name; "
-        "fixed by wiring heldout.store.designs.drop_target_name into the front door",
-}
+# README command -> why it fails today (outside the README's control); none today.
+KNOWN_FAILURES: dict[str, str] = {}
 
 _PLACEHOLDER = re.compile(r"<[^<>\s][^<>]*>")
 
@@ -275,8 +271,10 @@ def small(argv: list[str]) -> list[str]:
             words[position] = f"--run_ids={first}-{first + SMALL_RUNS - 1}"
             sized = True
     extra = [] if sized else [f"--num_runs={SMALL_RUNS}"]
-    if not any(word.startswith("--models_at_once=") for word in words):
-        extra.append(f"--models_at_once={SMALL_RUNS}")  # speed only: runs are the same
+    # Speed only (runs are bit-identical whatever the group): one group of the runs.
+    for flag, value in (("--models_at_once", SMALL_RUNS), ("--concurrent_programs", 1)):
+        if not any(word.startswith(f"{flag}=") for word in words):
+            extra.append(f"{flag}={value}")
     return words + extra + ["--epochs=1", "--progress=false"]
 
 

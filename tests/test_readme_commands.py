@@ -51,11 +51,11 @@ def test_commands_are_joined_stripped_of_comments_and_only_from_bash_blocks():
 def test_small_caps_training_and_leaves_other_commands_alone():
     cap = walker.SMALL_RUNS
     assert walker.small(["python", "train.py", "--num_runs=1000"]) == [
-        "python", "train.py", f"--num_runs={cap}", f"--models_at_once={cap}", "--epochs=1",
-        "--progress=false"]
+        "python", "train.py", f"--num_runs={cap}", f"--models_at_once={cap}",
+        "--concurrent_programs=1", "--epochs=1", "--progress=false"]
     assert walker.small(["python", "train.py", "--run_ids=5-99", "--models_at_once=4"]) == [
-        "python", "train.py", f"--run_ids=5-{4 + cap}", "--models_at_once=4", "--epochs=1",
-        "--progress=false"]
+        "python", "train.py", f"--run_ids=5-{4 + cap}", "--models_at_once=4",
+        "--concurrent_programs=1", "--epochs=1", "--progress=false"]
     assert walker.small(["python", "train.py"])[2] == f"--num_runs={cap}"
     assert walker.small(["python", "estimate.py", "--fdr"]) == ["python", "estimate.py",
                                                                "--fdr"]

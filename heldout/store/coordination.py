@@ -13,9 +13,11 @@ often on preemptible machines. Two mechanisms keep that safe and cheap:
   renewed by a background thread (`Claims.heartbeat`) for as long as the worker lives,
   also while it compiles and writes, and removed when the run is written.
 * **Preemption**: a claim records the scheduler's task identity (`task_identity`: Slurm
-  array job and task, or Kubernetes job and completion index). A scheduler runs one
-  instance of a task at a time, so a requeued task that finds claims of its own task
-  identity takes them over at once instead of waiting for the lease to expire.
+  array task or job, with the job step and the rank in the step; or Kubernetes job and
+  completion index). A scheduler runs one instance of a task at a time, so a requeued
+  task that finds claims of its own task identity takes them over at once instead of
+  waiting for the lease to expire; two tasks running at once (two steps of one job)
+  never share an identity.
 * **Exit status**: a worker that ends with runs of its shard missing because other
   workers claim them says so, and ``train.py`` exits with
   `EXIT_RUNS_CLAIMED_ELSEWHERE`, so a scheduler retries the task later.

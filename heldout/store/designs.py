@@ -116,8 +116,8 @@ def bank_fraction(subset: str) -> float:
     except ValueError:
         fraction = float("nan")
     if not 0.0 < fraction < 1.0:
-        raise ValueError(f"--subset={subset}: expected bank-<p> with a dropped fraction p "
-                         "in (0, 1), e.g. bank-0.01")
+        raise ParameterError("subset", "expected bank-<p> with a dropped fraction p in "
+                             "(0, 1), e.g. bank-0.01", subset)
     return fraction
 
 

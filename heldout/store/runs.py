@@ -309,6 +309,56 @@ def list_runs(experiment_dir: str, subset: str) -> tuple[list[int], list[int]]:
     return [i for i in ids if i in complete], [i for i in ids if i not in complete]
 
 
+def experiment_sizes(experiment_dir: str, subset: str | None = None) -> tuple[int, int]:
+    """(num_train, num_test) of an experiment's data, without loading its runs: from
+    ``experiment.json`` when it records them, else from one complete run (of `subset`,
+    or of the first subset holding one). For checks made before any work, such as
+    whether a published file fits (`heldout.estimate.compare.check_comparable`).
+
+    Raises:
+        ValueError: no record and no complete run.
+    """
+    try:
+        info = info_lib.read_experiment_info(experiment_dir)
+    except files.StoredFileError:
+        info = None
+    recorded = dict(info.data) if info is not None and info.data else {}
+    if all(
+            isinstance(recorded.get(k), int) for k in ("num_train", "num_test")):
+        return recorded["num_train"], recorded["num_test"]
+    for name in [subset] if subset else list_subsets(experiment_dir):
+        complete = list_runs(experiment_dir, name)[0]
+        if complete:
+            run = load_run(run_dir(experiment_dir, name, complete[0]))
+            return (len(run["index_train"]) + len(run["index_removed"]),
+                    len(run["index_test"]))
+    raise ValueError(f"experiment_dir={experiment_dir}: no complete runs to take the data "
+                     "sizes from")
+
+
+def load_membership(experiment_dir: str, subset: str, run_ids: Sequence[int],
+                    num_train: int, num_threads: int = 16) -> np.ndarray:
+    """bool ``[len(run_ids), num_train]``: which examples each run trained on (its
+    ``subsample_idx``), without building the prediction matrices; e.g. the fit runs of
+    an attribution, to judge LDS evaluation runs by membership
+    (`heldout.estimate.lds.check_disjoint_membership`).
+
+    Raises:
+        RunFileError: a run is missing or damaged, or its indices are outside
+            ``[0, num_train)`` (named by path).
+    """
+    directories = [run_dir(experiment_dir, subset, r) for r in run_ids]
+    masks = np.zeros((len(directories), num_train), dtype=bool)
+    with concurrent.futures.ThreadPoolExecutor(num_threads) as pool:
+        for r, run in enumerate(pool.map(load_run, directories)):
+            chosen = run[SUBSET_INDICES]
+            if len(chosen) and (chosen.min() < 0 or chosen.max() >= num_train):
+                _raise_on_problem(directories[r], f"{SUBSET_INDICES} holds indices outside "
+                                                  f"[0, {num_train})")
+            masks[r, chosen] = True
+    return masks
+
+
 def _complete_run_ids(folder: str, ids: Sequence[int], num_threads: int = 16) -> list[int]:
     """Ids among `ids` whose aux arrays exist.
 

@@ -187,3 +187,21 @@ def test_full_runs_with_equal_predictions_are_not_taken_for_copies(tmp_path):
     shutil.rmtree(runs.run_dir(directory, "full", 1))
     assert [p[0] for p in runs.verify_runs(directory)[1]] == [
         runs.run_dir(directory, "full", 6)]
+
+
+def test_experiment_sizes_without_loading_runs(tmp_path):
+    directory = _experiment(tmp_path)
+    assert runs.experiment_sizes(directory) == (NUM_TRAIN, NUM_TEST)
+    (tmp_path / "exp" / "experiment.json").unlink()
+    assert runs.experiment_sizes(directory, "0.7") == (NUM_TRAIN, NUM_TEST)
+    with pytest.raises(ValueError, match="no complete runs"):
+        runs.experiment_sizes(str(tmp_path / "nothing"))
+
+
+def test_load_membership_equals_the_run_matrix(tmp_path):
+    directory = _experiment(tmp_path)
+    experiment = runs.load_experiment(directory, "0.7", progress=False)
+    masks = runs.load_membership(directory, "0.7", [2, 0], NUM_TRAIN)
+    np.testing.assert_array_equal(masks, experiment.membership[[2, 0]])
+    with pytest.raises(runs.RunFileError, match="outside"):
+        runs.load_membership(directory, "0.7", [1], NUM_TRAIN - 5)
