@@ -68,7 +68,9 @@ _SUBSET_RATIO = flags.DEFINE_float(
     f"(default {train_job.DEFAULT_DESIGN}); or give --subset.")
 _SUBSET = flags.DEFINE_string(
     "subset", None, "Design instead of --subset_ratio: a ratio such as 0.7, 'full' (every "
-    "training example), or 'drop-<name>' (all but the target set <name>).")
+    "training example), 'drop-<name>' (all but the target set <name>), or 'bank-<p>' (the "
+    "metagradient yardstick: every run from run 0's seeds, run r > 0 with a random "
+    "fraction p of the examples at loss weight 0).")
 _TARGETS = flags.DEFINE_string(
     "targets", None, "For drop-<name>: choose the target set, e.g. 'random:20,easy:20' "
     "(easy: highest mean log-odds margin over pilot runs of the full arm).")

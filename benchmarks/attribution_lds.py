@@ -19,6 +19,12 @@ subsets (``0.5``, the published protocol), on which every score matrix
   run 0's final model, and the mean over runs 0..4; KFAC and EKFAC also with the
   expected Fisher (exact expectation over labels: no sampling noise).
 
+Noise ceiling: every LDS mask is trained a second time with other seeds
+(design ``0.5-reseed1``: the same subsets, independent initial weights and batch
+order); the ceiling of eval example j is the square root of the rank correlation of the
+two trainings over masks, the highest LDS any method could reach on these noisy
+outputs. It is printed beside every LDS, with the LDS as a fraction of it.
+
 For each: LDS with a bootstrap interval over test examples, seconds of the method,
 trained models used, and the cost = method seconds + models x measured seconds of
 training per model. A table on stdout and in a CSV, and a PNG of LDS against cost (log
@@ -45,6 +51,10 @@ import numpy as np  # noqa: E402
 from absl import app, flags, logging  # noqa: E402
 
 import heldout  # noqa: E402
+import heldout.runtime  # noqa: E402
+
+heldout.runtime.import_tensorflow()  # without its start-up lines
+
 from heldout import attribution  # noqa: E402
 from heldout.attribution import influence_functions, runs_attribution, trak  # noqa: E402
 from heldout.data import sources  # noqa: E402
@@ -70,6 +80,7 @@ _REPLOT = flags.DEFINE_string("replot", None, "Only redraw the PNG (beside the C
                               "CSV this script wrote; nothing is trained or computed.")
 
 FIT_RATIO, LDS_RATIO = 0.7, 0.5
+RESEED = "0.5-reseed1"  # the LDS masks trained again with other seeds: the noise ceiling
 RUN_COUNTS = (100, 250, 500, 1000)  # fit runs of the retraining estimators
 TRAK_MODELS = (1, 5, 20)
 GRADIENT_RUNS = 20  # fit runs 0..19 keep every epoch's checkpoint
@@ -112,7 +123,8 @@ def train(work_dir: str, data: sources.Dataset, fit_runs: int, lds_runs: int, se
                                            models_at_once=GRADIENT_RUNS)
     calls = [(with_checkpoints, FIT_RATIO, range(GRADIENT_RUNS), True),
              (config, FIT_RATIO, range(GRADIENT_RUNS, fit_runs), False),
-             (config, LDS_RATIO, range(lds_runs), False)]
+             (config, LDS_RATIO, range(lds_runs), False),
+             (config, RESEED, range(lds_runs), False)]
     for train_config, ratio, run_ids, save in calls:
         summary = heldout.train_experiment(work_dir, "digits", train_config, ratio, run_ids,
                                            seed=seed, save_checkpoints=save, progress=False,
@@ -131,6 +143,17 @@ def sorted_runs(experiment: heldout.Experiment, count: int) -> tuple[np.ndarray,
         raise ValueError(f"the experiment lacks some of runs 0..{count - 1}")
     rows = order[:count]
     return experiment.membership[rows], experiment.logodds_test[rows]
+
+
+def ceiling_of(evaluation: heldout.Experiment, again: heldout.Experiment) -> lds.NoiseCeiling:
+    """The noise ceiling of the LDS runs from their second training (same run ids, same
+    masks: checked)."""
+    count = evaluation.num_runs
+    masks, outputs = sorted_runs(evaluation, count)
+    masks_again, outputs_again = sorted_runs(again, count)
+    if not np.array_equal(masks, masks_again):
+        raise ValueError(f"{RESEED} runs do not train the masks of the {LDS_RATIO} runs")
+    return lds.noise_ceiling(outputs, outputs_again)
 
 
 def judge(scores: np.ndarray, evaluation: heldout.Experiment, seed: int) -> lds.LDSResult:
@@ -244,16 +267,20 @@ def gradient_rows(run_dirs: list[str], data: sources.Dataset,
     return rows
 
 
-def format_table(rows: list[Row], train_seconds: float, rate: float) -> str:
-    lines = [f"{'method':<44}{'LDS':>7}{'95% interval':>17}{'method s':>10}{'models':>8}"
-             f"{'cost s':>9}{'of rate':>9}"]
+def format_table(rows: list[Row], train_seconds: float, rate: float,
+                 ceiling: lds.NoiseCeiling) -> str:
+    lines = [f"{'method':<44}{'LDS':>7}{'95% interval':>17}{'ceiling':>9}{'of ceil':>8}"
+             f"{'method s':>10}{'models':>8}{'cost s':>9}{'of rate':>9}"]
     for row in rows:
+        # The ceiling over the eval examples where this LDS is defined.
+        defined = np.isfinite(row.lds.per_example) & np.isfinite(ceiling.per_example)
+        bound = float(ceiling.per_example[defined].mean()) if defined.any() else np.nan
         cost = row.seconds + row.models * train_seconds
         share = (f"{row.flops / rate / row.seconds:.0%}" if np.isfinite(row.flops)
                  and row.seconds > 0 else "-")
         lines.append(f"{row.method:<44}{row.lds.mean:>7.3f}   [{row.lds.ci_low:6.3f}, "
-                     f"{row.lds.ci_high:6.3f}]{row.seconds:>10.2f}{row.models:>8}{cost:>9.1f}"
-                     f"{share:>9}")
+                     f"{row.lds.ci_high:6.3f}]{bound:>9.3f}{row.lds.mean / bound:>8.0%}"
+                     f"{row.seconds:>10.2f}{row.models:>8}{cost:>9.1f}{share:>9}")
     return "\n".join(lines)
 
 
@@ -308,10 +335,11 @@ def main(argv):
           "the machine may be shared")
     data = sources.load_digits()
     print(f"Training: {_FIT_RUNS.value} fit runs ({FIT_RATIO}), {_LDS_RUNS.value} LDS runs "
-          f"({LDS_RATIO}) into {work_dir}")
+          f"({LDS_RATIO}), each LDS mask trained twice ({RESEED}) into {work_dir}")
     train_seconds = train(work_dir, data, _FIT_RUNS.value, _LDS_RUNS.value, seed)
     fit = heldout.load_experiment(work_dir, "0.7", progress=False)
     evaluation = heldout.load_experiment(work_dir, "0.5", progress=False)
+    ceiling = ceiling_of(evaluation, heldout.load_experiment(work_dir, RESEED, progress=False))
     print(f"  {train_seconds * 1e3:.1f} ms of training per model (K at once)")
     run_dirs = [runs_lib.run_dir(work_dir, "0.7", r) for r in range(GRADIENT_RUNS)]
 
@@ -326,7 +354,11 @@ def main(argv):
 
     title = (f"digits MLP: LDS on {evaluation.num_runs} runs at {LDS_RATIO:.0%} "
              f"(log-odds), {data.num_train} train x {len(data.y_test)} test")
-    print(f"\n{title}\n" + format_table(rows, train_seconds, rate))
+    print(f"\n{title}\n" + format_table(rows, train_seconds, rate, ceiling))
+    print(f"ceiling: noise ceiling of the LDS on these outputs, mean over eval examples of "
+          f"sqrt(Spearman of two trainings of each of the {ceiling.num_runs} masks, design "
+          f"{RESEED}); median reliability {np.nanmedian(ceiling.reliability):.3f}; "
+          "'of ceil': LDS / ceiling")
     print(f"cost s = method seconds + models x {train_seconds:.3f} s of training per model; "
           "'of rate': arithmetic of the matrix products / (seconds x measured rate)")
     print(f"Influence functions: fisher={_FISHER.value}"

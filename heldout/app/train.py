@@ -181,7 +181,9 @@ class TrainDesign:
 
     Attributes:
         config: how each run is trained.
-        design: a ratio in (0, 1) such as ``0.7``, or ``full`` (every training example).
+        design: a ratio in (0, 1) such as ``0.7``, ``full`` (every training example), or
+            ``bank-<p>`` (every example's batch slots, a fraction p at loss weight 0 in
+            runs r > 0; `heldout.store.designs`).
         data: where the examples come from.
         runs: which runs, where, and what is kept.
     """
@@ -457,7 +459,8 @@ def train(job: TrainJob) -> TrainReport:
             directory = runs.experiment_dir or presets.DEFAULT_EXPERIMENT_DIR
             arms = {design: list(run_ids)}
             launch = functools.partial(_train_design, subset=design)
-            ratio_design = None if design == designs.FULL else design
+            ratio_design = None if design == designs.FULL or designs.is_bank_design(
+                design) else design  # a bank's runs have every example's batch slots
         case _:
             raise TypeError(f"not a training job: {job!r}")
     checks.check_writable(directory, "experiment_dir")

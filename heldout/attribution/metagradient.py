@@ -9,16 +9,18 @@ effect of dropping a set S is ``-sum_{i in S} g[i, j]`` (MAGIC, Ilyas, Engstrom 
 
 How, by reverse-mode differentiation of the training loop:
 
-1. Replay the run forward with the trainer's own pure step
-   (`heldout.training.core.Trainer.parameter_step`: the model, the weighted and
-   smoothed loss, the learning-rate schedule with warm-up, weight decay and heavy-ball or
-   Nesterov momentum, from the very pieces the trainer's step uses; the batches and
-   augmentation draws of `Trainer.batch_inputs` and `core.run_batches`), keeping the
-   state (parameters, velocities) of every step when they fit in
-   ``memory_budget_bytes``, otherwise of every c-th step (c ~ sqrt(T)).
+1. Replay the run forward with the trainer's own step program
+   (`heldout.training.core.Trainer.step_program`, one step at a time on its variables:
+   the recorded run bit for bit; in float64 its pure form below), keeping the state
+   (parameters, velocities) of every step when they fit in ``memory_budget_bytes``,
+   otherwise of every c-th step (c ~ sqrt(T)).
 2. Start the adjoint at the gradient of each target's output at the final parameters
-   (velocity adjoint 0), and step backwards: one vector-Jacobian product of the step
-   function per optimizer step carries the adjoints of (parameters, velocities) to the
+   (velocity adjoint 0), and step backwards: one vector-Jacobian product per optimizer
+   step of the trainer's step as a pure function (`Trainer.parameter_step`: the model,
+   the weighted and smoothed loss, the learning-rate schedule with warm-up, weight decay
+   and heavy-ball or Nesterov momentum from the very pieces the trainer's step uses; the
+   batches and augmentation draws of `Trainer.batch_inputs` and `core.run_batches`)
+   carries the adjoints of (parameters, velocities) to the
    previous state and gives the cotangent of the batch's weights, scattered (summed)
    to the batch's example ids. A segment between kept states is first recomputed by
    deterministic replay from its first state: the same compiled program on the same
@@ -167,7 +169,6 @@ class MetagradientEngine:
         self._forward = tf.function(self._forward_step, jit_compile=self.config.xla,
                                     autograph=False, reduce_retracing=True)
         self._backward_programs: dict[int, tuple] = {}
-        self._stacked = None  # (kept states, their stack), reused across target batches
 
     def set_weights(self, weights: np.ndarray | None) -> None:
         """The per-example loss weights w ``[num_train]`` the run is replayed and
@@ -274,7 +275,7 @@ class MetagradientEngine:
                 """Steps backwards through steps ``first .. first + c - 1`` whose states
                 before each step are stacked ``[c, 1, ...]``: one program for the
                 whole segment (no per-step dispatch)."""
-                length = parameters[0].shape[0]
+                length = tf.shape(parameters[0])[0]  # unknown when retraced (relaxed)
 
                 def body(k, adjoint_parameters, adjoint_velocities, scores):
                     at = length - 1 - k
@@ -288,22 +289,22 @@ class MetagradientEngine:
                      scores))
                 return adjoint_parameters, adjoint_velocities, scores
 
-            if not self.config.xla:
-                # TensorFlow's own graph cannot run the second-order gradient inside a
-                # while loop (its AddN temporaries): one program per step instead.
-                one_step = tf.function(scored_step, **compile_)
+            one_step = tf.function(scored_step, **compile_)
 
-                def segment_vjp(parameters, velocities, first, adjoint_parameters,  # noqa: F811
-                                adjoint_velocities, scores):
-                    for at in reversed(range(parameters[0].shape[0])):
-                        adjoint_parameters, adjoint_velocities, scores = one_step(
-                            [p[at] for p in parameters], [v[at] for v in velocities],
-                            first + at, adjoint_parameters, adjoint_velocities, scores)
-                    return adjoint_parameters, adjoint_velocities, scores
+            def stepwise_vjp(parameters, velocities, first, adjoint_parameters,
+                             adjoint_velocities, scores):
+                """`segment_vjp` as one program per step: TensorFlow's own graph (without
+                XLA) cannot run the second-order gradient inside a while loop (the AddN
+                temporaries of its gradient accumulation)."""
+                for at in reversed(range(parameters[0].shape[0])):
+                    adjoint_parameters, adjoint_velocities, scores = one_step(
+                        [p[at] for p in parameters], [v[at] for v in velocities],
+                        first + at, adjoint_parameters, adjoint_velocities, scores)
+                return adjoint_parameters, adjoint_velocities, scores
 
             self._backward_programs[models] = (
                 trainer, tf.function(outputs, **compile_),
-                tf.function(segment_vjp, **compile_) if self.config.xla else segment_vjp)
+                tf.function(segment_vjp, **compile_) if self.config.xla else stepwise_vjp)
         return self._backward_programs[models]
 
     # --- the trajectory ----------------------------------------------------------------
@@ -420,22 +421,20 @@ class MetagradientEngine:
         adjoint_velocities = [tf.zeros_like(a) for a in adjoint_parameters]
         scores = tf.zeros([self.data.num_train, models], self.dtype)
         for first, end in self._segments(interval):
-            if interval == 1:  # every state kept: stacked once for all target batches
-                if self._stacked is None or self._stacked[0] is not kept:
-                    self._stacked = (kept, _stack(kept, 0, steps))
-                stacked = self._stacked[1]
-            else:
-                stacked = _stack(self.replay(kept[first], first, end), first, end)
+            states = kept if interval == 1 else self.replay(kept[first], first, end)
+            stacked = _stack(states, first, end)
             adjoint_parameters, adjoint_velocities, scores = segment_vjp(
                 *stacked, tf.constant(first), adjoint_parameters, adjoint_velocities, scores)
             bar.advance(end - first)
         return scores.numpy(), f.numpy()
 
     def _segments(self, interval: int) -> list[tuple[int, int]]:
-        """(first, end) step ranges stepped back through in turn, the last first."""
+        """(first, end) step ranges stepped back through in turn, the last first: the
+        kept states' intervals, or with every state kept ~sqrt(T) steps (one program
+        each, so the progress bar moves)."""
         steps = self.trajectory.total_steps
         if interval == 1:
-            return [(0, steps)]
+            interval = math.isqrt(max(steps - 1, 0)) + 1
         return [(first, min(first + interval, steps))
                 for first in reversed(range(0, steps, interval))]
 

@@ -122,6 +122,55 @@ def lds(scores: np.ndarray, masks: np.ndarray, outputs: np.ndarray, *,
                      num_runs=masks.shape[0], num_finite=len(defined), num_eval=num_eval)
 
 
+@dataclasses.dataclass(frozen=True)
+class NoiseCeiling:
+    """How high any method's LDS can go on evaluation runs whose outputs are noisy.
+
+    Each evaluation mask is trained twice, with independent seeds (designs ``<ratio>``
+    and ``<ratio>-reseed1``). If a run's output is ``f = g(mask) + noise``, the
+    correlation of the two trainings over masks estimates the reliability
+    ``rho = var(g) / var(f)``, and no prediction from the mask alone correlates with
+    ``f`` better than ``sqrt(rho)``: ``per_example = sqrt(max(rho_j, 0))``
+    (rank correlations, as LDS uses).
+
+    Attributes:
+        mean: mean of ``per_example`` over the eval examples where it is defined.
+        per_example: float64 ``[num_eval]`` ceiling of each eval example's LDS (NaN where
+            an output is constant over the masks).
+        reliability: float64 ``[num_eval]`` Spearman correlation of the two trainings.
+        num_runs: masks trained twice.
+    """
+
+    mean: float
+    per_example: np.ndarray
+    reliability: np.ndarray
+    num_runs: int
+
+
+def noise_ceiling(outputs: np.ndarray, outputs_again: np.ndarray) -> NoiseCeiling:
+    """The LDS noise ceiling from two trainings of the same masks (`NoiseCeiling`).
+
+    Args:
+        outputs: ``[k, num_eval]`` outputs of the evaluation runs.
+        outputs_again: ``[k, num_eval]`` outputs of the same k masks, row for row, trained
+            with other seeds.
+    """
+    outputs = np.asarray(outputs, dtype=np.float64)
+    outputs_again = np.asarray(outputs_again, dtype=np.float64)
+    if outputs.ndim != 2 or outputs.shape != outputs_again.shape:
+        raise ValueError(f"outputs have shapes {outputs.shape} and {outputs_again.shape}; "
+                         "expected two equal [k, num_eval] arrays (the same masks twice)")
+    if outputs.shape[0] < 2:
+        raise ValueError(f"outputs have {outputs.shape[0]} runs, a rank correlation needs "
+                         ">= 2")
+    reliability = spearman_columns(outputs, outputs_again)
+    per_example = np.sqrt(np.clip(reliability, 0.0, None))
+    defined = per_example[np.isfinite(per_example)]
+    return NoiseCeiling(mean=float(defined.mean()) if len(defined) else np.nan,
+                        per_example=per_example, reliability=reliability,
+                        num_runs=outputs.shape[0])
+
+
 def spearman_columns(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     """Spearman correlation of each column of `a` with the same column of `b`.
 

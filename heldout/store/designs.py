@@ -13,6 +13,11 @@ Designs (the names of subset folders):
     1) and run r > 0 drops a random fraction p of the training set as loss weights 0
     (`bank_weights`), stored with the run (``example_weights`` in its aux arrays).
 
+  * ``"<ratio>-reseed<k>"`` (``0.5-reseed1``): the subsets of design ``<ratio>``, run for
+    run, trained again with other seeds (initial weights, batch order: replica k >= 1).
+    Two trainings of every LDS mask give the noise ceiling of the standard LDS
+    protocol (`heldout.estimate.lds.noise_ceiling`).
+
 A run's subset is a pure function of (experiment seed, subset name, run id, number of
 training examples), so the same run id trains on the same subset on any machine, and
 cluster shards need not coordinate. The derivation uses NumPy's ``SeedSequence`` and
@@ -32,14 +37,16 @@ from heldout.errors import ParameterError
 
 
 def parse_subset_ratio(subset: str) -> float:
-    """The training-set fraction of a random-subset design named like ``"0.7"``.
+    """The training-set fraction of a random-subset design named like ``"0.7"`` (or its
+    replica ``"0.7-reseed1"``).
 
     Raises:
         ParameterError: `subset` is not a number strictly between 0 and 1 (NaN included),
             naming ``subset_ratio``.
     """
+    text = str(subset).split(RESEED_INFIX)[0] if RESEED_INFIX in str(subset) else subset
     try:
-        ratio = float(subset)
+        ratio = float(text)
     except ValueError:
         raise ParameterError("subset_ratio", "expected a number in (0, 1)",
                              repr(subset)) from None
@@ -51,6 +58,7 @@ def parse_subset_ratio(subset: str) -> float:
 FULL = "full"
 DROP_PREFIX = "drop-"
 BANK_PREFIX = "bank-"
+RESEED_INFIX = "-reseed"
 
 
 def subset_name(ratio: float) -> str:
@@ -70,6 +78,12 @@ def design_name(subset: str | float) -> str:
         return text
     if text.startswith(BANK_PREFIX):
         return f"{BANK_PREFIX}{bank_fraction(text):g}"
+    if RESEED_INFIX in text and not text.startswith(DROP_PREFIX):
+        base, _, replica = text.partition(RESEED_INFIX)
+        if not (replica.isdigit() and int(replica) >= 1):
+            raise ParameterError("subset", "expected <ratio>-reseed<k> with a replica k >= 1, "
+                                 "e.g. 0.5-reseed1", text)
+        return f"{subset_name(parse_subset_ratio(base))}{RESEED_INFIX}{int(replica)}"
     if text.startswith(DROP_PREFIX):
         name = text[len(DROP_PREFIX):]
         if not name or not all(c.isalnum() or c in "_-" for c in name):
@@ -80,7 +94,7 @@ def design_name(subset: str | float) -> str:
         return subset_name(float(text))
     except ValueError:
         raise ParameterError("subset", "expected a ratio in (0, 1), 'full', "
-                             "'drop-<name>' or 'bank-<p>'", text) from None
+                             "'drop-<name>', 'bank-<p>' or '<ratio>-reseed<k>'", text) from None
 
 
 def drop_target_name(design: str) -> str | None:
@@ -143,7 +157,21 @@ def run_seeds(experiment_seed: int, subset: str, run_id: int) -> RunSeeds:
         base = _root_seeds(experiment_seed, BANK_PREFIX, 0)
         return RunSeeds(_root_seeds(experiment_seed, subset, run_id).subset, base.init,
                         base.order)
+    if is_reseed_design(subset):  # the ratio design's subset, its own training seeds
+        own = _root_seeds(experiment_seed, subset, run_id)
+        return RunSeeds(_root_seeds(experiment_seed, reseed_base(subset), run_id).subset,
+                        own.init, own.order)
     return _root_seeds(experiment_seed, subset, run_id)
+
+
+def is_reseed_design(subset: str) -> bool:
+    """Whether a design trains another design's subsets again (``0.5-reseed1``)."""
+    return RESEED_INFIX in subset and not subset.startswith(DROP_PREFIX)
+
+
+def reseed_base(subset: str) -> str:
+    """The ratio design whose subsets a reseed design trains (``0.5-reseed1`` -> ``0.5``)."""
+    return subset.split(RESEED_INFIX)[0]
 
 
 def bank_seeds(experiment_seed: int) -> RunSeeds:

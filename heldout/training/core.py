@@ -22,11 +22,13 @@ result does not depend on which runs share its group. Model k takes only its own
 and statistics stay as they are.
 
 Optimizer, per optimizer step: the loss is each model's mean (``loss_reduction = "sum"``:
-summed) cross-entropy over its batch, against targets smoothed by
-``label_smoothing``, summed over models, so every model gets exactly the gradient it
-would get alone. Then, per variable, `momentum_step`: the gradient plus weight decay,
-velocity ``v <- momentum * v + g``, and ``w <- w - lr * v`` (heavy-ball) or
-``w <- w - lr * (g + momentum * v)`` (Nesterov). The learning rate is warmed up linearly
+summed) cross-entropy over its batch, against targets smoothed by ``label_smoothing``,
+each example's loss times its run's weight for it (``example_weights``, SPEC §11; 1
+unless given, the mean still over the batch's slots), summed over models, so every
+model gets exactly the gradient it would get alone. Then, per variable,
+`momentum_step`: the gradient plus weight decay, velocity ``v <- momentum * v + g``,
+and ``w <- w - lr * v`` (heavy-ball) or ``w <- w - lr * (g + momentum * v)``
+(Nesterov). The learning rate is warmed up linearly
 and then decayed by the schedule (`learning_rate_at`).
 
 Weight decay, the one rule: a variable decays when Sonnet names it ``w`` (the weights

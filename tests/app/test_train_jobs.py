@@ -221,3 +221,19 @@ def test_building_a_job_loads_no_tensorflow_and_a_bad_flag_is_one_line():
                              capture_output=True, text=True, timeout=60)
     assert refused.returncode == 1
     assert refused.stderr.strip() == "train.py: error: --epochs=0: expected a positive number"
+
+
+def test_a_bank_design_trains_with_its_loss_weights(tmp_path):
+    """``subset=bank-<p>`` is a design of every example's batch slots (not a ratio):
+    run 1 drops 10% of the digits as zero weights, stored in its aux arrays."""
+
+    from heldout.store import runs as runs_lib
+
+    job = train_job.TrainDesign(
+        TrainConfig(epochs=1, models_at_once=4, batch_size=64), "bank-0.1",
+        runs=train_job.RunSettings(experiment_dir=str(tmp_path), run_ids="0-1",
+                                   progress=False))
+    assert train_job.train(job).summaries[0].trained == (0, 1)
+    weights = runs_lib.load_run(runs_lib.run_dir(str(tmp_path), "bank-0.1", 1))[
+        runs_lib.EXAMPLE_WEIGHTS]
+    assert (weights == 0).sum() == 135 and (weights[weights != 0] == 1).all()

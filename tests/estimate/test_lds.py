@@ -104,3 +104,30 @@ def test_check_disjoint_names_the_overlap():
     lds_lib.check_disjoint(range(10), range(10, 20))
     with pytest.raises(ValueError, match="2 runs: 3, 7"):
         lds_lib.check_disjoint([1, 3, 7], [7, 3, 12])
+
+
+def test_noise_ceiling_is_the_root_of_the_two_trainings_rank_correlation():
+    rng = np.random.default_rng(3)
+    k, num_train, num_eval = 3000, 40, 6
+    masks = rng.random((k, num_train)) < 0.5
+    tau = rng.normal(size=(num_train, num_eval))
+    signal = masks @ tau
+    noise_scale = np.array([0.0, 0.5, 1.0, 1.5, 2.0, 2.5]) * signal.std(axis=0)
+    first = signal + rng.normal(size=signal.shape) * noise_scale
+    again = signal + rng.normal(size=signal.shape) * noise_scale
+    ceiling = lds_lib.noise_ceiling(first, again)
+    for j in range(num_eval):  # against scipy, one column at a time
+        rho = scipy_stats.spearmanr(first[:, j], again[:, j]).statistic
+        assert ceiling.reliability[j] == pytest.approx(rho, abs=1e-12)
+        assert ceiling.per_example[j] == pytest.approx(np.sqrt(max(rho, 0.0)), abs=1e-12)
+    assert ceiling.mean == pytest.approx(ceiling.per_example.mean())
+    # The exact scores (the signal itself) reach the ceiling, up to sampling error.
+    oracle = lds_lib.lds(tau, masks, first, num_bootstrap=0)
+    np.testing.assert_allclose(oracle.per_example, ceiling.per_example, atol=0.06)
+    assert ceiling.per_example[0] == pytest.approx(1.0)
+    assert np.all(np.diff(ceiling.per_example) < 0)  # more noise, lower ceiling
+
+
+def test_noise_ceiling_refuses_unpaired_outputs():
+    with pytest.raises(ValueError, match="the same masks twice"):
+        lds_lib.noise_ceiling(np.zeros((5, 3)), np.zeros((4, 3)))

@@ -176,3 +176,24 @@ def test_drop_target_name_refuses_non_designs(design):
     with pytest.raises(ValueError) as raised:
         subsets.drop_target_name(design)
     assert raised.value.parameter == "subset"
+
+
+def test_reseed_design_trains_the_ratio_designs_subsets_with_its_own_seeds():
+    assert subsets.design_name("0.50-reseed01") == "0.5-reseed1"
+    assert subsets.parse_subset_ratio("0.5-reseed2") == 0.5
+    assert subsets.is_reseed_design("0.5-reseed1") and not subsets.is_reseed_design("0.5")
+    assert not subsets.is_reseed_design("drop-a-reseed1")
+    for run_id in (0, 3, 11):
+        base = subsets.subset_indices(50, "0.5", 7, run_id)
+        np.testing.assert_array_equal(subsets.subset_indices(50, "0.5-reseed1", 7, run_id),
+                                      base)
+        seeds = [subsets.run_seeds(7, name, run_id)
+                 for name in ("0.5", "0.5-reseed1", "0.5-reseed2")]
+        for part in ("init", "order"):
+            states = {tuple(getattr(s, part).generate_state(2)) for s in seeds}
+            assert len(states) == 3, part  # three independent trainings of one subset
+    for bad in ("0.5-reseed0", "0.5-reseedx", "0.5-reseed"):
+        with pytest.raises(ValueError, match=f"^subset={bad}:"):
+            subsets.design_name(bad)
+    with pytest.raises(ValueError, match="^subset_ratio=1.5"):
+        subsets.design_name("1.5-reseed1")

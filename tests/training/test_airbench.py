@@ -298,3 +298,16 @@ def test_checkpoint_every_gives_snapshots_of_the_model_after_that_epoch(cifar):
     final = [v.numpy()[0] for v in grouped[1].model.variables]
     assert any(not np.array_equal(a, b) for a, b in zip(final, after_epoch[0], strict=True))
     assert snapshot.learning_rate > 0 and grouped[1].final_learning_rate > 0
+
+
+def test_example_weights_are_honoured(cifar):
+    """Per-example loss weights reach the airbench step: zero weights on 5 of the run's
+    examples change it (same seeds and batches; without weights the trainer passes
+    weights of 1, the same program)."""
+    trainer = airbench.AirbenchTrainer(cifar, _config())
+    group = _group(cifar, [0])
+    (plain,) = trainer.train(*group, save_logits=True)
+    weights = np.ones(cifar.num_train)
+    weights[group[0][0][:5]] = 0.0
+    (dropped,) = trainer.train(*group, save_logits=True, example_weights=[weights])
+    assert np.abs(dropped.test.logits - plain.test.logits).max() > 1e-4

@@ -18,23 +18,25 @@ SEED = 0
 # --- TrainConfig --------------------------------------------------------------------
 
 
-@pytest.mark.parametrize(("kwargs", "flag"), [
-    ({"epochs": 0}, "--epochs=0"),
-    ({"epochs": -3}, "--epochs=-3"),
-    ({"batch_size": 0}, "--batch_size=0"),
-    ({"learning_rate": 0.0}, "--learning_rate=0.0"),
-    ({"learning_rate": -0.1}, "--learning_rate=-0.1"),
-    ({"models_at_once": 0}, "--models_at_once=0"),
-    ({"momentum": 1.0}, "--momentum=1.0"),
-    ({"momentum": -0.1}, "--momentum=-0.1"),
-    ({"weight_decay": -1e-4}, "--weight_decay=-0.0001"),
-    ({"lr_schedule": "step"}, "--lr_schedule='step'"),
-    ({"epochs": 3, "warmup_epochs": 4.0}, "--warmup_epochs=4.0"),
-    ({"warmup_epochs": -1.0}, "--warmup_epochs=-1.0"),
-    ({"model": "nope"}, "--model='nope'"),
+@pytest.mark.parametrize(("kwargs", "parameter"), [
+    ({"epochs": 0}, "epochs=0"),
+    ({"epochs": -3}, "epochs=-3"),
+    ({"batch_size": 0}, "batch_size=0"),
+    ({"learning_rate": 0.0}, "learning_rate=0.0"),
+    ({"learning_rate": -0.1}, "learning_rate=-0.1"),
+    ({"models_at_once": 0}, "models_at_once=0"),
+    ({"momentum": 1.0}, "momentum=1.0"),
+    ({"momentum": -0.1}, "momentum=-0.1"),
+    ({"weight_decay": -1e-4}, "weight_decay=-0.0001"),
+    ({"lr_schedule": "step"}, "lr_schedule='step'"),
+    ({"epochs": 3, "warmup_epochs": 4.0}, "warmup_epochs=4.0"),
+    ({"warmup_epochs": -1.0}, "warmup_epochs=-1.0"),
+    ({"model": "nope"}, "model='nope'"),
 ])
-def test_train_config_rejects(kwargs, flag):
-    with pytest.raises(ValueError, match=flag.replace(".", r"\.").replace("+", r"\+")):
+def test_train_config_rejects(kwargs, parameter):
+    """A one-line error naming the parameter and its value (`ParameterError`)."""
+    with pytest.raises(ValueError, match="^" + parameter.replace(".", r"\.").replace(
+            "+", r"\+")):
         training.TrainConfig(**kwargs)
 
 
