@@ -23,7 +23,7 @@ and statistics stay as they are.
 
 Optimizer, per optimizer step: the loss is each model's mean (``loss_reduction = "sum"``:
 summed) cross-entropy over its batch, against targets smoothed by ``label_smoothing``,
-each example's loss times its run's weight for it (``example_weights``, SPEC §11; 1
+each example's loss times its run's weight for it (``example_weights``; 1
 unless given, the mean still over the batch's slots), summed over models, so every
 model gets exactly the gradient it would get alone. Then, per variable,
 `momentum_step`: the gradient plus weight decay, velocity ``v <- momentum * v + g``,
