@@ -17,7 +17,11 @@ subsets (``0.5``, the published protocol), on which every score matrix
 * influence functions with identity, diagonal, KFAC and EKFAC factors (true Fisher,
   ``--fisher_draws`` label draws, factors fitted on the run's own training subset) on
   run 0's final model, and the mean over runs 0..4; KFAC and EKFAC also with the
-  expected Fisher (exact expectation over labels: no sampling noise).
+  expected Fisher (exact expectation over labels: no sampling noise);
+* exact metagradients (d f_j / d w_i through the whole recorded training of a run,
+  `heldout.attribution.metagradient`) of run 0, and the mean over runs 0..4: the
+  single-model method judged on fresh seeds (its own yardstick, fixed seed and
+  dropped examples, is `benchmarks/metagradient_lds.py`).
 
 Noise ceiling: every LDS mask is trained a second time with other seeds
 (design ``0.5-reseed1``: the same subsets, independent initial weights and batch
@@ -56,7 +60,12 @@ import heldout.runtime  # noqa: E402
 heldout.runtime.import_tensorflow()  # without its start-up lines
 
 from heldout import attribution  # noqa: E402
-from heldout.attribution import influence_functions, runs_attribution, trak  # noqa: E402
+from heldout.attribution import (  # noqa: E402
+    influence_functions,
+    metagradient,
+    runs_attribution,
+    trak,
+)
 from heldout.data import sources  # noqa: E402
 from heldout.estimate import datamodels, estimators, lds, plots  # noqa: E402
 from heldout.models import checkpoints as checkpoints_lib  # noqa: E402
@@ -267,6 +276,29 @@ def gradient_rows(run_dirs: list[str], data: sources.Dataset,
     return rows
 
 
+def metagradient_rows(run_dirs: list[str], data: sources.Dataset,
+                      evaluation: heldout.Experiment) -> list[Row]:
+    """Exact metagradients of fit runs 0..4 (d f_j / d w_i through each run's own
+    training, `heldout.attribution.metagradient`) on the standard protocol: one run, and
+    the mean over the runs. A run says nothing of the examples outside its 70% subset
+    (NaN rows): the mean is over the runs that trained on each example, 0 where none did.
+    """
+    per_run, seconds = [], []
+    config = metagradient.MetagradientConfig(progress=False)
+    for run_dir in run_dirs[:AVERAGED]:
+        start = time.perf_counter()
+        per_run.append(metagradient.score_metagradient(run_dir, data, config=config).scores)
+        seconds.append(time.perf_counter() - start)
+    rows = []
+    for count in (1, AVERAGED):
+        stacked = np.stack(per_run[:count]).astype(np.float64)
+        trained = np.isfinite(stacked).sum(axis=0)
+        scores = np.nansum(stacked, axis=0) / np.maximum(trained, 1)
+        rows.append(Row("metagradient", f"metagradient ({count} run{'s' * (count > 1)})",
+                        judge(scores, evaluation, 0), sum(seconds[:count]), count))
+    return rows
+
+
 def format_table(rows: list[Row], train_seconds: float, rate: float,
                  ceiling: lds.NoiseCeiling) -> str:
     lines = [f"{'method':<44}{'LDS':>7}{'95% interval':>17}{'ceiling':>9}{'of ceil':>8}"
@@ -347,7 +379,9 @@ def main(argv):
     for name, function in (("retraining", lambda: retraining_rows(fit, evaluation)),
                            ("TRAK", lambda: trak_rows(run_dirs, data, fit, evaluation)),
                            ("TracIn and influence functions",
-                            lambda: gradient_rows(run_dirs, data, evaluation))):
+                            lambda: gradient_rows(run_dirs, data, evaluation)),
+                           ("metagradients",
+                            lambda: metagradient_rows(run_dirs, data, evaluation))):
         section = time.time()
         rows += function()
         print(f"  {name}: {time.time() - section:.0f} s")
