@@ -1,8 +1,8 @@
-"""Estimates memorization, self-influence, influence and C-scores from an experiment.
+r"""Estimates memorization, self-influence, influence and C-scores from an experiment.
 
 Reads the complete runs of an experiment directory (local or gs://), computes the
-chosen estimators (SPEC §4) with standard errors, confidence intervals and p-values,
-saves them to an .npz (keys: heldout/analysis.py), optionally as CSV tables and PNG
+chosen estimators with standard errors, confidence intervals and p-values, saves them
+to an .npz (keys: heldout/estimate/export.py), optionally as CSV tables and PNG
 figures, and prints the most notable examples and one summary line per estimator.
 
 Usage:
@@ -14,6 +14,11 @@ Usage:
   python estimate.py --estimator=datamodel --eval_indices=0-99 --lds_subset=0.5
   python estimate.py --experiment_dir=experiments/digits_nsi --estimator=self_influence \
       --targets=nsi [--all] [--plan --effect=0.25]
+
+Each command is one job of one mode: --verify, the targeted report (--targets, with
+--plan), a power plan alone (--plan), --merge, datamodels, a gradient method or TRAK
+(--estimator), or the retraining estimates (the default). A flag the mode does not use
+is refused, never ignored.
 
 With --targets, self-influence is the targeted report of a full-vs-drop experiment:
 per target example, the mean metric over runs with it (full arm) and without it
@@ -27,23 +32,40 @@ config as a flag (--fisher, --fisher_seed, --fisher_draws, --damping, --damping_
   python estimate.py --estimator=if_ekfac --fisher=empirical --damping=0.01
   python estimate.py --estimator=trak --trak_runs=0-4 --projection_dim=512 \
       --lambda_reg=0.1,1,10 --eval_indices=0-99 --lds_subset=0.5
+  python estimate.py --estimator=metagradient --run_id=0 --eval_indices=0-99 \
+      [--checkpoint_interval=C]
 
-Output locations are checked writable before anything is computed; errors are one line
-"estimate.py: error: <flag or path>: <what was expected>". --verify exits non-zero on
-damaged runs and on a missing or empty directory.
+Flags are checked before TensorFlow loads, and output locations before anything is
+computed; nothing is written unless every check passed. Default outputs are named
+after the experiment and the part computed (a shard writes estimates-<subset>-shard
+<i>of<n>.npz, a merge estimates-<subset>-merged.npz beside its parts). Errors are one
+line "estimate.py: error: <flag or path>: <what was expected>". --verify exits non-zero
+on damaged runs and on a missing or empty directory.
 """
 
-import os
-import sys
+import importlib
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+from absl import app, flags
 
-from absl import app, flags, logging  # noqa: E402
+from heldout.app import cli
+from heldout.app import estimate_jobs as jobs
+from heldout.attribution.config import (
+    DEFAULT_PROJECTION_DIM,
+    InfluenceConfig,
+    TracInConfig,
+    TRAKConfig,
+)
+from heldout.estimate.config import (
+    DEFAULT_TOP,
+    EstimateConfig,
+    PlanConfig,
+    TargetedConfig,
+)
 
 _EXPERIMENT_DIR = flags.DEFINE_string(
-    "experiment_dir", "./experiments/digits", "Experiment directory (local or gs://), or a "
-    "published tarball to fetch first: a .tar.gz path or URL, or a release name "
-    "(cifar10-inception, cifar100-inception, imagenet-resnet50).")
+    "experiment_dir", None, "Experiment directory (local or gs://), or a published tarball "
+    "to fetch first: a .tar.gz path or URL, or a release name (cifar10-inception, "
+    f"cifar100-inception, imagenet-resnet50); default {jobs.DEFAULT_EXPERIMENT_DIR}.")
 _FETCH_DIR = flags.DEFINE_string(
     "fetch_dir", None, "Where a fetched tarball's members go (default ./experiments/"
     "<tarball name>); re-running skips members already there.")
@@ -55,36 +77,50 @@ _FETCH_RUN_IDS = flags.DEFINE_string("fetch_run_ids", None, "Run ids whose check
 _MD5 = flags.DEFINE_string("md5", None, "Expected MD5 of a fetched tarball (default: the "
                            "published one, for the known releases).")
 _ESTIMATOR = flags.DEFINE_list(
-    "estimator", ["memorization", "influence"],
-    "Estimators: memorization, self_influence, influence, cscore, or all; datamodel (ridge "
-    "datamodels of the test examples' log-odds); or a gradient method on one run "
-    "(--run_id): tracin, if_identity, if_diagonal, if_kfac, if_ekfac; or trak (final "
-    "models of --trak_runs).")
+    "estimator", None,
+    "Estimators: memorization, self_influence, influence, cscore, or all (default "
+    f"{','.join(EstimateConfig.estimators)}); datamodel (ridge datamodels of the test "
+    "examples' log-odds); or a gradient method on one run (--run_id): tracin, "
+    "if_identity, if_diagonal, if_kfac, if_ekfac; or trak (final models of --trak_runs); or "
+    "metagradient (exact d log-odds / d training-example weight of one run, --run_id, "
+    "replayed through its training).")
 _SUBSET = flags.DEFINE_list(
-    "subset", None, "Subset folder to estimate from (e.g. 0.7); default: the only one. "
-    "For cscore, the ratio folders to average over (default: all).")
+    "subset", None, "Subset folder to estimate from (e.g. 0.7); default: the only one "
+    "besides --lds_subset. For cscore, the ratio folders to average over (default: all).")
 _METRIC = flags.DEFINE_enum(
     "metric", None, ["correctness", "margin", "logodds"],
-    "Per-run metric of self_influence and influence (memorization is correctness); default "
-    "correctness, or logodds for --targets: "
-    "margin = correct logit minus largest other, logodds = correct logit minus "
-    "logsumexp of the others.")
+    f"Per-run metric of self_influence and influence (default {EstimateConfig.metric}; "
+    f"memorization is correctness), of --targets and --plan (default "
+    f"{TargetedConfig.metric}), of datamodels (default logodds): margin = correct logit "
+    "minus largest other, logodds = correct logit minus logsumexp of the others.")
 _MIN_RUNS = flags.DEFINE_integer(
-    "min_runs", 5, "Fewest in- and out-runs an estimate needs (else NaN).")
-_TEST = flags.DEFINE_enum("test", None, ["welch", "z"],
-                          "Test of 'different from zero': Welch's t or the large-sample z "
-                          "(default: z for the targeted report, as published; else welch).")
+    "min_runs", None, "Fewest in- and out-runs an estimate needs (else NaN); default "
+    f"{EstimateConfig.min_runs}.")
+_TEST = flags.DEFINE_enum(
+    "test", None, ["welch", "z"], "Test of 'different from zero': Welch's t or the "
+    f"large-sample z (default {EstimateConfig.test}; {TargetedConfig.test} for --targets, "
+    "as published).")
 _CONFIDENCE = flags.DEFINE_float(
-    "confidence", None, "Level of confidence intervals; default 0.95, or 0.99 for --targets.")
-_ALPHA = flags.DEFINE_float("alpha", None, "Significance level of the 'significant' flags; "
-                            "default 0.05, or 0.01 for --targets.")
+    "confidence", None, f"Level of confidence intervals; default {EstimateConfig.confidence},"
+    f" or {TargetedConfig.confidence} for --targets.")
+_ALPHA = flags.DEFINE_float(
+    "alpha", None, "Significance level of the 'significant' flags; default "
+    f"{EstimateConfig.alpha}, or {TargetedConfig.alpha} for --targets and --plan.")
 _FDR = flags.DEFINE_bool(
-    "fdr", False, "Control the false discovery rate across examples (Benjamini-Hochberg).")
+    "fdr", None, "Control the false discovery rate of memorization and self_influence "
+    "across examples (Benjamini-Hochberg).")
+_FDR_UNTESTABLE = flags.DEFINE_enum(
+    "fdr_untestable", None, ["exclude", "count"],
+    "With --fdr: examples that cannot be tested (p = NaN, e.g. right in every run) left "
+    "out of the Benjamini-Hochberg family (exclude) or counted as p = 1 (count, the "
+    f"conservative family); default {EstimateConfig.fdr_untestable}.")
 _INFLUENCE_OUTPUT = flags.DEFINE_enum(
-    "influence_output", "dense", ["dense", "topk"],
-    "Save the whole influence matrix (dense) or only top-k per test example.")
-_TOP_K = flags.DEFINE_integer("top_k", 10, "Most influential training examples kept per "
-                              "test example.")
+    "influence_output", None, ["dense", "topk"],
+    "Save the whole influence (or datamodel) matrix (dense, the default) or only top-k per "
+    "test example.")
+_TOP_K = flags.DEFINE_integer(
+    "top_k", None, "Most influential training examples kept per test example; default "
+    f"{EstimateConfig.top_k}.")
 _THRESHOLD = flags.DEFINE_float("threshold", None, "Also save every pair with influence "
                                 "above this.")
 _EVAL_INDICES = flags.DEFINE_string(
@@ -95,24 +131,27 @@ _EVAL_SHARD = flags.DEFINE_string(
 _TARGETS = flags.DEFINE_string(
     "targets", None, "Targeted self-influence report for this target set (name in "
     "<experiment_dir>/targets/ or a file): full vs drop-<name> arms.")
-_ALL = flags.DEFINE_bool("all", False, "Targeted report: show every target row, not only "
+_ALL = flags.DEFINE_bool("all", None, "Targeted report: show every target row, not only "
                          "p < --alpha.")
 _PLAN = flags.DEFINE_bool(
-    "plan", False, "Print how many runs per arm detect --effect at --alpha with --power, "
+    "plan", None, "Print how many runs per arm detect --effect at --alpha with --power, "
     "from the spread over the full-arm pilot runs.")
-_EFFECT = flags.DEFINE_float("effect", 0.25, "--plan: smallest self-influence to detect.")
-_POWER = flags.DEFINE_float("power", 0.8, "--plan: probability of detecting it.")
+_EFFECT = flags.DEFINE_float("effect", None, "--plan: smallest self-influence to detect; "
+                             f"default {PlanConfig.effect}.")
+_POWER = flags.DEFINE_float("power", None, "--plan: probability of detecting it; default "
+                            f"{PlanConfig.power}.")
 _RUN_ID = flags.DEFINE_integer(
-    "run_id", 0, "Gradient methods: the run (of --subset) whose checkpoints to use.")
+    "run_id", None, "Gradient methods and TRAK: the run (of --subset) whose checkpoints to "
+    "use; metagradient: the run to replay; default 0.")
 _MEASUREMENT = flags.DEFINE_string(
-    "measurement", None, "Gradient methods: what is measured on the queries: loss (the "
-    "default), margin or logodds.")
+    "measurement", None, "TracIn and influence functions: what is measured on the "
+    "queries: loss (the default), margin or logodds.")
 _DAMPING = flags.DEFINE_float(
     "damping", None, "Influence functions: absolute damping per layer; default "
     "--damping_factor x each layer's mean eigenvalue.")
 _DAMPING_FACTOR = flags.DEFINE_float(
     "damping_factor", None, "Influence functions: damping as a multiple of each layer's mean "
-    "eigenvalue (default 0.1), when --damping is not given.")
+    f"eigenvalue (default {InfluenceConfig.damping_factor}), when --damping is not given.")
 _FISHER = flags.DEFINE_string(
     "fisher", None, "Influence functions: labels of the Fisher: true (sampled from the "
     "model, the default), empirical (the data's labels) or expected.")
@@ -120,32 +159,38 @@ _FISHER_SEED = flags.DEFINE_integer(
     "fisher_seed", None, "Influence functions: seed of the sampled labels of the true Fisher.")
 _FISHER_DRAWS = flags.DEFINE_integer(
     "fisher_draws", None, "Influence functions, true Fisher: average its moments over this "
-    "many draws of sampled labels (default 1).")
+    f"many draws of sampled labels (default {InfluenceConfig.fisher_draws}).")
 _LAYERS = flags.DEFINE_list(
     "layers", None, "Gradient methods: only these layers (attribute paths); default all.")
 _GRADIENT_BATCH_SIZE = flags.DEFINE_integer(
     "gradient_batch_size", None, "Gradient methods: examples per batch of per-example "
-    "gradients (memory).")
+    f"gradients (memory); default {TracInConfig.batch_size}.")
 _PROJECTION_DIM = flags.DEFINE_integer(
-    "projection_dim", None, "TracIn: random projection of gradients to this many dimensions.")
-_PROJECTION_SEED = flags.DEFINE_integer("projection_seed", None, "TracIn: seed of the "
-                                        "projection.")
+    "projection_dim", None, "TracIn: random projection of gradients to this many dimensions "
+    f"(default none); TRAK: the projected dimension (default {DEFAULT_PROJECTION_DIM}).")
+_PROJECTION_SEED = flags.DEFINE_integer("projection_seed", None, "TracIn and TRAK: seed of "
+                                        "the projection.")
 _PROJECTION = flags.DEFINE_string(
     "projection", None, "TRAK: random projection of gradients: rademacher (the default), "
     "gaussian or none.")
 _LAMBDA_REG = flags.DEFINE_list(
-    "lambda_reg", None, "TRAK: kernel regularization (x the mean eigenvalue); several values "
-    "are a grid, chosen by LDS on the runs of the folder outside --trak_runs.")
+    "lambda_reg", None, "TRAK: kernel regularization (x the mean eigenvalue; default "
+    f"{TRAKConfig.lambda_reg}); several values are a grid, chosen by LDS on the runs of the "
+    "folder outside --trak_runs.")
 _REWEIGHTING = flags.DEFINE_string(
     "reweighting", None, "TRAK: where 1 - p enters: published (the default), per_model, none.")
 _TRAK_RUNS = flags.DEFINE_string(
     "trak_runs", None, "TRAK: the runs whose final models form the ensemble, e.g. 0-4 "
     "(default: --run_id).")
+_CHECKPOINT_INTERVAL = flags.DEFINE_integer(
+    "checkpoint_interval", None, "Metagradients: keep every C-th training state for the "
+    "backward pass (1: all; default 0: all if they fit in memory, else about sqrt(steps)); "
+    "the scores do not depend on it.")
 _FACTORS_PATH = flags.DEFINE_string(
     "factors_path", None, "Influence functions: reuse (or save) the fitted factors here.")
 _OUTPUT = flags.DEFINE_string(
-    "output", None, "Where to save the estimates (.npz); default: "
-    "<experiment_dir>/estimates-<subset>.npz.")
+    "output", None, "Where to save the results (.npz); default: in the experiment, named "
+    "after what was computed (e.g. <experiment_dir>/estimates-<subset>.npz).")
 _CSV_DIR = flags.DEFINE_string("csv_dir", None, "Also write per-example CSV tables here.")
 _PLOT_DIR = flags.DEFINE_string(
     "plot_dir", None, "Write PNG figures here (histograms, top memorized, influence pairs).")
@@ -157,97 +202,50 @@ _LDS_RUNS = flags.DEFINE_string("lds_runs", None, "Only these runs of --lds_subs
                                 "0-199 (default: all complete ones).")
 _MERGE = flags.DEFINE_list(
     "merge", None, "Instead of estimating: merge the estimate files of the parts of a "
-    "sharded job (--eval_shard=i/n) into one, saved to --output (default: the experiment's "
-    "estimates file).")
+    "sharded job (--eval_shard=i/n) into one, saved to --output (default: "
+    "estimates-<subset>-merged.npz beside the parts).")
 _COMPARE_TO = flags.DEFINE_string(
     "compare_to", None, "Compare the estimates with a published file (high-influence pairs, "
     "class-wise influence matrix, ImageNet index or C-scores): correlations, top-k agreement, "
     "threshold counts, largest disagreements (and scatter plots with --plot_dir).")
+_IMAGENET_INDEX = flags.DEFINE_string(
+    "imagenet_index", None, "With --compare_to: the published imagenet_index.npz, which "
+    "places ImageNet C-scores (ordered by file name) in the runs' order.")
 _DATASET = flags.DEFINE_string(
     "dataset", None, "Data set, for labels and images; default: the one the experiment "
     "was trained on (none for released runs).")
 _DATA_DIR = flags.DEFINE_string("data_dir", None, "TFDS data directory.")
-_MAX_CLASSES = flags.DEFINE_integer("max_classes", 10_000, "Most classes a data set may "
-                                    "have.")
-_TOP = flags.DEFINE_integer("top", 10, "Rows of each printed table.")
+_MAX_CLASSES = flags.DEFINE_integer("max_classes", None, "Most classes a data set may "
+                                    f"have; default {jobs.Data.max_classes:,}.")
+_TOP = flags.DEFINE_integer("top", None, f"Rows of each printed table; default {DEFAULT_TOP}.")
 _VERIFY = flags.DEFINE_bool(
-    "verify", False, "Only check every complete run's aux arrays and report damaged ones by "
+    "verify", None, "Only check every complete run's aux arrays and report damaged ones by "
     "name (exit status 1 if any).")
-_PROGRESS = flags.DEFINE_bool("progress", True, "Show a progress bar.")
+_PROGRESS = flags.DEFINE_bool("progress", None, "Show progress bars (the default).")
+
+# Parameters of the jobs named otherwise by a flag: parameter -> flag.
+RENAMED = {"estimators": "estimator", "subsets": "subset", "show_all": "all",
+           "batch_size": "gradient_batch_size"}
+FLAG_OF = cli.flag_namer({h.name: h for h in globals().values()
+                          if isinstance(h, flags.FlagHolder)}, RENAMED)
 
 
-# Gradient methods: flag -> the parameter of their configs (TracInConfig, InfluenceConfig).
-_ATTRIBUTION_FLAGS = ((_MEASUREMENT, "measurement"), (_DAMPING, "damping"),
-                      (_DAMPING_FACTOR, "damping_factor"), (_FISHER, "fisher"),
-                      (_FISHER_SEED, "fisher_seed"), (_FISHER_DRAWS, "fisher_draws"),
-                      (_LAYERS, "layers"),
-                      (_GRADIENT_BATCH_SIZE, "batch_size"), (_PROJECTION_DIM, "projection_dim"),
-                      (_PROJECTION_SEED, "projection_seed"), (_PROJECTION, "projection"),
-                      (_LAMBDA_REG, "lambda_reg"), (_REWEIGHTING, "reweighting"))
-# Library parameter -> flag, for error messages (one table).
-_FLAG_OF = {
-    **{name: f"--{name}" for name in (
-        "experiment_dir", "fetch_dir", "fetch_checkpoints", "fetch_run_ids", "md5",
-        "metric", "min_runs", "test", "confidence", "alpha", "fdr", "influence_output",
-        "top_k", "threshold", "eval_indices", "eval_shard", "targets", "plan", "effect",
-        "power", "run_id", "factors_path", "output", "csv_dir", "plot_dir", "dataset",
-        "data_dir", "max_classes", "top", "verify", "merge", "compare_to", "lds_subset",
-        "lds_runs", "trak_runs")},
-    **{parameter: f"--{holder.name}" for holder, parameter in _ATTRIBUTION_FLAGS},
-    "estimators": "--estimator", "subsets": "--subset", "show_all": "--all",
-    "strategy": "--estimator"}
+def given() -> dict[str, object]:
+    """The settings given on the command line, by the jobs' parameter names."""
+    return cli.given_values([h for h in globals().values() if isinstance(h, flags.FlagHolder)],
+                            RENAMED)
+
+
+def build() -> jobs.EstimateJob:
+    """The one job the flags ask for (no TensorFlow imported)."""
+    return jobs.estimate_job(given(), FLAG_OF)
 
 
 def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"Unexpected arguments: {' '.join(argv[1:])}")
-    logging.set_verbosity(logging.WARNING)  # TensorFlow's per-checkpoint info lines
-    import heldout
-    from heldout.store import checks
-
-    try:
-        request = heldout.EstimateRequest(
-            experiment_dir=_EXPERIMENT_DIR.value, fetch_dir=_FETCH_DIR.value,
-            fetch_checkpoints=_tuple(_FETCH_CHECKPOINTS.value),
-            fetch_run_ids=_FETCH_RUN_IDS.value, md5=_MD5.value,
-            estimators=tuple(_ESTIMATOR.value), subsets=_tuple(_SUBSET.value),
-            metric=_METRIC.value, min_runs=_MIN_RUNS.value, test=_TEST.value,
-            confidence=_CONFIDENCE.value, alpha=_ALPHA.value, fdr=_FDR.value,
-            influence_output=_INFLUENCE_OUTPUT.value, top_k=_TOP_K.value,
-            threshold=_THRESHOLD.value, eval_indices=_EVAL_INDICES.value,
-            eval_shard=_EVAL_SHARD.value, targets=_TARGETS.value, show_all=_ALL.value,
-            plan=_PLAN.value, effect=_EFFECT.value, power=_POWER.value, run_id=_RUN_ID.value,
-            attribution={parameter: _attribution_value(holder)
-                         for holder, parameter in _ATTRIBUTION_FLAGS if holder.present},
-            trak_runs=_TRAK_RUNS.value,
-            factors_path=_FACTORS_PATH.value, output=_OUTPUT.value, csv_dir=_CSV_DIR.value,
-            plot_dir=_PLOT_DIR.value, dataset=_DATASET.value, data_dir=_DATA_DIR.value,
-            max_classes=_MAX_CLASSES.value, top=_TOP.value, verify=_VERIFY.value,
-            progress=_PROGRESS.value, merge=_tuple(_MERGE.value),
-            compare_to=_COMPARE_TO.value, lds_subset=_LDS_SUBSET.value,
-            lds_runs=_LDS_RUNS.value)
-        report = heldout.run_estimate(request)
-    except checks.cli_errors() as e:
-        sys.exit(f"estimate.py: error: {checks.one_line_error(e, _FLAG_OF)}")
-    print(report)
-    sys.exit(report.exit_status)
-
-
-def _attribution_value(holder: flags.FlagHolder) -> object:
-    """A gradient-method flag's value as its config takes it (lists as tuples, numbers)."""
-    if holder is _LAYERS:
-        return tuple(holder.value)
-    if holder is _LAMBDA_REG:
-        try:
-            grid = tuple(float(v) for v in holder.value)
-        except ValueError:
-            raise ValueError(f"lambda_reg={','.join(holder.value)}: expected numbers") from None
-        return grid[0] if len(grid) == 1 else grid
-    return holder.value
-
-
-def _tuple(values: list[str] | None) -> tuple[str, ...] | None:
-    return tuple(values) if values is not None else None
+    cli.run("estimate.py", build,
+            lambda job: importlib.import_module("heldout.app.estimate").run(job), FLAG_OF)
 
 
 if __name__ == "__main__":

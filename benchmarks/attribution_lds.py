@@ -316,23 +316,26 @@ def format_table(rows: list[Row], train_seconds: float, rate: float,
     return "\n".join(lines)
 
 
-def write_csv(rows: list[Row], train_seconds: float, path: str) -> None:
+def write_csv(rows: list[Row], train_seconds: float, path: str,
+              ceiling: lds.NoiseCeiling) -> None:
     header = ["family", "method", "lds", "ci_low", "ci_high", "method_seconds", "models",
-              "cost_seconds", "eval_examples_defined"]
+              "cost_seconds", "eval_examples_defined", "noise_ceiling"]
     files.write_csv(path, header, [
         (row.family, row.method, row.lds.mean, row.lds.ci_low, row.lds.ci_high, row.seconds,
          row.models, row.seconds + row.models * train_seconds,
-         int(np.isfinite(row.lds.per_example).sum())) for row in rows])
+         int(np.isfinite(row.lds.per_example).sum()), ceiling.mean) for row in rows])
 
 
-def plot(rows: list[Row], train_seconds: float, title: str, path: str) -> None:
-    """LDS against cost, one line per family, each point labelled with its models."""
+def plot(rows: list[Row], train_seconds: float, title: str, path: str,
+         ceiling: lds.NoiseCeiling) -> None:
+    """LDS against cost, one line per family, each point labelled with its models, and
+    the noise ceiling."""
     points: dict[str, list] = {}
     for r in rows:
         points.setdefault(r.family, []).append(
             (r.seconds + r.models * train_seconds, r.lds.mean, r.lds.ci_low, r.lds.ci_high,
              r.models))
-    plots.plot_lds_against_cost(points, path, title)
+    plots.plot_lds_against_cost(points, path, title, ceiling=ceiling.mean)
 
 
 def replot(csv_path: str, title: str, path: str) -> None:
@@ -344,7 +347,9 @@ def replot(csv_path: str, title: str, path: str) -> None:
         points.setdefault(r["family"], []).append(
             (float(r["cost_seconds"]), float(r["lds"]), float(r["ci_low"]),
              float(r["ci_high"]), int(r["models"])))
-    plots.plot_lds_against_cost(points, path, title)
+    ceiling = float(records[0]["noise_ceiling"]) if records and "noise_ceiling" in records[0] \
+        else None
+    plots.plot_lds_against_cost(points, path, title, ceiling=ceiling)
 
 
 def main(argv):
@@ -401,8 +406,8 @@ def main(argv):
           + "; '(expected F)': the exact expectation over labels")
     csv_path = os.path.join(work_dir, "attribution_lds.csv")
     png_path = os.path.join(work_dir, "attribution_lds.png")
-    write_csv(rows, train_seconds, csv_path)
-    plot(rows, train_seconds, title, png_path)
+    write_csv(rows, train_seconds, csv_path, ceiling)
+    plot(rows, train_seconds, title, png_path, ceiling)
     print(f"\nCSV {csv_path}\nPNG {png_path}\nTotal {time.time() - start:.0f} s")
 
 

@@ -3,7 +3,7 @@
 Train many models on random subsets of a training set, record what each got right,
 and estimate memorization and influence from those records (Feldman & Zhang 2020).
 
-Layering rule: the package is six layers, each a subpackage, and a module imports only
+Layering rule: the package is seven layers, each a subpackage, and a module imports only
 from its own layer and the layers listed before it (never a later one), so there are no
 import cycles (`tests/test_layering.py` parses every import and enforces this):
 
@@ -14,17 +14,20 @@ import cycles (`tests/test_layering.py` parses every import and enforces this):
     training     configs, recipes, trainers and the experiment orchestration
     estimate     estimators, statistics, reports, exports and plots (pure NumPy cores)
     attribution  gradient-based estimators judged against retraining
+    app          the front doors: one typed job per mode of each CLI (the top)
 
 This module is the small stable public API (`__all__`); the subpackages hold the rest.
 Its three front doors are what the CLIs call, one each, so a notebook gets exactly the
 behaviour of the command line (checks, defaults, presets, output paths):
 
     train(TrainDesign | TrainDrop | TrainPreset) -> TrainReport   train.py
-    run_estimate(EstimateRequest(...)) -> EstimateReport    estimate.py
-    run_demo(DemoRequest(...)) -> DemoReport                demo.py
+    run_estimate(estimate_job({...})) -> EstimateReport            estimate.py
+    run_demo(demo_job({...})) -> DemoReport                        demo.py
 
-Their errors are `ValueError`s naming the request's parameters; `str()` of a report is
-what the CLI prints.
+`estimate_job` and `demo_job` take the settings given, by parameter name, and return
+the one typed job (`heldout.app.estimate_jobs`, `heldout.app.demo`) they ask for,
+refusing a setting that job does not take. Errors are `heldout.errors.ParameterError`s
+(`ValueError`s) naming the parameter; `str()` of a report is what the CLI prints.
 """
 
 from __future__ import annotations
@@ -42,13 +45,10 @@ __version__ = "0.1.0"
 # (PEP 562), so ``import heldout`` is instant and loads no TensorFlow; TensorFlow is
 # imported quietly (`heldout.runtime`) before the first module that needs it.
 _EXPORTS: dict[str, tuple[str, str | None]] = {
-    "run_estimate": ("heldout.attribution.api", "run_estimate"),
     "Dataset": ("heldout.data.dataset", "Dataset"),
     "load_dataset": ("heldout.data.sources", "load_dataset"),
     "export": ("heldout.estimate.export", None),
     "targeted": ("heldout.estimate.targeted", None),
-    "EstimateReport": ("heldout.estimate.api", "EstimateReport"),
-    "EstimateRequest": ("heldout.estimate.api", "EstimateRequest"),
     "CScore": ("heldout.estimate.estimators", "CScore"),
     "InfluencePairs": ("heldout.estimate.estimators", "InfluencePairs"),
     "SelfInfluence": ("heldout.estimate.estimators", "SelfInfluence"),
@@ -63,8 +63,8 @@ _EXPORTS: dict[str, tuple[str, str | None]] = {
     "top_influences": ("heldout.estimate.estimators", "top_influences"),
     "save_estimates": ("heldout.estimate.export", "save_estimates"),
     "write_tables": ("heldout.estimate.export", "write_tables"),
-    "ESTIMATORS": ("heldout.estimate.pipeline", "ESTIMATORS"),
-    "EstimateConfig": ("heldout.estimate.pipeline", "EstimateConfig"),
+    "ESTIMATORS": ("heldout.estimate.config", "ESTIMATORS"),
+    "EstimateConfig": ("heldout.estimate.config", "EstimateConfig"),
     "Estimates": ("heldout.estimate.pipeline", "Estimates"),
     "estimate_experiment": ("heldout.estimate.pipeline", "estimate_experiment"),
     "format_report": ("heldout.estimate.pipeline", "format_report"),
@@ -72,9 +72,6 @@ _EXPORTS: dict[str, tuple[str, str | None]] = {
     "RunCheck": ("heldout.models.checkpoints", "RunCheck"),
     "check_run": ("heldout.models.checkpoints", "check_run"),
     "restore_run_model": ("heldout.models.checkpoints", "restore_run_model"),
-    "DemoReport": ("heldout.models.demo", "DemoReport"),
-    "DemoRequest": ("heldout.models.demo", "DemoRequest"),
-    "run_demo": ("heldout.models.demo", "run_demo"),
     "coordination": ("heldout.store.coordination", None),
     "released": ("heldout.store.released", None),
     "runs": ("heldout.store.runs", None),
@@ -106,6 +103,12 @@ _EXPORTS: dict[str, tuple[str, str | None]] = {
     "resolve_targets": ("heldout.training.experiment", "resolve_targets"),
     "train_experiment": ("heldout.training.experiment", "train_experiment"),
     "train_targeted_experiment": ("heldout.training.experiment", "train_targeted_experiment"),
+    "EstimateReport": ("heldout.app.estimate", "EstimateReport"),
+    "estimate_job": ("heldout.app.estimate_jobs", "estimate_job"),
+    "run_estimate": ("heldout.app.estimate", "run"),
+    "DemoReport": ("heldout.app.demo", "DemoReport"),
+    "demo_job": ("heldout.app.demo", "demo_job"),
+    "run_demo": ("heldout.app.demo", "run"),
 }
 
 
@@ -141,8 +144,7 @@ __all__ = [
     "influence_blocks", "memorization", "pair_statistics", "self_influence",
     "top_influence_pairs", "top_influences",
     # analysis and checkpoints
-    "EstimateRequest", "EstimateReport", "run_estimate", "DemoRequest", "DemoReport",
-    "run_demo",
+    "estimate_job", "EstimateReport", "run_estimate", "demo_job", "DemoReport", "run_demo",
     "ESTIMATORS", "EstimateConfig", "Estimates", "RunCheck", "check_run",
     "estimate_experiment", "format_report", "plot_estimates", "restore_run_model",
     "save_estimates", "write_tables",

@@ -10,7 +10,7 @@ second), `execute` runs the job after TensorFlow is imported quietly
 from __future__ import annotations
 
 import sys
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any, NoReturn
 
 from heldout.errors import ParameterError
@@ -31,6 +31,21 @@ def flag_namer(known_flags: Mapping[str, object], renamed: Mapping[str, str] | N
         return parameter
 
     return flag_of
+
+
+def given_values(holders: Iterable[Any], renamed: Mapping[str, str] | None = None
+                 ) -> dict[str, object]:
+    """The settings a user gave on the command line: parameter -> value, for every flag
+    of `holders` (absl ``FlagHolder``s) that is present; list flags as tuples.
+
+    Args:
+        holders: the CLI's flag holders.
+        renamed: parameter -> flag, for flags named otherwise than their parameter (the
+            inverse is applied here; the same table goes to `flag_namer`).
+    """
+    parameter_of = {flag: parameter for parameter, flag in (renamed or {}).items()}
+    return {parameter_of.get(h.name, h.name): tuple(h.value) if isinstance(h.value, list)
+            else h.value for h in holders if h.present}
 
 
 def one_line(error: BaseException, flag_of: Callable[[str], str]) -> str:

@@ -23,72 +23,72 @@ Scores are signed alike everywhere: positive means the training example is predi
 to help (lower the loss of, raise the margin of) the query.
 """
 
-from heldout.attribution.gradients import (
-    MEASUREMENTS,
-    LayerGradients,
-    LayerSpec,
-    find_layers,
-    measure,
-    per_example_gradients,
-)
-from heldout.attribution.influence_functions import (
-    FISHERS,
-    PHASES,
-    STRATEGIES,
-    Factors,
-    InfluenceConfig,
-    InfluenceFunctionsResult,
-    LayerFactors,
-    Timings,
-    factors_exist,
-    fit_factors,
-    layer_damping,
-    load_factors,
-    precondition,
-    save_factors,
-    score_influence_functions,
-    scores_from_factors,
-)
-from heldout.attribution.metagradient import (
-    MetagradientConfig,
-    MetagradientScores,
-    Trajectory,
-    load_metagradient_scores,
-    metagradients,
-    save_metagradient_scores,
-    score_metagradient,
-)
-from heldout.attribution.projection import GaussianProjection, RandomProjection
-from heldout.attribution.tracin import (
-    Checkpoint,
-    TracInConfig,
-    TracInResult,
-    score_tracin,
-    tracin_scores,
-    tracin_self_influence,
-)
-from heldout.attribution.trak import (
-    Kernel,
-    TRAKConfig,
-    TRAKFeatures,
-    TRAKResult,
-    ensemble_features,
-    score_trak,
-    select_lambda,
-    trak_features,
-    trak_scores,
-)
+from __future__ import annotations
 
-__all__ = [
-    "FISHERS", "MEASUREMENTS", "PHASES", "STRATEGIES", "Checkpoint", "Factors",
-    "GaussianProjection", "InfluenceConfig", "InfluenceFunctionsResult", "Kernel",
-    "LayerFactors",
-    "LayerGradients", "LayerSpec", "MetagradientConfig", "MetagradientScores", "Trajectory",
-    "load_metagradient_scores", "metagradients", "save_metagradient_scores",
-    "score_metagradient", "RandomProjection", "TRAKConfig", "TRAKFeatures",
-    "TRAKResult", "Timings", "TracInConfig", "TracInResult",
-    "factors_exist", "find_layers", "fit_factors", "layer_damping", "load_factors", "measure",
-    "per_example_gradients", "precondition", "save_factors", "score_influence_functions",
-    "ensemble_features", "score_tracin", "score_trak", "scores_from_factors", "select_lambda",
-    "tracin_scores", "tracin_self_influence", "trak_features", "trak_scores",
-]
+import importlib
+from typing import Any
+
+# Public name -> its module, loaded on first use (PEP 562): the settings
+# (`heldout.attribution.config`) are read without importing TensorFlow.
+_EXPORTS = {
+    "LayerGradients": "heldout.attribution.gradients",
+    "LayerSpec": "heldout.attribution.gradients",
+    "MEASUREMENTS": "heldout.attribution.config",
+    "find_layers": "heldout.attribution.gradients",
+    "measure": "heldout.attribution.gradients",
+    "per_example_gradients": "heldout.attribution.gradients",
+    "FISHERS": "heldout.attribution.config",
+    "Factors": "heldout.attribution.influence_functions",
+    "InfluenceConfig": "heldout.attribution.config",
+    "InfluenceFunctionsResult": "heldout.attribution.influence_functions",
+    "LayerFactors": "heldout.attribution.influence_functions",
+    "PHASES": "heldout.attribution.influence_functions",
+    "STRATEGIES": "heldout.attribution.config",
+    "Timings": "heldout.attribution.influence_functions",
+    "factors_exist": "heldout.attribution.influence_functions",
+    "fit_factors": "heldout.attribution.influence_functions",
+    "layer_damping": "heldout.attribution.influence_functions",
+    "load_factors": "heldout.attribution.influence_functions",
+    "precondition": "heldout.attribution.influence_functions",
+    "save_factors": "heldout.attribution.influence_functions",
+    "score_influence_functions": "heldout.attribution.influence_functions",
+    "scores_from_factors": "heldout.attribution.influence_functions",
+    "MetagradientConfig": "heldout.attribution.metagradient",
+    "MetagradientScores": "heldout.attribution.metagradient",
+    "Trajectory": "heldout.attribution.metagradient",
+    "load_metagradient_scores": "heldout.attribution.metagradient",
+    "metagradients": "heldout.attribution.metagradient",
+    "save_metagradient_scores": "heldout.attribution.metagradient",
+    "score_metagradient": "heldout.attribution.metagradient",
+    "GaussianProjection": "heldout.attribution.projection",
+    "RandomProjection": "heldout.attribution.projection",
+    "Checkpoint": "heldout.attribution.tracin",
+    "TracInConfig": "heldout.attribution.config",
+    "TracInResult": "heldout.attribution.tracin",
+    "score_tracin": "heldout.attribution.tracin",
+    "tracin_scores": "heldout.attribution.tracin",
+    "tracin_self_influence": "heldout.attribution.tracin",
+    "Kernel": "heldout.attribution.trak",
+    "TRAKConfig": "heldout.attribution.config",
+    "TRAKFeatures": "heldout.attribution.trak",
+    "TRAKResult": "heldout.attribution.trak",
+    "ensemble_features": "heldout.attribution.trak",
+    "score_trak": "heldout.attribution.trak",
+    "select_lambda": "heldout.attribution.trak",
+    "trak_features": "heldout.attribution.trak",
+    "trak_scores": "heldout.attribution.trak",
+}
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _EXPORTS:
+        raise AttributeError(f"module 'heldout.attribution' has no attribute {name!r}")
+    from heldout.runtime import import_tensorflow
+
+    import_tensorflow()
+    value = getattr(importlib.import_module(_EXPORTS[name]), name)
+    globals()[name] = value
+    return value
+
+
+__all__ = sorted(_EXPORTS)

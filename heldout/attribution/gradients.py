@@ -33,34 +33,21 @@ import numpy as np
 import sonnet as snt
 import tensorflow as tf
 
-from heldout.errors import ParameterError
+from heldout.attribution.config import (  # noqa: F401  (sizes and measurements)
+    DEFAULT_BATCH_SIZE,
+    MAX_BATCH_SIZE,
+    MAX_PROJECTION_DIM,
+    MEASUREMENTS,
+    check_size,
+)
 from heldout.progress import Progress
 
-MEASUREMENTS = ("loss", "margin", "logodds")
 # Costs whose gradients the engine takes: a measurement, or the labels of a Fisher
 # (sampled from the model's predictive distribution, or all classes weighted by
 # the square roots of their probabilities, whose outer products average to the
 # expectation over that distribution).
 TARGETS = MEASUREMENTS + ("sampled", "expected")
-DEFAULT_BATCH_SIZE = 128  # examples per compiled call
-# Bounds of sizes a user sets, checked before anything is allocated: per-example gradients
-# of a batch (batch x parameters floats) and projections (parameters x d floats) beyond
-# these do not fit a machine (a typo like batch_size=10**9 would die in a MemoryError).
-MAX_BATCH_SIZE = 1 << 16
-MAX_PROJECTION_DIM = 1 << 17
 _SUPPORTED_LAYERS = (snt.Linear, snt.Conv2D)
-
-
-def check_size(parameter: str, value: int, maximum: int) -> None:
-    """Refuses a size that is not a whole number in ``[1, maximum]``.
-
-    Raises:
-        ParameterError: naming `parameter`, with the bound.
-    """
-    if isinstance(value, bool) or not isinstance(value, int | np.integer) or not (
-            1 <= value <= maximum):
-        raise ParameterError(parameter, f"expected a whole number from 1 to {maximum:,}",
-                             value)
 
 
 def measure(logits: tf.Tensor, labels: tf.Tensor, measurement: str) -> tf.Tensor:

@@ -53,11 +53,10 @@ import sonnet as snt
 import tensorflow as tf
 
 from heldout.attribution import gradients as gradients_lib
+from heldout.attribution.config import FISHERS, STRATEGIES, InfluenceConfig  # noqa: F401
 from heldout.progress import Progress
 from heldout.store import files
 
-STRATEGIES = ("identity", "diagonal", "kfac", "ekfac")
-FISHERS = ("true", "empirical", "expected")
 _FISHER_TARGETS = {"true": "sampled", "empirical": "loss", "expected": "expected"}
 PHASES = ("fit covariance", "eigendecomposition", "fit lambda", "scores")
 _FIT_PHASES = PHASES[:3]
@@ -67,45 +66,6 @@ _FIT_PASSES = {"identity": 0, "diagonal": 1, "kfac": 1, "ekfac": 2}
 # gradient), so the preconditioner stays finite.
 _MIN_DAMPING = 1e-8
 _META_KEY = "__meta__"
-
-
-@dataclasses.dataclass(frozen=True)
-class InfluenceConfig:
-    """How the Fisher is approximated and the scores computed.
-
-    Errors name these fields; the CLI (``estimate.py``) maps them to its flags, shown
-    in the comments.
-    """
-
-    strategy: str = "ekfac"  # --factor_strategy: one of STRATEGIES
-    damping: float | None = None  # --damping: absolute, per layer; None: heuristic below
-    damping_factor: float = 0.1  # --damping_factor: x the layer's mean eigenvalue
-    fisher: str = "true"  # --fisher: labels of the Fisher, one of FISHERS
-    measurement: str = "loss"  # --measurement: of the queries (loss, margin or logodds)
-    layers: tuple[str, ...] | None = None  # --layers: attribute paths; None: all layers
-    batch_size: int = gradients_lib.DEFAULT_BATCH_SIZE  # --gradient_batch_size: examples
-    fisher_seed: int = 0  # --fisher_seed: of the sampled labels of the true Fisher
-    fisher_draws: int = 1  # --fisher_draws: sampled labels per example (true Fisher only)
-
-    def __post_init__(self):
-        choices = {"strategy": (self.strategy, STRATEGIES),
-                   "fisher": (self.fisher, FISHERS),
-                   "measurement": (self.measurement, gradients_lib.MEASUREMENTS)}
-        for name, (value, allowed) in choices.items():
-            if value not in allowed:
-                raise ValueError(f"{name}={value!r}: expected one of {', '.join(allowed)}")
-        if self.damping is not None and not (np.isfinite(self.damping) and self.damping >= 0):
-            raise ValueError(f"damping={self.damping}: expected a finite number >= 0 "
-                             "(or None, for damping_factor x mean eigenvalue)")
-        if not (np.isfinite(self.damping_factor) and self.damping_factor > 0):
-            raise ValueError(f"damping_factor={self.damping_factor}: expected a positive "
-                             "number")
-        gradients_lib.check_size("batch_size", self.batch_size, gradients_lib.MAX_BATCH_SIZE)
-        if self.fisher_draws < 1:
-            raise ValueError(f"fisher_draws={self.fisher_draws}: expected a positive number")
-        if self.fisher_draws > 1 and self.fisher != "true":
-            raise ValueError(f"fisher_draws={self.fisher_draws}: only fisher='true' samples "
-                             f"labels; fisher={self.fisher!r} takes exactly 1 draw")
 
 
 @dataclasses.dataclass(frozen=True)

@@ -49,6 +49,7 @@ import numpy as np
 import tensorflow as tf
 
 from heldout.attribution import gradients as gradients_lib
+from heldout.attribution.config import MetagradientConfig
 from heldout.data.dataset import Dataset
 from heldout.errors import ParameterError
 from heldout.progress import Progress
@@ -63,30 +64,6 @@ PRECISIONS = {"float32": tf.float32, "float64": tf.float64}
 OUTPUT = "logodds"  # the output f differentiated: the log-odds margin (LDS's output)
 # The forward replay runs the trainer's smallest program (`ensemble._MIN_PROGRAM_MODELS`).
 _FORWARD_MODELS = 4
-
-
-@dataclasses.dataclass(frozen=True)
-class MetagradientConfig:
-    """How metagradients are computed (none of it changes the numbers but `precision`)."""
-
-    precision: str = "float32"  # arithmetic of replay and backward pass: float32 | float64
-    target_batch: int = 512  # targets per backward program (the ensemble axis J)
-    checkpoint_interval: int = 0  # keep every c-th state; 1: all; 0: auto (budget)
-    memory_budget_bytes: int = 1 << 30  # auto: keep every state when they fit in this
-    xla: bool = True  # compile the forward and backward steps with XLA
-    progress: bool = True  # progress bar with rate and time left
-
-    def __post_init__(self):
-        if self.precision not in PRECISIONS:
-            raise ParameterError("precision", "metagradients are exact in float32 or float64 "
-                                 "only (16-bit training is not differentiated)",
-                                 self.precision)
-        for name in ("target_batch", "memory_budget_bytes"):
-            if not getattr(self, name) > 0:
-                raise ParameterError(name, "expected a positive number", getattr(self, name))
-        if self.checkpoint_interval < 0:
-            raise ParameterError("checkpoint_interval", "expected 0 (auto) or a positive "
-                                 "number of steps", self.checkpoint_interval)
 
 
 @dataclasses.dataclass(frozen=True)

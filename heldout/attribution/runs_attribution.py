@@ -22,14 +22,13 @@ import tensorflow as tf
 from scipy import stats as scipy_stats
 
 from heldout.attribution import influence_functions, tracin, trak
+from heldout.attribution.config import METHODS
 from heldout.data.dataset import Dataset
 from heldout.estimate import estimators, export
 from heldout.models import checkpoints as checkpoints_lib
 from heldout.store import layout as layout_lib
 from heldout.store import records
 from heldout.store import runs as runs_lib
-
-METHODS = ("tracin", "if_identity", "if_diagonal", "if_kfac", "if_ekfac")
 
 
 @dataclasses.dataclass(frozen=True)

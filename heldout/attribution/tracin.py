@@ -24,6 +24,7 @@ import tensorflow as tf
 
 from heldout.attribution import gradients as gradients_lib
 from heldout.attribution import projection as projection_lib
+from heldout.attribution.config import TracInConfig
 from heldout.attribution.projection import GaussianProjection
 from heldout.progress import Progress
 
@@ -45,26 +46,6 @@ class Checkpoint:
         if not np.isfinite(self.learning_rate) or self.learning_rate < 0:
             raise ValueError(f"checkpoint learning_rate={self.learning_rate}: expected a "
                              "finite number >= 0")
-
-
-@dataclasses.dataclass(frozen=True)
-class TracInConfig:
-    """How TracIn scores are computed."""
-
-    measurement: str = "loss"  # --measurement: of the query (loss or margin)
-    layers: tuple[str, ...] | None = None  # --layers: attribute paths; None: all layers
-    projection_dim: int | None = None  # --projection_dim: Gaussian projection; None: exact
-    projection_seed: int = 0  # --projection_seed
-    batch_size: int = gradients_lib.DEFAULT_BATCH_SIZE  # --gradient_batch_size: examples
-
-    def __post_init__(self):
-        if self.measurement not in gradients_lib.MEASUREMENTS:
-            raise ValueError(f"measurement={self.measurement!r}: expected one of "
-                             f"{', '.join(gradients_lib.MEASUREMENTS)}")
-        if self.projection_dim is not None:
-            gradients_lib.check_size("projection_dim", self.projection_dim,
-                                     gradients_lib.MAX_PROJECTION_DIM)
-        gradients_lib.check_size("batch_size", self.batch_size, gradients_lib.MAX_BATCH_SIZE)
 
 
 @dataclasses.dataclass(frozen=True)

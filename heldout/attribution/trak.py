@@ -48,72 +48,18 @@ import tensorflow as tf
 
 from heldout.attribution import gradients as gradients_lib
 from heldout.attribution import projection as projection_lib
-from heldout.errors import ParameterError
+from heldout.attribution.config import (  # noqa: F401  (names of TRAK settings)
+    DEFAULT_PROJECTION_DIM,
+    PROJECTIONS,
+    REWEIGHTINGS,
+    TRAKConfig,
+)
 from heldout.estimate import lds as lds_lib
 from heldout.progress import Progress
 
-PROJECTIONS = ("rademacher", "gaussian", "none")
-REWEIGHTINGS = ("published", "per_model", "none")
 OUTPUT = "logodds"  # TRAK's output function f
-DEFAULT_PROJECTION_DIM = 1024  # d when a projection is used and projection_dim is unset
 # Eigenvalues below this fraction of the largest count as zero in a pseudo-inverse.
 _PINV_RTOL = 1e-10
-
-
-@dataclasses.dataclass(frozen=True)
-class TRAKConfig:
-    """How TRAK features and scores are computed.
-
-    Errors name these fields; the CLI maps them to its flags.
-    """
-
-    # d; None: DEFAULT_PROJECTION_DIM with a projection, unused without one (given with
-    # projection="none", it is refused: d is then the number of parameters).
-    projection_dim: int | None = None
-    projection: str = "rademacher"  # one of PROJECTIONS; "none": raw gradients, d = #params
-    seed: int = 0  # of the projections: model m uses (seed, m)
-    # x mean eigenvalue of Phi^T Phi; a tuple is a grid, chosen by LDS on selection runs.
-    # 1.0: the choice on digits (benchmarks/attribution_lds.py); elsewhere, choose.
-    lambda_reg: float | tuple[float, ...] = 1.0
-    reweighting: str = "published"  # where 1 - p enters: one of REWEIGHTINGS
-    layers: tuple[str, ...] | None = None  # attribute paths; None: every Linear/Conv2D layer
-    batch_size: int = gradients_lib.DEFAULT_BATCH_SIZE  # examples per compiled call
-
-    def __post_init__(self):
-        if self.projection not in PROJECTIONS:
-            raise ValueError(f"projection={self.projection!r}: expected one of "
-                             f"{', '.join(PROJECTIONS)}")
-        if self.projection == "none":
-            if self.projection_dim is not None:
-                raise ParameterError("projection_dim", "not used with projection='none' (d "
-                                     "is the number of parameters); leave it unset",
-                                     self.projection_dim)
-        elif self.projection_dim is not None:
-            gradients_lib.check_size("projection_dim", self.projection_dim,
-                                     gradients_lib.MAX_PROJECTION_DIM)
-        grid = self.lambda_grid
-        if not grid or not all(np.isfinite(v) and v >= 0 for v in grid):
-            raise ValueError(f"lambda_reg={self.lambda_reg}: expected a number >= 0 or a "
-                             "non-empty tuple of them")
-        if self.reweighting not in REWEIGHTINGS:
-            raise ValueError(f"reweighting={self.reweighting!r}: expected one of "
-                             f"{', '.join(REWEIGHTINGS)}")
-        gradients_lib.check_size("batch_size", self.batch_size, gradients_lib.MAX_BATCH_SIZE)
-
-    @property
-    def dim(self) -> int | None:
-        """The projection's d: `projection_dim`, `DEFAULT_PROJECTION_DIM` when unset, None
-        without a projection."""
-        if self.projection == "none":
-            return None
-        return DEFAULT_PROJECTION_DIM if self.projection_dim is None else self.projection_dim
-
-    @property
-    def lambda_grid(self) -> tuple[float, ...]:
-        """The candidate values of `lambda_reg` (one value: no selection)."""
-        if isinstance(self.lambda_reg, tuple | list):
-            return tuple(float(v) for v in self.lambda_reg)
-        return (float(self.lambda_reg),)
 
 
 @dataclasses.dataclass(frozen=True)

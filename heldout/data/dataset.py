@@ -13,6 +13,8 @@ import dataclasses
 
 import numpy as np
 
+from heldout.errors import ParameterError
+
 # Most classes a data set may have unless the caller raises the limit (`max_classes`).
 DEFAULT_MAX_CLASSES = 10_000
 
@@ -86,8 +88,8 @@ def check_not_empty(data: Dataset) -> None:
     """
     for split in ("train", "test"):
         if len(getattr(data, f"y_{split}")) == 0:
-            raise ValueError(f"dataset={data.name}: x_{split} is empty; expected at least one "
-                             f"{split} example")
+            raise ParameterError("dataset", f"x_{split} is empty; expected at least one "
+                                 f"{split} example", data.name)
 
 
 def check_class_count(source: str, num_classes: int,
@@ -95,38 +97,40 @@ def check_class_count(source: str, num_classes: int,
     """Refuses a class count above `max_classes` (a model gets one output per class).
 
     Raises:
-        ValueError: naming the source, the count and the parameter that raises the limit.
+        ParameterError: (``max_classes``, the parameter that raises the limit) naming the
+            source and the count.
     """
     if not max_classes >= 1:
-        raise ValueError(f"max_classes={max_classes}: expected a positive number")
+        raise ParameterError("max_classes", "expected a positive number", max_classes)
     if num_classes > max_classes:
-        raise ValueError(
-            f"{source}: labels give {num_classes:,} classes, above the limit of "
-            f"{max_classes:,}; expected smaller labels (raise the limit with max_classes)")
+        raise ParameterError(
+            "max_classes", f"{source}: labels give {num_classes:,} classes, above the limit "
+            f"of {max_classes:,}; expected smaller labels (or a higher max_classes)",
+            f"{max_classes:,}")
 
 
 def _check_split(name: str, split: str, x: np.ndarray, y: np.ndarray, num_classes: int) -> None:
     """Refuses empty, non-finite, complex or mislabelled arrays of one split."""
     if len(x) != len(y):
-        raise ValueError(f"dataset={name}: x_{split} has {len(x)} rows but y_{split} has "
-                         f"{len(y)}")
+        raise ParameterError("dataset", f"x_{split} has {len(x)} rows but y_{split} has "
+                             f"{len(y)}", name)
     if not (np.issubdtype(x.dtype, np.floating) or np.issubdtype(x.dtype, np.integer)
             or x.dtype == np.bool_):
-        raise ValueError(f"dataset={name}: x_{split} has dtype {x.dtype}; expected real "
-                         "numbers")
+        raise ParameterError("dataset", f"x_{split} has dtype {x.dtype}; expected real "
+                             "numbers", name)
     if len(x) and np.issubdtype(x.dtype, np.floating):
         finite = np.isfinite(x.reshape(len(x), -1)).all(axis=1)
         if not finite.all():
             row = int(np.argmin(finite))
-            raise ValueError(f"dataset={name}: x_{split} holds NaN or infinity (example {row}); "
-                             "expected finite real numbers")
+            raise ParameterError("dataset", f"x_{split} holds NaN or infinity (example {row}); "
+                                 "expected finite real numbers", name)
     if y.ndim != 1 or not np.issubdtype(y.dtype, np.integer):
-        raise ValueError(f"dataset={name}: y_{split} has dtype {y.dtype} and shape {y.shape}; "
-                         "expected a 1-D array of integer labels")
+        raise ParameterError("dataset", f"y_{split} has dtype {y.dtype} and shape {y.shape}; "
+                             "expected a 1-D array of integer labels", name)
     if not num_classes >= 1:
-        raise ValueError(f"dataset={name}: num_classes={num_classes}; expected a positive "
-                         "number")
+        raise ParameterError("dataset", f"num_classes={num_classes}; expected a positive "
+                             "number", name)
     if len(y) and (y.min() < 0 or y.max() >= num_classes):
         bad = int(y.min()) if y.min() < 0 else int(y.max())
-        raise ValueError(f"dataset={name}: y_{split} holds label {bad}; expected labels in "
-                         f"[0, num_classes={num_classes})")
+        raise ParameterError("dataset", f"y_{split} holds label {bad}; expected labels in "
+                             f"[0, num_classes={num_classes})", name)

@@ -68,13 +68,18 @@ def load_dataset(spec: str, data_dir: str | None = None,
     elif spec.startswith(imagenet.SPEC_PREFIX):
         data = load_imagenet(spec, max_record_bytes)
     else:
-        raise ValueError(
-                f"--dataset={spec!r} is not a known data set: expected 'digits', "
-                "'npz:<path>', 'tfds:<name>[:<version>]' or "
-                "'imagenet:<train pattern>,<test pattern>'")
-    check_class_count(f"--dataset={spec}", data.num_classes, max_classes)
+        raise ParameterError(
+                "dataset", "not a known data set: expected 'digits', 'npz:<path>', "
+                "'tfds:<name>[:<version>]' or 'imagenet:<train pattern>,<test pattern>'",
+                repr(spec))
+    check_class_count(f"dataset {spec}", data.num_classes, max_classes)
     check_not_empty(data)
     return data
+
+
+def _npz_error(path: str, message: str) -> ParameterError:
+    """A refusal of the npz file at `path`, named as the ``dataset`` setting."""
+    return ParameterError("dataset", message, f"npz:{path}")
 
 
 def load_imagenet(spec: str, max_record_bytes: int = DEFAULT_MAX_RECORD_BYTES) -> Dataset:
@@ -88,15 +93,15 @@ def load_imagenet(spec: str, max_record_bytes: int = DEFAULT_MAX_RECORD_BYTES) -
 
     patterns = spec[len(imagenet.SPEC_PREFIX):].split(",")
     if len(patterns) != 2 or not all(patterns):
-        raise ValueError(f"--dataset={spec!r}: expected "
-                         f"'{imagenet.SPEC_PREFIX}<train file pattern>,<test file pattern>'")
+        raise ParameterError("dataset", f"expected '{imagenet.SPEC_PREFIX}<train file "
+                             "pattern>,<test file pattern>'", repr(spec))
     total = sum(tf.io.gfile.stat(path).length
                 for pattern in patterns for path in imagenet.list_files(pattern))
     if total > max_record_bytes:
-        raise ValueError(
-            f"--dataset={spec}: {total / 2**30:.2f} GiB of records, above the in-memory limit "
+        raise ParameterError(
+            "dataset", f"{total / 2**30:.2f} GiB of records, above the in-memory limit "
             f"of {max_record_bytes / 2**30:.2f} GiB (max_record_bytes); stream the records "
-            "instead (stream_records) or use a subset of them")
+            "instead (stream_records) or use a subset of them", spec)
     return imagenet.load_imagenet_spec(spec)
 
 
@@ -136,53 +141,49 @@ def load_npz(path: str, max_classes: int = DEFAULT_MAX_CLASSES) -> Dataset:
     import tensorflow as tf
 
     if not tf.io.gfile.exists(path):
-        raise ValueError(f"--dataset=npz:{path}: file not found")
+        raise _npz_error(path, "file not found")
     try:
         with tf.io.gfile.GFile(path, "rb") as f:
             arrays = dict(np.load(io.BytesIO(f.read()), allow_pickle=False))
     except Exception as e:  # np.load raises several types for a bad file.
-        raise ValueError(f"--dataset=npz:{path}: not a readable .npz file ({e})") from e
+        raise _npz_error(path, f"not a readable .npz file ({e})") from e
     missing = [key for key in NPZ_KEYS if key not in arrays]
     if missing:
-        raise ValueError(
-                f"--dataset=npz:{path}: missing key(s) {', '.join(missing)}; expected keys "
+        raise _npz_error(path, f"missing key(s) {', '.join(missing)}; expected keys "
                 f"{', '.join(NPZ_KEYS)}")
     for split in ("train", "test"):
         x, y = arrays[f"x_{split}"], arrays[f"y_{split}"]
         if x.ndim < 2:
-            raise ValueError(f"--dataset=npz:{path}: x_{split} has shape {list(x.shape)}; "
+            raise _npz_error(path, f"x_{split} has shape {list(x.shape)}; "
                              "expected [examples, features...] (images NHWC or flat vectors)")
         if y.ndim != 1:  # before len(y): a scalar has none
-            raise ValueError(
-                    f"--dataset=npz:{path}: y_{split} must be a 1-D array of non-negative "
+            raise _npz_error(path, f"y_{split} must be a 1-D array of non-negative "
                     f"integer labels, got dtype {y.dtype} and shape {y.shape}")
         if len(x) != len(y):
-            raise ValueError(
-                    f"--dataset=npz:{path}: x_{split} has {len(x)} rows but y_{split} has "
+            raise _npz_error(path, f"x_{split} has {len(x)} rows but y_{split} has "
                     f"{len(y)}")
         if np.iscomplexobj(x) or not (np.issubdtype(x.dtype, np.number)
                                       or x.dtype == np.bool_):
-            raise ValueError(f"--dataset=npz:{path}: x_{split} has dtype {x.dtype}; expected "
+            raise _npz_error(path, f"x_{split} has dtype {x.dtype}; expected "
                              "real numbers")
         if y.ndim != 1 or not np.issubdtype(y.dtype, np.integer) or (y < 0).any():
-            raise ValueError(
-                    f"--dataset=npz:{path}: y_{split} must be a 1-D array of non-negative "
+            raise _npz_error(path, f"y_{split} must be a 1-D array of non-negative "
                     f"integer labels, got dtype {y.dtype} and shape {y.shape}")
     if len(arrays["y_train"]) == 0:
-        raise ValueError(f"--dataset=npz:{path}: x_train is empty")
+        raise _npz_error(path, "x_train is empty")
     num_classes = int(max(arrays["y_train"].max(initial=0),
                           arrays["y_test"].max(initial=0))) + 1
     if "num_classes" in arrays:  # optional: when some classes have no examples
         declared = arrays["num_classes"]
         if declared.ndim != 0 or not np.issubdtype(declared.dtype, np.integer):
-            raise ValueError(f"--dataset=npz:{path}: num_classes is {declared.tolist()!r} "
+            raise _npz_error(path, f"num_classes is {declared.tolist()!r} "
                              f"(dtype {declared.dtype}); expected one integer")
         declared = int(declared)
         if declared < num_classes:
-            raise ValueError(f"--dataset=npz:{path}: num_classes={declared} but labels go up "
+            raise _npz_error(path, f"num_classes={declared} but labels go up "
                              f"to {num_classes - 1}")
         num_classes = declared
-    check_class_count(f"--dataset=npz:{path}", num_classes, max_classes)
+    check_class_count(f"dataset npz:{path}", num_classes, max_classes)
     return Dataset(
             name=f"npz:{path}",
             x_train=scale_inputs(arrays["x_train"]), y_train=arrays["y_train"].astype(np.int64),
@@ -212,7 +213,8 @@ def load_tfds(name: str, version: str | None = None,
     except Exception as e:  # TFDS raises many types; the user needs one line.
         # Some messages list every data set TFDS knows (hundreds of lines): keep the first.
         first = (str(e).strip().splitlines() or [type(e).__name__])[0][:200]
-        raise ValueError(f"--dataset=tfds:{full_name}: cannot load from TFDS ({first})") from e
+        raise ParameterError("dataset", f"cannot load from TFDS ({first})",
+                             f"tfds:{full_name}") from e
     label_feature = builder.info.features["label"]
     splits = {}
     for split in ("train", "test"):

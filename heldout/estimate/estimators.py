@@ -27,9 +27,9 @@ from collections.abc import Iterator, Sequence
 
 import numpy as np
 
+from heldout.errors import ParameterError
 from heldout.estimate import stats
-
-DEFAULT_MIN_RUNS = 5
+from heldout.estimate.config import DEFAULT_MIN_RUNS
 
 
 @dataclasses.dataclass(frozen=True)
@@ -250,7 +250,7 @@ def top_influences(membership: np.ndarray, values: np.ndarray, k: int,
             values other than 0/1 or more than 4096 runs.
     """
     if k < 1:
-        raise ValueError(f"--top_k={k}: expected a positive number")
+        raise ParameterError("top_k", "expected a positive number", k)
     if engine not in ENGINES:
         raise ValueError(f"engine={engine!r}: expected one of {ENGINES}")
     membership = _check_membership(membership)

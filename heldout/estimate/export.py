@@ -61,9 +61,10 @@ from typing import Any
 import numpy as np
 
 from heldout.estimate import estimators as estimators_lib
+from heldout.estimate.config import EstimateConfig
 from heldout.estimate.datamodels import Datamodels
 from heldout.estimate.lds import LDSResult
-from heldout.estimate.pipeline import EstimateConfig, Estimates, InfluenceResult
+from heldout.estimate.pipeline import Estimates, InfluenceResult
 from heldout.estimate.targeted import TargetedReport
 from heldout.store import files
 from heldout.store import layout as layout_lib

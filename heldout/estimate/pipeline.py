@@ -1,9 +1,9 @@
 """Estimates of one experiment directory: choose runs, estimate, save, tabulate, plot.
 
-This is the job behind ``estimate.py``. `estimate_experiment` reads the runs once and
-computes the chosen estimators (`ESTIMATORS`); `format_report` prints them;
-`plot_estimates` draws them. Files of estimates (save, load, CSV tables) are in
-`heldout.estimate.export`.
+The computation behind ``estimate.py``'s estimates. `estimate_experiment` reads the runs
+once and computes the estimators an `EstimateConfig` chooses (`heldout.estimate.config`);
+`format_report` prints them; `plot_estimates` draws them. Files of estimates (save,
+load, CSV tables) are in `heldout.estimate.export`.
 """
 
 from __future__ import annotations
@@ -18,73 +18,16 @@ from heldout.data.dataset import Dataset
 from heldout.errors import ParameterError
 from heldout.estimate import estimators as estimators_lib
 from heldout.estimate import plots, stats
+from heldout.estimate.config import DEFAULT_TOP, EstimateConfig
 from heldout.store import layout as layout_lib
 from heldout.store import runs as runs_lib
 
-ESTIMATORS = ("memorization", "self_influence", "influence", "cscore")
-INFLUENCE_OUTPUTS = ("dense", "topk")
-# Most training examples kept per test example: the top-k arrays are [num_eval, top_k]
-# (a typo like top_k=10**9 would otherwise die in a MemoryError).
-MAX_TOP_K = 100_000
 # Memorization (and influence) on correctness above this counts as "high" in summary
 # lines (Feldman & Zhang's cut-off). It is a difference of probabilities, so summaries
 # use it only on correctness; margins and C-scores are on other scales.
 HIGH_SCORE = 0.25
 # C-scores (expected held-out accuracy) below this: held out, wrong more often than right.
 LOW_CSCORE = 0.5
-
-
-@dataclasses.dataclass(frozen=True)
-class EstimateConfig:
-    """What to estimate and how; every field is a flag of ``estimate.py``."""
-
-    estimators: tuple[str, ...] = ("memorization", "influence")
-    subsets: tuple[str, ...] | None = None  # None: the only one (C-score: every ratio)
-    metric: str = "correctness"  # of self-influence and influence: correctness | margin
-    min_runs: int = estimators_lib.DEFAULT_MIN_RUNS  # fewest in- and out-runs per estimate
-    test: str = "welch"  # welch | z
-    confidence: float = 0.95  # level of confidence intervals
-    alpha: float = 0.05  # significance level of the `significant` flags
-    fdr: bool = False  # Benjamini-Hochberg across examples at level alpha
-    # untestable examples (p = NaN, e.g. right in every run) in the FDR family: left out
-    # ("exclude") or counted as p = 1 ("count", the conservative family)
-    fdr_untestable: str = "exclude"
-    influence_output: str = "dense"  # dense | topk
-    top_k: int = 10  # most influential training examples kept per test example
-    threshold: float | None = None  # also keep every pair with influence above this
-    eval_indices: tuple[int, ...] | None = None  # restrict influence to these test examples
-    eval_shard: tuple[int, int] | None = None  # (i, n): the i-th of n parts of those
-    num_pairs: int = 100  # highest-influence pairs overall kept with statistics
-
-    def __post_init__(self):
-        unknown = [e for e in self.estimators if e not in ESTIMATORS]
-        if unknown or not self.estimators:
-            raise ValueError(f"--estimator={','.join(self.estimators)}: expected "
-                             f"{'|'.join(ESTIMATORS)} or all")
-        if self.metric not in runs_lib.METRICS:
-            raise ValueError(f"--metric={self.metric}: expected one of "
-                             f"{', '.join(runs_lib.METRICS)}")
-        if self.test not in stats.TESTS:
-            raise ValueError(f"--test={self.test}: expected one of {', '.join(stats.TESTS)}")
-        if not 0 < self.confidence < 1:
-            raise ValueError(f"--confidence={self.confidence}: expected a number in (0, 1)")
-        if not 0 < self.alpha < 1:
-            raise ValueError(f"--alpha={self.alpha}: expected a number in (0, 1)")
-        if self.min_runs < 1:
-            raise ValueError(f"--min_runs={self.min_runs}: expected a positive number")
-        if self.fdr_untestable not in stats.UNTESTABLE:
-            raise ParameterError("fdr_untestable", f"expected {' or '.join(stats.UNTESTABLE)}",
-                                 self.fdr_untestable)
-        if self.influence_output not in INFLUENCE_OUTPUTS:
-            raise ValueError(f"--influence_output={self.influence_output}: expected "
-                             f"{' or '.join(INFLUENCE_OUTPUTS)}")
-        if not 1 <= self.top_k <= MAX_TOP_K:
-            raise ParameterError("top_k", f"expected a whole number from 1 to {MAX_TOP_K:,}",
-                                 self.top_k)
-        if self.eval_shard is not None:
-            index, count = self.eval_shard
-            if not 0 <= index < count:
-                raise ValueError(f"--eval_shard={index}/{count}: expected i/n with 0 <= i < n")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -194,28 +137,27 @@ def choose_subset(experiment_dir: str, subsets: Sequence[str] | None,
         candidates = [s for s in present if s not in excluded]
         if len(candidates) > 1:
             also = f"; {', '.join(sorted(excluded))} excluded (LDS runs)" if excluded else ""
-            raise ValueError(f"--experiment_dir={experiment_dir} holds several subset "
-                             f"folders ({', '.join(candidates)}{also}); choose one with "
-                             "--subset")
+            raise ParameterError("subsets", f"{experiment_dir} holds several subset folders "
+                                 f"({', '.join(candidates)}{also}); choose one")
         if not candidates:
             raise ParameterError("subsets", f"{experiment_dir} holds only "
                                  f"{', '.join(present)}, set aside as evaluation runs; "
                                  "train the runs to estimate from into another folder")
         return candidates[0]
     if len(subsets) != 1:
-        raise ValueError(f"--subset={','.join(subsets)}: memorization and influence use "
-                         "one subset folder; several are for --estimator=cscore only")
+        raise ParameterError("subsets", "memorization and influence use one subset folder; "
+                             "several are for the C-score only", ",".join(subsets))
     if subsets[0] not in present:
-        raise ValueError(f"--subset={subsets[0]}: not in {experiment_dir} (found "
-                         f"{', '.join(present)})")
+        raise ParameterError("subsets", f"not in {experiment_dir} (found "
+                             f"{', '.join(present)})", subsets[0])
     return subsets[0]
 
 
 def _present_subsets(experiment_dir: str) -> list[str]:
     present = runs_lib.list_subsets(experiment_dir)
     if not present:
-        raise ValueError(f"--experiment_dir={experiment_dir}: no runs found (expected "
-                         f"<subset>/<run_id>/{runs_lib.AUX_FILENAME})")
+        raise ParameterError("experiment_dir", "no runs found (expected "
+                             f"<subset>/<run_id>/{runs_lib.AUX_FILENAME})", experiment_dir)
     return present
 
 
@@ -230,12 +172,12 @@ def _eval_indices(num_test: int, config: EstimateConfig) -> np.ndarray:
     indices = np.arange(num_test) if config.eval_indices is None \
         else np.asarray(config.eval_indices, dtype=np.int64)
     if len(indices) and (indices.min() < 0 or indices.max() >= num_test):
-        raise ValueError(f"--eval_indices: expected test indices in [0, {num_test})")
+        raise ParameterError("eval_indices", f"expected test indices in [0, {num_test})")
     if config.eval_shard is not None:
         index, count = config.eval_shard
         indices = np.array_split(indices, count)[index]
     if not len(indices):
-        raise ValueError("--eval_indices/--eval_shard: no test examples selected")
+        raise ParameterError("eval_shard", "no test examples selected (of eval_indices)")
     return indices
 
 
@@ -291,20 +233,20 @@ def _cscore(experiment_dir: str, config: EstimateConfig, progress: bool
     ratios, folders = [], []
     for name in chosen:
         if name not in present:
-            raise ValueError(f"--subset={name}: not in {experiment_dir} (found "
-                             f"{', '.join(present)})")
+            raise ParameterError("subsets", f"not in {experiment_dir} (found "
+                                 f"{', '.join(present)})", name)
         try:
             ratio = float(name)
         except ValueError:
             if config.subsets is not None:
-                raise ValueError(f"--subset={name}: C-scores need subset-ratio folders "
-                                 "such as 0.7") from None
+                raise ParameterError("subsets", "C-scores need subset-ratio folders such as "
+                                     "0.7", name) from None
             continue
         ratios.append(ratio)
         folders.append(name)
     if not folders:
-        raise ValueError(f"--estimator=cscore: {experiment_dir} has no subset-ratio folders "
-                         f"(found {', '.join(present)})")
+        raise ParameterError("estimators", f"{experiment_dir} has no subset-ratio folders "
+                             f"(found {', '.join(present)})", "cscore")
     experiments = [runs_lib.load_experiment(experiment_dir, f, progress=progress)
                    for f in folders]
     result = estimators_lib.cscore(ratios, [e.membership for e in experiments],
@@ -390,7 +332,7 @@ def significance_text(significant: np.ndarray, p_values: np.ndarray,
 
 
 def format_report(estimates: Estimates, labels_train: np.ndarray | None = None,
-                  labels_test: np.ndarray | None = None, top: int = 10) -> str:
+                  labels_test: np.ndarray | None = None, top: int = DEFAULT_TOP) -> str:
     """Readable tables of the most notable examples of each estimator, then the summary."""
     lines: list[str] = []
     for name, title in (("memorization", "memorized training examples (memorization = "

@@ -179,7 +179,8 @@ def plot_estimate_scatter(x: np.ndarray, y: np.ndarray, path: str, x_label: str,
 
 
 def plot_lds_against_cost(points: dict[str, list[tuple[float, float, float, float, int]]],
-                          path: str, title: str = "") -> tuple[str, list[str]]:
+                          path: str, title: str = "", ceiling: float | None = None
+                          ) -> tuple[str, list[str]]:
     """LDS of attribution methods against their cost, each point labelled with the number
     of trained models it uses.
 
@@ -188,6 +189,8 @@ def plot_lds_against_cost(points: dict[str, list[tuple[float, float, float, floa
             interval high, models)``; drawn in order of cost, on a log cost axis.
         path: the PNG.
         title: the figure's title.
+        ceiling: the noise ceiling of the LDS runs (`heldout.estimate.lds.noise_ceiling`),
+            drawn as a dashed line; None: not drawn.
 
     Returns:
         ``(path, labels)``: the labels written beside the points, in drawing order
@@ -196,13 +199,15 @@ def plot_lds_against_cost(points: dict[str, list[tuple[float, float, float, floa
     plt = _pyplot()
     fig, ax = plt.subplots(figsize=(7.5, 5.0))
     labels = []
-    for family, members in points.items():
+    # One color per family (more families than the default cycle's 10 would repeat).
+    colors = plt.get_cmap("tab20" if len(points) > 10 else "tab10").colors
+    for index, (family, members) in enumerate(points.items()):
         members = sorted(members, key=lambda point: point[0])
         cost = np.array([p[0] for p in members])
         mean = np.array([p[1] for p in members])
         error = np.abs(np.array([[p[2] for p in members], [p[3] for p in members]]) - mean)
         line = ax.errorbar(cost, mean, yerr=np.nan_to_num(error), marker="o", capsize=3,
-                           label=family)
+                           label=family, color=colors[index % len(colors)])
         for x, y, (*_, models) in zip(cost, mean, members, strict=True):
             text = f"{models} model{'s' if models != 1 else ''}"
             labels.append(text)
@@ -212,6 +217,9 @@ def plot_lds_against_cost(points: dict[str, list[tuple[float, float, float, floa
     ax.set_xlabel("cost: seconds (training of the models used + the method), log scale")
     ax.set_ylabel("LDS (mean Spearman over test examples)")
     ax.axhline(0, color="k", lw=0.5)
+    if ceiling is not None and np.isfinite(ceiling):
+        ax.axhline(ceiling, color="k", ls="--", lw=1,
+                   label=f"noise ceiling ({ceiling:.3f})")
     ax.set_title((title + "\n" if title else "") + "each point: the number of trained "
                  "models it uses (runs for retraining, ensemble size otherwise)", fontsize=8)
     ax.legend(fontsize=7, ncol=2)

@@ -24,8 +24,7 @@ from scipy import special
 from scipy import stats as sp_stats
 
 from heldout.errors import ParameterError
-
-TESTS = ("welch", "z")
+from heldout.estimate.config import TESTS, UNTESTABLE  # noqa: F401  (the names stats takes)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -87,13 +86,14 @@ def difference_test(mean_in: npt.ArrayLike, var_in: npt.ArrayLike, num_in: npt.A
         A `Significance` whose fields have the broadcast shape of the inputs.
 
     Raises:
-        ValueError: `test` is not one of `TESTS` (``--test``) or `level` is not strictly
-            between 0 and 1 (``--confidence``).
+        ParameterError: `test` is not one of `TESTS` (parameter ``test``) or `level` is
+            not strictly between 0 and 1 (``confidence``).
     """
     if test not in TESTS:
-        raise ValueError(f"--test must be one of {', '.join(TESTS)}; got {test!r}")
+        raise ParameterError("test", f"expected one of {', '.join(TESTS)}", repr(test))
     if not 0.0 < level < 1.0:  # also rejects NaN
-        raise ValueError(f"--confidence must be strictly between 0 and 1; got {level!r}")
+        raise ParameterError("confidence", "expected a number strictly between 0 and 1",
+                             level)
     arrays = np.broadcast_arrays(*(np.asarray(a, dtype=np.float64) for a in (
         mean_in, var_in, num_in, mean_out, var_out, num_out)))
     mean_in, var_in, num_in, mean_out, var_out, num_out = arrays
@@ -129,12 +129,6 @@ def difference_test(mean_in: npt.ArrayLike, var_in: npt.ArrayLike, num_in: npt.A
     return Significance(stderr=masked(stderr), statistic=masked(statistic), dof=masked(dof),
                         p_value=masked(p_value), ci_low=masked(ci_low),
                         ci_high=masked(ci_high))
-
-
-# How `benjamini_hochberg` treats untestable examples (p = NaN, e.g. examples every run
-# gets right, whose in- and out-means are both 1 with no spread): left out of the family
-# (the default), or counted in it as p = 1 (conservative: a larger m).
-UNTESTABLE = ("exclude", "count")
 
 
 def benjamini_hochberg(p_values: npt.ArrayLike, alpha: float = 0.05,
@@ -196,11 +190,11 @@ def runs_per_arm(sd_in: npt.ArrayLike, sd_out: npt.ArrayLike, effect: float,
         ValueError: effect not positive, or alpha / power outside (0, 1).
     """
     if not effect > 0:
-        raise ValueError(f"--effect={effect}: expected a positive number")
+        raise ParameterError("effect", "expected a positive number", effect)
     if not 0 < alpha < 1:
-        raise ValueError(f"--alpha={alpha}: expected a number in (0, 1)")
+        raise ParameterError("alpha", "expected a number in (0, 1)", alpha)
     if not 0 < power < 1:
-        raise ValueError(f"--power={power}: expected a number in (0, 1)")
+        raise ParameterError("power", "expected a number in (0, 1)", power)
     z = special.ndtri(1 - alpha / 2) + special.ndtri(power)
     variance = np.asarray(sd_in, np.float64) ** 2 + np.asarray(sd_out, np.float64) ** 2
     return np.ceil(z * z * variance / effect**2)

@@ -13,7 +13,9 @@ import dataclasses
 
 import numpy as np
 
+from heldout.errors import ParameterError
 from heldout.estimate import estimators, plots, stats
+from heldout.estimate.config import PlanConfig, TargetedConfig
 from heldout.store import layout as layout_lib
 from heldout.store import runs as runs_lib
 from heldout.store import targets as targets_lib
@@ -34,9 +36,10 @@ class TargetedReport:
     runs_without: int  # runs in the drop arm
 
 
-def targeted_self_influence(experiment_dir: str, targets: str, metric: str = "logodds",
-                            test: str = "welch", confidence: float = 0.99,
-                            min_runs: int = estimators.DEFAULT_MIN_RUNS,
+def targeted_self_influence(experiment_dir: str, targets: str,
+                            metric: str = TargetedConfig.metric, test: str = "welch",
+                            confidence: float = TargetedConfig.confidence,
+                            min_runs: int = TargetedConfig.min_runs,
                             progress: bool = True) -> TargetedReport:
     """Self-influence of every target example from the ``full`` and ``drop-<name>`` arms.
 
@@ -49,14 +52,14 @@ def targeted_self_influence(experiment_dir: str, targets: str, metric: str = "lo
         min_runs: fewest runs per arm an estimate needs.
 
     Raises:
-        ValueError: a missing arm, set or metric (naming the flag).
+        ParameterError: a missing arm, set or metric (naming the parameter).
     """
     target_set = targets_lib.find_targets(experiment_dir, targets)
     present = runs_lib.list_subsets(experiment_dir)
     for arm in ("full", target_set.drop_subset):
         if arm not in present:
-            raise ValueError(f"--targets={targets}: {experiment_dir} has no {arm} runs "
-                             f"(found {', '.join(present) or 'none'})")
+            raise ParameterError("targets", f"{experiment_dir} has no {arm} runs (found "
+                                 f"{', '.join(present) or 'none'})", targets)
     full = runs_lib.load_experiment(experiment_dir, "full", progress=progress)
     drop = runs_lib.load_experiment(experiment_dir, target_set.drop_subset, progress=progress)
     owner = target_set.group_of()
@@ -71,7 +74,8 @@ def targeted_self_influence(experiment_dir: str, targets: str, metric: str = "lo
                           runs_without=drop.num_runs)
 
 
-def format_targeted_report(report: TargetedReport, alpha: float = 0.01, show_all: bool = False,
+def format_targeted_report(report: TargetedReport, alpha: float = TargetedConfig.alpha,
+                           show_all: bool = False,
                            labels: np.ndarray | None = None) -> str:
     """The published-style table: rows by group, p < alpha unless `show_all`, group means."""
     estimate = report.estimate
@@ -121,8 +125,9 @@ class PowerPlan:
     runs_needed: np.ndarray  # per example, runs per arm
 
 
-def plan_runs(experiment_dir: str, effect: float, metric: str = "logodds", alpha: float = 0.01,
-              power: float = 0.8, subset: str = "full", indices: np.ndarray | None = None,
+def plan_runs(experiment_dir: str, effect: float, metric: str = PlanConfig.metric,
+              alpha: float = PlanConfig.alpha, power: float = PlanConfig.power,
+              subset: str = "full", indices: np.ndarray | None = None,
               progress: bool = True) -> PowerPlan:
     """How many runs per arm detect a self-influence of `effect` on the given examples.
 
@@ -134,8 +139,8 @@ def plan_runs(experiment_dir: str, effect: float, metric: str = "logodds", alpha
     if indices is not None:
         values = values[:, indices]
     if pilot.num_runs < 2:
-        raise ValueError(f"--plan: needs at least 2 pilot runs in "
-                         f"{layout_lib.ExperimentDir(experiment_dir).subset(subset)}")
+        raise ParameterError("plan", "needs at least 2 pilot runs in "
+                             f"{layout_lib.ExperimentDir(experiment_dir).subset(subset)}")
     sd = values.std(axis=0, ddof=1)
     return PowerPlan(effect=effect, alpha=alpha, power=power, pilot_runs=pilot.num_runs, sd=sd,
                      runs_needed=stats.runs_per_arm(sd, sd, effect, alpha, power))

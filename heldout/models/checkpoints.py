@@ -18,6 +18,7 @@ import sonnet as snt
 import tensorflow as tf
 
 from heldout.data.dataset import Dataset
+from heldout.errors import ParameterError
 from heldout.models import predict as predict_lib
 from heldout.models import registry
 from heldout.store import layout as layout_lib
@@ -70,7 +71,7 @@ def find_checkpoint(run_dir: str) -> str:
     found = sorted(tf.io.gfile.glob(pattern),
                    key=lambda p: int(p.rsplit("ckpt-", 1)[1].split(".")[0]))
     if not found:
-        raise ValueError(f"--run_dir={run_dir}: no checkpoint (expected {pattern})")
+        raise ParameterError("run_dir", f"no checkpoint (expected {pattern})", run_dir)
     return found[-1][:-len(".index")]
 
 
@@ -189,7 +190,7 @@ def check_run(run_dir: str, arch: str, data: Dataset, split: str = "test",
         ValueError: the split is unknown, or the run's files do not fit the data set.
     """
     if split not in ("train", "test"):
-        raise ValueError(f"--split={split}: expected train or test")
+        raise ParameterError("split", "expected train or test", split)
     arrays = runs_lib.load_run(run_dir)
     restored = restore_run_model(run_dir, arch, data.num_classes, data.input_shape, width)
     x, y = (data.x_train, data.y_train) if split == "train" else (data.x_test, data.y_test)

@@ -304,12 +304,12 @@ def read_indices(spec: str, flag: str) -> list[int]:
     return indices
 
 
-def parse_shard(text: str, flag: str) -> tuple[int, int]:
-    """``"i/n"`` as (i, n) with 0 <= i < n."""
+def parse_shard(text: str, parameter: str) -> tuple[int, int]:
+    """``"i/n"`` as (i, n) with 0 <= i < n (errors name `parameter`)."""
     try:
         index, count = (int(part) for part in text.split("/"))
     except ValueError:
-        raise ValueError(f"{flag}={text!r}: expected i/n, e.g. 0/8") from None
+        raise ParameterError(parameter, "expected i/n, e.g. 0/8", repr(text)) from None
     if not 0 <= index < count:
-        raise ValueError(f"{flag}={text}: expected i/n with 0 <= i < n")
+        raise ParameterError(parameter, "expected i/n with 0 <= i < n", text)
     return index, count

@@ -153,10 +153,12 @@ class ExperimentDir:
         """Folder of the claim files of the runs of `subset`."""
         return tf.io.gfile.join(self.root, CLAIMS_DIRNAME, check_component(subset, "subset"))
 
-    def estimates(self, subset: str | None) -> str:
-        """Default output of ``estimate.py`` (``cscore`` when estimated across subsets)."""
+    def estimates(self, subset: str | None, part: str = "") -> str:
+        """Default output of ``estimate.py`` (``cscore`` when estimated across subsets);
+        a result on part of the test examples names it (`part_name`), so it never takes
+        the whole-set name."""
         name = check_component(subset, "subset") if subset else "cscore"
-        return tf.io.gfile.join(self.root, f"estimates-{name}.npz")
+        return tf.io.gfile.join(self.root, f"estimates-{name}{part}.npz")
 
     def targeted_report(self, targets: str) -> str:
         """Default output of the targeted self-influence report of target set `targets`."""
@@ -182,6 +184,19 @@ class ExperimentDir:
 def claim_file(claims_dir: str, run_id: int) -> str:
     """The claim file of `run_id` in a folder of `ExperimentDir.claims`."""
     return tf.io.gfile.join(claims_dir, f"{run_id}.json")
+
+
+def part_name(eval_indices: str | None = None, shard: tuple[int, int] | None = None) -> str:
+    """The suffix of a default output computed on part of the test examples:
+    ``-eval<selection>`` for chosen examples (a range list as given, or a file's name),
+    ``-shard<i>of<n>`` for the i-th of n shards; empty for the whole test set."""
+    part = ""
+    if eval_indices:
+        selection = eval_indices.rstrip("/").rsplit("/", 1)[-1].removesuffix(".txt")
+        part += "-eval" + "".join(c if c.isalnum() or c in "-." else "_" for c in selection)
+    if shard is not None:
+        part += f"-shard{shard[0]}of{shard[1]}"
+    return part
 
 
 def output_file(directory: str, name: str, extension: str) -> str:

@@ -39,6 +39,7 @@ from heldout.store import files, records
 from heldout.store import layout as layout_lib
 from heldout.store import targets as targets_lib
 from heldout.store.layout import AUX_FILENAME
+from heldout.store.metrics import METRICS
 
 SPLITS = ("train", "removed", "test")
 SUBSET_INDICES = "subsample_idx"
@@ -48,7 +49,6 @@ RELEASED_KEYS = (SUBSET_INDICES,) + tuple(
 # Our optional per-split keys: float32 max-margins and log-odds margins, float16 logits.
 MARGIN_PREFIX = "margin_"
 LOGODDS_PREFIX = "logodds_"
-METRICS = ("correctness", "margin", "logodds")
 # Float metrics an experiment may hold, by the prefix of their aux keys.
 _FLOAT_METRICS = {"margin": MARGIN_PREFIX, "logodds": LOGODDS_PREFIX}
 LOGITS_PREFIX = "logits_"
@@ -258,13 +258,6 @@ def load_run(directory: str) -> dict[str, np.ndarray]:
     return arrays
 
 
-def read_run_info(directory: str) -> dict:
-    """The run's record as its JSON object (`records.read_run_record`), for the front
-    doors being moved to `heldout.app` (issue 23), which still read it by key; new code
-    reads the typed record. Remove once they read `records.read_run_record`."""
-    return records.read_run_record(directory).to_json()
-
-
 def list_subsets(experiment_dir: str) -> list[str]:
     """Names of the subset folders of an experiment that hold at least one run folder.
 
@@ -411,12 +404,11 @@ class Experiment:
             ValueError: `name` is not a metric, or the runs did not record it.
         """
         if name not in METRICS:
-            raise ValueError(f"--metric={name!r}: expected one of {', '.join(METRICS)}")
+            raise ParameterError("metric", f"expected one of {', '.join(METRICS)}", name)
         values = getattr(self, f"{name}_{split}")
         if values is None:
-            raise ValueError(
-                f"--metric={name}: these runs have no {name}_* arrays (released runs "
-                "record only correctness); use --metric=correctness")
+            raise ParameterError("metric", f"these runs have no {name}_* arrays (released "
+                                 "runs record only correctness); use correctness", name)
         return values if name != "correctness" else values.astype(np.float32)
 
 
@@ -435,8 +427,8 @@ def load_experiment(experiment_dir: str, subset: str, num_threads: int = 16,
     complete, incomplete = list_runs(experiment_dir, subset)
     if not complete:
         where = layout_lib.ExperimentDir(experiment_dir).subset(subset)
-        raise ValueError(f"--experiment_dir={experiment_dir}: no complete runs in {where} "
-                         f"(expected <run_id>/{AUX_FILENAME} folders)")
+        raise ParameterError("experiment_dir", f"no complete runs in {where} (expected "
+                             f"<run_id>/{AUX_FILENAME} folders)", experiment_dir)
     directories = [run_dir(experiment_dir, subset, i) for i in complete]
     seed = _recorded_seed(experiment_dir)
     dropped = _dropped(experiment_dir, subset)
@@ -477,8 +469,8 @@ def load_experiment(experiment_dir: str, subset: str, num_threads: int = 16,
                     if present[metric]:
                         matrices[f"{metric}_{kind}"][r, rows] = run[prefix + split]
     if not used.any():
-        raise ValueError(f"--experiment_dir={experiment_dir}: the runs of {subset} vanished "
-                         "while being read")
+        raise ParameterError("experiment_dir", f"the runs of {subset} vanished while being "
+                             "read", experiment_dir)
     if not used.all():
         matrices = {key: value[used] for key, value in matrices.items()}
     floats = {f"{metric}_{kind}": matrices[f"{metric}_{kind}"] if present[metric] else None

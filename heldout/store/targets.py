@@ -106,9 +106,9 @@ def load_targets(path: str) -> TargetSet:
         return TargetSet(name=str(content["name"]), groups=groups,
                          provenance=content.get("provenance", {}))
     except files.StoredFileMissing:
-        raise ValueError(f"--targets={path}: file not found") from None
+        raise ParameterError("targets", "file not found", path) from None
     except (ValueError, KeyError, TypeError, AttributeError) as e:
-        raise ValueError(f"--targets={path}: not a target set file ({e})") from None
+        raise ParameterError("targets", f"not a target set file ({e})", path) from None
 
 
 def find_targets(experiment_dir: str, spec: str) -> TargetSet:
@@ -124,8 +124,8 @@ def find_targets(experiment_dir: str, spec: str) -> TargetSet:
         return load_targets(path)
     stored = tf.io.gfile.glob(targets_path(experiment_dir, "*"))
     names = ", ".join(p.rsplit("/", 1)[1][:-len(".json")] for p in stored) or "none"
-    raise ValueError(f"--targets={spec}: neither a file nor a target set of "
-                     f"{experiment_dir} (stored: {names})")
+    raise ParameterError("targets", f"neither a file nor a target set of {experiment_dir} "
+                         f"(stored: {names})", spec)
 
 
 def builtin_targets(name: str, data: Dataset) -> TargetSet:

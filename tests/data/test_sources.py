@@ -142,21 +142,21 @@ def test_npz_length_mismatch(tmp_path, split):
     n_x = len(arrays[f"x_{split}"])
     path = _write_npz(tmp_path / "l.npz", **arrays)
     with pytest.raises(ValueError,
-                       match=rf"--dataset=npz:.*x_{split} has {n_x} rows but y_{split} has "
+                       match=rf"^dataset=npz:.*x_{split} has {n_x} rows but y_{split} has "
                              rf"{n_x + 1}"):
         data.load_dataset(f"npz:{path}")
 
 
 def test_npz_missing_file(tmp_path):
     path = str(tmp_path / "nowhere.npz")
-    with pytest.raises(ValueError, match=rf"--dataset=npz:{re.escape(path)}: file not found"):
+    with pytest.raises(ValueError, match=rf"^dataset=npz:{re.escape(path)}: file not found"):
         data.load_dataset(f"npz:{path}")
 
 
 def test_npz_unreadable_file(tmp_path):
     path = tmp_path / "garbage.npz"
     path.write_bytes(b"this is not a zip archive")
-    with pytest.raises(ValueError, match=r"--dataset=npz:.*not a readable \.npz"):
+    with pytest.raises(ValueError, match=r"^dataset=npz:.*not a readable \.npz"):
         data.load_dataset(f"npz:{path}")
 
 
@@ -173,7 +173,7 @@ def test_npz_bad_labels(tmp_path, bad_labels):
 
 @pytest.mark.parametrize("spec", ["mnistt", "", "npz", "tfds", "Digits"])
 def test_unknown_spec(spec):
-    with pytest.raises(ValueError, match=rf"--dataset={re.escape(repr(spec))} is not a known"):
+    with pytest.raises(ValueError, match=rf"^dataset={re.escape(repr(spec))}: not a known"):
         data.load_dataset(spec)
 
 
@@ -278,7 +278,7 @@ def test_tfds_cifar10_original_index_from_ids():
 
 def test_tfds_unknown_version_is_value_error():
     with _mock(num_examples=2):
-        with pytest.raises(ValueError, match=r"--dataset=tfds:mnist:9\.9\.9: cannot load"):
+        with pytest.raises(ValueError, match=r"^dataset=tfds:mnist:9\.9\.9: cannot load"):
             data.load_dataset("tfds:mnist:9.9.9")
 
 
@@ -287,7 +287,7 @@ def test_tfds_unknown_name_is_one_line():
     with pytest.raises(ValueError) as raised:
         data.load_dataset("tfds:nosuchds")
     message = str(raised.value)
-    assert message.startswith("--dataset=tfds:nosuchds: cannot load from TFDS (")
+    assert message.startswith("dataset=tfds:nosuchds: cannot load from TFDS (")
     assert "\n" not in message and len(message) < 300
 
 

@@ -222,7 +222,7 @@ def test_blocking_does_not_change_results(kind):
 
 def test_top_k_rejects_non_positive_k():
     membership, values, _ = _case("margin", 1, 1)
-    with pytest.raises(ValueError, match="--top_k"):
+    with pytest.raises(ValueError, match="^top_k="):
         estimators.top_influences(membership, values, 0)
 
 

@@ -20,9 +20,11 @@ import pytest
 from scipy import stats as scipy_stats
 
 from heldout.data.dataset import Dataset
+from heldout.errors import ParameterError
 from heldout.estimate import export
 from heldout.estimate import pipeline as analysis
-from heldout.estimate.pipeline import EstimateConfig, estimate_experiment
+from heldout.estimate.config import ESTIMATORS, EstimateConfig
+from heldout.estimate.pipeline import estimate_experiment
 from heldout.store import runs
 
 REPO_ROOT = pathlib.Path(__file__).resolve().parents[2]
@@ -210,7 +212,7 @@ def released_experiment(tmp_path_factory):
 def all_estimates(main_experiment):
     """Every estimator, dense influence with a threshold, margins where they apply."""
     directory, _ = main_experiment
-    config = EstimateConfig(estimators=analysis.ESTIMATORS, metric="margin", min_runs=3,
+    config = EstimateConfig(estimators=ESTIMATORS, metric="margin", min_runs=3,
                             threshold=0.3, top_k=4, num_pairs=12)
     return estimate_experiment(directory, config, progress=False)
 
@@ -347,14 +349,14 @@ def test_cscore_averages_over_chosen_subsets(multi_experiment):
 
 def test_memorization_on_several_folders_needs_subset(multi_experiment):
     directory, synthetics = multi_experiment
-    with pytest.raises(ValueError, match="--subset"):
+    with pytest.raises(ValueError, match="^subsets"):
         estimate_experiment(directory, EstimateConfig(estimators=("memorization",)),
                             progress=False)
-    with pytest.raises(ValueError, match="--subset"):
+    with pytest.raises(ValueError, match="^subsets=0.3,0.5"):
         estimate_experiment(directory, EstimateConfig(estimators=("memorization",),
                                                       subsets=("0.3", "0.5")),
                             progress=False)
-    with pytest.raises(ValueError, match="--subset"):
+    with pytest.raises(ValueError, match="^subsets=0.9"):
         estimate_experiment(directory, EstimateConfig(estimators=("influence",),
                                                       subsets=("0.9",)),
                             progress=False)
@@ -386,7 +388,7 @@ def test_released_format_estimates_match_brute_force(released_experiment):
 def test_released_format_with_margin_metric_names_the_flag(released_experiment, estimator):
     directory, _ = released_experiment
     config = EstimateConfig(estimators=(estimator,), metric="margin")
-    with pytest.raises(ValueError, match="--metric") as error:
+    with pytest.raises(ParameterError, match="^metric=margin") as error:
         estimate_experiment(directory, config, progress=False)
     assert re.search(r"no margin", str(error.value)), str(error.value)
 
@@ -440,11 +442,11 @@ def test_eval_shards_cover_the_unsharded_result(main_experiment, count):
 
 def test_bad_eval_selection_names_the_flag(main_experiment):
     directory, _ = main_experiment
-    with pytest.raises(ValueError, match="--eval_indices"):
+    with pytest.raises(ValueError, match="^eval_indices"):
         estimate_experiment(directory, EstimateConfig(estimators=("influence",),
                                                       eval_indices=(0, NUM_TEST)),
                             progress=False)
-    with pytest.raises(ValueError, match="--eval_shard"):
+    with pytest.raises(ValueError, match="^eval_shard"):
         estimate_experiment(directory, EstimateConfig(estimators=("influence",),
                                                       eval_shard=(NUM_TEST + 1, 20)),
                             progress=False)
@@ -733,23 +735,27 @@ def test_plot_estimates_with_images_and_without_data(all_estimates, tmp_path):
 
 # --- configuration -----------------------------------------------------------------------
 
-@pytest.mark.parametrize(("kwargs", "flag"), [
-    ({"estimators": ("memorisation",)}, "--estimator"),
-    ({"estimators": ()}, "--estimator"),
-    ({"metric": "loss"}, "--metric"),
-    ({"test": "t"}, "--test"),
-    ({"confidence": 1.0}, "--confidence"),
-    ({"confidence": 0.0}, "--confidence"),
-    ({"top_k": 0}, "top_k=0"),
-    ({"eval_shard": (2, 2)}, "--eval_shard"),
-    ({"eval_shard": (-1, 2)}, "--eval_shard"),
-    ({"min_runs": 0}, "--min_runs"),
-    ({"alpha": 1.5}, "--alpha"),
-    ({"influence_output": "sparse"}, "--influence_output"),
+@pytest.mark.parametrize(("kwargs", "parameter"), [
+    ({"estimators": ("memorisation",)}, "estimators"),
+    ({"estimators": ()}, "estimators"),
+    ({"metric": "loss"}, "metric"),
+    ({"test": "t"}, "test"),
+    ({"confidence": 1.0}, "confidence"),
+    ({"confidence": 0.0}, "confidence"),
+    ({"confidence": float("nan")}, "confidence"),
+    ({"top_k": 0}, "top_k"),
+    ({"top_k": 10**9}, "top_k"),
+    ({"fdr_untestable": "drop"}, "fdr_untestable"),
+    ({"eval_shard": (2, 2)}, "eval_shard"),
+    ({"eval_shard": (-1, 2)}, "eval_shard"),
+    ({"min_runs": 0}, "min_runs"),
+    ({"alpha": 1.5}, "alpha"),
+    ({"influence_output": "sparse"}, "influence_output"),
 ])
-def test_config_validation_names_the_flag(kwargs, flag):
-    with pytest.raises(ValueError, match=re.escape(flag)):
+def test_config_validation_names_the_parameter(kwargs, parameter):
+    with pytest.raises(ParameterError, match=f"^{parameter}") as error:
         EstimateConfig(**kwargs)
+    assert error.value.parameter == parameter
 
 
 def test_empty_directory_raises_value_error(tmp_path):

@@ -15,3 +15,12 @@ def test_lds_plot_labels_each_point_with_its_models(tmp_path):
     assert labels == ["1 model", "20 models", "100 models"]  # by cost within a family
     with open(path, "rb") as handle:
         assert handle.read(8) == PNG_SIGNATURE
+
+
+def test_lds_plot_draws_the_noise_ceiling_and_many_families(tmp_path):
+    points = {f"method {k}": [(1.0 + k, 0.05 * k, 0.04 * k, 0.06 * k, 1)] for k in range(12)}
+    path = str(tmp_path / "lds.png")
+    written, labels = plots.plot_lds_against_cost(points, path, ceiling=0.868)
+    assert written == path and len(labels) == 12
+    with open(path, "rb") as handle:
+        assert handle.read(8) == PNG_SIGNATURE

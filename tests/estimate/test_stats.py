@@ -201,14 +201,15 @@ def test_welch_dof_is_scale_free():
         np.testing.assert_allclose(scaled.p_value, base.p_value, rtol=1e-8, atol=ATOL)
 
 
-@pytest.mark.parametrize("kwargs, flag", [
-    ({"test": "t"}, "--test"), ({"test": "Welch"}, "--test"),
-    ({"level": 0.0}, "--confidence"), ({"level": 1.0}, "--confidence"),
-    ({"level": 95.0}, "--confidence"), ({"level": float("nan")}, "--confidence"),
+@pytest.mark.parametrize("kwargs, parameter", [
+    ({"test": "t"}, "test"), ({"test": "Welch"}, "test"),
+    ({"level": 0.0}, "confidence"), ({"level": 1.0}, "confidence"),
+    ({"level": 95.0}, "confidence"), ({"level": float("nan")}, "confidence"),
 ])
-def test_invalid_options_raise(kwargs, flag):
-    with pytest.raises(ValueError, match=flag):
+def test_invalid_options_raise(kwargs, parameter):
+    with pytest.raises(ValueError, match=f"^{parameter}=") as error:
         stats.difference_test(0.5, 0.1, 10, 0.2, 0.1, 10, **kwargs)
+    assert error.value.parameter == parameter
 
 
 def test_benjamini_hochberg_by_hand():

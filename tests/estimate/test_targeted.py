@@ -328,7 +328,7 @@ def test_plot_writes_png(report, tmp_path):
 def test_margin_metric_without_margins_names_metric(tmp_path):
     directory = str(tmp_path / "no_margins")
     _make_synthetic(directory, margins=False, runs_with=6, runs_without=6)
-    with pytest.raises(ValueError, match="--metric=margin"):
+    with pytest.raises(ValueError, match="^metric=margin"):
         targeted.targeted_self_influence(directory, "t", metric="margin", progress=False)
     # Log-odds are there, so the default metric works.
     report = targeted.targeted_self_influence(directory, "t", progress=False)
@@ -347,7 +347,7 @@ def test_missing_arm_names_it(tmp_path):
 
 
 def test_unknown_target_set_names_targets(synthetic):
-    with pytest.raises(ValueError, match=r"--targets=nope: .*stored: t\)"):
+    with pytest.raises(ValueError, match=r"^targets=nope: .*stored: t\)"):
         targeted.targeted_self_influence(synthetic.directory, "nope", progress=False)
 
 
@@ -373,14 +373,15 @@ def test_runs_per_arm_closed_form(alpha, power, effect):
     np.testing.assert_array_equal(got, _closed_form(sd_in, sd_out, effect, alpha, power))
 
 
-@pytest.mark.parametrize("kwargs, flag", [
-    ({"effect": 0.0}, "--effect"), ({"effect": -1.0}, "--effect"),
-    ({"alpha": 0.0}, "--alpha"), ({"alpha": 1.0}, "--alpha"),
-    ({"power": 0.0}, "--power"), ({"power": 1.0}, "--power")])
-def test_runs_per_arm_rejects(kwargs, flag):
+@pytest.mark.parametrize("kwargs, parameter", [
+    ({"effect": 0.0}, "effect"), ({"effect": -1.0}, "effect"),
+    ({"alpha": 0.0}, "alpha"), ({"alpha": 1.0}, "alpha"),
+    ({"power": 0.0}, "power"), ({"power": 1.0}, "power")])
+def test_runs_per_arm_rejects(kwargs, parameter):
     arguments = {"effect": 0.5, "alpha": 0.01, "power": 0.8, **kwargs}
-    with pytest.raises(ValueError, match=flag):
+    with pytest.raises(ValueError, match=f"^{parameter}=") as error:
         stats.runs_per_arm(1.0, 1.0, **arguments)
+    assert error.value.parameter == parameter
 
 
 def test_plan_runs_uses_per_example_sd_of_the_full_arm(synthetic):
@@ -406,7 +407,7 @@ def test_plan_runs_uses_per_example_sd_of_the_full_arm(synthetic):
 def test_plan_needs_two_pilot_runs(tmp_path):
     directory = str(tmp_path / "one")
     _make_synthetic(directory, arms=("full",), runs_with=1)
-    with pytest.raises(ValueError, match="--plan"):
+    with pytest.raises(ValueError, match="^plan: "):
         targeted.plan_runs(directory, 0.25, progress=False)
 
 
@@ -601,9 +602,9 @@ def test_targeted_report_uses_the_published_z_test_by_default(synthetic, tmp_pat
 
     copy = str(tmp_path / "copy")
     shutil.copytree(synthetic.directory, copy)
-    report = str(heldout.run_estimate(heldout.EstimateRequest(
-        experiment_dir=copy, targets="t", progress=False)))
+    report = str(heldout.run_estimate(heldout.estimate_job(
+        {"experiment_dir": copy, "targets": "t", "progress": False})))
     assert "Targeted self-influence on logodds (z test)" in report
-    welch = str(heldout.run_estimate(heldout.EstimateRequest(
-        experiment_dir=copy, targets="t", test="welch", progress=False)))
+    welch = str(heldout.run_estimate(heldout.estimate_job(
+        {"experiment_dir": copy, "targets": "t", "test": "welch", "progress": False})))
     assert "(welch test)" in welch

@@ -9,7 +9,7 @@ import hashlib
 import numpy as np
 import pytest
 
-from heldout.attribution import api as attribution_api
+from heldout.attribution import config as attribution_config
 from heldout.attribution import gradients, influence_functions, projection, tracin, trak
 from heldout.errors import ParameterError
 from heldout.estimate import datamodels
@@ -41,7 +41,7 @@ def test_trak_without_projection_reachable_with_defaults():
     assert trak.TRAKConfig().dim == trak.DEFAULT_PROJECTION_DIM == 1024
     assert trak.TRAKConfig(projection_dim=64).dim == 64
     # The front door's settings, as a user gives them (no projection_dim).
-    assert attribution_api.method_config("trak", {"projection": "none"}).dim is None
+    assert attribution_config.method_config("trak", {"projection": "none"}).dim is None
     with pytest.raises(ParameterError, match="projection_dim=1024: not used with "
                                              "projection='none'"):
         trak.TRAKConfig(projection="none", projection_dim=1024)

@@ -178,7 +178,7 @@ def test_full_runs_with_equal_predictions_are_not_taken_for_copies(tmp_path):
     right_train, right_test = np.ones(NUM_TRAIN, bool), np.ones(NUM_TEST, bool)
     for r in range(2):
         runs.save_run(runs.run_dir(directory, "full", r), runs.aux_arrays(
-            np.arange(NUM_TRAIN), right_train, right_test), {})
+            np.arange(NUM_TRAIN), right_train, right_test))
     assert runs.verify_runs(directory) == (2, [])
     assert runs.load_experiment(directory, "full", progress=False).num_runs == 2
     _save(directory, "full", 5, np.arange(NUM_TRAIN))

@@ -162,13 +162,13 @@ def test_save_overwrites_and_leaves_no_temporary_files(tmp_path):
 
 
 def test_load_targets_errors(tmp_path):
-    with pytest.raises(ValueError, match="--targets=.*missing.json: file not found"):
+    with pytest.raises(ValueError, match="^targets=.*missing.json: file not found"):
         targets.load_targets(str(tmp_path / "missing.json"))
     for content in ("not json", "[1, 2]", json.dumps({"name": "x"}),
                     json.dumps({"name": "x", "groups": {"g": ["a"]}})):
         path = tmp_path / "bad.json"
         path.write_text(content)
-        with pytest.raises(ValueError, match="--targets=.*bad.json: not a target set file"):
+        with pytest.raises(ValueError, match="^targets=.*bad.json: not a target set file"):
             targets.load_targets(str(path))
 
 
@@ -192,9 +192,9 @@ def test_find_targets_unknown_lists_stored_names(tmp_path):
     with pytest.raises(ValueError) as info:
         targets.find_targets(experiment, "gamma")
     message = str(info.value)
-    assert message.startswith("--targets=gamma:")
+    assert message.startswith("targets=gamma:")
     assert "alpha" in message and "beta_2" in message
-    with pytest.raises(ValueError, match=r"--targets=gamma:.*\(stored: none\)"):
+    with pytest.raises(ValueError, match=r"^targets=gamma:.*\(stored: none\)"):
         targets.find_targets(str(tmp_path / "empty"), "gamma")
 
 
