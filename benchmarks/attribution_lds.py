@@ -69,7 +69,7 @@ from heldout.attribution import (  # noqa: E402
 from heldout.data import sources  # noqa: E402
 from heldout.estimate import datamodels, estimators, lds, plots  # noqa: E402
 from heldout.models import checkpoints as checkpoints_lib  # noqa: E402
-from heldout.store import files, layout  # noqa: E402
+from heldout.store import files, layout, records  # noqa: E402
 from heldout.store import runs as runs_lib  # noqa: E402
 from heldout.training import core as training  # noqa: E402
 
@@ -140,9 +140,9 @@ def train(work_dir: str, data: sources.Dataset, fit_runs: int, lds_runs: int, se
                                            data=data, settle_seconds=0.0)
         print(f"  {ratio} runs {run_ids.start}..{run_ids.stop - 1}: {len(summary.trained)} "
               f"trained, {len(summary.already_complete)} found, {summary.seconds:.0f} s")
-    infos = [runs_lib.read_run_info(runs_lib.run_dir(work_dir, "0.7", r))
-             for r in range(GRADIENT_RUNS, fit_runs)]
-    return float(np.mean([info["seconds"] for info in infos]))
+    records_of_runs = [records.read_run_record(runs_lib.run_dir(work_dir, "0.7", r))
+                       for r in range(GRADIENT_RUNS, fit_runs)]
+    return float(np.mean([record.seconds for record in records_of_runs]))
 
 
 def sorted_runs(experiment: heldout.Experiment, count: int) -> tuple[np.ndarray, np.ndarray]:
@@ -224,12 +224,11 @@ def trak_rows(run_dirs: list[str], data: sources.Dataset, fit: heldout.Experimen
 
 
 def tracin_scores(run_dir: str, data: sources.Dataset) -> tuple[np.ndarray, float]:
-    info = runs_lib.read_run_info(run_dir)
-    arch = info["train_config"]["model"]
+    record = records.read_run_record(run_dir)
     checkpoints = []
-    for epoch, rate in runs_attribution.tracin_checkpoints(info):
+    for epoch, rate in record.tracin_checkpoints(run_dir):
         prefix = layout.RunDir(run_dir).checkpoint(epoch)
-        model = checkpoints_lib.restore_run_model(run_dir, arch, data.num_classes,
+        model = checkpoints_lib.restore_run_model(run_dir, record.model, data.num_classes,
                                                   data.input_shape, prefix=prefix).model
         checkpoints.append(attribution.Checkpoint(model, rate))
     result = attribution.score_tracin(checkpoints, data.x_train, data.y_train, data.x_test,
@@ -244,7 +243,7 @@ def gradient_rows(run_dirs: list[str], data: sources.Dataset,
     rows = []
     runs = run_dirs[:AVERAGED]
     tracin = [tracin_scores(run_dir, data) for run_dir in runs]
-    num_checkpoints = len(runs_attribution.tracin_checkpoints(runs_lib.read_run_info(runs[0])))
+    num_checkpoints = len(records.read_run_record(runs[0]).tracin_checkpoints(runs[0]))
     for count in (1, len(runs)):
         scores = np.mean([s for s, _ in tracin[:count]], axis=0)
         rows.append(Row("TracIn", f"TracIn ({count} run{'s' * (count > 1)}, "

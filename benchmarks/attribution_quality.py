@@ -24,7 +24,7 @@ every epoch through the trainer's ``on_epoch`` callback, each weighted in TracIn
 the mean learning rate of the epoch that ended there (`learning_rate_at` over that
 epoch's steps); the last one is the final model, which the influence functions and the
 loss use. These are the checkpoints ``estimate.py --estimator=tracin`` uses on a run
-trained with ``checkpoint_every=1`` (`runs_attribution.tracin_checkpoints`: those saved
+trained with ``checkpoint_every=1`` (`RunRecord.tracin_checkpoints`: those saved
 during training and the final model). Influence functions use the true Fisher with
 one draw of sampled labels (``fisher_seed=0``, ``fisher_draws=1``, the defaults).
 

@@ -1,10 +1,10 @@
-"""CIFAR trainers side by side: Sonnet airbench against PyPI airbench under PyTorch (SPEC §8).
+"""CIFAR trainers side by side: Sonnet airbench against PyPI airbench under PyTorch.
 
 On synthetic CIFAR-shaped data (32x32x3, 10 classes), on this machine's CPU, float32,
 optimizer steps per second; every setting is timed in interleaved rounds and the
 median shown, so slow drift of a shared machine hits all sides alike:
   airbench: (1) the network step (forward, backward, Nesterov SGD update on one batch)
-      of Sonnet `heldout.airbench.Airbench`, with and without XLA, against the network
+      of Sonnet `heldout.models.airbench.Airbench`, with and without XLA, against the network
       of PyPI ``airbench`` (``lib_airbench94.make_net94``: its own modules, built on the
       CPU in float32) under PyTorch at the same batch; (2) the whole training step:
       Sonnet's `AirbenchTrainer` epoch program (gather by index, augmentation, schedule,

@@ -1,4 +1,4 @@
-"""Estimators at CIFAR-10 scale, and against a plain dense NumPy implementation (SPEC §8).
+"""Estimators at CIFAR-10 scale, and against a plain dense NumPy implementation.
 
 Synthetic runs: 2000 runs x 50,000 training x 10,000 test examples at subset ratio 0.7
 (correctness drawn so that held-out examples are less often right). Prints seconds and

@@ -1,4 +1,4 @@
-"""Exact metagradients on the digits MLP, judged by the single-model LDS (SPEC §8, §11).
+"""Exact metagradients on the digits MLP, judged by the single-model LDS.
 
 Trains a base run and banks of runs with the base run's seeds and a random fraction p
 of the training set dropped as zero loss weights (designs ``bank-<p>``), computes the
@@ -47,7 +47,7 @@ from heldout.attribution import (  # noqa: E402
 )
 from heldout.data import sources  # noqa: E402
 from heldout.estimate import lds as lds_lib  # noqa: E402
-from heldout.store import designs  # noqa: E402
+from heldout.store import designs, records  # noqa: E402
 from heldout.store import runs as runs_lib  # noqa: E402
 from heldout.training import core, experiment  # noqa: E402
 from heldout.training.select import make_trainer  # noqa: E402
@@ -174,10 +174,10 @@ def main() -> None:
                     data.y_test[:num_test],
                     influence_functions.InfluenceConfig(measurement="logodds")).scores
             elif name == "tracin":
-                info = runs_lib.read_run_info(base_dir)
+                record = records.read_run_record(base_dir)
                 checkpoints = [tracin.Checkpoint(runs_attribution._restore(
                     base_dir, "mlp", data, 1.0, epoch), lr)
-                    for epoch, lr in runs_attribution.tracin_checkpoints(info)]
+                    for epoch, lr in record.tracin_checkpoints(base_dir)]
                 scores = tracin.score_tracin(
                     checkpoints, data.x_train, data.y_train, data.x_test[:num_test],
                     data.y_test[:num_test],
@@ -205,7 +205,7 @@ def main() -> None:
             scores = metagradient.metagradients(
                 data, base_trajectory(recipe, n), data.x_test[targets], data.y_test[targets],
                 metagradient.MetagradientConfig(progress=False)).scores
-            accuracy = runs_lib.read_run_info(base)["accuracy"]["test"]
+            accuracy = records.read_run_record(base).accuracy.test
             print(f"{lr:<13g}  {single_model_lds(scores, weights, outputs[:, targets]):.3f}"
                   f"   {accuracy:.4f}         {time.time() - start:.1f}")
 

@@ -1,4 +1,4 @@
-"""The machine's matrix-product rate, measured in the running process (SPEC §8, issue 17).
+"""The machine's matrix-product rate, measured in the running process (issue 17).
 
 Benchmarks call `matmul_rate` once at start-up and print every result beside the floor
 that rate implies (`roofline_line`): the time the result's matrix products alone would

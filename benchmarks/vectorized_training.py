@@ -1,4 +1,4 @@
-"""K-at-once training against one model at a time, side by side (SPEC §8).
+"""K-at-once training against one model at a time, side by side.
 
 Both arms train the same model (the digits MLP), on the same subsets, from the same
 initial weights, through the same sequence of batches, for the same number of steps:
@@ -19,7 +19,7 @@ initial weights, through the same sequence of batches, for the same number of st
 
 Prints seconds per model for each and their ratio, and mean test accuracy of both
 over the same runs. The target is (b) at least 10x faster per model at equal accuracy;
-SPEC §8 asks (c) for at most 7 ms per model on a 2-core machine whose batched products
+and (c) at most 7 ms per model on a 2-core machine whose batched products
 run at about 230 GFLOP/s, i.e. about 70% of the floor printed here.
 
 Roofline: the machine's rate for the batched matrix products of K-at-once training

@@ -49,7 +49,6 @@ _EXPORTS: dict[str, tuple[str, str | None]] = {
     "load_dataset": ("heldout.data.sources", "load_dataset"),
     "export": ("heldout.estimate.export", None),
     "targeted": ("heldout.estimate.targeted", None),
-    "analysis": ("heldout.estimate.pipeline", None),
     "CScore": ("heldout.estimate.estimators", "CScore"),
     "InfluencePairs": ("heldout.estimate.estimators", "InfluencePairs"),
     "SelfInfluence": ("heldout.estimate.estimators", "SelfInfluence"),
@@ -77,7 +76,7 @@ _EXPORTS: dict[str, tuple[str, str | None]] = {
     "released": ("heldout.store.released", None),
     "runs": ("heldout.store.runs", None),
     "targets": ("heldout.store.targets", None),
-    "subsets": ("heldout.store.designs", None),
+    "designs": ("heldout.store.designs", None),
     "parse_run_ids": ("heldout.store.designs", "parse_run_ids"),
     "parse_shard": ("heldout.store.designs", "parse_shard"),
     "read_indices": ("heldout.store.designs", "read_indices"),
@@ -88,7 +87,8 @@ _EXPORTS: dict[str, tuple[str, str | None]] = {
     "RunFileError": ("heldout.store.runs", "RunFileError"),
     "load_experiment": ("heldout.store.runs", "load_experiment"),
     "load_run": ("heldout.store.runs", "load_run"),
-    "read_run_info": ("heldout.store.runs", "read_run_info"),
+    "RunRecord": ("heldout.store.records", "RunRecord"),
+    "read_run_record": ("heldout.store.records", "read_run_record"),
     "save_run": ("heldout.store.runs", "save_run"),
     "DataSource": ("heldout.app.train", "DataSource"),
     "RunSettings": ("heldout.app.train", "RunSettings"),
@@ -129,8 +129,7 @@ def __dir__() -> list[str]:
 
 __all__ = [
     # modules
-    "analysis", "coordination", "export", "released", "runs", "subsets", "targeted",
-    "targets",
+    "coordination", "designs", "export", "released", "runs", "targeted", "targets",
     # training
     "TrainDesign", "TrainDrop", "TrainPreset", "DataSource", "RunSettings", "TrainReport",
     "train",
@@ -138,7 +137,7 @@ __all__ = [
     "resolve_targets", "train_experiment", "train_targeted_experiment",
     # data and runs
     "Dataset", "Experiment", "RunFileError", "load_dataset", "load_experiment", "load_run",
-    "parse_run_ids", "parse_shard", "read_indices", "read_run_info", "save_run",
+    "RunRecord", "parse_run_ids", "parse_shard", "read_indices", "read_run_record", "save_run",
     "subset_indices",
     # estimators
     "CScore", "InfluencePairs", "SelfInfluence", "TopInfluences", "cscore", "influence",

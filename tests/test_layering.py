@@ -12,8 +12,8 @@ import heldout
 
 PACKAGE = pathlib.Path(heldout.__file__).resolve().parent
 # Lowest first; a module may import from its own layer and the layers before it.
-LAYERS = ("errors", "runtime", "data", "store", "models", "training", "estimate", "attribution",
-          "app")
+LAYERS = ("errors", "runtime", "progress", "data", "store", "models", "training", "estimate",
+          "attribution", "app")
 
 
 def _module_name(path: pathlib.Path) -> str:

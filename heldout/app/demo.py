@@ -135,16 +135,15 @@ def run(job: DemoJob | StreamingDemoJob) -> DemoReport:
 
     from heldout.data import sources
     from heldout.models import checkpoints, evaluate
-    from heldout.store import layout
+    from heldout.store import layout, records
     from heldout.store import runs as runs_lib
 
     run_dir = job.run_dir
     if not runs_lib.run_complete(run_dir):
         raise ParameterError("run_dir", f"not a complete run (expected {layout.AUX_FILENAME} "
                              "there)", run_dir)
-    info = runs_lib.read_run_info(run_dir)
-    train_config = info.get("train_config", {})
-    if info and not tf.io.gfile.glob(layout.RunDir(run_dir).checkpoint_indexes):
+    record = records.read_run_record(run_dir)
+    if not record.is_empty and not tf.io.gfile.glob(layout.RunDir(run_dir).checkpoint_indexes):
         parent, run_id = run_dir.rstrip("/").rsplit("/", 1)
         experiment_dir, subset = parent.rsplit("/", 1) if "/" in parent else (".", parent)
         raise ParameterError("run_dir", "no checkpoint; this run was trained without them: "
@@ -152,8 +151,8 @@ def run(job: DemoJob | StreamingDemoJob) -> DemoReport:
                              f"--experiment_dir={experiment_dir} --subset={subset} "
                              f"--run_ids={run_id} (with its other training flags) adds them",
                              run_dir)
-    arch = job.arch or train_config.get("model")
-    width = job.width or train_config.get("model_width", 1.0)
+    arch = job.arch or record.model
+    width = job.width or record.model_width
     match job:
         case StreamingDemoJob():
             if not arch:
@@ -163,7 +162,7 @@ def run(job: DemoJob | StreamingDemoJob) -> DemoReport:
             return DemoReport(evaluate.evaluate_run_streaming(
                 run_dir, arch, job.records, split=job.split, width=width, **settings))
         case DemoJob():
-            dataset = job.dataset or info.get("dataset")
+            dataset = job.dataset or record.dataset
             if not arch or not dataset:
                 missing = "arch" if not arch else "dataset"
                 raise ParameterError(missing, f"needed: {run_dir} has no run.json saying its "

@@ -41,7 +41,7 @@ from heldout.errors import ParameterError
 from heldout.estimate import compare, export, merge, pipeline, targeted
 from heldout.estimate import datamodels as datamodels_lib
 from heldout.estimate import lds as lds_lib
-from heldout.store import checks, designs, experiment_info, layout, released
+from heldout.store import checks, designs, experiment_info, layout, records, released
 from heldout.store import runs as runs_lib
 from heldout.store import targets as targets_lib
 
@@ -462,7 +462,8 @@ def _gradient(job: GradientJob) -> EstimateReport:
     attribution = runs_attribution.attribute_run(
         run_dir, job.method, data, eval_indices, config=job.config,
         factors_path=job.factors_path,
-        retraining=retraining if retraining.num_runs >= 2 else None)
+        retraining=retraining if retraining.num_runs >= 2 else None,
+        progress=job.source.progress)
     lds = _lds(job.lds, directory, attribution.scores, eval_indices, subset,
                np.asarray([job.run_id]), job.source.progress,
                fit_masks=retraining.membership[retraining.run_ids == job.run_id])
@@ -494,8 +495,7 @@ def _check_run_has_checkpoints(run_dir: str, method: str) -> None:
         raise ValueError(f"{run_dir}: no checkpoints; train this run with python train.py "
                          "--save_checkpoints (add --retrain_complete if it is already "
                          "complete)")
-    info = runs_lib.read_run_info(run_dir)
-    if method == "tracin" and not info.get("checkpoints"):
+    if method == "tracin" and not records.read_run_record(run_dir).checkpoints:
         raise ValueError(f"{run_dir}: TracIn needs checkpoints saved during training; train "
                          "this run with python train.py --save_checkpoints "
                          "--checkpoint_every=N (add --retrain_complete if it is already "
@@ -526,7 +526,8 @@ def _trak(job: TRAKJob) -> EstimateReport:
             correctness_test=others.correctness_test[keep],
             margin_train=None, margin_test=None, logodds_train=None,
             logodds_test=None if others.logodds_test is None else others.logodds_test[keep])
-    result = runs_attribution.trak_of_runs(run_dirs, data, chosen, config, selection)
+    result = runs_attribution.trak_of_runs(run_dirs, data, chosen, config, selection,
+                                           progress=job.source.progress)
     lines = [f"TRAK of {result.num_models} models ({subset} runs "
              f"{designs.format_run_ids(ids)}), {len(chosen)} eval examples: lambda_reg "
              f"{result.lambda_reg:g}, {result.seconds:.1f} s"]

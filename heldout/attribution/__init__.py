@@ -40,7 +40,7 @@ _EXPORTS = {
     "FISHERS": "heldout.attribution.config",
     "Factors": "heldout.attribution.influence_functions",
     "InfluenceConfig": "heldout.attribution.config",
-    "InfluenceResult": "heldout.attribution.influence_functions",
+    "InfluenceFunctionsResult": "heldout.attribution.influence_functions",
     "LayerFactors": "heldout.attribution.influence_functions",
     "PHASES": "heldout.attribution.influence_functions",
     "STRATEGIES": "heldout.attribution.config",

@@ -40,6 +40,7 @@ from heldout.attribution.config import (  # noqa: F401  (sizes and measurements)
     MEASUREMENTS,
     check_size,
 )
+from heldout.progress import Progress
 
 # Costs whose gradients the engine takes: a measurement, or the labels of a Fisher
 # (sampled from the model's predictive distribution, or all classes weighted by
@@ -244,17 +245,19 @@ class LayerGradients:
         layers: attribute paths of the layers to differentiate; all by default.
         batch_size: examples per compiled call.
         jit_compile: compile with XLA.
+        progress: a bar advanced by the examples of every batch run (`map_batches`).
     """
 
     def __init__(self, model: snt.Module, input_shape: Sequence[int],
                  layers: Sequence[str] | None = None, batch_size: int = DEFAULT_BATCH_SIZE,
-                 jit_compile: bool = False):
+                 jit_compile: bool = False, progress: Progress | None = None):
         if batch_size < 1:
             raise ValueError(f"batch_size={batch_size}: expected a positive number")
         self.model = model
         self.input_shape = tuple(int(d) for d in input_shape)
         self.batch_size = batch_size
         self.jit_compile = jit_compile
+        self.progress = progress
         model(tf.zeros([1, *self.input_shape]), is_training=False)  # creates the variables
         self.layers = find_layers(model, layers)
         self.specs = tuple(layer_spec(name, layer) for name, layer in self.layers.items())
@@ -348,6 +351,8 @@ class LayerGradients:
                                tf.constant([seed, batch], tf.int64), list(constants))
             if per_example:
                 outputs = [o[:count] for o in outputs]
+            if self.progress is not None:
+                self.progress.advance(count)
             yield rows, outputs
 
     def accumulate(self, x: np.ndarray, labels: np.ndarray | None, fn: Callable, key: str,

@@ -54,11 +54,14 @@ import tensorflow as tf
 
 from heldout.attribution import gradients as gradients_lib
 from heldout.attribution.config import FISHERS, STRATEGIES, InfluenceConfig  # noqa: F401
+from heldout.progress import Progress
 from heldout.store import files
 
 _FISHER_TARGETS = {"true": "sampled", "empirical": "loss", "expected": "expected"}
 PHASES = ("fit covariance", "eigendecomposition", "fit lambda", "scores")
 _FIT_PHASES = PHASES[:3]
+# Passes over the training examples (per Fisher draw) that fitting a strategy takes.
+_FIT_PASSES = {"identity": 0, "diagonal": 1, "kfac": 1, "ekfac": 2}
 # Damping used where a layer's mean eigenvalue is zero (a layer that never receives
 # gradient), so the preconditioner stays finite.
 _MIN_DAMPING = 1e-8
@@ -160,7 +163,7 @@ class Timings:
 
 
 @dataclasses.dataclass(frozen=True)
-class InfluenceResult:
+class InfluenceFunctionsResult:
     """Influence-function scores of one call.
 
     Attributes:
@@ -182,7 +185,8 @@ def score_influence_functions(model: snt.Module, x_train: np.ndarray, y_train: n
                         x_query: np.ndarray | None = None, y_query: np.ndarray | None = None,
                         config: InfluenceConfig = InfluenceConfig(),
                         factors: Factors | None = None, factors_path: str | None = None,
-                        self_influence: bool = True) -> InfluenceResult:
+                        self_influence: bool = True, progress: bool = False
+                        ) -> InfluenceFunctionsResult:
     """Self-influence of training examples and their influence on queries, in one call.
 
     Factors come from `factors`, else from `factors_path` when that file exists, else
@@ -198,36 +202,44 @@ def score_influence_functions(model: snt.Module, x_train: np.ndarray, y_train: n
         factors: factors fitted before, reused as they are.
         factors_path: ``.npz`` file to reuse factors from, or to save them to.
         self_influence: also compute self-influence.
+        progress: show a progress bar of the passes over the examples (fitting the
+            factors, then scoring).
 
     Returns:
-        An `InfluenceResult`.
+        An `InfluenceFunctionsResult`.
 
     Raises:
         ValueError: loaded factors were made with another strategy, Fisher or layers.
     """
     if (x_query is None) != (y_query is None):
         raise ValueError("give both x_query and y_query, or neither")
-    engine = gradients_lib.LayerGradients(model, np.shape(x_train)[1:], config.layers,
-                                          config.batch_size)
     loaded = factors is not None
     if factors is None and factors_path and factors_exist(factors_path):
         factors = load_factors(factors_path)
         loaded = True
-    if factors is None:
-        factors = _fit(engine, x_train, y_train, config)
-        if factors_path:
-            save_factors(factors, factors_path)
-    _check_factors(factors, engine, config, factors_path)
-    start = time.time()
-    damping = layer_damping(factors, config)
-    self_scores, scores = _scores(engine, factors, damping, config, x_train, y_train,
-                                  x_query, y_query, self_influence)
+    num_query = 0 if x_query is None else len(x_query)
+    scored = len(x_train) if self_influence or num_query else 0
+    fitted = 0 if loaded else _FIT_PASSES[config.strategy] * config.fisher_draws * len(x_train)
+    bar = Progress(fitted + num_query + scored, "influence functions", "example",
+                                enabled=progress)
+    engine = gradients_lib.LayerGradients(model, np.shape(x_train)[1:], config.layers,
+                                          config.batch_size, progress=bar)
+    with bar:
+        if factors is None:
+            factors = _fit(engine, x_train, y_train, config)
+            if factors_path:
+                save_factors(factors, factors_path)
+        _check_factors(factors, engine, config, factors_path)
+        start = time.time()
+        damping = layer_damping(factors, config)
+        self_scores, scores = _scores(engine, factors, damping, config, x_train, y_train,
+                                      x_query, y_query, self_influence)
     fit_seconds = dict.fromkeys(_FIT_PHASES, 0.0) if loaded else factors.seconds
     timings = Timings(fit_covariance=fit_seconds["fit covariance"],
                       eigendecomposition=fit_seconds["eigendecomposition"],
                       fit_lambda=fit_seconds["fit lambda"], scores=time.time() - start,
                       factors_loaded=loaded)
-    return InfluenceResult(self_scores, scores, factors, timings, damping)
+    return InfluenceFunctionsResult(self_scores, scores, factors, timings, damping)
 
 
 def fit_factors(model: snt.Module, x: np.ndarray, y: np.ndarray,

@@ -1,7 +1,7 @@
 """Exact metagradients: d f_j(theta_T(w)) / d w_i, stepping backwards through training.
 
 A run of the deterministic trainer is a function of the per-example loss weights w
-(SPEC §11: ``w_i = 1`` in, ``0`` dropped, the same batch slots, seed, initial weights,
+(``w_i = 1`` in, ``0`` dropped, the same batch slots, seed, initial weights,
 batch order and augmentation draws). The metagradient ``g[i, j]`` is the derivative of
 target j's log-odds margin after the last step with respect to ``w_i``; the predicted
 effect of dropping a set S is ``-sum_{i in S} g[i, j]`` (MAGIC, Ilyas, Engstrom et al.
@@ -52,7 +52,8 @@ from heldout.attribution import gradients as gradients_lib
 from heldout.attribution.config import MetagradientConfig
 from heldout.data.dataset import Dataset
 from heldout.errors import ParameterError
-from heldout.store import designs, files
+from heldout.progress import Progress
+from heldout.store import designs, files, records
 from heldout.store import experiment_info as info_lib
 from heldout.store import runs as runs_lib
 from heldout.training import core
@@ -370,8 +371,7 @@ class MetagradientEngine:
         batches = -(-num_targets // self.config.target_batch)
         models = max(-(-num_targets // batches), _FORWARD_MODELS)
         steps, interval = self.trajectory.total_steps, self.interval()
-        bar = files.progress_bar(steps * batches, "metagradients", unit="step",
-                                 enabled=self.config.progress)
+        bar = Progress(steps * batches, "metagradients", "step", enabled=self.config.progress)
         kept = self.replay(self.initial_state(), 0, steps, interval)
         peak = len(kept) + (interval - 1 if interval > 1 else 0)
         scores, outputs = [], []
@@ -402,7 +402,7 @@ class MetagradientEngine:
             stacked = _stack(states, first, end)
             adjoint_parameters, adjoint_velocities, scores = segment_vjp(
                 *stacked, tf.constant(first), adjoint_parameters, adjoint_velocities, scores)
-            bar.update(end - first)
+            bar.advance(end - first)
         return scores.numpy(), f.numpy()
 
     def _segments(self, interval: int) -> list[tuple[int, int]]:
@@ -481,15 +481,15 @@ def trajectory_of_run(run_dir: str, data: Dataset) -> Trajectory:
             not the data the run was trained on (its fingerprint differs).
     """
     try:
-        info = runs_lib.read_run_info(run_dir)
+        record = records.read_run_record(run_dir)
     except (ValueError, OSError):
-        info = {}
-    stored = info.get("train_config")
-    if not isinstance(stored, dict) or not {"seed", "subset", "run_id"} <= set(info):
+        record = records.RunRecord()
+    stored = record.train_config
+    if not stored or None in (record.seed, record.subset, record.run_id):
         raise ParameterError("run_dir", "no run.json with the run's settings and seed (runs "
                              "trained by train.py can be replayed; released ones cannot)",
                              run_dir)
-    fingerprint = info.get("data")
+    fingerprint = record.data
     if isinstance(fingerprint, dict) and "sha256" in fingerprint and \
             fingerprint != info_lib.data_fingerprint(data):
         raise ParameterError("run_dir", f"trained on other data than {data.name} (the data "
@@ -498,8 +498,8 @@ def trajectory_of_run(run_dir: str, data: Dataset) -> Trajectory:
     config = TrainConfig(**{k: v for k, v in stored.items() if k in fields})
     check_trainable(config)
     arrays = runs_lib.load_run(run_dir)
-    seeds = designs.run_seeds(int(info["seed"]), info["subset"], int(info["run_id"]))
-    steps = int(info.get("optimizer_steps", 0)) // config.epochs
+    seeds = designs.run_seeds(record.seed, record.subset, record.run_id)
+    steps = (record.optimizer_steps or 0) // config.epochs
     return Trajectory(config, np.sort(arrays[runs_lib.SUBSET_INDICES]), seeds.init,
                       seeds.order, steps, arrays.get(runs_lib.EXAMPLE_WEIGHTS))
 

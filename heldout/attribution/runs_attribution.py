@@ -8,9 +8,8 @@ checkpoint saved during training (``checkpoint_every``) AND the final model, eac
 weighted by the mean learning rate of the stretch of steps that ended there: the same
 checkpoints as ``benchmarks/attribution_quality.py`` (one after every epoch, the last
 being the final model), which TracIn-CP's sum over the whole training path asks for.
-``run.json`` lists only the checkpoints saved during training; the final model's
-learning rate is the mean of the run's schedule (`training.core.learning_rate_at`)
-over the steps after the last of them.
+Every checkpoint's learning rate is read from the run's record (``run.json``,
+`heldout.store.records.RunRecord`), where training wrote it.
 """
 
 from __future__ import annotations
@@ -28,8 +27,8 @@ from heldout.data.dataset import Dataset
 from heldout.estimate import estimators, export
 from heldout.models import checkpoints as checkpoints_lib
 from heldout.store import layout as layout_lib
+from heldout.store import records
 from heldout.store import runs as runs_lib
-from heldout.training import core as training_core
 
 
 @dataclasses.dataclass(frozen=True)
@@ -51,8 +50,8 @@ def attribute_run(run_dir: str, method: str, data: Dataset, eval_indices: np.nda
                   projection_dim: int | None = None, factors_path: str | None = None,
                   retraining: runs_lib.Experiment | None = None, fisher: str = "true",
                   fisher_seed: int = 0, fisher_draws: int = 1,
-                  config: tracin.TracInConfig | influence_functions.InfluenceConfig | None = None
-                  ) -> RunAttribution:
+                  config: tracin.TracInConfig | influence_functions.InfluenceConfig | None = None,
+                  progress: bool = True) -> RunAttribution:
     """Scores the training examples of `data` with `method` using the run's checkpoints.
 
     Args:
@@ -73,15 +72,15 @@ def attribute_run(run_dir: str, method: str, data: Dataset, eval_indices: np.nda
         fisher_draws: true Fisher: average its moments over this many label draws.
         config: the method's whole config (`TracInConfig` / `InfluenceConfig` with the
             method's strategy); when given, the single settings above are not used.
+        progress: show a progress bar of the gradients.
 
     Raises:
         ValueError: unknown method, or the run lacks the checkpoints the method needs.
     """
     if method not in METHODS:
         raise ValueError(f"method={method}: expected one of {', '.join(METHODS)}")
-    info = runs_lib.read_run_info(run_dir)
-    arch = info.get("train_config", {}).get("model")
-    width = info.get("train_config", {}).get("model_width", 1.0)
+    record = records.read_run_record(run_dir)
+    arch, width = record.model, record.model_width
     if not arch:
         raise ValueError(f"{run_dir}: no run.json naming the model; gradient methods need "
                          "runs trained by train.py with save_checkpoints")
@@ -92,16 +91,15 @@ def attribute_run(run_dir: str, method: str, data: Dataset, eval_indices: np.nda
     if eval_indices is not None:
         x_query, y_query = data.x_test[eval_indices], data.y_test[eval_indices]
     if method == "tracin":
-        saved = info.get("checkpoints", [])
-        if not saved:
+        if not record.checkpoints:
             raise ValueError(f"{run_dir}: TracIn needs checkpoints saved during training "
                              "(train with save_checkpoints checkpoint_every=N)")
         models = [tracin.Checkpoint(_restore(run_dir, arch, data, width, epoch), rate)
-                  for epoch, rate in tracin_checkpoints(info)]
+                  for epoch, rate in record.tracin_checkpoints(run_dir)]
         result = tracin.score_tracin(
             models, data.x_train, data.y_train, x_query, y_query,
             config or tracin.TracInConfig(measurement=measurement,
-                                          projection_dim=projection_dim))
+                                          projection_dim=projection_dim), progress=progress)
         timings = f"TracIn over {len(models)} checkpoints: {result.seconds:.1f} s"
     else:
         model = checkpoints_lib.restore_run_model(
@@ -111,7 +109,7 @@ def attribute_run(run_dir: str, method: str, data: Dataset, eval_indices: np.nda
             config or influence_functions.InfluenceConfig(
                 strategy=method[len("if_"):], damping=damping, measurement=measurement,
                 fisher=fisher, fisher_seed=fisher_seed, fisher_draws=fisher_draws),
-            factors_path=factors_path)
+            factors_path=factors_path, progress=progress)
         timings = result.timings.format()
     agreement = {}
     if retraining is not None:
@@ -127,18 +125,19 @@ def restore_final_models(run_dirs: Sequence[str], data: Dataset) -> list[tf.Modu
     """The final model of each run (trained with ``save_checkpoints``), e.g. for TRAK."""
     models = []
     for run_dir in run_dirs:
-        config = runs_lib.read_run_info(run_dir).get("train_config", {})
-        if not config.get("model"):
+        record = records.read_run_record(run_dir)
+        if not record.model:
             raise ValueError(f"run_dirs: {run_dir} has no run.json naming the model")
         models.append(checkpoints_lib.restore_run_model(
-            run_dir, config["model"], data.num_classes, data.input_shape,
-            config.get("model_width", 1.0)).model)
+            run_dir, record.model, data.num_classes, data.input_shape,
+            record.model_width).model)
     return models
 
 
 def trak_of_runs(run_dirs: Sequence[str], data: Dataset, eval_indices: np.ndarray,
                  config: trak.TRAKConfig | None = None,
-                 selection: runs_lib.Experiment | None = None) -> trak.TRAKResult:
+                 selection: runs_lib.Experiment | None = None, progress: bool = True
+                 ) -> trak.TRAKResult:
     """TRAK scores ``[num_train, num_eval]`` of the final models of `run_dirs`.
 
     Args:
@@ -149,6 +148,7 @@ def trak_of_runs(run_dirs: Sequence[str], data: Dataset, eval_indices: np.ndarra
             on `selection`.
         selection: runs (with ``logodds_test``) to choose lambda_reg on; never the runs
             TRAK is judged on, and best not the ensemble's own runs.
+        progress: show a progress bar of the gradients (most of TRAK's time).
     """
     eval_indices = np.asarray(eval_indices)
     config = config or trak.TRAKConfig()
@@ -159,35 +159,7 @@ def trak_of_runs(run_dirs: Sequence[str], data: Dataset, eval_indices: np.ndarra
         masks, outputs = selection.membership, selection.logodds_test[:, eval_indices]
     return trak.score_trak(restore_final_models(run_dirs, data), data.x_train, data.y_train,
                            data.x_test[eval_indices], data.y_test[eval_indices], config,
-                           masks, outputs)
-
-
-def tracin_checkpoints(info: dict) -> list[tuple[int, float]]:
-    """``(epoch, learning rate)`` of every checkpoint TracIn uses, the final model last.
-
-    Args:
-        info: the run's ``run.json``: ``checkpoints`` (saved during training, each with
-            ``epoch``, ``global_step``, ``learning_rate``), ``optimizer_steps`` and
-            ``train_config`` (``epochs``, ``learning_rate``, ``lr_schedule``,
-            ``warmup_epochs``).
-
-    The final model (epoch ``train_config["epochs"]``) weighs the mean learning rate over
-    the steps after the last saved checkpoint, unless ``run.json`` lists it already.
-    """
-    saved = sorted(info.get("checkpoints", []), key=lambda c: c["epoch"])
-    result = [(int(c["epoch"]), float(c["learning_rate"])) for c in saved]
-    config = info["train_config"]
-    epochs = int(config["epochs"])
-    if result and result[-1][0] == epochs:
-        return result
-    total = int(info["optimizer_steps"])
-    warmup = round(float(config.get("warmup_epochs", 0.0)) * total / epochs)
-    first = int(saved[-1]["global_step"]) if saved else 0
-    rates = training_core.learning_rate_at(np.arange(first, total), total, warmup,
-                                           float(config["learning_rate"]),
-                                           config.get("lr_schedule", "cosine"))
-    result.append((epochs, float(np.mean(rates))))
-    return result
+                           masks, outputs, progress)
 
 
 def save_attribution(attribution: RunAttribution, path: str) -> None:

@@ -26,6 +26,7 @@ from heldout.attribution import gradients as gradients_lib
 from heldout.attribution import projection as projection_lib
 from heldout.attribution.config import TracInConfig
 from heldout.attribution.projection import GaussianProjection
+from heldout.progress import Progress
 
 
 @dataclasses.dataclass(frozen=True)
@@ -64,7 +65,8 @@ class TracInResult:
 
 def score_tracin(checkpoints: Sequence[Checkpoint], x_train: np.ndarray, y_train: np.ndarray,
            x_query: np.ndarray | None = None, y_query: np.ndarray | None = None,
-           config: TracInConfig = TracInConfig(), self_influence: bool = True) -> TracInResult:
+           config: TracInConfig = TracInConfig(), self_influence: bool = True,
+           progress: bool = False) -> TracInResult:
     """TracIn-CP self-influence of training examples and their influence on queries.
 
     The checkpoints' weights are loaded in turn into the first checkpoint's model,
@@ -79,6 +81,7 @@ def score_tracin(checkpoints: Sequence[Checkpoint], x_train: np.ndarray, y_train
         y_query: ``[num_query]`` query labels.
         config: measurement, layers, projection and batch size.
         self_influence: also compute self-influence.
+        progress: show a progress bar of the gradients (examples under every checkpoint).
 
     Returns:
         A `TracInResult`.
@@ -89,8 +92,11 @@ def score_tracin(checkpoints: Sequence[Checkpoint], x_train: np.ndarray, y_train
     if (x_query is None) != (y_query is None):
         raise ValueError("give both x_query and y_query, or neither")
     template = checkpoints[0].model
+    per_checkpoint = len(x_train) + (0 if x_query is None else len(x_query))
+    bar = Progress(len(checkpoints) * per_checkpoint, "TracIn", "example",
+                                enabled=progress)
     engine = gradients_lib.LayerGradients(template, np.shape(x_train)[1:], config.layers,
-                                          config.batch_size)
+                                          config.batch_size, progress=bar)
     projection = None
     if config.projection_dim is not None:
         projection = GaussianProjection([s.size for s in engine.specs], config.projection_dim,
@@ -115,6 +121,7 @@ def score_tracin(checkpoints: Sequence[Checkpoint], x_train: np.ndarray, y_train
                 if query is not None:
                     scores[rows] += lr * tf.matmul(train, query, transpose_b=True).numpy()
     finally:
+        bar.close()
         for variable, value in zip(template.variables, saved, strict=True):
             variable.assign(value)
     return TracInResult(self_scores, scores, time.time() - start)

@@ -13,8 +13,8 @@ training example: the derivative of the loss with respect to ``f``), the scores 
 
 (``reweighting="published"``: the public code, ``TRAKer.finalize_scores`` of
 MadryLab/trak, averages the per-model scores and multiplies them by the mean over
-models of ``1 - p``), or ``mean_m [Q_m Phi_m (...)^{-1} phi_m(query)^T]`` (``per_model``,
-the form written in SPEC §9), or without the ``1 - p`` factor (``none``). Positive
+models of ``1 - p``), or ``mean_m [Q_m Phi_m (...)^{-1} phi_m(query)^T]`` (``per_model``),
+or without the ``1 - p`` factor (``none``). Positive
 scores mean that training on the example raises the query's output.
 
 ``lambda_reg`` (the public code's ``lambda_reg``, added to ``Phi^T Phi``) is relative
@@ -55,6 +55,7 @@ from heldout.attribution.config import (  # noqa: F401  (names of TRAK settings)
     TRAKConfig,
 )
 from heldout.estimate import lds as lds_lib
+from heldout.progress import Progress
 
 OUTPUT = "logodds"  # TRAK's output function f
 # Eigenvalues below this fraction of the largest count as zero in a pseudo-inverse.
@@ -159,19 +160,22 @@ def trak_features(model: snt.Module, x_train: np.ndarray, y_train: np.ndarray,
 
 def ensemble_features(models: Sequence[snt.Module], x_train: np.ndarray, y_train: np.ndarray,
                       x_query: np.ndarray, y_query: np.ndarray,
-                      config: TRAKConfig = TRAKConfig(), first_index: int = 0
-                      ) -> list[TRAKFeatures]:
+                      config: TRAKConfig = TRAKConfig(), first_index: int = 0,
+                      progress: bool = False) -> list[TRAKFeatures]:
     """`trak_features` of every model, model m seeding its projection with m + first_index.
 
     The models' weights are loaded in turn into the first model, whose compiled
     gradient functions are traced once; its own weights are restored at the end. Every
-    model must have the same architecture.
+    model must have the same architecture. With `progress`, a bar counts the examples
+    whose gradients are done (training examples and queries, under every model).
     """
     if not models:
         raise ValueError("models: TRAK needs at least one model")
     template = models[0]
+    bar = Progress(len(models) * (len(x_train) + len(x_query)), "TRAK features",
+                                "example", enabled=progress)
     engine = gradients_lib.LayerGradients(template, np.shape(x_train)[1:], config.layers,
-                                          config.batch_size)
+                                          config.batch_size, progress=bar)
     logodds_function = tf.function(lambda x, y: gradients_lib.measure(
         tf.cast(template(x, is_training=False), tf.float32), y, OUTPUT), autograph=False)
     dim = config.dim or engine.num_parameters
@@ -196,6 +200,7 @@ def ensemble_features(models: Sequence[snt.Module], x_train: np.ndarray, y_train
             one_minus_p = 1.0 / (1.0 + np.exp(logodds.astype(np.float64)))  # 1 - sigmoid(f)
             result.append(TRAKFeatures(train, query, one_minus_p, time.time() - start))
     finally:
+        bar.close()
         for variable, value in zip(template.variables, saved, strict=True):
             variable.assign(value)
     return result
@@ -270,7 +275,8 @@ def select_lambda(kernels: Sequence[Kernel], grid: Sequence[float], masks: np.nd
 def score_trak(models: Sequence[snt.Module], x_train: np.ndarray, y_train: np.ndarray,
                x_query: np.ndarray, y_query: np.ndarray, config: TRAKConfig = TRAKConfig(),
                selection_masks: np.ndarray | None = None,
-               selection_outputs: np.ndarray | None = None) -> TRAKResult:
+               selection_outputs: np.ndarray | None = None, progress: bool = False
+               ) -> TRAKResult:
     """TRAK scores of an ensemble of trained models, in one call.
 
     Args:
@@ -283,6 +289,7 @@ def score_trak(models: Sequence[snt.Module], x_train: np.ndarray, y_train: np.nd
         selection_masks: with a grid of lambda_reg: bool ``[runs, num_train]`` membership
             of selection runs (never the runs TRAK is evaluated on).
         selection_outputs: ``[runs, num_query]`` their log-odds on the queries.
+        progress: show a progress bar of the gradients (the bulk of the time).
 
     Raises:
         ValueError: no model, or a grid without selection runs.
@@ -295,7 +302,7 @@ def score_trak(models: Sequence[snt.Module], x_train: np.ndarray, y_train: np.nd
         raise ValueError(f"lambda_reg={config.lambda_reg}: a grid needs selection_masks and "
                          "selection_outputs to choose from")
     kernels = [Kernel(features) for features in ensemble_features(
-        models, x_train, y_train, x_query, y_query, config)]
+        models, x_train, y_train, x_query, y_query, config, progress=progress)]
     selection: dict[float, float] = {}
     chosen = grid[0]
     if len(grid) > 1:

@@ -1,7 +1,7 @@
 """Builds indexed ImageNet TFRecord shards, in the order of the published index file.
 
 The released ImageNet ResNet-50 runs store example indices that refer to the order of
-``imagenet_index.npz`` (Feldman & Zhang; SPEC §10): ``tr_filenames``/``tr_labels`` for
+``imagenet_index.npz`` (Feldman & Zhang): ``tr_filenames``/``tr_labels`` for
 the 1,281,167 training images, ``tt_filenames``/``tt_labels`` for the 50,000 validation
 images. This module turns a raw ImageNet folder into TFRecords in exactly that order,
 with the features the published demo reads (see `heldout.data.imagenet`):
@@ -76,6 +76,7 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 
 import numpy as np
 
+from heldout.progress import Progress
 from heldout.runtime import import_tensorflow
 
 tf = import_tensorflow()  # quietly, before heldout.data.imagenet imports it
@@ -236,7 +237,7 @@ def _build_shards(output_dir: str, jobs: list, synsets: Sequence[str], num_threa
                 if was_converted:
                     converted.append(posixpath.basename(name))
                 if bar is not None:
-                    bar.update(1)
+                    bar.advance(1)
             yield record
 
     def build(job) -> str:
@@ -595,12 +596,8 @@ def _check_labels(index_file: str, split: str, filenames: Sequence[str], labels:
                              f"(index_label_offset={offset})")
 
 
-def _progress_bar(total: int, enabled: bool):
-    if not enabled:
-        return None
-    from tqdm import tqdm
-
-    return tqdm(total=total, desc="images", unit="img", mininterval=1.0, dynamic_ncols=True)
+def _progress_bar(total: int, enabled: bool) -> Progress | None:
+    return Progress(total, "images", "img") if enabled else None
 
 
 def main(argv: Sequence[str]) -> None:

@@ -19,7 +19,7 @@ Preprocessing follows the published pipeline:
   published pipeline's choice is kept so predictions match).
 * Training: a random crop of 8%..100% of the area with aspect ratio 3/4..4/3 (the center
   crop when sampling fails), then a random horizontal flip.
-* Then, for both: pixels scaled to [0, 1] (uint8 / 255, SPEC §6), a bilinear resize to
+* Then, for both: pixels scaled to [0, 1] (uint8 / 255, as every source), a bilinear resize to
   ``image_size``, and by default the ImageNet channel mean/std normalization that the
   ResNet-50 recipe of the released checkpoints asks for (``mean_std=None``: plain [0, 1]).
 

@@ -4,7 +4,7 @@ Every source gives the same `Dataset`: images (or flat vectors) as float32, inte
 labels, and for each example an `index` that identifies it across runs, machines and
 releases. Run files store these indices, so estimates from different runs line up.
 
-Sources (see SPEC §6):
+Sources:
     * ``digits``: scikit-learn's ``load_digits`` (shipped with scikit-learn, no download).
     * ``npz:<path>``: arrays ``x_train, y_train, x_test, y_test`` (and optionally a scalar
       ``num_classes``; otherwise the largest label + 1).
@@ -323,7 +323,7 @@ def _original_index(example_id: bytes | str | None) -> int | None:
 
 
 def scale_inputs(x: np.ndarray) -> np.ndarray:
-    """float32 inputs: uint8 images divided by 255, float inputs as they are (SPEC §6)."""
+    """float32 inputs: uint8 images divided by 255, float inputs as they are."""
     if x.dtype == np.uint8:
         return x.astype(np.float32) / 255.0
     return x.astype(np.float32)

@@ -1,7 +1,7 @@
 """Our estimates beside the published ones: correlation, top-k and threshold agreement.
 
 A researcher who trained their own CIFAR-100 runs wants to know at once how close their
-memorization and influence estimates came to Feldman & Zhang's (SPEC §10).
+memorization and influence estimates came to Feldman & Zhang's.
 `compare_estimates` compares two aligned vectors of one estimate (Spearman and Pearson
 with scipy, overlap of the top-k, counts above the published thresholds found by each,
 the largest disagreements by example); `format_comparison` prints it;

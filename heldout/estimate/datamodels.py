@@ -1,4 +1,4 @@
-"""Datamodels (SPEC §9): per eval example, a linear model from run membership to output.
+"""Datamodels: per eval example, a linear model from run membership to output.
 
 For eval example j, ``outputs[r, j] ~ weights[:, j] . masks[r, :] + intercept[j]`` over the
 fit runs r, by ridge regression with an unpenalized intercept, in the dual form on centered

@@ -1,4 +1,4 @@
-"""Estimates from membership masks and per-run metrics (SPEC §4): arrays in, arrays out.
+"""Estimates from membership masks and per-run metrics: arrays in, arrays out.
 
 NumPy throughout, no I/O; only `top_influences`'s ``"bfloat16"`` engine (0/1 metrics at
 scale) hands its matrix products to TensorFlow, imported when that engine runs.
@@ -16,7 +16,7 @@ Notation: ``membership[r, i]`` is True when run r trained on training example i,
   did not train on it, per subset ratio, averaged over the ratios.
 
 Every estimate carries its in/out run counts, a standard error, a confidence interval
-and a p-value for "different from zero" (`heldout.stats`). Examples with fewer than
+and a p-value for "different from zero" (`heldout.estimate.stats`). Examples with fewer than
 ``min_runs`` in-runs or out-runs get NaN rather than a number made from a few runs.
 """
 

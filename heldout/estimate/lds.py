@@ -1,4 +1,4 @@
-"""Linear datamodeling score (LDS, SPEC §9): how well a score matrix predicts retraining.
+"""Linear datamodeling score (LDS): how well a score matrix predicts retraining.
 
 An attribution method gives a score matrix ``tau[num_train, num_eval]``. On ``k``
 evaluation runs with membership ``masks[k, num_train]`` (0/1) and outputs

@@ -1,7 +1,8 @@
 """Restoring a run's model from its checkpoint and checking it against its aux arrays.
 
 A run's checkpoint is ``tf.train.Checkpoint(model=..., epoch=..., global_step=...)``
-written to ``<run_dir>/checkpoints/ckpt-<N>`` (the released Feldman-Zhang layout).
+written to ``<run_dir>/checkpoints/ckpt-<N>`` (the released Feldman-Zhang layout);
+`run_checkpoint` builds that object graph, for writing and for restoring alike.
 Restoring works by object-graph path, so the model must be built with the same
 architecture; when it is not, the error names the variables that do not fit.
 """
@@ -48,6 +49,18 @@ class RunCheck:
     total: int
 
 
+def run_checkpoint(model: tf.Module, epoch: int = 0, global_step: int = 0
+                   ) -> tf.train.Checkpoint:
+    """The object graph of every run checkpoint: `model`, and int64 ``epoch`` and
+    ``global_step`` variables (the released layout; the one place it is built).
+
+    Saving it writes a run's checkpoint; reading a checkpoint into it (``.read(prefix)``)
+    fills `model` and leaves the stored counters in ``.epoch`` and ``.global_step``.
+    """
+    return tf.train.Checkpoint(model=model, epoch=tf.Variable(epoch, dtype=tf.int64),
+                               global_step=tf.Variable(global_step, dtype=tf.int64))
+
+
 def find_checkpoint(run_dir: str) -> str:
     """The checkpoint prefix (``.../checkpoints/ckpt-N``) of a run: the single one, or the latest.
 
@@ -86,9 +99,9 @@ def checkpoint_variable_shapes(model: tf.Module, epoch: int = 0,
                                global_step: int = 0) -> dict[str, tuple[int, ...]]:
     """The keys and shapes a checkpoint of `model` has, in the released layout.
 
-    Writes ``tf.train.Checkpoint(model=model, epoch=, global_step=)`` to a temporary
-    directory and lists it (see `checkpoint_shapes`), so the answer is exactly what TF
-    would store, including ``save_counter``. Sonnet creates variables on the first call,
+    Writes `run_checkpoint` of `model` to a temporary directory and lists it (see
+    `checkpoint_shapes`), so the answer is exactly what TF would store, including
+    ``save_counter``. Sonnet creates variables on the first call,
     so call the model once before (``is_training=False`` changes no variable).
 
     Raises:
@@ -100,9 +113,7 @@ def checkpoint_variable_shapes(model: tf.Module, epoch: int = 0,
     if unbuilt:
         raise ValueError(f"model {model.name!r} is not built yet ({unbuilt[0]} has no weights): "
                          "call it once on inputs of the right shape first")
-    checkpoint = tf.train.Checkpoint(
-        model=model, epoch=tf.Variable(epoch, dtype=tf.int64),
-        global_step=tf.Variable(global_step, dtype=tf.int64))
+    checkpoint = run_checkpoint(model, epoch, global_step)
     with tempfile.TemporaryDirectory() as directory:
         # save(), not write(): save() creates the ``save_counter`` the released files hold.
         return checkpoint_shapes(checkpoint.save(f"{directory}/ckpt"))
@@ -155,9 +166,7 @@ def restore_run_model(run_dir: str, arch: str, num_classes: int,
         more = f" (and {len(mismatch) - 3} more)" if len(mismatch) > 3 else ""
         raise ValueError(f"{prefix} does not fit --arch={arch} with {num_classes} classes: "
                          + "; ".join(mismatch[:3]) + more)
-    epoch = tf.Variable(0, dtype=tf.int64)
-    global_step = tf.Variable(0, dtype=tf.int64)
-    checkpoint = tf.train.Checkpoint(model=model, epoch=epoch, global_step=global_step)
+    checkpoint = run_checkpoint(model)
     try:
         status = checkpoint.read(prefix)
     except (IndexError, tf.errors.OpError) as e:  # a truncated file: "Read less bytes ..."
@@ -165,8 +174,9 @@ def restore_run_model(run_dir: str, arch: str, num_classes: int,
                          "files a finished run writes") from e
     status.assert_existing_objects_matched()
     status.expect_partial()  # bookkeeping such as save_counter has no place in the model
-    return RestoredRun(model=model, checkpoint_path=prefix, epoch=int(epoch.numpy()),
-                       global_step=int(global_step.numpy()))
+    return RestoredRun(model=model, checkpoint_path=prefix,
+                       epoch=int(checkpoint.epoch.numpy()),
+                       global_step=int(checkpoint.global_step.numpy()))
 
 
 def check_run(run_dir: str, arch: str, data: Dataset, split: str = "test",

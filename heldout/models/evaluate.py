@@ -1,6 +1,6 @@
 """Evaluating a run's restored model on indexed TFRecords, streamed, matched by index.
 
-The released ImageNet ResNet-50 runs (SPEC §10) are checked the way the published demo
+The released ImageNet ResNet-50 runs are checked the way the published demo
 does: restore the checkpoint, predict every example of a split, and compare the
 correctness with the run's ``aux_arrays.npz``. At ImageNet scale the split cannot be held
 in memory (1.28M training images), so `evaluate_run_streaming` reads the TFRecords as a
@@ -20,7 +20,7 @@ import tensorflow as tf
 
 from heldout.data import imagenet as imagenet_lib
 from heldout.models import checkpoints
-from heldout.store import files
+from heldout.progress import Progress
 from heldout.store import runs as runs_lib
 
 # model -> its compiled prediction function, so evaluating several splits traces once.
@@ -132,7 +132,7 @@ def evaluate_run_streaming(run_dir: str, arch: str, records_pattern: str, *,
     predicted_classes = _predictor(restored.model)
 
     wanted = len(stored) if max_examples is None else min(max_examples, len(stored))
-    bar = _progress_bar(wanted, f"{split} examples", progress)
+    bar = Progress(wanted, f"{split} examples", "img", enabled=progress)
     matches = correct = total = 0
     start = time.monotonic()
     try:
@@ -150,12 +150,10 @@ def evaluate_run_streaming(run_dir: str, arch: str, records_pattern: str, *,
             correct += int(is_correct.sum())
             matches += int((is_correct == stored[indices]).sum())
             total += keep
-            if bar is not None:
-                bar.update(keep)
-                bar.set_postfix(match=f"{matches}/{total}", refresh=False)
+            bar.note(match=f"{matches}/{total}")
+            bar.advance(keep)
     finally:
-        if bar is not None:
-            bar.close()
+        bar.close()
     return StreamingCheck(restored=restored, split=split, matches=matches, total=total,
                           num_examples=len(stored), correct=correct,
                           seconds=time.monotonic() - start)
@@ -171,6 +169,3 @@ def _predictor(model: tf.Module):
         _PREDICTORS[model] = predicted_classes
     return _PREDICTORS[model]
 
-
-def _progress_bar(total: int, description: str, enabled: bool):
-    return files.progress_bar(total, description, "img") if enabled else None

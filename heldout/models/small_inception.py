@@ -4,7 +4,7 @@ The released Feldman-Zhang CIFAR-10/CIFAR-100 checkpoints are
 ``tf.train.Checkpoint(model=SmallInception, epoch=, global_step=)``. A checkpoint is
 restored by object-graph path, so the attribute names here (``conv1``, ``stage1``,
 ``_body``, ``conv1x1``, ``bn``, ``_pred``, ...) are API: renaming one breaks restoring
-the released runs. ``heldout.checkpoints.checkpoint_variable_shapes`` lists that object
+the released runs. `heldout.models.checkpoints.checkpoint_variable_shapes` lists that object
 graph, for tests and for error messages that name the variables that do not fit.
 
 BatchNorm settings are those of the published code, which calls

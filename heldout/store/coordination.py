@@ -52,7 +52,6 @@ import tensorflow as tf
 from heldout.errors import ParameterError
 from heldout.store import files
 from heldout.store import layout as layout_lib
-from heldout.store.layout import CLAIMS_DIRNAME  # noqa: F401  (kept for readers)
 
 # Exit status of a worker whose shard still has runs missing because other workers hold
 # their claims (live or not yet expired): not done, not failed, retry later.

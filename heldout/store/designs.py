@@ -1,13 +1,13 @@
 """Which training examples each run trains on, derived from seeds alone.
 
-Designs (the names of subset folders, SPEC §3):
+Designs (the names of subset folders):
   * ``"0.7"``: a random subset of that fraction of the training set, new for every run
     (the heldout procedure of Feldman & Zhang);
   * ``"full"``: every training example;
   * ``"drop-<name>"``: every training example except a target set (the other arm of a
-    targeted self-influence experiment, `heldout.targets`);
-  * ``"bank-<p>"`` (``bank-0.01``): the single-model yardstick of metagradients (SPEC
-    §11). Every run has the same seeds, those of the experiment's base run (initial
+    targeted self-influence experiment, `heldout.store.targets`);
+  * ``"bank-<p>"`` (``bank-0.01``): the single-model yardstick of metagradients.
+    Every run has the same seeds, those of the experiment's base run (initial
     weights, batch order, augmentation: `bank_seeds`, shared by every bank fraction),
     and every training example's batch slots; run 0 is the base run (every loss weight
     1) and run r > 0 drops a random fraction p of the training set as loss weights 0

@@ -1,4 +1,4 @@
-"""Atomic writers and readers of the toolkit's files (npz, json, csv, bytes), one progress bar.
+"""Atomic writers and readers of the toolkit's files (npz, json, csv, bytes).
 
 Every file the toolkit writes goes through `write_bytes`: the content is written to a
 temporary name beside the target (``<name>.tmp-<uuid>``) and renamed into place, so a
@@ -234,41 +234,6 @@ def read_csv(path: str) -> tuple[list[str], list[list[str]]]:
     if not rows:
         raise StoredFileError(f"{path}: empty CSV file (expected a header row)")
     return rows[0], rows[1:]
-
-
-def progress_bar(total: float | None, description: str, unit: str = "run",
-                 enabled: bool = True, byte_units: bool = False, whole_units: bool = False):
-    """A progress bar (count, rate and time left) on stderr; a silent one if not `enabled`.
-
-    Returns a ``tqdm`` object: call ``update(n)`` and ``close()``, or use `track`. With
-    `byte_units` counts are shown as KiB/MiB/GiB; with `whole_units` a count advanced in
-    fractions (a part of a run per epoch) is shown rounded.
-    """
-    from tqdm import tqdm
-
-    options = dict(unit_scale=True, unit_divisor=1024) if byte_units else {}
-    if whole_units:
-        options["bar_format"] = ("{l_bar}{bar}| {n:.0f}/{total} " + unit
-                                 + "s [{elapsed}<{remaining}, {rate_fmt}]")
-    return tqdm(total=total, desc=description, unit=unit, disable=not enabled,
-                mininterval=1.0, dynamic_ncols=True, **options)
-
-
-def track(items: Iterable, total: int, description: str, unit: str = "run",
-          enabled: bool = True) -> Iterable:
-    """`items`, advancing a progress bar (see `progress_bar`) as each is taken."""
-    if not enabled:
-        return items
-    return _iterate(progress_bar(total, description, unit), items)
-
-
-def _iterate(bar, items: Iterable) -> Iterable:
-    try:
-        for item in items:
-            yield item
-            bar.update(1)
-    finally:
-        bar.close()
 
 
 def _json_default(value: Any) -> Any:

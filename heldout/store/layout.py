@@ -1,4 +1,4 @@
-"""Every path of an experiment directory, in one place (SPEC §3).
+"""Every path of an experiment directory, in one place.
 
 ```
 <experiment_dir>/

@@ -1,4 +1,4 @@
-"""Readers of the published precomputed estimates and C-scores (SPEC §10), checked on load.
+"""Readers of the published precomputed estimates and C-scores, checked on load.
 
 Feldman & Zhang (2020) published, on their project page (``data/``):
 

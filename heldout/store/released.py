@@ -1,4 +1,4 @@
-"""Extracting the released Feldman-Zhang runs from their tarballs, read as a stream (SPEC §3).
+"""Extracting the released Feldman-Zhang runs from their tarballs, read as a stream.
 
 The heldout runs of Feldman & Zhang (2020) are published as gzip-compressed tarballs of
 239-367 GB (`KNOWN_RELEASES`), almost all of it checkpoints; the ``aux_arrays.npz`` that
@@ -48,7 +48,8 @@ from typing import BinaryIO, NamedTuple
 import tensorflow as tf
 
 from heldout.errors import ParameterError
-from heldout.store import files, runs
+from heldout.progress import Progress
+from heldout.store import files, layout, runs
 
 _HTTPS_BASE = "https://storage.googleapis.com/gresearch/heldout-training-checkpoints/"
 _GS_BASE = "gs://gresearch/heldout-training-checkpoints/"
@@ -204,15 +205,15 @@ def extract_release(source: str, destination: str, md5: str | None = None,
     start = time.monotonic()
     stream, size = _open(source)
     reader = _ReadAhead(stream, source)
-    bar = _progress_bar(size, posixpath.basename(source.rstrip("/")), progress)
+    bar = Progress(size, posixpath.basename(source.rstrip("/")), "B",
+                                enabled=progress, byte_units=True)
     consumed = 0
 
     def next_chunk() -> bytes:
         nonlocal consumed
         chunk = reader.next_chunk()
         consumed += len(chunk)
-        if bar is not None:
-            bar.update(len(chunk))
+        bar.advance(len(chunk))
         return chunk
 
     target = _Destination(destination)
@@ -235,8 +236,7 @@ def extract_release(source: str, destination: str, md5: str | None = None,
                 else:
                     target.write(parts, tar.extractfile(member), member.size)
                     counts["extracted"] += 1
-                if bar is not None:
-                    bar.set_postfix(counts, refresh=False)
+                bar.note(**counts)
         gunzip.drain()  # The tar's end padding, the gzip CRC, and the MD5's last bytes.
         digest = reader.md5.hexdigest()
         if md5 is not None and digest != md5:
@@ -254,8 +254,7 @@ def extract_release(source: str, destination: str, md5: str | None = None,
             "run again to resume after them") from error
     finally:
         reader.close()
-        if bar is not None:
-            bar.close()
+        bar.close()
     return ExtractSummary(
         source=source, destination=destination, extracted=counts["extracted"],
         skipped=counts["skipped"], rejected=tuple(rejected), bytes_read=consumed,
@@ -332,7 +331,7 @@ def experiment_root(destination: str, max_depth: int = 2) -> str:
                  if tf.io.gfile.isdir(folder) for entry in sorted(tf.io.gfile.listdir(folder))]
         level = [folder for folder in level if tf.io.gfile.isdir(folder)]
     raise ValueError(f"{destination}: no extracted experiment (<subset>/<run_id>/"
-                     f"{runs.AUX_FILENAME}) within {max_depth} folder levels")
+                     f"{layout.AUX_FILENAME}) within {max_depth} folder levels")
 
 
 def _resolve(source: str, md5: str | None) -> tuple[str, str | None]:
@@ -603,9 +602,9 @@ def _selected(parts: tuple[str, ...], include_checkpoints: bool, subsets: set[st
               run_ids: set[int] | None) -> bool:
     """Whether a member path ends like ``<subset>/<run_id>/aux_arrays.npz``, or like
     ``<subset>/<run_id>/checkpoints/<file>`` of a chosen subset and run."""
-    if len(parts) >= 3 and parts[-1] == runs.AUX_FILENAME and _is_run_id(parts[-2]):
+    if len(parts) >= 3 and parts[-1] == layout.AUX_FILENAME and _is_run_id(parts[-2]):
         return True
-    if not (include_checkpoints and len(parts) >= 4 and parts[-2] == runs.CHECKPOINT_DIRNAME
+    if not (include_checkpoints and len(parts) >= 4 and parts[-2] == layout.CHECKPOINT_DIRNAME
             and _is_run_id(parts[-3])):
         return False
     return ((subsets is None or parts[-4] in subsets)
@@ -673,6 +672,3 @@ class _Destination:
         self._written.clear()
         return removed
 
-
-def _progress_bar(total: int | None, description: str, enabled: bool):
-    return files.progress_bar(total, description, "B", byte_units=True) if enabled else None

@@ -1,4 +1,4 @@
-"""The experiment directory on disk (SPEC §3): saving, finding and loading runs.
+"""The experiment directory on disk: saving, finding and loading runs.
 
 Layout: ``<experiment_dir>/<subset>/<run_id>/aux_arrays.npz`` (+ ``run.json`` and
 optional ``checkpoints/ckpt-<epoch>``), the layout of the released Feldman-Zhang runs.
@@ -32,17 +32,13 @@ import numpy as np
 import tensorflow as tf
 
 from heldout.errors import ParameterError
+from heldout.progress import track
 from heldout.store import designs as designs_lib
 from heldout.store import experiment_info as info_lib
-from heldout.store import files
+from heldout.store import files, records
 from heldout.store import layout as layout_lib
 from heldout.store import targets as targets_lib
-from heldout.store.layout import (  # noqa: F401  (names readers of runs use)
-    AUX_FILENAME,
-    CHECKPOINT_DIRNAME,
-    CORRUPT_DIRNAME,
-    RUN_INFO_FILENAME,
-)
+from heldout.store.layout import AUX_FILENAME
 from heldout.store.metrics import METRICS
 
 SPLITS = ("train", "removed", "test")
@@ -56,7 +52,7 @@ LOGODDS_PREFIX = "logodds_"
 # Float metrics an experiment may hold, by the prefix of their aux keys.
 _FLOAT_METRICS = {"margin": MARGIN_PREFIX, "logodds": LOGODDS_PREFIX}
 LOGITS_PREFIX = "logits_"
-# Loss weights float32 [num_train] a run trained with (bank designs, SPEC §11).
+# Loss weights float32 [num_train] a run trained with (bank designs).
 EXAMPLE_WEIGHTS = "example_weights"
 
 
@@ -149,10 +145,14 @@ def aux_arrays(subset_indices: np.ndarray, correctness_train: np.ndarray,
     return arrays
 
 
-def save_run(directory: str, arrays: dict[str, np.ndarray], info: dict,
+def save_run(directory: str, arrays: dict[str, np.ndarray],
+             record: records.RunRecord | None = None,
              checkpoint: tf.train.Checkpoint | None = None, epoch: int = 0,
              checkpoints: Sequence[tuple[int, tf.train.Checkpoint]] = ()) -> bool:
     """Writes one run unless it is complete: checkpoints, ``run.json``, then the aux arrays.
+
+    The ``run.json`` is `record` (`records.write_run_record`); without one the run has
+    none, like the released runs.
 
     Checkpoints go to ``checkpoints/ckpt-<epoch>``: `checkpoint` at `epoch`, and every
     ``(epoch, checkpoint)`` of `checkpoints` (models saved during training). They are
@@ -174,7 +174,8 @@ def save_run(directory: str, arrays: dict[str, np.ndarray], info: dict,
         _save_checkpoints(run, all_checkpoints)
     if run_complete(directory):
         return False
-    files.write_json(run.run_info, info)
+    if record is not None:
+        records.write_run_record(directory, record)
     return files.write_npz(run.aux_arrays, arrays, exclusive=True)
 
 
@@ -255,23 +256,6 @@ def load_run(directory: str) -> dict[str, np.ndarray]:
                 raise RunFileError(f"{path}: {key} has {len(arrays[key])} entries but "
                                    f"index_{split} has {expected}")
     return arrays
-
-
-def read_run_info(directory: str) -> dict:
-    """The ``run.json`` of a run, or an empty dict for released runs that have none.
-
-    Raises:
-        files.StoredFileError: the file is not valid JSON.
-    """
-    try:
-        return files.read_json(layout_lib.RunDir(directory).run_info)
-    except files.StoredFileMissing:
-        return {}
-
-
-def save_run_info(directory: str, info: dict) -> None:
-    """Writes a run's ``run.json`` atomically (`save_run` does this for new runs)."""
-    files.write_json(layout_lib.RunDir(directory).run_info, info)
 
 
 def list_subsets(experiment_dir: str) -> list[str]:
@@ -454,8 +438,8 @@ def load_experiment(experiment_dir: str, subset: str, num_threads: int = 16,
     used = np.zeros(len(directories), dtype=bool)
     with concurrent.futures.ThreadPoolExecutor(num_threads) as pool:
         loaded = pool.map(_load_run_unless_vanished, directories)
-        for r, run in enumerate(files.track(loaded, len(directories), f"reading {subset}",
-                                            enabled=progress)):
+        for r, run in enumerate(track(loaded, len(directories),
+                                                   f"reading {subset}", enabled=progress)):
             if run is None:
                 vanished.append(complete[r])
                 continue
@@ -778,7 +762,3 @@ def _raise_on_problem(directory: str, problem: str | None) -> None:
     if problem is not None:
         raise RunFileError(f"{layout_lib.RunDir(directory).aux_arrays}: {problem}")
 
-
-def write_atomically(path: str, content: bytes) -> None:
-    """Writes `content` to `path` atomically (kept for callers of the old name)."""
-    files.write_bytes(path, content)

@@ -22,7 +22,6 @@ from heldout.errors import ParameterError
 from heldout.store import designs as subsets_lib
 from heldout.store import files
 from heldout.store import layout as layout_lib
-from heldout.store.layout import TARGETS_DIRNAME  # noqa: F401  (kept for readers)
 
 # The target sets of the published negative-self-influence experiment on CIFAR-10, in
 # the original CIFAR-10 training order (data_batch_1..5, as torchvision loads it).

@@ -13,14 +13,7 @@ import tensorflow as tf
 
 from heldout.data.dataset import Dataset
 from heldout.models import registry
-from heldout.models.airbench import (  # noqa: F401
-    EVAL_BATCH_SIZE,
-    WHITENING_IMAGES,
-    Airbench,
-    BatchNorm,
-    input_statistics,
-    whitening_filters,
-)
+from heldout.models.airbench import EVAL_BATCH_SIZE, WHITENING_IMAGES, BatchNorm
 from heldout.training import core
 from heldout.training.airbench_recipe import (  # noqa: F401
     AUGMENT,

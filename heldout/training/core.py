@@ -23,7 +23,7 @@ and statistics stay as they are.
 
 Optimizer, per optimizer step: the loss is each model's mean (``loss_reduction = "sum"``:
 summed) cross-entropy over its batch, against targets smoothed by ``label_smoothing``,
-each example's loss times its run's weight for it (``example_weights``, SPEC §11; 1
+each example's loss times its run's weight for it (``example_weights``; 1
 unless given, the mean still over the batch's slots), summed over models, so every
 model gets exactly the gradient it would get alone. Then, per variable,
 `momentum_step`: the gradient plus weight decay, velocity ``v <- momentum * v + g``,
@@ -65,21 +65,9 @@ import tensorflow as tf
 from heldout.data import augment as augment_lib
 from heldout.data.dataset import Dataset
 from heldout.errors import ParameterError
-from heldout.models.predict import (  # noqa: F401
-    Predictions,
-    predict_in_chunks,
-    prediction_arrays,
-)
+from heldout.models.predict import Predictions, predict_in_chunks
 from heldout.training import losses as losses_lib
-from heldout.training.config import (  # noqa: F401
-    ALL_LR_SCHEDULES,
-    COMPUTE_DTYPES,
-    LR_SCHEDULES,
-    PRECISIONS,
-    TRIANGLE_END,
-    TRIANGLE_START,
-    TrainConfig,
-)
+from heldout.training.config import COMPUTE_DTYPES, TRIANGLE_END, TRIANGLE_START, TrainConfig
 
 # Stateless-seed stream of a run's alternating-flip phase (steps use streams 0, 1, ...).
 FLIP_PHASE_STREAM = 2**31 - 1
@@ -220,7 +208,7 @@ class Trainer:
     reports_flip_accuracy = False  # also report flip-averaged test accuracy per run
     keep_float32: tuple[type, ...] = (snt.BaseBatchNorm,)  # modules kept float32 (mixed)
     default_eval_batch_size = 512
-    takes_example_weights = True  # trains with per-example loss weights (SPEC §11)
+    takes_example_weights = True  # trains with per-example loss weights
 
     def __init__(self, dataset: Dataset, config: TrainConfig,
                  eval_batch_size: int | None = None):
@@ -367,7 +355,7 @@ class Trainer:
                 compare subsets of different sizes at equal steps set it.
             on_epoch: called with the number of optimizer steps after every epoch.
             example_weights: per run, a float loss weight per training example
-                ``[num_train]`` (SPEC §11: 1 in, 0 dropped, in the same batch slots);
+                ``[num_train]`` (1 in, 0 dropped, in the same batch slots);
                 None: all 1. Seeds, initial weights, batch order and augmentation do not
                 depend on them.
 
@@ -712,7 +700,7 @@ class Trainer:
                 weights: tf.Tensor | None = None) -> tf.Tensor:
         """Each model's loss ``[K]`` from logits ``[K, batch, classes]`` and labels.
 
-        With `weights` ``[K, batch]`` (per-example loss weights, SPEC §11) each example's
+        With `weights` ``[K, batch]`` (per-example loss weights) each example's
         loss is multiplied by its weight before the reduction, and the mean still divides
         by the batch's slot count, as with all weights 1: a weight of 0 removes the
         example's gradient and leaves every other example's as it was (dividing by the

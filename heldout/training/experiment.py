@@ -1,7 +1,7 @@
 """Training the runs of an experiment into its directory, skipping the ones already done.
 
 This is the job behind ``train.py``: find which requested runs are missing, train
-them in groups of K models at once, and write each as a run directory (SPEC §3). It
+them in groups of K models at once, and write each as a run directory. It
 is idempotent: complete runs are never retrained, and leftovers of interrupted runs
 are redone from scratch with the same seeds, hence the same subsets.
 
@@ -17,21 +17,18 @@ import concurrent.futures
 import contextlib
 import dataclasses
 import functools
-import os
-import platform
-import socket
 import time
 from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
-import sonnet as snt
 import tensorflow as tf
 
 from heldout.data import sources as data_lib
 from heldout.data.imagenet import StreamingData
 from heldout.errors import ParameterError
-from heldout.store import coordination, files
+from heldout.progress import Progress
+from heldout.store import coordination, files, records
 from heldout.store import designs as subsets_lib
 from heldout.store import experiment_info as info_lib
 from heldout.store import layout as layout_lib
@@ -39,6 +36,7 @@ from heldout.store import runs as runs_lib
 from heldout.store import targets as targets_lib
 from heldout.store.layout import EXPERIMENT_INFO_FILENAME
 from heldout.training import core as training
+from heldout.training import run_record as run_record_lib
 from heldout.training import streaming
 from heldout.training.select import make_trainer
 
@@ -167,7 +165,7 @@ def train_experiment(experiment_dir: str, dataset: str, config: training.TrainCo
                                                  settle_seconds=settle_seconds)
                   if claim_runs else None)
         queue = _RunQueue(experiment_dir, subset, todo, trainer.num_models, claims)
-        bar = files.progress_bar(len(todo), "training", enabled=progress, whole_units=True)
+        bar = Progress(len(todo), "training", enabled=progress)
         with (concurrent.futures.ThreadPoolExecutor(_writer_threads(experiment_dir)) as threads,
               claims.heartbeat() if claims else contextlib.nullcontext()):
             writer = _RunWriter(experiment_dir, subset, settings, threads, settle_seconds)
@@ -264,7 +262,8 @@ class _RunWriter:
             self.recorded = True
         pending = [(run.run_id, run.test_accuracy, self.threads.submit(
             runs_lib.save_run, runs_lib.run_dir(self.experiment_dir, self.subset, run.run_id),
-            run.arrays, {**self.settings.to_json(), **run.info}, checkpoints=run.checkpoints))
+            run.arrays, run.record.with_settings(self.settings.to_json()),
+            checkpoints=run.checkpoints))
             for run in runs]
         return _WrittenGroup(pending, dict(diverged), self.experiment_dir, self.subset,
                              learning_rate)
@@ -345,7 +344,7 @@ class _TrainedRun:
     run_id: int
     test_accuracy: float
     arrays: dict[str, np.ndarray]
-    info: dict
+    record: records.RunRecord
     checkpoints: list  # (epoch, tf.train.Checkpoint), saved as ckpt-<epoch>
 
 
@@ -361,7 +360,7 @@ class _GroupTrainer:
     targets: targets_lib.TargetSet | None
     save_checkpoints: bool
     save_logits: bool
-    bar: Any  # files.progress_bar
+    bar: Progress
 
     def train(self, group: list[int]) -> tuple[list[_TrainedRun], dict[int, int]]:
         """The runs of `group` with finite predictions, and run id -> count of non-finite
@@ -393,22 +392,10 @@ class _GroupTrainer:
             if non_finite:
                 diverged[run_id] = non_finite
                 continue
-            info = _run_info(data, subset, run_id, subset_indices, result, seconds_per_run,
-                             len(group))
-            if dropped is not None:
-                info["targets"] = {"name": self.targets.name, "groups": {
-                    g: list(v) for g, v in self.targets.groups.items()}}
-            checkpoints = []
-            if result.model is not None:
-                final = training.Snapshot(self.config.epochs, result.steps, float("nan"),
-                                          result.model)
-                for snapshot in (*result.snapshots, final):
-                    checkpoints.append((snapshot.epoch, tf.train.Checkpoint(
-                        model=snapshot.model, epoch=tf.Variable(snapshot.epoch, dtype=tf.int64),
-                        global_step=tf.Variable(snapshot.steps, dtype=tf.int64))))
-                info["checkpoints"] = [
-                    {"epoch": s.epoch, "global_step": s.steps, "learning_rate": s.learning_rate}
-                    for s in result.snapshots]
+            record = run_record_lib.run_record(
+                data, subset, run_id, subset_indices, result, self.config.epochs,
+                seconds_per_run, len(group), self.targets if dropped is not None else None)
+            checkpoints = run_record_lib.run_checkpoints(result, self.config.epochs)
             arrays = runs_lib.aux_arrays(
                 subset_indices, result.train.correctness, result.test.correctness,
                 margin_train=result.train.margin, margin_test=result.test.margin,
@@ -416,7 +403,7 @@ class _GroupTrainer:
                 logits_train=result.train.logits, logits_test=result.test.logits)
             if weights is not None:
                 arrays[runs_lib.EXAMPLE_WEIGHTS] = weights[k]
-            trained.append(_TrainedRun(run_id, info["accuracy"]["test"], arrays, info,
+            trained.append(_TrainedRun(run_id, record.accuracy.test, arrays, record,
                                        checkpoints))
         return trained, diverged
 
@@ -555,34 +542,6 @@ def train_targeted_experiment(experiment_dir: str, dataset: str, config: trainin
     return summaries
 
 
-def _run_info(data: data_lib.Dataset, subset: str, run_id: int,
-              subset_indices: np.ndarray, result: training.TrainedRun,
-              seconds_per_run: float, group_size: int) -> dict:
-    """The ``run.json`` fields of one run (the experiment's settings aside): how it was
-    made and how well it did."""
-    in_subset = np.zeros(data.num_train, dtype=bool)
-    in_subset[subset_indices] = True
-    return {
-        "subset": subset,
-        "run_id": run_id,
-        "num_train_examples": int(len(subset_indices)),
-        "optimizer_steps": result.steps,
-        "accuracy": {
-            "train": float(result.train.correctness[in_subset].mean()),
-            "removed": float(result.train.correctness[~in_subset].mean())
-            if (~in_subset).any() else None,
-            "test": float(result.test.correctness.mean()),
-        },
-        "seconds": seconds_per_run,
-        "models_trained_together": group_size,
-        "finished_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-        "host": socket.gethostname(),
-        "pid": os.getpid(),
-        "versions": {"python": platform.python_version(), "tensorflow": tf.__version__,
-                     "sonnet": snt.__version__, "numpy": np.__version__},
-    }
-
-
 def _advance(bar, runs: float, _steps: int) -> None:
     """Moves the progress bar by the fraction of runs one epoch of a group stands for."""
-    bar.update(runs)
+    bar.advance(runs)

@@ -14,7 +14,7 @@ import numpy as np
 import tensorflow as tf
 
 from heldout.errors import ParameterError
-from heldout.store import designs, files, layout
+from heldout.store import designs, files, layout, records
 from heldout.store import runs as runs_lib
 from heldout.training.config import TrainConfig
 
@@ -32,9 +32,12 @@ def lacking(experiment_dir: str, subset: str, run_ids: Sequence[int], config: Tr
     for run_id in sorted(complete):
         directory = runs_lib.run_dir(experiment_dir, subset, run_id)
         if save_checkpoints:
-            saved = {c["epoch"] for c in runs_lib.read_run_info(directory).get("checkpoints", [])}
+            # With snapshots (TracIn's), the record must also hold the final model's
+            # learning rate, which runs of earlier versions did not record.
+            recorded = snapshots | ({config.epochs} if snapshots else set())
+            saved = set(records.read_run_record(directory).saved_epochs())
             final = layout.RunDir(directory).checkpoint(config.epochs) + ".index"
-            if not tf.io.gfile.exists(final) or not snapshots <= saved:
+            if not tf.io.gfile.exists(final) or not recorded <= saved:
                 found.append(run_id)
                 continue
         if save_logits and not any(

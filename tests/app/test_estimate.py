@@ -25,7 +25,7 @@ def _random_experiment(directory, num_runs=8, num_train=20, num_test=6, seed=4):
         subset = np.sort(rng.choice(num_train, num_train // 2, replace=False))
         runs.save_run(runs.run_dir(str(directory), "0.5", r),
                       runs.aux_arrays(subset, rng.random(num_train) < 0.6,
-                                      rng.random(num_test) < 0.6), {})
+                                      rng.random(num_test) < 0.6))
     return str(directory)
 
 
@@ -75,7 +75,7 @@ def test_cscores_compared_with_a_published_file(tmp_path):
         subset = np.sort(rng.choice(num_train, num_train // 2, replace=False))
         right = rng.random(num_train) < np.linspace(0.1, 0.9, num_train)
         runs.save_run(runs.run_dir(str(tmp_path / "exp"), "0.5", r),
-                      runs.aux_arrays(subset, right, rng.random(4) < 0.5), {})
+                      runs.aux_arrays(subset, right, rng.random(4) < 0.5))
         members.append(np.isin(np.arange(num_train), subset))
         correct.append(right)
     members, correct = np.array(members), np.array(correct)
@@ -124,7 +124,7 @@ def test_fetched_tarball_md5_is_checked(tmp_path):
     for r in range(3):
         runs.save_run(runs.run_dir(str(tmp_path / "rel"), "0.5", r),
                       runs.aux_arrays(np.arange(5), rng.random(10) < 0.5,
-                                      rng.random(3) < 0.5), {})
+                                      rng.random(3) < 0.5))
     tarball = tmp_path / "rel.tar.gz"
     with tarfile.open(tarball, "w:gz") as archive:
         archive.add(tmp_path / "rel" / "0.5", arcname="rel/0.5")
@@ -148,7 +148,7 @@ def test_merged_shards_equal_the_one_machine_estimates(tmp_path):
     for r in range(8):
         subset = np.sort(rng.choice(20, 10, replace=False))
         runs.save_run(runs.run_dir(str(tmp_path / "exp"), "0.5", r),
-                      runs.aux_arrays(subset, rng.random(20) < 0.6, rng.random(6) < 0.6), {})
+                      runs.aux_arrays(subset, rng.random(20) < 0.6, rng.random(6) < 0.6))
     common = dict(experiment_dir=str(tmp_path / "exp"), min_runs=1, progress=False)
     whole = tmp_path / "whole.npz"
     estimate(**common, output=str(whole))
@@ -175,8 +175,7 @@ def test_invalid_experiment_json_is_one_line_naming_it(tmp_path):
     rng = np.random.default_rng(0)
     for r in range(3):
         runs.save_run(runs.run_dir(str(tmp_path), "0.5", r),
-                      runs.aux_arrays(np.arange(5), rng.random(10) < 0.5, rng.random(3) < 0.5),
-                      {})
+                      runs.aux_arrays(np.arange(5), rng.random(10) < 0.5, rng.random(3) < 0.5))
     (tmp_path / "experiment.json").write_text("{ not json")
     with pytest.raises(ValueError, match=r"experiment\.json: not a valid JSON file"):
         estimate(experiment_dir=str(tmp_path), min_runs=1, progress=False)
@@ -196,7 +195,7 @@ def _linear_experiment(directory, rng, theta, folders):
             runs.save_run(runs.run_dir(str(directory), subset, r), runs.aux_arrays(
                 chosen, rng.random(num_train) < 0.5, logodds > 0,
                 logodds_train=rng.standard_normal(num_train).astype(np.float32),
-                logodds_test=logodds.astype(np.float32)), {})
+                logodds_test=logodds.astype(np.float32)))
 
 
 def test_datamodels_and_their_lds_on_disjoint_runs(tmp_path):

@@ -13,7 +13,7 @@ import pytest
 import heldout
 from heldout.attribution import influence_functions, runs_attribution, tracin, trak
 from heldout.models import checkpoints
-from heldout.store import runs
+from heldout.store import records, runs
 
 REPO_ROOT = pathlib.Path(__file__).resolve().parents[2]
 CONFIG = heldout.TrainConfig(models_at_once=8, epochs=4, checkpoint_every=2, warmup_epochs=1.0)
@@ -29,17 +29,23 @@ def experiment(tmp_path_factory):
 
 def test_checkpoints_during_training_record_their_learning_rate(experiment):
     run_dir = runs.run_dir(experiment, "0.7", 2)
-    info = runs.read_run_info(run_dir)
+    record = records.read_run_record(run_dir)
     steps = math.ceil(946 / CONFIG.batch_size)  # 70% of 1352 digits
-    assert [c["epoch"] for c in info["checkpoints"]] == [2]
-    assert info["checkpoints"][0]["global_step"] == 2 * steps
+    assert [c.epoch for c in record.checkpoints] == [2]
+    assert record.checkpoints[0].global_step == 2 * steps
     # Mean of the schedule over every step since the start (issue 15): one epoch of linear
     # warm-up, then cosine.
     total, warmup = 4 * steps, steps
     rates = [CONFIG.learning_rate * (s + 1) / warmup if s < warmup else
              CONFIG.learning_rate * 0.5 * (1 + math.cos(math.pi * (s - warmup) / (total - warmup)))
              for s in range(0, 2 * steps)]
-    assert info["checkpoints"][0]["learning_rate"] == pytest.approx(np.mean(rates), rel=1e-5)
+    assert record.checkpoints[0].learning_rate == pytest.approx(np.mean(rates), rel=1e-5)
+    # The final model: epochs 3-4, recorded by training (TracIn reads it, issue 23).
+    final_rates = [CONFIG.learning_rate * 0.5 * (
+        1 + math.cos(math.pi * (s - warmup) / (total - warmup))) for s in range(2 * steps, total)]
+    assert (record.final_checkpoint.epoch, record.final_checkpoint.global_step) == (4, total)
+    assert record.final_checkpoint.learning_rate == pytest.approx(np.mean(final_rates),
+                                                                  rel=1e-5)
     names = sorted(os.listdir(os.path.join(run_dir, "checkpoints")))
     assert "ckpt-2.index" in names and "ckpt-4.index" in names
 
@@ -54,11 +60,11 @@ def test_tracin_of_a_run_equals_scoring_its_checkpoints_directly(experiment):
     total, warmup = 4 * steps, steps
     final_rate = np.mean([CONFIG.learning_rate * 0.5 * (
         1 + math.cos(math.pi * (s - warmup) / (total - warmup))) for s in range(2 * steps, total)])
-    assert runs_attribution.tracin_checkpoints(runs.read_run_info(run_dir))[-1] == (
-        4, pytest.approx(final_rate, rel=1e-5))
+    record = records.read_run_record(run_dir)
+    assert record.tracin_checkpoints(run_dir) == [
+        (2, record.checkpoints[0].learning_rate), (4, pytest.approx(final_rate, rel=1e-5))]
     direct_checkpoints = []
-    for epoch, rate in ((2, runs.read_run_info(run_dir)["checkpoints"][0]["learning_rate"]),
-                        (4, final_rate)):
+    for epoch, rate in ((2, record.checkpoints[0].learning_rate), (4, final_rate)):
         model = checkpoints.restore_run_model(run_dir, "mlp", 10, (8, 8, 1),
                                               prefix=f"{run_dir}/checkpoints/ckpt-{epoch}").model
         direct_checkpoints.append(tracin.Checkpoint(model, rate))

@@ -1,4 +1,5 @@
-"""demo.py and heldout.checkpoints: restore a run's model, evaluate, compare with aux arrays."""
+"""demo.py and heldout.models.checkpoints: restore a run's model, evaluate, compare with
+aux arrays."""
 
 import io
 import os
@@ -13,7 +14,7 @@ import tensorflow_datasets as tfds
 
 import heldout
 from heldout.models import checkpoints
-from heldout.store import runs
+from heldout.store import records, runs
 from heldout.training import core as training
 from tests.models.test_small_inception import _hand_built_model
 
@@ -68,7 +69,7 @@ def released_like_run(tmp_path_factory):
     run_dir = root / "cifar10" / "0.5" / "7"
     subset = np.sort(rng.choice(data.num_train, data.num_train // 2, replace=False))
     correct = {split: predicted[split] == labels[split] for split in predicted}
-    runs.save_run(str(run_dir), runs.aux_arrays(subset, correct["train"], correct["test"]), {})
+    runs.save_run(str(run_dir), runs.aux_arrays(subset, correct["train"], correct["test"]))
     tf.train.Checkpoint(model=hand, epoch=tf.Variable(17, dtype=tf.int64),
                         global_step=tf.Variable(3400, dtype=tf.int64)).write(
                             str(run_dir / "checkpoints" / "ckpt-17"))
@@ -137,10 +138,10 @@ def test_small_inception_trained_on_mock_cifar10_round_trips_through_demo(tmp_pa
         data = heldout.load_dataset("tfds:cifar10")
     assert summary.trained == (0, 1)
     run_dir = runs.run_dir(str(tmp_path), "0.5", 1)
-    info = runs.read_run_info(run_dir)
-    assert info["train_config"]["model"] == "small_inception"
+    record = records.read_run_record(run_dir)
+    assert record.model == "small_inception"
     check = heldout.check_run(run_dir, "small_inception", data, "train", width=0.125)
-    assert check.restored.epoch == 1 and check.restored.global_step == info["optimizer_steps"]
+    assert check.restored.epoch == 1 and check.restored.global_step == record.optimizer_steps
     assert check.matches == check.total == data.num_train
     assert check.subset_fraction == pytest.approx(0.5)
 
@@ -149,7 +150,7 @@ def test_run_without_checkpoints_is_refused_with_the_command_that_adds_them(tmp_
     run_dir = runs.run_dir(str(tmp_path / "exp"), "0.7", 3)
     subset = np.arange(3)
     runs.save_run(run_dir, runs.aux_arrays(subset, np.ones(4, bool), np.ones(2, bool)),
-                  {"dataset": "digits", "train_config": {"model": "mlp"}})
+                  records.RunRecord(dataset="digits", train_config={"model": "mlp"}))
     with pytest.raises(ValueError) as raised:
         heldout.run_demo(heldout.demo_job({"run_dir": run_dir}))
     message = str(raised.value)

@@ -1,4 +1,4 @@
-"""Tests of heldout/data.py: digits, npz and (mocked) TFDS sources.
+"""Tests of heldout/data/sources.py: digits, npz and (mocked) TFDS sources.
 
 TFDS runs offline under `tfds.testing.mock_data(policy=MockPolicy.USE_CODE)`: the
 data set's info comes from the builder code (no metadata files, no download) and

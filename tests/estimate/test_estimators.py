@@ -1,4 +1,4 @@
-"""Tests of heldout.estimators against an independent brute-force per-example loop."""
+"""Tests of heldout.estimate.estimators against an independent brute-force per-example loop."""
 
 import numpy as np
 import pytest

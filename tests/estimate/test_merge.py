@@ -31,7 +31,7 @@ def experiment(tmp_path_factory):
     for r in range(NUM_RUNS):
         runs.save_run(runs.run_dir(str(directory), "0.7", r),
                       runs.aux_arrays(np.flatnonzero(membership[r]), correct_train[r],
-                                      correct_test[r]), info={})
+                                      correct_test[r]))
     return str(directory)
 
 

@@ -1,4 +1,4 @@
-"""heldout.analysis on synthetic experiment directories, against brute force.
+"""heldout.estimate.pipeline on synthetic experiment directories, against brute force.
 
 Experiment directories are written from random synthetic predictions (no training):
 with `heldout.runs.save_run` (our format, with margins) or, for the released format,
@@ -70,8 +70,7 @@ def _write_runs(directory, subset, syn):
         runs.save_run(runs.run_dir(str(directory), subset, r),
                       runs.aux_arrays(np.flatnonzero(syn.membership[r]), syn.correct_train[r],
                                       syn.correct_test[r], syn.margin_train[r],
-                                      syn.margin_test[r]),
-                      info={})
+                                      syn.margin_test[r]))
 
 
 def _write_released_runs(directory, subset, syn, seed):

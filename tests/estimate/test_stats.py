@@ -1,4 +1,4 @@
-"""Tests of heldout.stats against scipy's per-group tests and hand computations."""
+"""Tests of heldout.estimate.stats against scipy's per-group tests and hand computations."""
 
 import warnings
 

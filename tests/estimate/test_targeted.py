@@ -66,7 +66,7 @@ def _write_arm(directory, subset, values, test_values, subset_idx, margins=True)
         arrays = runs.aux_arrays(
             subset_idx, values[r] > 0, test_values[r] > 0, margin_train=margin,
             margin_test=margin_test, logodds_train=values[r], logodds_test=test_values[r])
-        runs.save_run(runs.run_dir(directory, subset, r), arrays, info={})
+        runs.save_run(runs.run_dir(directory, subset, r), arrays)
 
 
 def _make_synthetic(directory, margins=True, seed=0, arms=("full", "drop-t"),

@@ -52,7 +52,7 @@ def resnet_run(tmp_path_factory):
     checkpoint = tf.train.Checkpoint(model=model, epoch=tf.Variable(90, dtype=tf.int64),
                                      global_step=tf.Variable(1000, dtype=tf.int64))
     run_dir = str(root / "run")
-    runs.save_run(run_dir, arrays, info={}, checkpoint=checkpoint, epoch=90)
+    runs.save_run(run_dir, arrays, checkpoint=checkpoint, epoch=90)
     restored = checkpoints.restore_run_model(run_dir, "resnet50", len(SYNSETS),
                                              (IMAGE_SIZE, IMAGE_SIZE, 3))
     return root, run_dir, correct, restored

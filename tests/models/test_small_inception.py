@@ -1,4 +1,5 @@
-"""Tests of heldout/small_inception.py: the object graph and shapes of the released CIFAR
+"""Tests of heldout/models/small_inception.py and the one checkpoint factory
+(`checkpoints.run_checkpoint`): the object graph and shapes of the released CIFAR
 checkpoints, restoring a checkpoint written by an independent object graph, failures on
 other architectures, Sonnet's ResNet-50 through the same checkpoint layout, and
 BatchNorm statistics updated only in training."""
@@ -230,12 +231,21 @@ def model_10():
 
 
 def test_checkpoint_keys_and_shapes_equal_published(model_10, tmp_path):
-    path = _checkpoint(model_10).save(str(tmp_path / "ckpt"))
+    # The one factory of run checkpoints (training writes it, restoring reads it).
+    path = checkpoints.run_checkpoint(model_10, epoch=7, global_step=1400).save(
+        str(tmp_path / "ckpt"))
     shapes = checkpoints.checkpoint_shapes(path)
     published = _published_shapes()
     assert len(published) == 176
     assert checkpoints.describe_shape_mismatch(published, shapes) == []
     assert shapes == published
+    reader = tf.train.load_checkpoint(path)
+    for key, value in (("epoch", 7), ("global_step", 1400)):
+        stored = reader.get_tensor(f"{key}/.ATTRIBUTES/VARIABLE_VALUE")
+        assert stored == value and stored.dtype == np.int64
+    # The same object graph as a hand-built tf.train.Checkpoint of the released layout.
+    hand = _checkpoint(model_10).save(str(tmp_path / "hand"))
+    assert sorted(tf.train.list_variables(hand)) == sorted(tf.train.list_variables(path))
     # The helper writes the same layout.
     assert checkpoints.checkpoint_variable_shapes(model_10) == published
 

@@ -29,7 +29,7 @@ def _synthetic_experiment(directory, num_runs=4, num_train=20, num_test=5):
         subset = np.sort(rng.choice(num_train, num_train // 2, replace=False))
         runs.save_run(runs.run_dir(str(directory), "0.5", r),
                       runs.aux_arrays(subset, rng.random(num_train) < 0.5,
-                                      rng.random(num_test) < 0.5), {})
+                                      rng.random(num_test) < 0.5))
     return str(directory)
 
 

@@ -19,7 +19,7 @@ import numpy as np
 import pytest
 
 import heldout
-from heldout.store import coordination, files, layout, runs
+from heldout.store import coordination, files, layout, records, runs
 
 REPO_ROOT = pathlib.Path(__file__).resolve().parents[2]
 TINY = ["--num_runs=4", "--epochs=1", "--models_at_once=4", "--progress=false"]
@@ -94,7 +94,7 @@ def test_case1_and_9_racing_workers_with_different_settings_never_mix(tmp_path):
     assert f"train_config.epochs (stored {stored}, given {given})" in error
     assert "train_config.learning_rate (stored " in error
     assert "batch_size" not in error and "{" not in error  # the keys, not the config
-    epochs = {runs.read_run_info(runs.run_dir(directory, "0.7", r))["train_config"]["epochs"]
+    epochs = {records.read_run_record(runs.run_dir(directory, "0.7", r)).train_config["epochs"]
               for r in range(4)}
     assert epochs == {winner + 1}  # every run of the winner's settings, none of the other's
     assert runs.list_runs(directory, "0.7") == ([0, 1, 2, 3], [])
@@ -183,5 +183,4 @@ def test_case5_concurrent_writers_of_the_same_runs_leave_each_run_once(tmp_path)
     assert runs.list_runs(directory, "0.7") == ([0, 1, 2, 3], [])
     assert runs.verify_runs(directory) == (4, [])
     for run_id in range(4):
-        info = runs.read_run_info(runs.run_dir(directory, "0.7", run_id))
-        assert info["run_id"] == run_id
+        assert records.read_run_record(runs.run_dir(directory, "0.7", run_id)).run_id == run_id

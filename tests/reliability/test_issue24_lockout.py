@@ -15,7 +15,7 @@ import pytest
 import heldout
 from heldout.app import train as train_job
 from heldout.errors import ParameterError
-from heldout.store import coordination, runs
+from heldout.store import coordination, records, runs
 from heldout.store import experiment_info as info_lib
 from heldout.training import experiment
 from heldout.training.config import TrainConfig
@@ -41,7 +41,7 @@ def test_diverged_first_attempt_does_not_block_the_corrected_command(tmp_path):
     recorded = info_lib.read_experiment_info(str(tmp_path))
     assert recorded.train_config["learning_rate"] == 0.1
     # The record belongs to the runs written: each run.json holds the same settings.
-    info = runs.read_run_info(runs.run_dir(str(tmp_path), "0.7", 0))
+    info = records.read_run_record(runs.run_dir(str(tmp_path), "0.7", 0)).to_json()
     assert {k: info[k] for k in recorded.to_json()} == recorded.to_json()
 
 

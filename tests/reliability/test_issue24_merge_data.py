@@ -25,7 +25,7 @@ def parts(tmp_path_factory):
     for r in range(NUM_RUNS):
         runs.save_run(runs.run_dir(str(directory), "0.7", r), runs.aux_arrays(
             np.sort(rng.choice(NUM_TRAIN, 14, replace=False)), rng.random(NUM_TRAIN) < 0.6,
-            rng.random(NUM_TEST) < 0.6), info={})
+            rng.random(NUM_TEST) < 0.6))
     paths = []
     for i in range(2):
         config = pipeline.EstimateConfig(estimators=("memorization", "influence"), top_k=3,

@@ -87,7 +87,7 @@ def _save(directory, subset, run_id, subset_indices, seed=0):
                              rng.random(NUM_TEST) < 0.5,
                              margin_train=rng.normal(size=NUM_TRAIN).astype(np.float32),
                              margin_test=rng.normal(size=NUM_TEST).astype(np.float32))
-    runs.save_run(runs.run_dir(directory, subset, run_id), arrays, {})
+    runs.save_run(runs.run_dir(directory, subset, run_id), arrays)
 
 
 def _experiment(tmp_path, seed=7, num_runs=4):
@@ -178,7 +178,7 @@ def test_full_runs_with_equal_predictions_are_not_taken_for_copies(tmp_path):
     right_train, right_test = np.ones(NUM_TRAIN, bool), np.ones(NUM_TEST, bool)
     for r in range(2):
         runs.save_run(runs.run_dir(directory, "full", r), runs.aux_arrays(
-            np.arange(NUM_TRAIN), right_train, right_test), {})
+            np.arange(NUM_TRAIN), right_train, right_test))
     assert runs.verify_runs(directory) == (2, [])
     assert runs.load_experiment(directory, "full", progress=False).num_runs == 2
     _save(directory, "full", 5, np.arange(NUM_TRAIN))

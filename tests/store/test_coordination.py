@@ -18,7 +18,7 @@ import tensorflow as tf
 
 import heldout
 from heldout.errors import ParameterError
-from heldout.store import coordination, runs
+from heldout.store import coordination, layout, records, runs
 
 REPO_ROOT = pathlib.Path(__file__).resolve().parents[2]
 TINY = ["--models_at_once=4", "--epochs=2", "--progress=false"]
@@ -177,7 +177,7 @@ def test_experiment_on_tensorflows_ram_filesystem():
     assert again.trained == () and again.already_complete == (0, 1, 2, 3, 4)
     experiment = heldout.load_experiment(directory, "0.7", progress=False)
     assert experiment.num_runs == 5 and experiment.membership.sum(axis=1).tolist() == [946] * 5
-    assert not tf.io.gfile.glob(f"{directory}/{coordination.CLAIMS_DIRNAME}/0.7/*.json")
+    assert not tf.io.gfile.glob(f"{directory}/{layout.CLAIMS_DIRNAME}/0.7/*.json")
     assert tf.io.gfile.listdir(f"{directory}/0.7") == [str(r) for r in range(5)]
 
 
@@ -228,7 +228,7 @@ def test_damaged_run_is_named_by_reader_and_verify_and_redone(small_experiment, 
     assert "verified 6 complete runs: 1 damaged" in retrain.stdout
     assert trained_ids(retrain.stdout) == [3]
     np.testing.assert_array_equal(np.load(aux)["correctness_test"], original)
-    assert list(pathlib.Path(directory, "0.7", runs.CORRUPT_DIRNAME).glob("3-*.npz"))
+    assert list(pathlib.Path(directory, "0.7", layout.CORRUPT_DIRNAME).glob("3-*.npz"))
 
 
 # --- processes killed mid-flight, and concurrent workers -------------------------------
@@ -303,7 +303,7 @@ def test_four_concurrent_workers_with_overlapping_ids_train_each_run_once(tmp_pa
     assert sorted(trained) == list(range(24))  # each run trained once, by one worker
     finishers = {}
     for run_id in range(24):
-        info = runs.read_run_info(runs.run_dir(directory, "0.7", run_id))
-        finishers[run_id] = (info["host"], info["pid"])
+        record = records.read_run_record(runs.run_dir(directory, "0.7", run_id))
+        finishers[run_id] = (record.host, record.pid)
     assert len(set(finishers.values())) >= 2  # the work really was shared
     assert runs.list_runs(directory, "0.7") == (list(range(24)), [])

@@ -1,4 +1,4 @@
-"""Tests of heldout.subsets: seed-derived run subsets and flag parsing."""
+"""Tests of heldout.store.designs: seed-derived run subsets and flag parsing."""
 
 import itertools
 

@@ -149,12 +149,3 @@ def test_exists_by_listing_on_ram_file_system():
     files.write_bytes(f"{folder}/name", b"x")
     assert files.exists(f"{folder}/name")
     assert not files.exists(f"{folder}/nowhere/name")
-
-
-def test_track_yields_every_item_and_counts_them(capsys):
-    items = list(files.track(iter(range(7)), 7, "reading", enabled=True))
-    assert items == list(range(7))
-    err = capsys.readouterr().err
-    assert "reading" in err and "7/7" in err
-    assert list(files.track(iter(range(3)), 3, "quiet", enabled=False)) == [0, 1, 2]
-    assert "quiet" not in capsys.readouterr().err

@@ -1,4 +1,4 @@
-"""Tests of heldout.released: streaming the aux arrays out of release tarballs."""
+"""Tests of heldout.store.released: streaming the aux arrays out of release tarballs."""
 
 import gzip
 import hashlib

@@ -1,4 +1,4 @@
-"""Tests of heldout.runs: the experiment directory (SPEC section 3)."""
+"""Tests of heldout.store.runs: saving, finding, loading and verifying runs."""
 
 import io
 import re
@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from heldout.store import runs
+from heldout.store import records, runs
 
 RELEASED_KEYS = ("subsample_idx", "correctness_train", "correctness_removed",
                  "correctness_test", "index_train", "index_removed", "index_test")
@@ -155,12 +155,12 @@ def test_save_then_load_round_trips_every_key(base):
     directory = runs.run_dir(base, "0.7", 3)
     assert directory.endswith("0.7/3")
     arrays = _arrays(_truth(3), margins=True, logits=True)
-    info = {"seed": 3, "flags": {"epochs": 2}, "accuracy": 0.5}
+    record = records.RunRecord(seed=3, train_config={"epochs": 2}, run_id=3)
     assert not runs.run_complete(directory)
-    runs.save_run(directory, arrays, info)
+    runs.save_run(directory, arrays, record)
     assert runs.run_complete(directory)
     _assert_same_arrays(runs.load_run(directory), arrays)
-    assert runs.read_run_info(directory) == info
+    assert records.read_run_record(directory) == record
     assert sorted(tf.io.gfile.listdir(directory)) == ["aux_arrays.npz", "run.json"]
     assert runs.list_runs(base, "0.7") == ([3], [])
     assert runs.list_subsets(base) == ["0.7"]
@@ -177,9 +177,9 @@ def test_save_run_completes_over_leftovers_of_an_interrupted_attempt(base):
     assert not runs.run_complete(directory)
     assert runs.list_runs(base, "0.7") == ([], [0])
     arrays = _arrays(_truth(0))
-    assert runs.save_run(directory, arrays, {"attempt": 2})
+    assert runs.save_run(directory, arrays, records.RunRecord(seed=2))
     _assert_same_arrays(runs.load_run(directory), arrays)
-    assert runs.read_run_info(directory) == {"attempt": 2}
+    assert records.read_run_record(directory) == records.RunRecord(seed=2)
     assert runs.list_runs(base, "0.7") == ([0], [])
 
 
@@ -201,10 +201,11 @@ def test_remove_leftovers_deletes_only_temporaries(base):
 def test_save_run_never_replaces_a_complete_run(base):
     directory = runs.run_dir(base, "0.7", 1)
     first = _arrays(_truth(1))
-    assert runs.save_run(directory, first, {"attempt": 1})
-    assert not runs.save_run(directory, _arrays(_truth(2), margins=False), {"attempt": 2})
+    assert runs.save_run(directory, first, records.RunRecord(seed=1))
+    assert not runs.save_run(directory, _arrays(_truth(2), margins=False),
+                             records.RunRecord(seed=2))
     _assert_same_arrays(runs.load_run(directory), first)
-    assert runs.read_run_info(directory) == {"attempt": 1}
+    assert records.read_run_record(directory) == records.RunRecord(seed=1)
 
 
 def test_concurrent_saves_of_one_run_leave_one_complete_valid_run(tmp_path):
@@ -222,7 +223,7 @@ def test_concurrent_saves_of_one_run_leave_one_complete_valid_run(tmp_path):
         def save(w, directory=directory, candidates=candidates, start=start):
             variable = tf.Variable([float(w)] * 3)
             start.wait()
-            return runs.save_run(directory, candidates[w], {"writer": w},
+            return runs.save_run(directory, candidates[w], records.RunRecord(pid=w),
                                  tf.train.Checkpoint(v=variable), epoch=1)
 
         with concurrent.futures.ThreadPoolExecutor(writers) as pool:
@@ -230,7 +231,7 @@ def test_concurrent_saves_of_one_run_leave_one_complete_valid_run(tmp_path):
         assert sum(completed) == 1, completed
         winner = completed.index(True)
         _assert_same_arrays(runs.load_run(directory), candidates[winner])
-        assert isinstance(runs.read_run_info(directory)["writer"], int)
+        assert isinstance(records.read_run_record(directory).pid, int)
         assert runs.check_run_arrays(runs.load_run(directory), NUM_TRAIN, NUM_TEST) is None
         restored = tf.Variable([0.0] * 3)
         tf.train.Checkpoint(v=restored).restore(
@@ -242,7 +243,8 @@ def test_concurrent_saves_of_one_run_leave_one_complete_valid_run(tmp_path):
 def test_save_run_with_checkpoint(tmp_path):
     directory = str(tmp_path / "0.7" / "0")
     variable = tf.Variable([1.5, -2.0, 3.25])
-    runs.save_run(directory, _arrays(_truth(0)), {}, tf.train.Checkpoint(v=variable), epoch=3)
+    runs.save_run(directory, _arrays(_truth(0)), checkpoint=tf.train.Checkpoint(v=variable),
+                  epoch=3)
     checkpoints = tf.io.gfile.join(directory, "checkpoints")
     assert tf.io.gfile.exists(tf.io.gfile.join(checkpoints, "ckpt-3.index"))
     restored = tf.Variable([0.0, 0.0, 0.0])
@@ -264,7 +266,7 @@ def test_released_format_file_loads(base):
     for run_id, arrays in enumerate(files):
         directory = runs.run_dir(base, "0.7", run_id)
         _assert_same_arrays(runs.load_run(directory), arrays)
-        assert runs.read_run_info(directory) == {}
+        assert records.read_run_record(directory) == records.RunRecord()
     experiment = runs.load_experiment(base, "0.7", num_threads=2, progress=False)
     expected = _expected_matrices(truths)
     assert experiment.margin_train is None and experiment.margin_test is None
@@ -305,7 +307,7 @@ def test_load_experiment_in_index_order_from_shuffled_files(base):
 def test_load_experiment_from_saved_runs_matches_truth(base):
     truths = [_truth(r) for r in range(4)]
     for r, truth in enumerate(truths):
-        runs.save_run(runs.run_dir(base, "0.7", r), _arrays(truth, logits=True), {"r": r})
+        runs.save_run(runs.run_dir(base, "0.7", r), _arrays(truth, logits=True))
     experiment = runs.load_experiment(base, "0.7", progress=False)
     expected = _expected_matrices(truths)
     for key, value in expected.items():
@@ -314,8 +316,8 @@ def test_load_experiment_from_saved_runs_matches_truth(base):
 
 def test_load_experiment_margins_none_when_some_run_lacks_them(tmp_path):
     base = str(tmp_path)
-    runs.save_run(runs.run_dir(base, "0.7", 0), _arrays(_truth(0), margins=True), {})
-    runs.save_run(runs.run_dir(base, "0.7", 1), _arrays(_truth(1), margins=False), {})
+    runs.save_run(runs.run_dir(base, "0.7", 0), _arrays(_truth(0), margins=True))
+    runs.save_run(runs.run_dir(base, "0.7", 1), _arrays(_truth(1), margins=False))
     experiment = runs.load_experiment(base, "0.7", progress=False)
     assert experiment.margin_train is None and experiment.margin_test is None
     expected = _expected_matrices([_truth(0), _truth(1)])
@@ -323,8 +325,8 @@ def test_load_experiment_margins_none_when_some_run_lacks_them(tmp_path):
 
 
 def test_list_subsets_and_list_runs(base):
-    runs.save_run(runs.run_dir(base, "0.7", 0), _arrays(_truth(0)), {})
-    runs.save_run(runs.run_dir(base, "full", 2), _arrays(_truth(2)), {})
+    runs.save_run(runs.run_dir(base, "0.7", 0), _arrays(_truth(0)))
+    runs.save_run(runs.run_dir(base, "full", 2), _arrays(_truth(2)))
     tf.io.gfile.makedirs(runs.run_dir(base, "drop-x", 5))  # incomplete run only
     tf.io.gfile.makedirs(tf.io.gfile.join(base, "empty"))
     tf.io.gfile.makedirs(tf.io.gfile.join(base, "plots", "figures"))
@@ -348,8 +350,8 @@ def test_empty_experiment_dir_raises_value_error(base):
 
 def test_runs_of_different_sizes_raise_value_error(tmp_path):
     base = str(tmp_path)
-    runs.save_run(runs.run_dir(base, "0.7", 0), _arrays(_truth(0)), {})
-    runs.save_run(runs.run_dir(base, "0.7", 1), _arrays(_truth(1, num_train=NUM_TRAIN + 1)), {})
+    runs.save_run(runs.run_dir(base, "0.7", 0), _arrays(_truth(0)))
+    runs.save_run(runs.run_dir(base, "0.7", 1), _arrays(_truth(1, num_train=NUM_TRAIN + 1)))
     with pytest.raises(ValueError, match=re.escape(runs.run_dir(base, "0.7", 1))):
         runs.load_experiment(base, "0.7", progress=False)
 
@@ -357,7 +359,7 @@ def test_runs_of_different_sizes_raise_value_error(tmp_path):
 def test_experiment_dir_with_glob_characters(tmp_path):
     base = str(tmp_path / "exp[1]")
     truth = _truth(0)
-    runs.save_run(runs.run_dir(base, "0.7", 0), _arrays(truth), {})
+    runs.save_run(runs.run_dir(base, "0.7", 0), _arrays(truth))
     assert runs.run_complete(runs.run_dir(base, "0.7", 0))
     assert runs.list_runs(base, "0.7") == ([0], [])
     experiment = runs.load_experiment(base, "0.7", progress=False)
@@ -427,7 +429,7 @@ DAMAGE_FOUND_BY_LOAD_EXPERIMENT = {
 
 def _experiment_with_damaged_run(base, damaged_run, damage):
     for r in range(3):
-        runs.save_run(runs.run_dir(base, "0.7", r), _arrays(_truth(r)), {})
+        runs.save_run(runs.run_dir(base, "0.7", r), _arrays(_truth(r)))
     directory = runs.run_dir(base, "0.7", damaged_run)
     damage(directory)
     return tf.io.gfile.join(directory, "aux_arrays.npz")
@@ -525,7 +527,7 @@ def test_verify_checks_sizes_against_experiment_json(tmp_path):
 
     base = str(tmp_path / "exp")
     for r in range(2):
-        runs.save_run(runs.run_dir(base, "0.7", r), _arrays(_truth(r)), {})
+        runs.save_run(runs.run_dir(base, "0.7", r), _arrays(_truth(r)))
     assert runs.verify_runs(base) == (2, [])
     files.write_json(layout.ExperimentDir(base).experiment_info,
                      {"data": {"num_train": NUM_TRAIN, "num_test": NUM_TEST + 1}})
@@ -541,13 +543,6 @@ def test_verify_of_missing_or_empty_directory_raises(tmp_path):
     with pytest.raises(ValueError, match="empty: no complete runs to verify"):
         runs.verify_runs(str(tmp_path / "empty"))
 
-
-def test_run_info_round_trip(tmp_path):
-    directory = runs.run_dir(str(tmp_path), "0.7", 0)
-    assert runs.read_run_info(directory) == {}
-    info = {"seed": 3, "accuracy": {"test": 0.5, "removed": None}, "checkpoints": [1, 2]}
-    runs.save_run_info(directory, info)
-    assert runs.read_run_info(directory) == info
 
 
 # What TensorFlow's GCS file system raised for a bucket it could not reach (no network):
@@ -572,7 +567,7 @@ def test_list_subsets_reports_an_unreadable_directory_not_no_runs(monkeypatch, t
                                  "not resolve hostname', error details: Could not resolve "
                                  "host: www.googleapis.com)")
     monkeypatch.undo()
-    runs.save_run(runs.run_dir(str(tmp_path), "0.7", 0), _arrays(_truth(0)), {})
+    runs.save_run(runs.run_dir(str(tmp_path), "0.7", 0), _arrays(_truth(0)))
     assert runs.list_subsets(str(tmp_path)) == ["0.7"]
     monkeypatch.setattr(tf.io.gfile, "listdir", lambda path: (_ for _ in ()).throw(
         tf.errors.PermissionDeniedError(None, None, f"{path}; Permission denied")))

@@ -1,5 +1,5 @@
-"""Tests of heldout/targets.py (choosing, storing, finding, built-in target sets) and of
-the targeted designs of heldout/subsets.py (``full``, ``drop-<name>``).
+"""Tests of heldout/store/targets.py (choosing, storing, finding, built-in target sets) and of
+the targeted designs of heldout/store/designs.py (``full``, ``drop-<name>``).
 
 The built-in CIFAR-10 sets are checked twice: on a hand-made `Dataset` whose original
 indices are a known permutation of 0..49999, and through `load_dataset("tfds:cifar10")`

@@ -1,4 +1,4 @@
-"""Tests of heldout/airbench.py: whitening, initialization, schedule, weight averaging,
+"""Tests of heldout/training/airbench.py: whitening, initialization, schedule, weight averaging,
 K models side by side, and the trainer end to end on mock CIFAR-10."""
 
 import dataclasses
@@ -13,7 +13,7 @@ import heldout
 from heldout.data import sources as data_lib
 from heldout.models import airbench as airbench_net
 from heldout.store import designs as subsets_lib
-from heldout.store import runs
+from heldout.store import records, runs
 from heldout.training import airbench
 from heldout.training import core as training
 from heldout.training import recipes as recipes_lib
@@ -226,14 +226,14 @@ def test_airbench_runs_are_complete_and_checkpoints_restore(tmp_path, cifar):
         run_dir = runs.run_dir(str(tmp_path), "0.5", run_id)
         arrays = runs.load_run(run_dir)
         assert len(arrays["subsample_idx"]) == 20 and len(arrays["correctness_test"]) == 40
-        info = runs.read_run_info(run_dir)
-        assert info["train_config"]["model"] == "airbench"
-        assert info["optimizer_steps"] == 2 * math.ceil(20 / 8)
+        record = records.read_run_record(run_dir)
+        assert record.model == "airbench"
+        assert record.optimizer_steps == 2 * math.ceil(20 / 8)
     # The checkpoint restores into a fresh single model that predicts what was recorded
     # (train split: the 20 trained-on and the 20 held-out examples).
     check = heldout.check_run(run_dir, "airbench", cifar, "train", width=TINY_WIDTH)
     assert check.matches == check.total == 40
-    assert check.restored.global_step == info["optimizer_steps"]
+    assert check.restored.global_step == record.optimizer_steps
 
 
 @pytest.mark.slow

@@ -17,7 +17,7 @@ import tensorflow_datasets as tfds
 import heldout
 from heldout.data import augment
 from heldout.models.small_inception import SmallInception
-from heldout.store import runs
+from heldout.store import records, runs
 from heldout.training import core as training
 from heldout.training import recipes as recipes_lib
 
@@ -193,7 +193,7 @@ def test_small_inception_mixed_precision_runs_restore_through_demo(tmp_path, cif
                                        save_checkpoints=True, progress=False, data=cifar)
     assert summary.trained == (1,)
     run_dir = runs.run_dir(str(tmp_path), "0.5", 1)
-    assert runs.read_run_info(run_dir)["train_config"]["precision"] == "mixed_bfloat16"
+    assert records.read_run_record(run_dir).train_config["precision"] == "mixed_bfloat16"
     check = heldout.check_run(run_dir, "small_inception", cifar, "test", width=0.125)
     assert check.matches == check.total == 40  # predictions are float32 either way
 
@@ -207,8 +207,8 @@ def test_cnn_k_at_once_on_cifar_images(tmp_path, cifar):
     assert summary.trained == (0, 1, 2)
     experiment = runs.load_experiment(str(tmp_path), "0.5", progress=False)
     assert experiment.membership.shape == (3, 40)
-    info = runs.read_run_info(runs.run_dir(str(tmp_path), "0.5", 2))
-    assert info["models_trained_together"] == 3
+    record = records.read_run_record(runs.run_dir(str(tmp_path), "0.5", 2))
+    assert record.models_trained_together == 3
 
 
 @pytest.mark.slow
@@ -226,12 +226,12 @@ def test_train_py_airbench_recipe_and_demo_py(tmp_path, cifar):
          "--progress=false"],
         capture_output=True, text=True, timeout=300, cwd=REPO_ROOT, env=env)
     assert result.returncode == 0, result.stderr
-    info = runs.read_run_info(runs.run_dir(str(experiment_dir), "0.7", 0))
+    record = records.read_run_record(runs.run_dir(str(experiment_dir), "0.7", 0))
     recipe = dataclasses.asdict(recipes_lib.config_for(
         {"model": "airbench", "model_width": 0.0625, "epochs": 1, "batch_size": 16}))
     for key in ("learning_rate", "momentum", "nesterov", "label_smoothing", "augment",
                 "lr_schedule", "warmup_epochs", "weight_decay"):
-        assert info["train_config"][key] == recipe[key], key
+        assert record.train_config[key] == recipe[key], key
     result = subprocess.run(
         [sys.executable, str(REPO_ROOT / "demo.py"),
          f"--run_dir={runs.run_dir(str(experiment_dir), '0.7', 0)}"],

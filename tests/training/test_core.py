@@ -9,6 +9,7 @@ import tensorflow as tf
 
 from heldout.data import sources as data
 from heldout.store import designs as subsets_lib
+from heldout.training import config as config_lib
 from heldout.training import core as training
 
 SUBSET = "0.7"
@@ -63,7 +64,7 @@ def _expected_lr(step, total, warmup, peak, schedule):
             "constant": peak}[schedule]
 
 
-@pytest.mark.parametrize("schedule", training.LR_SCHEDULES)
+@pytest.mark.parametrize("schedule", config_lib.LR_SCHEDULES)
 @pytest.mark.parametrize(("total", "warmup"), [(100, 10), (37, 0), (50, 1)])
 def test_learning_rate_at(schedule, total, warmup):
     peak = 0.4
@@ -122,7 +123,7 @@ def test_epoch_batches_stay_in_subsets_and_cover_them():
 # --- snapshots: the learning rate of a stretch of steps -----------------------------
 
 
-@pytest.mark.parametrize("schedule", training.LR_SCHEDULES)
+@pytest.mark.parametrize("schedule", config_lib.LR_SCHEDULES)
 @pytest.mark.parametrize(("first", "end"), [(0, 7), (7, 21), (21, 30), (3, 4)])
 def test_stretch_learning_rate_is_the_mean_over_its_steps(schedule, first, end):
     config = training.TrainConfig(epochs=10, learning_rate=0.3, lr_schedule=schedule)
@@ -159,7 +160,7 @@ def test_snapshot_learning_rate_covers_every_step_since_the_previous_snapshot():
     assert abs(run.snapshots[1].learning_rate - np.mean(rates[9:12])) > 1e-3
 
 
-# --- per-example loss weights (SPEC §11) ----------------------------------------------
+# --- per-example loss weights -------------------------------------------------------
 
 
 def _train_weighted(config, weights, num_runs=2):

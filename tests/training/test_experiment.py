@@ -57,7 +57,7 @@ def test_runs_of_a_replaced_data_file_and_claimed_runs(tmp_path):
 def test_directory_with_runs_but_no_experiment_json_is_refused(tmp_path):
     directory = str(tmp_path / "released")
     arrays = runs.aux_arrays(np.arange(3), np.ones(5, bool), np.ones(2, bool))
-    runs.save_run(runs.run_dir(directory, "0.7", 0), arrays, {})
+    runs.save_run(runs.run_dir(directory, "0.7", 0), arrays)
     with pytest.raises(ValueError, match="holds runs but no experiment.json"):
         experiment.train_experiment(directory, "digits", TINY, 0.7, range(2), progress=False)
     assert runs.load_run(runs.run_dir(directory, "0.7", 0))  # reading stays allowed
