@@ -61,8 +61,8 @@ def test_auto_is_two_programs_for_small_models_and_one_for_the_others():
 
 
 @pytest.mark.parametrize(("kwargs", "message"), [
-    (dict(concurrent_programs=-1), "--concurrent_programs=-1"),
-    (dict(model="airbench", concurrent_programs=2), "--concurrent_programs=2"),
+    (dict(concurrent_programs=-1), "^concurrent_programs=-1: "),
+    (dict(model="airbench", concurrent_programs=2), "^concurrent_programs=2: "),
 ])
 def test_bad_values_are_refused(kwargs, message):
     with pytest.raises(ValueError, match=message):
