@@ -14,6 +14,7 @@ from __future__ import annotations
 import tensorflow as tf
 
 from heldout.data.augment_kinds import ALTERNATING, AUGMENTATIONS  # noqa: F401
+from heldout.errors import ParameterError
 
 CROP_PADDING = 4  # pixels of zero padding per side for crop_* (the published CIFAR runs)
 AIRBENCH_TRANSLATE = 2  # pixels of reflect padding per side for airbench94's translation
@@ -136,9 +137,9 @@ def augment(images: tf.Tensor, seed: tf.Tensor, kind: str,
         ValueError: unknown `kind`, or an alternating kind without `flips`.
     """
     if kind not in AUGMENTATIONS:
-        raise ValueError(f"--augment={kind}: expected one of {', '.join(AUGMENTATIONS)}")
+        raise ParameterError("augment", f"expected one of {', '.join(AUGMENTATIONS)}", kind)
     if kind in ALTERNATING and flips is None:
-        raise ValueError(f"--augment={kind} alternates flips by epoch: pass `flips`")
+        raise ParameterError("augment", "alternates flips by epoch: pass `flips`", kind)
     if kind == "none":
         return images
     if kind == "flip":

@@ -40,6 +40,7 @@ import tensorflow as tf
 
 from heldout.data import safe_npz
 from heldout.data.dataset import Dataset
+from heldout.errors import ParameterError
 
 IMAGE_KEY = "image/encoded"
 LABEL_KEY = "image/class/label"
@@ -450,8 +451,8 @@ def parse_spec(spec: str) -> tuple[str, str]:
     """
     patterns = spec[len(SPEC_PREFIX):].split(",") if spec.startswith(SPEC_PREFIX) else []
     if len(patterns) != 2 or not all(patterns):
-        raise ValueError(f"--dataset={spec!r}: expected "
-                         f"'{SPEC_PREFIX}<train file pattern>,<test file pattern>'")
+        raise ParameterError("dataset", f"expected '{SPEC_PREFIX}<train file pattern>,"
+                             "<test file pattern>'", repr(spec))
     return patterns[0], patterns[1]
 
 

@@ -292,15 +292,15 @@ def read_indices(spec: str, flag: str) -> list[int]:
     except files.StoredFileMissing:
         return parse_run_ids(spec, flag)
     except UnicodeDecodeError:
-        raise ValueError(f"{flag}={spec}: expected a text file of integer indices") from None
+        raise ParameterError(flag, "expected a text file of integer indices", spec) from None
     lines = [line.split("#", 1)[0] for line in text.splitlines()]
     tokens = " ".join(lines).replace(",", " ").split()
     try:
         indices = [int(t) for t in tokens]
     except ValueError:
-        raise ValueError(f"{flag}={spec}: expected a file of integer indices") from None
+        raise ParameterError(flag, "expected a file of integer indices", spec) from None
     if not indices or min(indices) < 0:
-        raise ValueError(f"{flag}={spec}: expected non-negative indices")
+        raise ParameterError(flag, "expected non-negative indices", spec)
     return indices
 
 

@@ -139,25 +139,25 @@ def builtin_targets(name: str, data: Dataset) -> TargetSet:
         ValueError: unknown name, or the data set has no original indices / lacks some.
     """
     if name not in BUILTIN_TARGETS:
-        raise ValueError(f"--target_indices={name}: not a built-in set "
-                         f"({', '.join(BUILTIN_TARGETS)})")
+        raise ParameterError("target_indices", f"not a built-in set "
+                             f"({', '.join(BUILTIN_TARGETS)})", name)
     if data.original_index_train is None:
-        raise ValueError(f"--target_indices={name}: the built-in sets are CIFAR-10 indices "
-                         f"in the original order; {data.name} has no original indices")
+        raise ParameterError("target_indices", "the built-in sets are CIFAR-10 indices in "
+                             f"the original order; {data.name} has no original indices", name)
     position = {int(o): p for p, o in enumerate(data.original_index_train)}
     groups = {}
     for group, originals in BUILTIN_TARGETS[name].items():
         missing = [o for o in originals if o not in position]
         if missing:
-            raise ValueError(f"--target_indices={name}: original indices {missing[:5]} are "
-                             f"not in {data.name}")
+            raise ParameterError("target_indices", f"original indices {missing[:5]} are not "
+                                 f"in {data.name}", name)
         groups[group] = tuple(position[o] for o in originals)
     return TargetSet(name=name, groups=groups,
                      provenance={"builtin": name, "original_indices": {
                          g: list(v) for g, v in BUILTIN_TARGETS[name].items()}})
 
 
-def parse_index_list(spec: str, flag: str = "--target_indices") -> list[int]:
+def parse_index_list(spec: str, flag: str = "target_indices") -> list[int]:
     """Indices from a comma list / ranges (``"3,5,10-12"``) or a file of indices."""
     return subsets_lib.read_indices(spec, flag)
 
@@ -179,21 +179,21 @@ def choose_targets(spec: str, num_train: int, seed: int, name: str,
     for part in spec.split(","):
         kind, _, count_text = part.strip().partition(":")
         if kind not in CHOOSERS or not count_text.isdigit() or int(count_text) < 1:
-            raise ValueError(f"--targets={spec}: expected parts like random:20 or easy:20")
+            raise ParameterError("targets", "expected parts like random:20 or easy:20", spec)
         count = int(count_text)
         if kind in chosen:
-            raise ValueError(f"--targets={spec}: {kind} appears twice; give each kind once")
+            raise ParameterError("targets", f"{kind} appears twice; give each kind once", spec)
         available = np.array([i for i in range(num_train) if i not in taken])
         if count > len(available):
-            raise ValueError(f"--targets={spec}: {count} {kind} examples requested, "
-                             f"{len(available)} available")
+            raise ParameterError("targets", f"{count} {kind} examples requested, "
+                                 f"{len(available)} available", spec)
         if kind == "random":
             rng = np.random.default_rng(np.random.SeedSequence([seed, 0x7A26E7]))
             picked = np.sort(rng.choice(available, size=count, replace=False))
         else:
             if pilot_margins is None:
-                raise ValueError(f"--targets={spec}: easy examples need pilot runs with "
-                                 "margins (train some first, or pass --pilot_runs)")
+                raise ParameterError("targets", "easy examples need pilot runs with margins "
+                                     "(train some first, or give pilot_runs)", spec)
             mean_margin = np.asarray(pilot_margins, np.float64).mean(axis=0)[available]
             picked = available[np.argsort(-mean_margin, kind="stable")[:count]]
             provenance["pilot_runs"] = int(np.shape(pilot_margins)[0])

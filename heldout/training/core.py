@@ -218,11 +218,12 @@ class Trainer:
                              f"trainer, not {type(self).__name__}")
         images = len(dataset.input_shape) == 3
         if spec.needs_images and not images:
-            raise ValueError(f"--model={config.model} needs images [H, W, C], got examples "
-                             f"of shape {tuple(dataset.input_shape)}")
+            raise ParameterError("model", "needs images [H, W, C], got examples of shape "
+                                 f"{tuple(dataset.input_shape)}", config.model)
         if config.augment != "none" and not images:
-            raise ValueError(f"--augment={config.augment}: image augmentation needs images "
-                             f"[H, W, C], got examples of shape {tuple(dataset.input_shape)}")
+            raise ParameterError("augment", "image augmentation needs images [H, W, C], got "
+                                 f"examples of shape {tuple(dataset.input_shape)}",
+                                 config.augment)
         self.dataset = dataset
         self.config = config
         self.eval_batch_size = eval_batch_size or self.default_eval_batch_size

@@ -109,7 +109,7 @@ def test_easy_first_then_random_disjoint():
 
 
 def test_easy_without_pilot_is_an_error():
-    with pytest.raises(ValueError, match="--targets=random:2,easy:3"):
+    with pytest.raises(ValueError, match="^targets=random:2,easy:3"):
         targets.choose_targets("random:2,easy:3", 50, seed=0, name="e")
 
 
@@ -118,20 +118,20 @@ def test_easy_without_pilot_is_an_error():
     "random=3", "random:3;easy:2", "random:3,", ",random:3", "RANDOM:3"])
 def test_malformed_specs_name_targets(spec):
     pilot = _pilot(np.arange(50, dtype=float))
-    with pytest.raises(ValueError, match="--targets"):
+    with pytest.raises(ValueError, match="^targets="):
         targets.choose_targets(spec, 50, seed=0, name="t", pilot_margins=pilot)
 
 
 def test_more_targets_than_examples_is_an_error():
-    with pytest.raises(ValueError, match="--targets=random:11"):
+    with pytest.raises(ValueError, match="^targets=random:11"):
         targets.choose_targets("random:11", 10, seed=0, name="t")
-    with pytest.raises(ValueError, match="--targets"):
+    with pytest.raises(ValueError, match="^targets="):
         targets.choose_targets("random:6,easy:5", 10, seed=0, name="t",
                                pilot_margins=_pilot(np.arange(10.0)))
 
 
 def test_repeated_kind_is_an_error_not_silently_dropped():
-    with pytest.raises(ValueError, match="--targets=random:3,random:2: random appears twice"):
+    with pytest.raises(ValueError, match="^targets=random:3,random:2: random appears twice"):
         targets.choose_targets("random:3,random:2", 100, seed=0, name="t")
 
 
@@ -238,17 +238,17 @@ def test_builtin_targets_map_through_original_index(name, groups):
 
 def test_builtin_targets_errors():
     dataset, _ = _permuted_cifar_like()
-    with pytest.raises(ValueError, match="--target_indices=nope: not a built-in set"):
+    with pytest.raises(ValueError, match="^target_indices=nope: not a built-in set"):
         targets.builtin_targets("nope", dataset)
     without = data_lib.Dataset(
         name="npz:x.npz", x_train=np.zeros((50, 1), np.float32), y_train=np.zeros(50, np.int64),
         x_test=np.zeros((2, 1), np.float32), y_test=np.zeros(2, np.int64), num_classes=10)
-    with pytest.raises(ValueError, match="--target_indices=random20: .*no original indices"):
+    with pytest.raises(ValueError, match="^target_indices=random20: .*no original indices"):
         targets.builtin_targets("random20", without)
     # Original indices that do not cover the published ones (digits: 0..1796).
     digits = data_lib.load_digits()
     assert targets.builtin_targets("random20", digits).groups["random"]  # 0..19 are there
-    with pytest.raises(ValueError, match="--target_indices=easy20: original indices"):
+    with pytest.raises(ValueError, match="^target_indices=easy20: original indices"):
         targets.builtin_targets("easy20", digits)
 
 

@@ -169,5 +169,5 @@ def test_image_augmentation_of_flat_vectors_is_refused():
     digits = _data("mlp")
     flat = dataclasses.replace(digits, x_train=digits.x_train.reshape(-1, 64),
                                x_test=digits.x_test.reshape(-1, 64))
-    with pytest.raises(ValueError, match="--augment=flip: image augmentation needs images"):
+    with pytest.raises(ValueError, match="^augment=flip: image augmentation needs images"):
         select.make_trainer(flat, dataclasses.replace(_base("mlp"), augment="flip"))
