@@ -56,6 +56,7 @@ from absl import app, flags, logging  # noqa: E402
 
 import heldout  # noqa: E402
 import heldout.runtime  # noqa: E402
+from heldout.attribution import config as attribution_config  # noqa: E402
 
 heldout.runtime.import_tensorflow()  # without its start-up lines
 
@@ -195,7 +196,7 @@ def retraining_rows(fit: heldout.Experiment, evaluation: heldout.Experiment) -> 
 def trak_rows(run_dirs: list[str], data: sources.Dataset, fit: heldout.Experiment,
               evaluation: heldout.Experiment) -> list[Row]:
     """TRAK with growing ensembles; lambda_reg chosen on fit runs outside the ensemble."""
-    config = trak.TRAKConfig(projection_dim=_PROJECTION_DIM.value, seed=_SEED.value)
+    config = attribution_config.TRAKConfig(projection_dim=_PROJECTION_DIM.value, seed=_SEED.value)
     models = runs_attribution.restore_final_models(run_dirs, data)
     kernels, seconds = [], []
     for features in trak.ensemble_features(models, data.x_train, data.y_train, data.x_test,
@@ -254,7 +255,7 @@ def gradient_rows(run_dirs: list[str], data: sources.Dataset,
     if _FISHER.value != "expected":
         variants += [(strategy, "expected") for strategy in IF_EXPECTED]
     for strategy, fisher in variants:
-        config = influence_functions.InfluenceConfig(
+        config = attribution_config.InfluenceConfig(
             strategy=strategy, measurement="logodds", fisher=fisher, fisher_seed=_SEED.value,
             fisher_draws=_FISHER_DRAWS.value if fisher == "true" else 1)
         family = f"IF {strategy}" + (" (expected F)" if fisher != _FISHER.value else "")
@@ -284,7 +285,7 @@ def metagradient_rows(run_dirs: list[str], data: sources.Dataset,
     (NaN rows): the mean is over the runs that trained on each example, 0 where none did.
     """
     per_run, seconds = [], []
-    config = metagradient.MetagradientConfig(progress=False)
+    config = attribution_config.MetagradientConfig(progress=False)
     for run_dir in run_dirs[:AVERAGED]:
         start = time.perf_counter()
         per_run.append(metagradient.score_metagradient(run_dir, data, config=config).scores)

@@ -46,7 +46,7 @@ from absl import app, flags  # noqa: E402
 
 from heldout.data.dataset import Dataset  # noqa: E402
 from heldout.models import airbench as airbench_net
-from heldout.training import airbench, select
+from heldout.training import airbench_recipe, select
 from heldout.training import core as training
 from heldout.training import recipes as recipes_lib  # noqa: E402
 
@@ -114,7 +114,7 @@ def sonnet_network(batch_size: int, xla: bool) -> Runner:
     velocity = [tf.Variable(tf.zeros_like(v)) for v in variables]
     images = tf.constant(data.x_train)
     targets = tf.constant(np.eye(NUM_CLASSES, dtype=np.float32)[data.y_train] * 0.8 + 0.02)
-    lr, decay, momentum = 1e-3, 1.0, airbench.MOMENTUM
+    lr, decay, momentum = 1e-3, 1.0, airbench_recipe.MOMENTUM
 
     @tf.function(jit_compile=xla)
     def step():

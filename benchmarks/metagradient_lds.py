@@ -38,6 +38,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import numpy as np  # noqa: E402
 import roofline  # noqa: E402
 
+from heldout.attribution import config as attribution_config  # noqa: E402
 from heldout.attribution import (  # noqa: E402
     influence_functions,
     metagradient,
@@ -137,7 +138,7 @@ def main() -> None:
         start = time.time()
         result = metagradient.metagradients(
             data, base_trajectory(config, n), data.x_test[:num_test], data.y_test[:num_test],
-            metagradient.MetagradientConfig(progress=False))
+            attribution_config.MetagradientConfig(progress=False))
         seconds = time.time() - start
         print(roofline.roofline_line(f"metagradients, {num_test} targets x {n} weights",
                                      seconds, 9 * flop_per_product * steps * num_test, rate))
@@ -154,7 +155,7 @@ def main() -> None:
             start = time.time()
             timed[name] = metagradient.metagradients(
                 data, base_trajectory(config, n), data.x_test[targets], data.y_test[targets],
-                metagradient.MetagradientConfig(progress=False, memory_budget_bytes=memory))
+                attribution_config.MetagradientConfig(progress=False, memory_budget_bytes=memory))
             print(f"{name} ({args.lr_targets} targets, budget {min(memory, 2**40) / 2**20:.1f} "
                   f"MiB): states every {timed[name].checkpoint_interval} step(s), "
                   f"{timed[name].state_bytes / 2**20:.1f} MiB kept, {time.time() - start:.1f} s")
@@ -172,7 +173,7 @@ def main() -> None:
                 scores = influence_functions.score_influence_functions(
                     models[0], data.x_train, data.y_train, data.x_test[:num_test],
                     data.y_test[:num_test],
-                    influence_functions.InfluenceConfig(measurement="logodds")).scores
+                    attribution_config.InfluenceConfig(measurement="logodds")).scores
             elif name == "tracin":
                 record = records.read_run_record(base_dir)
                 checkpoints = [tracin.Checkpoint(runs_attribution._restore(
@@ -204,7 +205,7 @@ def main() -> None:
             targets = np.arange(args.lr_targets)
             scores = metagradient.metagradients(
                 data, base_trajectory(recipe, n), data.x_test[targets], data.y_test[targets],
-                metagradient.MetagradientConfig(progress=False)).scores
+                attribution_config.MetagradientConfig(progress=False)).scores
             accuracy = records.read_run_record(base).accuracy.test
             print(f"{lr:<13g}  {single_model_lds(scores, weights, outputs[:, targets]):.3f}"
                   f"   {accuracy:.4f}         {time.time() - start:.1f}")

@@ -33,12 +33,9 @@ import numpy as np
 import sonnet as snt
 import tensorflow as tf
 
-from heldout.attribution.config import (  # noqa: F401  (sizes and measurements)
+from heldout.attribution.config import (
     DEFAULT_BATCH_SIZE,
-    MAX_BATCH_SIZE,
-    MAX_PROJECTION_DIM,
     MEASUREMENTS,
-    check_size,
 )
 from heldout.progress import Progress
 

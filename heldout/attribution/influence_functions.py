@@ -53,7 +53,7 @@ import sonnet as snt
 import tensorflow as tf
 
 from heldout.attribution import gradients as gradients_lib
-from heldout.attribution.config import FISHERS, STRATEGIES, InfluenceConfig  # noqa: F401
+from heldout.attribution.config import InfluenceConfig
 from heldout.progress import Progress
 from heldout.store import files
 

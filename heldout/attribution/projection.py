@@ -19,6 +19,7 @@ from collections.abc import Iterator, Sequence
 import numpy as np
 import tensorflow as tf
 
+from heldout.attribution import config as attribution_config
 from heldout.attribution import gradients as gradients_lib
 from heldout.errors import ParameterError
 
@@ -40,7 +41,8 @@ class RandomProjection:
 
     def __init__(self, layer_sizes: Sequence[int], dim: int, seed: int | Sequence[int] = 0,
                  kind: str = "gaussian"):
-        gradients_lib.check_size("projection_dim", dim, gradients_lib.MAX_PROJECTION_DIM)
+        attribution_config.check_size("projection_dim", dim,
+                                      attribution_config.MAX_PROJECTION_DIM)
         size = 4 * dim * int(sum(layer_sizes))  # float32 matrices
         if size > MAX_MATRIX_BYTES:
             raise ParameterError("projection_dim", f"a projection of the {sum(layer_sizes):,} "

@@ -21,6 +21,7 @@ import numpy as np
 import tensorflow as tf
 from scipy import stats as scipy_stats
 
+from heldout.attribution import config as attribution_config
 from heldout.attribution import influence_functions, tracin, trak
 from heldout.attribution.config import METHODS
 from heldout.data.dataset import Dataset
@@ -50,7 +51,7 @@ def attribute_run(run_dir: str, method: str, data: Dataset, eval_indices: np.nda
                   projection_dim: int | None = None, factors_path: str | None = None,
                   retraining: runs_lib.Experiment | None = None, fisher: str = "true",
                   fisher_seed: int = 0, fisher_draws: int = 1,
-                  config: tracin.TracInConfig | influence_functions.InfluenceConfig | None = None,
+                  config: tracin.TracInConfig | attribution_config.InfluenceConfig | None = None,
                   progress: bool = True) -> RunAttribution:
     """Scores the training examples of `data` with `method` using the run's checkpoints.
 
@@ -106,7 +107,7 @@ def attribute_run(run_dir: str, method: str, data: Dataset, eval_indices: np.nda
             run_dir, arch, data.num_classes, data.input_shape, width).model
         result = influence_functions.score_influence_functions(
             model, data.x_train, data.y_train, x_query, y_query,
-            config or influence_functions.InfluenceConfig(
+            config or attribution_config.InfluenceConfig(
                 strategy=method[len("if_"):], damping=damping, measurement=measurement,
                 fisher=fisher, fisher_seed=fisher_seed, fisher_draws=fisher_draws),
             factors_path=factors_path, progress=progress)
@@ -135,7 +136,7 @@ def restore_final_models(run_dirs: Sequence[str], data: Dataset) -> list[tf.Modu
 
 
 def trak_of_runs(run_dirs: Sequence[str], data: Dataset, eval_indices: np.ndarray,
-                 config: trak.TRAKConfig | None = None,
+                 config: attribution_config.TRAKConfig | None = None,
                  selection: runs_lib.Experiment | None = None, progress: bool = True
                  ) -> trak.TRAKResult:
     """TRAK scores ``[num_train, num_eval]`` of the final models of `run_dirs`.
@@ -151,7 +152,7 @@ def trak_of_runs(run_dirs: Sequence[str], data: Dataset, eval_indices: np.ndarra
         progress: show a progress bar of the gradients (most of TRAK's time).
     """
     eval_indices = np.asarray(eval_indices)
-    config = config or trak.TRAKConfig()
+    config = config or attribution_config.TRAKConfig()
     masks = outputs = None
     if selection is not None:
         if selection.logodds_test is None:

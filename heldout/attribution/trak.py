@@ -48,9 +48,7 @@ import tensorflow as tf
 
 from heldout.attribution import gradients as gradients_lib
 from heldout.attribution import projection as projection_lib
-from heldout.attribution.config import (  # noqa: F401  (names of TRAK settings)
-    DEFAULT_PROJECTION_DIM,
-    PROJECTIONS,
+from heldout.attribution.config import (
     REWEIGHTINGS,
     TRAKConfig,
 )

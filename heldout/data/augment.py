@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import tensorflow as tf
 
-from heldout.data.augment_kinds import ALTERNATING, AUGMENTATIONS  # noqa: F401
+from heldout.data.augment_kinds import ALTERNATING, AUGMENTATIONS
 from heldout.errors import ParameterError
 
 CROP_PADDING = 4  # pixels of zero padding per side for crop_* (the published CIFAR runs)

@@ -24,7 +24,7 @@ from scipy import special
 from scipy import stats as sp_stats
 
 from heldout.errors import ParameterError
-from heldout.estimate.config import TESTS, UNTESTABLE  # noqa: F401  (the names stats takes)
+from heldout.estimate.config import TESTS, UNTESTABLE
 
 
 @dataclasses.dataclass(frozen=True)

@@ -15,20 +15,6 @@ from heldout.data.dataset import Dataset
 from heldout.models import registry
 from heldout.models.airbench import EVAL_BATCH_SIZE, WHITENING_IMAGES, BatchNorm
 from heldout.training import core
-from heldout.training.airbench_recipe import (  # noqa: F401
-    AUGMENT,
-    BATCH_SIZE,
-    EPOCHS,
-    LABEL_SMOOTHING,
-    LEARNING_RATE,
-    LR_END,
-    LR_START,
-    LR_WARMUP_FRACTION,
-    MOMENTUM,
-    WEIGHT_DECAY,
-    recipe,
-    sgd_learning_rate,
-)
 
 # --- Hyperparameters ------------------------------------------------------------------
 # The recipe's (optimizer, schedule, augmentation) live in `airbench_recipe`, importable

@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 
 import heldout
+from heldout.attribution import config as attribution_config
 from heldout.errors import ParameterError
 
 
@@ -246,7 +247,7 @@ def test_datamodels_and_their_lds_on_disjoint_runs(tmp_path):
 def test_trak_of_an_ensemble_through_the_front_door(tmp_path):
     """--estimator=trak: the settings reach TRAKConfig (projection_seed as its seed) and
     the saved scores are those of `trak_of_runs` on the same runs and config."""
-    from heldout.attribution import runs_attribution, trak
+    from heldout.attribution import runs_attribution
     from heldout.store import files, runs
 
     exp = str(tmp_path / "exp")
@@ -258,7 +259,7 @@ def test_trak_of_an_ensemble_through_the_front_door(tmp_path):
                       eval_indices="0-4", **settings, progress=False)
     assert "TRAK of 2 models (0.7 runs 0-1), 5 eval examples: lambda_reg 0.5" in str(report)
     saved = files.read_npz(f"{exp}/trak-0.7-runs0-1.npz")
-    config = trak.TRAKConfig(projection_dim=32, seed=5, lambda_reg=0.5)
+    config = attribution_config.TRAKConfig(projection_dim=32, seed=5, lambda_reg=0.5)
     direct = runs_attribution.trak_of_runs(
         [runs.run_dir(exp, "0.7", r) for r in (0, 1)], heldout.load_dataset("digits"),
         np.arange(5), config)

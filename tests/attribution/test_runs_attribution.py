@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 
 import heldout
+from heldout.attribution import config as attribution_config
 from heldout.attribution import influence_functions, runs_attribution, tracin, trak
 from heldout.models import checkpoints
 from heldout.store import records, runs
@@ -84,7 +85,7 @@ def test_influence_functions_of_a_run_use_its_final_model(experiment, tmp_path):
                                             factors_path=factors)
     final = checkpoints.restore_run_model(run_dir, "mlp", 10, (8, 8, 1)).model
     direct = influence_functions.score_influence_functions(
-        final, data.x_train, data.y_train, config=influence_functions.InfluenceConfig(
+        final, data.x_train, data.y_train, config=attribution_config.InfluenceConfig(
             strategy="kfac"))
     np.testing.assert_allclose(result.self_influence, direct.self_influence, rtol=1e-4)
     assert os.path.exists(factors) and result.scores is None
@@ -119,7 +120,7 @@ def test_estimate_cli_runs_ekfac_beside_retraining(experiment):
 def test_trak_of_runs_uses_their_final_models_and_chooses_lambda_on_other_runs(experiment):
     data = heldout.load_dataset("digits")
     run_dirs = [runs.run_dir(experiment, "0.7", r) for r in (0, 1)]
-    config = trak.TRAKConfig(projection_dim=32, lambda_reg=(0.1, 10.0))
+    config = attribution_config.TRAKConfig(projection_dim=32, lambda_reg=(0.1, 10.0))
     selection = heldout.load_experiment(experiment, "0.7", progress=False)
     others = ~np.isin(selection.run_ids, [0, 1])
     selection = dataclasses.replace(selection, run_ids=selection.run_ids[others],

@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
+from heldout.attribution import config as attribution_config
 from heldout.attribution import projection, trak
 from heldout.models import ensemble as models
 
@@ -75,8 +76,9 @@ def test_unprojected_trak_equals_the_published_formula(num_train, lambda_reg, re
     x_train, y_train = _data(num_train, 0)
     x_query, y_query = _data(5, 1)
     ensemble = [_model(1), _model(2)]
-    config = trak.TRAKConfig(projection="none", projection_dim=None, lambda_reg=lambda_reg,
-                             reweighting=reweighting, batch_size=7)
+    config = attribution_config.TRAKConfig(projection="none", projection_dim=None,
+                                           lambda_reg=lambda_reg, reweighting=reweighting,
+                                           batch_size=7)
     result = trak.score_trak(ensemble, x_train, y_train, x_query, y_query, config)
     expected = _reference(ensemble, x_train, y_train, x_query, y_query, lambda_reg,
                           reweighting)
@@ -90,7 +92,7 @@ def test_lambda_zero_beyond_the_number_of_examples_is_the_pseudo_inverse():
     x_train, y_train = _data(10, 3)
     x_query, y_query = _data(4, 4)
     model = _model(5)
-    config = trak.TRAKConfig(projection="none", projection_dim=None, lambda_reg=0.0,
+    config = attribution_config.TRAKConfig(projection="none", projection_dim=None, lambda_reg=0.0,
                              reweighting="none")
     scores = trak.score_trak([model], x_train, y_train, x_query, y_query, config).scores
     phi, _ = _loop_features(model, x_train, y_train)
@@ -107,9 +109,10 @@ def test_projected_features_are_gradients_times_the_seeded_matrix(kind):
     x_train, y_train = _data(9, 6)
     x_query, y_query = _data(3, 7)
     model = _model(8)
-    raw = trak.trak_features(model, x_train, y_train, x_query, y_query, trak.TRAKConfig(
-        projection="none", projection_dim=None))
-    config = trak.TRAKConfig(projection=kind, projection_dim=16, seed=4)
+    raw = trak.trak_features(model, x_train, y_train, x_query, y_query,
+                             attribution_config.TRAKConfig(projection="none",
+                                                           projection_dim=None))
+    config = attribution_config.TRAKConfig(projection=kind, projection_dim=16, seed=4)
     projected = trak.trak_features(model, x_train, y_train, x_query, y_query, config,
                                    model_index=2)
     matrix = projection.RandomProjection([15, 12], 16, (4, 2), kind).matrix()
@@ -126,7 +129,8 @@ def test_projected_features_are_gradients_times_the_seeded_matrix(kind):
 def test_a_grid_needs_selection_runs_and_settings_are_checked():
     x, y = _data(6, 9)
     with pytest.raises(ValueError, match="lambda_reg=.*selection_masks"):
-        trak.score_trak([_model(0)], x, y, x, y, trak.TRAKConfig(lambda_reg=(0.1, 1.0)))
+        trak.score_trak([_model(0)], x, y, x, y,
+                        attribution_config.TRAKConfig(lambda_reg=(0.1, 1.0)))
     bad = [({"projection": "sparse"}, "projection="),
            ({"projection": "none", "projection_dim": 1024}, "projection_dim=1024: not used"),
            ({"projection_dim": 0}, "projection_dim=0"),
@@ -136,7 +140,7 @@ def test_a_grid_needs_selection_runs_and_settings_are_checked():
            ({"batch_size": 0}, "batch_size=0")]
     for kwargs, message in bad:
         with pytest.raises(ValueError, match=message):
-            trak.TRAKConfig(**kwargs)
+            attribution_config.TRAKConfig(**kwargs)
 
 
 def test_lambda_is_chosen_by_the_mean_spearman_over_selection_runs():

@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 from scipy import stats as sp_stats
 
+from heldout.estimate import config as estimate_config
 from heldout.estimate import stats
 
 RTOL, ATOL = 1e-9, 1e-12
@@ -95,7 +96,7 @@ def test_z_test_uses_normal_distribution(level):
         assert _field(result, "dof", i) == np.inf
 
 
-@pytest.mark.parametrize("test", stats.TESTS)
+@pytest.mark.parametrize("test", estimate_config.TESTS)
 def test_batch_equals_per_example_calls(test):
     summaries = _summaries(_random_groups(seed=2))
     batch = stats.difference_test(*summaries, test=test, level=0.9)
@@ -120,7 +121,7 @@ def test_inputs_broadcast_and_keep_shape():
         np.testing.assert_array_equal(_field(result, name).ravel(), _field(flat, name))
 
 
-@pytest.mark.parametrize("test", stats.TESTS)
+@pytest.mark.parametrize("test", estimate_config.TESTS)
 def test_invalid_entries_are_nan_and_leave_others_alone(test):
     rows = [  # mean_in, var_in, num_in, mean_out, var_out, num_out, valid
         (0.5, 0.25, 10, 0.2, 0.16, 12, True),

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from heldout.attribution import config as attribution_config
-from heldout.attribution import gradients, influence_functions, projection, tracin, trak
+from heldout.attribution import projection, tracin
 from heldout.errors import ParameterError
 from heldout.estimate import datamodels
 from heldout.estimate.pipeline import EstimateConfig
@@ -36,23 +36,23 @@ def test_md5_is_honoured_or_refused_for_every_source(tmp_path):
 
 
 def test_trak_without_projection_reachable_with_defaults():
-    config = trak.TRAKConfig(projection="none")
+    config = attribution_config.TRAKConfig(projection="none")
     assert config.projection_dim is None and config.dim is None
-    assert trak.TRAKConfig().dim == trak.DEFAULT_PROJECTION_DIM == 1024
-    assert trak.TRAKConfig(projection_dim=64).dim == 64
+    assert attribution_config.TRAKConfig().dim == attribution_config.DEFAULT_PROJECTION_DIM == 1024
+    assert attribution_config.TRAKConfig(projection_dim=64).dim == 64
     # The front door's settings, as a user gives them (no projection_dim).
     assert attribution_config.method_config("trak", {"projection": "none"}).dim is None
     with pytest.raises(ParameterError, match="projection_dim=1024: not used with "
                                              "projection='none'"):
-        trak.TRAKConfig(projection="none", projection_dim=1024)
+        attribution_config.TRAKConfig(projection="none", projection_dim=1024)
 
 
 @pytest.mark.parametrize(("make", "parameter"), [
-    (lambda: trak.TRAKConfig(batch_size=10**12), "batch_size"),
-    (lambda: trak.TRAKConfig(projection_dim=10**9), "projection_dim"),
+    (lambda: attribution_config.TRAKConfig(batch_size=10**12), "batch_size"),
+    (lambda: attribution_config.TRAKConfig(projection_dim=10**9), "projection_dim"),
     (lambda: tracin.TracInConfig(batch_size=10**12), "batch_size"),
     (lambda: tracin.TracInConfig(projection_dim=10**9), "projection_dim"),
-    (lambda: influence_functions.InfluenceConfig(batch_size=10**12), "batch_size"),
+    (lambda: attribution_config.InfluenceConfig(batch_size=10**12), "batch_size"),
     (lambda: EstimateConfig(top_k=10**12), "top_k"),
     (lambda: projection.RandomProjection([10**7], 100_000), "projection_dim"),
     (lambda: datamodels.fit_datamodels(np.eye(4, 6), np.zeros((4, 2)), top_k=10**9),
@@ -67,7 +67,8 @@ def test_huge_sizes_refused_with_their_bound(make, parameter):
 
 
 def test_sizes_within_bounds_still_work():
-    gradients.check_size("batch_size", gradients.MAX_BATCH_SIZE, gradients.MAX_BATCH_SIZE)
+    limit = attribution_config.MAX_BATCH_SIZE
+    attribution_config.check_size("batch_size", limit, limit)
     assert EstimateConfig(top_k=1000).top_k == 1000
     p = projection.RandomProjection([10, 5], 3, seed=0)
     assert p.matrix().shape == (15, 3)

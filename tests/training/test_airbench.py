@@ -14,7 +14,7 @@ from heldout.data import sources as data_lib
 from heldout.models import airbench as airbench_net
 from heldout.store import designs as subsets_lib
 from heldout.store import records, runs
-from heldout.training import airbench
+from heldout.training import airbench, airbench_recipe
 from heldout.training import core as training
 from heldout.training import recipes as recipes_lib
 
@@ -160,7 +160,7 @@ def test_fused_gelu_equals_closed_form_and_its_derivative(dtype):
 
 
 def test_recipe_in_toolkit_units():
-    values = airbench.recipe()
+    values = airbench_recipe.recipe()
     kilostep = 1024 * (1 + 1 / (1 - 0.85))  # 7850.67: Nesterov step size per 1024 examples
     assert values["learning_rate"] == pytest.approx(11.5 / kilostep)
     # learning_rate * weight_decay is the published decoupled decay per step.
