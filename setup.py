@@ -42,7 +42,6 @@ setup(
         "scipy>=1.15",  # scipy.stats.bootstrap(rng=...)
         "scikit-learn>=1.5",
         "matplotlib>=3.9",
-        "tqdm>=4.66",
     ],
     extras_require={"test": ["pytest>=8", "pytest-xdist>=3.6", "ruff>=0.6", "pillow>=10"]},
 )
