@@ -37,7 +37,8 @@ class TargetedReport:
 
 
 def targeted_self_influence(experiment_dir: str, targets: str,
-                            metric: str = TargetedConfig.metric, test: str = "welch",
+                            metric: str = TargetedConfig.metric,
+                            test: str = TargetedConfig.test,
                             confidence: float = TargetedConfig.confidence,
                             min_runs: int = TargetedConfig.min_runs,
                             progress: bool = True) -> TargetedReport:

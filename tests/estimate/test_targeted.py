@@ -23,6 +23,7 @@ from scipy import stats as sp_stats
 
 import heldout
 from heldout.estimate import export, stats, targeted
+from heldout.estimate.config import TargetedConfig
 from heldout.store import runs, targets
 from heldout.store.targets import TargetSet
 from heldout.training.core import TrainConfig
@@ -97,7 +98,8 @@ def synthetic(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def report(synthetic):
-    return targeted.targeted_self_influence(synthetic.directory, "t", progress=False)
+    return targeted.targeted_self_influence(synthetic.directory, "t", test="welch",
+                                            progress=False)
 
 
 def _scipy_welch(synthetic):
@@ -161,7 +163,8 @@ def test_report_z_test_matches_normal_formula(synthetic):
 
 def test_report_by_file_path_equals_by_name(synthetic, report):
     path = targets.targets_path(synthetic.directory, "t")
-    by_path = targeted.targeted_self_influence(synthetic.directory, path, progress=False)
+    by_path = targeted.targeted_self_influence(synthetic.directory, path, test="welch",
+                                               progress=False)
     np.testing.assert_array_equal(by_path.index, report.index)
     np.testing.assert_array_equal(by_path.estimate.p_value, report.estimate.p_value)
 
@@ -608,3 +611,11 @@ def test_targeted_report_uses_the_published_z_test_by_default(synthetic, tmp_pat
     welch = str(heldout.run_estimate(heldout.estimate_job(
         {"experiment_dir": copy, "targets": "t", "test": "welch", "progress": False})))
     assert "(welch test)" in welch
+
+
+def test_library_default_test_is_the_published_z_as_in_targeted_config(synthetic):
+    """One owner: the function's default test is `TargetedConfig`'s (the CLI's), z."""
+    default = targeted.targeted_self_influence(synthetic.directory, "t", progress=False)
+    z = targeted.targeted_self_influence(synthetic.directory, "t", test="z", progress=False)
+    assert default.test == "z" == TargetedConfig().test
+    np.testing.assert_array_equal(default.estimate.p_value, z.estimate.p_value)
