@@ -11,23 +11,12 @@ import pytest
 import heldout
 from heldout.attribution import config as attribution_config
 from heldout.errors import ParameterError
+from tests.cli.runner import random_experiment
 
 
 def estimate(**given) -> heldout.EstimateReport:
     """What estimate.py does with these settings (by parameter name)."""
     return heldout.run_estimate(heldout.estimate_job(given))
-
-
-def _random_experiment(directory, num_runs=8, num_train=20, num_test=6, seed=4):
-    from heldout.store import runs
-
-    rng = np.random.default_rng(seed)
-    for r in range(num_runs):
-        subset = np.sort(rng.choice(num_train, num_train // 2, replace=False))
-        runs.save_run(runs.run_dir(str(directory), "0.5", r),
-                      runs.aux_arrays(subset, rng.random(num_train) < 0.6,
-                                      rng.random(num_test) < 0.6))
-    return str(directory)
 
 
 @pytest.mark.parametrize("where", ["missing", "empty"])
@@ -56,7 +45,7 @@ def test_verify_says_an_unreadable_directory_cannot_be_read(tmp_path, monkeypatc
 
 def test_md5_of_a_directory_is_refused_not_ignored(tmp_path):
     """md5 checks a tarball; given with an experiment directory it is refused by name."""
-    exp = _random_experiment(tmp_path / "exp", num_runs=1)
+    exp = random_experiment(tmp_path / "exp", num_runs=1)
     for given in ({"verify": True}, {"min_runs": 1, "progress": False}):
         with pytest.raises(ParameterError, match="is a directory, which has no MD5") as error:
             estimate(experiment_dir=exp, md5="0" * 32, **given)
@@ -274,7 +263,7 @@ def test_a_shard_without_output_writes_a_shard_file_and_merges_beside_the_parts(
     experiment's whole-set file as it was."""
     from heldout.estimate import export
 
-    exp = _random_experiment(tmp_path / "exp")
+    exp = random_experiment(tmp_path / "exp")
     whole = tmp_path / "exp" / "estimates-0.5.npz"
     estimate(experiment_dir=exp, min_runs=1, progress=False)
     before = whole.read_bytes()
@@ -303,7 +292,7 @@ def test_a_shard_without_output_writes_a_shard_file_and_merges_beside_the_parts(
 
 def test_a_file_that_cannot_be_compared_stops_before_any_output(tmp_path):
     """--compare_to problems are found before anything is written."""
-    exp = _random_experiment(tmp_path / "exp")
+    exp = random_experiment(tmp_path / "exp")
     np.savez(tmp_path / "other.npz", something=np.zeros(3))
     with pytest.raises(ValueError):
         estimate(experiment_dir=exp, min_runs=1, progress=False,
@@ -316,7 +305,7 @@ def test_chosen_test_examples_never_take_the_whole_set_name(tmp_path):
     estimates-<subset>-eval<selection>.npz, beside (not over) the whole-set file."""
     from heldout.estimate import export
 
-    exp = _random_experiment(tmp_path / "exp")
+    exp = random_experiment(tmp_path / "exp")
     report = estimate(experiment_dir=exp, min_runs=1, progress=False, eval_indices="0-2,4")
     path = f"{exp}/estimates-0.5-eval0-2_4.npz"
     assert f"Saved {path}" in str(report)
@@ -373,7 +362,7 @@ def test_one_run_methods_judged_on_the_other_folder_by_default(tmp_path):
 
 def test_fdr_untestable_reaches_the_estimates(tmp_path):
     """fdr_untestable chooses the Benjamini-Hochberg family the report states."""
-    exp = _random_experiment(tmp_path / "exp")
+    exp = random_experiment(tmp_path / "exp")
     for untestable, family in (("count", "untestable counted as p = 1"),
                                ("exclude", "untestable (p = NaN) left out")):
         report = estimate(experiment_dir=exp, estimators=("memorization",), min_runs=1,
@@ -387,7 +376,7 @@ def test_an_lds_run_with_a_fit_runs_examples_is_refused_before_any_output(tmp_pa
     refused, naming it, before the scores are written."""
     import shutil
 
-    exp = _random_experiment(tmp_path / "exp")
+    exp = random_experiment(tmp_path / "exp")
     shutil.copytree(f"{exp}/0.5/3", f"{exp}/0.3/0")
     with pytest.raises(ParameterError, match=r"1 of the 1 evaluation runs \(0\.3/0\)") as error:
         estimate(experiment_dir=exp, subsets=("0.5",), estimators=("datamodel",),

@@ -43,3 +43,21 @@ def assert_one_line_error(result: subprocess.CompletedProcess, *fragments: str) 
     for fragment in fragments:
         assert fragment in lines[-1], lines[-1]
     return lines[-1]
+
+
+def random_experiment(directory, num_runs: int = 8, num_train: int = 20, num_test: int = 6,
+                      seed: int = 4, accuracy: float = 0.6) -> str:
+    """Complete runs of a ``0.5`` folder with random membership and correctness (estimating
+    needs no model): each run trains on half the examples; each prediction is correct
+    with probability `accuracy`."""
+    import numpy as np
+
+    from heldout.store import runs
+
+    rng = np.random.default_rng(seed)
+    for r in range(num_runs):
+        subset = np.sort(rng.choice(num_train, num_train // 2, replace=False))
+        runs.save_run(runs.run_dir(str(directory), "0.5", r),
+                      runs.aux_arrays(subset, rng.random(num_train) < accuracy,
+                                      rng.random(num_test) < accuracy))
+    return str(directory)

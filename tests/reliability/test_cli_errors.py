@@ -16,21 +16,9 @@ import subprocess
 import numpy as np
 import pytest
 
-from heldout.store import runs
-from tests.cli.runner import assert_one_line_error, run_cli, run_many
+from tests.cli.runner import assert_one_line_error, random_experiment, run_cli, run_many
 
 TINY = ["--models_at_once=2", "--epochs=2", "--progress=false"]
-
-
-def _synthetic_experiment(directory, num_runs=4, num_train=20, num_test=5):
-    """Complete runs with random membership and correctness (estimation needs no model)."""
-    rng = np.random.default_rng(0)
-    for r in range(num_runs):
-        subset = np.sort(rng.choice(num_train, num_train // 2, replace=False))
-        runs.save_run(runs.run_dir(str(directory), "0.5", r),
-                      runs.aux_arrays(subset, rng.random(num_train) < 0.5,
-                                      rng.random(num_test) < 0.5))
-    return str(directory)
 
 
 def _npz(path, **changes):
@@ -51,8 +39,8 @@ def refusals(tmp_path_factory):
     nan_x[7, 1, 2, 0] = np.nan
     a_file = tmp / "a_file"
     a_file.write_text("not a directory")
-    synthetic = _synthetic_experiment(tmp / "synthetic")
-    frozen = _synthetic_experiment(tmp / "frozen")
+    synthetic = random_experiment(tmp / "synthetic", num_runs=4, num_test=5, seed=0, accuracy=0.5)
+    frozen = random_experiment(tmp / "frozen", num_runs=4, num_test=5, seed=0, accuracy=0.5)
     immutable = subprocess.run(["chattr", "+i", frozen], capture_output=True).returncode == 0
     train = ("train.py", f"--experiment_dir={tmp}/e", "--num_runs=2", *TINY)
     commands = {
