@@ -56,3 +56,24 @@ def _stderr_hidden():
     finally:
         os.dup2(saved, 2)
         os.close(saved)
+
+
+def process_alive(pid: object) -> bool:
+    """Whether a process with this id runs on this host (a claim's or a lock's owner).
+
+    A missing, zero or non-integer id is no process. A process of another user, which
+    may not be signalled, counts as alive.
+    """
+    try:
+        pid = int(pid)
+    except (TypeError, ValueError):
+        return False
+    if pid <= 0:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True

@@ -77,7 +77,7 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 import numpy as np
 
 from heldout.progress import Progress
-from heldout.runtime import import_tensorflow
+from heldout.runtime import import_tensorflow, process_alive
 
 tf = import_tensorflow()  # quietly, before heldout.data.imagenet imports it
 
@@ -445,7 +445,7 @@ def _locked(output_dir: str) -> Iterator[None]:
             break
         holder = _read_lock(path)
         if not (holder.get("host") == socket.gethostname()
-                and not _process_alive(holder.get("pid"))):
+                and not process_alive(holder.get("pid"))):
             raise ValueError(f"output_dir={output_dir}: another build is writing into it "
                              f"({holder.get('host', '?')}, pid {holder.get('pid', '?')}; lock "
                              f"file {path}); wait for it, or delete the lock file if no "
@@ -487,16 +487,6 @@ def _read_lock(path: str) -> dict:
     except (tf.errors.OpError, ValueError):
         return {}
     return holder if isinstance(holder, dict) else {}
-
-
-def _process_alive(pid: object) -> bool:
-    try:
-        os.kill(int(pid), 0)
-    except (ProcessLookupError, TypeError, ValueError):
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 def _read_synsets(imagenet_dir: str, synsets_file: str | None) -> list[str]:

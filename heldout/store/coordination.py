@@ -50,6 +50,7 @@ from collections.abc import Iterable, Iterator, Mapping, Sequence
 import tensorflow as tf
 
 from heldout.errors import ParameterError
+from heldout.runtime import process_alive
 from heldout.store import files
 from heldout.store import layout as layout_lib
 
@@ -255,7 +256,7 @@ class Claims:
             return False  # lease expired (the worker died or hangs), or a broken claim
         if self.task is not None and claim.get("task") == self.task:
             return False  # an earlier instance of this very task, preempted and requeued
-        if claim.get("host") == socket.gethostname() and not _process_alive(claim.get("pid")):
+        if claim.get("host") == socket.gethostname() and not process_alive(claim.get("pid")):
             return False  # a process of this host that is gone
         return True
 
@@ -273,15 +274,3 @@ class Claims:
 
     def _path(self, run_id: int) -> str:
         return layout_lib.claim_file(self.directory, run_id)
-
-
-def _process_alive(pid: int | None) -> bool:
-    if not pid:
-        return False
-    try:
-        os.kill(int(pid), 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
